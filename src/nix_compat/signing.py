@@ -1,0 +1,107 @@
+"""Signatures over narinfo fingerprints: ``name:base64(64 bytes)``, ed25519 keys in Nix's format.
+
+Verifying key ``name:base64(32 bytes)``; secret key ``name:base64(seed ‖ public key)`` (64 bytes).
+A key only accepts signatures carrying its own name (spec §6.6).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from dataclasses import dataclass
+
+from nix_compat.errors import SignatureError
+
+_NAME_RE = re.compile(r"[\w.\-]+")
+
+
+def _split(text: str, what: str, length: int) -> tuple[str, bytes]:
+    name, sep, b64 = text.strip().partition(":")
+    if not sep or not name or not _NAME_RE.fullmatch(name):
+        raise SignatureError(f"invalid {what} {text!r}: expected name:base64")
+    try:
+        raw = base64.b64decode(b64, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise SignatureError(f"invalid {what} {text!r}: bad base64") from exc
+    if len(raw) != length:
+        raise SignatureError(f"invalid {what} {name!r}: {len(raw)} bytes, expected {length}")
+    return name, raw
+
+
+@dataclass(frozen=True, slots=True)
+class Signature:
+    """A named ed25519 signature (64 bytes)."""
+
+    name: str
+    data: bytes
+
+    def __post_init__(self) -> None:
+        if len(self.data) != 64:
+            raise SignatureError(f"invalid signature {self.name!r}: {len(self.data)} bytes, expected 64")
+
+    @classmethod
+    def parse(cls, text: str) -> Signature:
+        """Parse ``name:base64``."""
+        return cls(*_split(text, "signature", 64))
+
+    def __str__(self) -> str:
+        return f"{self.name}:{base64.b64encode(self.data).decode()}"
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyingKey:
+    """A public key: name and 32 raw bytes."""
+
+    name: str
+    key: bytes
+
+    @classmethod
+    def parse(cls, text: str) -> VerifyingKey:
+        """Parse ``name:base64(32 bytes)``."""
+        return cls(*_split(text, "public key", 32))
+
+    def verify(self, fingerprint: bytes, signature: Signature) -> bool:
+        """True if signature is ours by name and valid over fingerprint."""
+        if signature.name != self.name:
+            return False
+        from nacl.exceptions import BadSignatureError  # noqa: PLC0415
+        from nacl.signing import VerifyKey  # noqa: PLC0415
+
+        try:
+            VerifyKey(self.key).verify(fingerprint, signature.data)
+        except BadSignatureError:
+            return False
+        return True
+
+    def __str__(self) -> str:
+        return f"{self.name}:{base64.b64encode(self.key).decode()}"
+
+
+@dataclass(frozen=True, slots=True)
+class SigningKey:
+    """A secret key: name, 32-byte seed and 32-byte public key."""
+
+    name: str
+    seed: bytes
+    public: bytes
+
+    @classmethod
+    def parse(cls, text: str) -> SigningKey:
+        """Parse Nix's secret key format ``name:base64(seed ‖ public)``."""
+        name, raw = _split(text, "secret key", 64)
+        from nacl.signing import SigningKey as NaclKey  # noqa: PLC0415
+
+        if bytes(NaclKey(raw[:32]).verify_key) != raw[32:]:
+            raise SignatureError(f"invalid secret key {name!r}: public half does not match")
+        return cls(name, raw[:32], raw[32:])
+
+    def verifying_key(self) -> VerifyingKey:
+        """The matching public key."""
+        return VerifyingKey(self.name, self.public)
+
+    def sign(self, fingerprint: bytes) -> Signature:
+        """Sign fingerprint."""
+        from nacl.signing import SigningKey as NaclKey  # noqa: PLC0415
+
+        return Signature(self.name, NaclKey(self.seed).sign(fingerprint).signature)

@@ -1,0 +1,137 @@
+"""BlobService: content-addressed blobs keyed by BLAKE3, optionally split into chunks.
+
+Backends (one module each, chosen by URL through ``from_addr``): ``memory://`` (memory.py),
+``lmdb:///abs/dir`` (lmdb_store.py), ``grpc+unix:///sock`` / ``grpc+http://host:port``
+(grpc_client.py). Readers are seekable file-likes; ``chunked_reader`` assembles chunk lists.
+"""
+
+from __future__ import annotations
+
+import abc
+import io
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import TracebackType
+
+from tvix_castore.digests import B3Digest
+from tvix_castore.url import Registry, ServiceUrl
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkMeta:
+    """One chunk of a blob: its BLAKE3 digest and length."""
+
+    digest: B3Digest
+    size: int
+
+
+class BlobReader(io.RawIOBase):
+    """A seekable, read-only view of one blob's bytes. Not thread-safe: one user at a time.
+
+    Every byte handed out has been checked against its BLAKE3 digest (spec decision 6).
+    """
+
+    def readable(self) -> bool:
+        """Always true."""
+        return True
+
+    def seekable(self) -> bool:
+        """Always true."""
+        return True
+
+    @abc.abstractmethod
+    def size(self) -> int:
+        """Length of the blob in bytes."""
+
+
+class BlobWriter(abc.ABC):
+    """Receives a blob's bytes; ``close()`` stores it and returns its digest.
+
+    The digest always comes from the data, never from the caller. ``close()`` is idempotent
+    (a second call returns the same digest); ``write()`` after ``close()`` raises ClosedError.
+    Leaving a ``with`` block on an exception aborts the writer and stores nothing more.
+    """
+
+    @abc.abstractmethod
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        """Append data; returns len(data)."""
+
+    @abc.abstractmethod
+    def close(self) -> B3Digest:
+        """Finish the blob, make it readable, and return its digest."""
+
+    def abort(self) -> None:  # noqa: B027 (optional hook)
+        """Drop what was written; the default does nothing beyond forgetting the writer."""
+
+    def __enter__(self) -> BlobWriter:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+class BlobService(abc.ABC):
+    """Blob storage. Methods are blocking and thread-safe."""
+
+    @abc.abstractmethod
+    def has(self, digest: B3Digest) -> bool:
+        """Whether the blob (or a chunk of that digest) is present."""
+
+    @abc.abstractmethod
+    def open_read(self, digest: B3Digest) -> BlobReader | None:
+        """A seekable reader over the blob, or None if absent."""
+
+    @abc.abstractmethod
+    def open_write(self) -> BlobWriter:
+        """A writer for a new blob."""
+
+    def chunks(self, digest: B3Digest) -> list[ChunkMeta] | None:
+        """The blob's chunks: None if absent; [] if it is not split further (the default)."""
+        return [] if self.has(digest) else None
+
+    def put(self, data: bytes) -> B3Digest:
+        """Store data as one blob and return its digest (convenience over open_write)."""
+        with self.open_write() as w:
+            w.write(data)
+            return w.close()
+
+    def close(self) -> None:  # noqa: B027 (optional hook)
+        """Release resources (connections, environments)."""
+
+
+registry: Registry[BlobService] = Registry("blob service")
+
+
+def from_addr(url: str) -> BlobService:
+    """Build the BlobService a URL names (``memory://``, ``lmdb:///dir``, ``grpc+…``)."""
+    _register_all()
+    return registry.from_addr(url)
+
+
+_registered = False
+
+
+def _register_all() -> None:
+    # Backends are imported lazily so that memory:// does not pull in lmdb or grpc.
+    global _registered
+    if _registered:
+        return
+    _registered = True
+
+    def lazy(module: str, cls: str) -> Callable[[ServiceUrl], BlobService]:
+        def factory(url: ServiceUrl) -> BlobService:
+            import importlib  # noqa: PLC0415
+
+            built: BlobService = getattr(importlib.import_module(module), cls).from_url(url)
+            return built
+
+        return factory
+
+    registry.register("memory", lazy("tvix_castore.blobservice.memory", "MemoryBlobService"))
+    registry.register("lmdb", lazy("tvix_castore.blobservice.lmdb_store", "LmdbBlobService"))
+    registry.register("grpc", lazy("tvix_castore.blobservice.grpc_client", "GrpcBlobService"))

@@ -1,0 +1,49 @@
+"""The store's error tree; foreign errors are translated into it at each shell's edge.
+
+Tree::
+
+    StoreError                   base of everything the services raise on purpose
+     +-- InvalidRequest          the caller's fault: bad digest length, invalid PathInfo, bad URL
+     +-- StorageError            a backend failed (``__cause__`` keeps the original exception)
+     |    +-- DataCorruption     stored or received bytes do not hash to their digest
+     +-- ValidationError         data that breaks a rule of the data model
+     |    +-- DirectoryError     unsorted/duplicate names, bad child, size overflow
+     |    +-- NodeError          a node with a bad digest length, name or symlink target
+     +-- ClosedError             you used a reader or writer after closing it yourself
+
+Absence is never an error: lookups return ``None``.
+"""
+
+from __future__ import annotations
+
+
+class StoreError(Exception):
+    """Base class for errors the store raises on purpose."""
+
+
+class InvalidRequest(StoreError):
+    """The request is malformed: the caller's fault, not the backend's."""
+
+
+class StorageError(StoreError):
+    """A backend failed to store or fetch something; see ``__cause__``."""
+
+
+class DataCorruption(StorageError):
+    """Bytes did not hash to the digest they were stored or requested under."""
+
+
+class ValidationError(StoreError, ValueError):
+    """Data that breaks a rule of the castore data model."""
+
+
+class DirectoryError(ValidationError):
+    """A Directory that breaks a rule (ordering, duplicates, children, size)."""
+
+
+class NodeError(ValidationError):
+    """A node with a bad digest length, name or symlink target."""
+
+
+class ClosedError(StoreError):
+    """A reader or writer was used after it was closed."""

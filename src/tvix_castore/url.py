@@ -1,0 +1,91 @@
+"""Service URLs: parsing, the scheme-tag rule, and a small registry type used per service.
+
+The registry tag is the scheme up to the first ``+`` (``grpc+unix`` -> ``grpc``), as in tvix.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+from urllib.parse import parse_qs, urlsplit
+
+from tvix_castore.errors import InvalidRequest
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceUrl:
+    """A parsed service address."""
+
+    raw: str
+    scheme: str
+    tag: str
+    host: str
+    port: int | None
+    path: str
+    query: dict[str, list[str]]
+
+    @classmethod
+    def parse(cls, raw: str) -> ServiceUrl:
+        """Split a URL; raises InvalidRequest when it has no scheme."""
+        parts = urlsplit(raw)
+        if not parts.scheme or "://" not in raw:
+            raise InvalidRequest(f"invalid service address {raw!r}: expected scheme://...")
+        try:
+            port = parts.port
+        except ValueError as exc:
+            raise InvalidRequest(f"invalid service address {raw!r}: {exc}") from exc
+        return cls(
+            raw=raw,
+            scheme=parts.scheme,
+            tag=parts.scheme.split("+", 1)[0],
+            host=parts.hostname or "",
+            port=port,
+            path=parts.path,
+            query=parse_qs(parts.query, keep_blank_values=True),
+        )
+
+    @property
+    def netloc(self) -> str:
+        """``host[:port]`` as written (IPv6 hosts keep their brackets)."""
+        return urlsplit(self.raw).netloc
+
+    def require_no_host(self) -> None:
+        """Refuse a host part."""
+        if self.netloc:
+            raise InvalidRequest(f"invalid service address {self.raw!r}: no host allowed")
+
+    def require_no_path(self) -> None:
+        """Refuse a path part."""
+        if self.path:
+            raise InvalidRequest(f"invalid service address {self.raw!r}: no path allowed")
+
+    def require_no_query(self, allowed: tuple[str, ...] = ()) -> None:
+        """Refuse query keys not in allowed."""
+        unknown = sorted(set(self.query) - set(allowed))
+        if unknown:
+            raise InvalidRequest(f"invalid service address {self.raw!r}: unknown option {unknown[0]!r}")
+
+
+class Registry(Generic[T]):
+    """Scheme tag -> factory. A duplicate tag is a programming error."""
+
+    def __init__(self, kind: str) -> None:
+        self._kind = kind
+        self._factories: dict[str, Callable[[ServiceUrl], T]] = {}
+
+    def register(self, tag: str, factory: Callable[[ServiceUrl], T]) -> None:
+        """Add a backend for URLs whose scheme starts with tag."""
+        if tag in self._factories:
+            raise RuntimeError(f"{self._kind}: scheme {tag!r} registered twice")
+        self._factories[tag] = factory
+
+    def from_addr(self, raw: str) -> T:
+        """Build the backend a URL names; raises InvalidRequest for unknown or bad URLs."""
+        url = ServiceUrl.parse(raw)
+        factory = self._factories.get(url.tag)
+        if factory is None:
+            raise InvalidRequest(f"invalid {self._kind} address {raw!r}: Unknown type: {url.tag}")
+        return factory(url)

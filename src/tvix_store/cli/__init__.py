@@ -1,0 +1,101 @@
+"""The ``tvix-store`` command: global options, subcommand dispatch, and error reporting.
+
+Each subcommand lives in its own module here and exposes ``register(subparsers, common)``,
+which adds its parser and sets ``func``. Command results go to stdout, logs and errors to
+stderr; any StoreError or Nix-format error becomes one ``error: …`` line and exit status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from types import ModuleType
+
+from tvix_store import __version__
+
+log = logging.getLogger(__name__)
+
+CommandFunc = Callable[[argparse.Namespace], int]
+
+
+def _common_options(suppress: bool) -> argparse.ArgumentParser:
+    """Options accepted both before and after the subcommand name."""
+    default = argparse.SUPPRESS if suppress else None
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument(
+        "--log-level",
+        default=argparse.SUPPRESS if suppress else "info",
+        metavar="LEVEL",
+        help="error|warn|info|debug|trace (default info; RUST_LOG takes priority)",
+    )
+    p.add_argument("--blob-service-addr", default=default, metavar="URL",
+                   help="blob service URL (env BLOB_SERVICE_ADDR; default: the embedded store)")
+    p.add_argument("--directory-service-addr", default=default, metavar="URL",
+                   help="directory service URL (env DIRECTORY_SERVICE_ADDR)")
+    p.add_argument("--path-info-service-addr", default=default, metavar="URL",
+                   help="path info service URL (env PATH_INFO_SERVICE_ADDR)")
+    return p
+
+
+def _command_modules() -> list[ModuleType]:
+    from tvix_store.cli import import_cmd, nar_cmd, path_info_cmd  # noqa: PLC0415
+
+    modules: list[ModuleType] = [import_cmd, nar_cmd, path_info_cmd]
+    import importlib  # noqa: PLC0415
+
+    # Commands whose modules are added by later capabilities (mount, daemon, copy, serve-cache).
+    for name in ("mount_cmd", "daemon_cmd", "copy_cmd", "serve_cache_cmd"):
+        try:
+            modules.append(importlib.import_module(f"tvix_store.cli.{name}"))
+        except ModuleNotFoundError as exc:
+            if exc.name != f"tvix_store.cli.{name}":
+                raise
+    return modules
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser."""
+    parser = argparse.ArgumentParser(
+        prog="tvix-store",
+        description="A content-addressed Nix store, wire-compatible with tvix.",
+        parents=[_common_options(suppress=False)],
+    )
+    parser.add_argument("--version", action="version", version=f"tvix-store {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    common = _common_options(suppress=True)
+    for module in _command_modules():
+        module.register(sub, common)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script."""
+    from nix_compat.errors import NixCompatError  # noqa: PLC0415
+    from tvix_castore.errors import StoreError  # noqa: PLC0415
+    from tvix_store.log import LogConfigError, setup_logging  # noqa: PLC0415
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        setup_logging(args.log_level)
+    except LogConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    # Restore default SIGPIPE behaviour so `tvix-store nar … | head` ends quietly.
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    func: CommandFunc = args.func
+    try:
+        return func(args)
+    except (StoreError, NixCompatError, OSError) as exc:
+        log.debug("command failed", exc_info=True)
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

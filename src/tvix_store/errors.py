@@ -1,0 +1,21 @@
+"""Errors of the store layer, extending the castore tree (see ``tvix_castore.errors``).
+
+Tree additions::
+
+    StoreError
+     +-- ValidationError
+     |    +-- PathInfoError      a PathInfo breaking a rule of spec §4.3
+     +-- ImportError_           a path that cannot be imported (missing, unsupported file type)
+"""
+
+from __future__ import annotations
+
+from tvix_castore.errors import StoreError, ValidationError
+
+
+class PathInfoError(ValidationError):
+    """A PathInfo that breaks a rule of spec §4.3; the message says which."""
+
+
+class ImportError_(StoreError):  # noqa: N801 (ImportError is a builtin)
+    """A filesystem path or NAR that cannot be ingested; the message names the culprit."""

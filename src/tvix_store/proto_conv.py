@@ -1,0 +1,139 @@
+"""PathInfo <-> tvix.store.v1 protobuf, with the validation of spec §4.3 in tvix's order.
+
+The only tvix_store module (besides the gRPC shells) that imports generated code.
+"""
+
+from __future__ import annotations
+
+from tvix.store.protos import pathinfo_pb2 as pb
+
+from nix_compat.errors import NixCompatError
+from nix_compat.nixhash import CAHash, NixHash
+from nix_compat.signing import Signature
+from nix_compat.store_path import StorePath
+from tvix_castore.errors import NodeError
+from tvix_castore.proto_conv import named_node_from_proto, node_to_proto
+from tvix_store.errors import PathInfoError
+from tvix_store.path_info import PathInfo
+
+_CA_TO_PROTO: dict[tuple[str, str], int] = {
+    ("nar", "sha256"): pb.NARInfo.CA.NAR_SHA256,
+    ("nar", "sha1"): pb.NARInfo.CA.NAR_SHA1,
+    ("nar", "sha512"): pb.NARInfo.CA.NAR_SHA512,
+    ("nar", "md5"): pb.NARInfo.CA.NAR_MD5,
+    ("text", "sha256"): pb.NARInfo.CA.TEXT_SHA256,
+    ("flat", "sha1"): pb.NARInfo.CA.FLAT_SHA1,
+    ("flat", "md5"): pb.NARInfo.CA.FLAT_MD5,
+    ("flat", "sha256"): pb.NARInfo.CA.FLAT_SHA256,
+    ("flat", "sha512"): pb.NARInfo.CA.FLAT_SHA512,
+}
+_CA_FROM_PROTO = {v: k for k, v in _CA_TO_PROTO.items()}
+
+
+def path_info_to_proto(info: PathInfo) -> pb.PathInfo:
+    """Domain -> wire."""
+    msg = pb.PathInfo()
+    msg.node.CopyFrom(node_to_proto(info.store_path.basename().encode(), info.node))
+    msg.references.extend(r.digest for r in info.references)
+    ni = msg.narinfo
+    ni.nar_size = info.nar_size
+    ni.nar_sha256 = info.nar_sha256
+    for sig in info.signatures:
+        ni.signatures.add(name=sig.name, data=sig.data)
+    ni.reference_names.extend(r.basename() for r in info.references)
+    if info.deriver is not None:
+        ni.deriver.name = info.deriver.name
+        ni.deriver.digest = info.deriver.digest
+    if info.ca is not None:
+        ni.ca.type = _CA_TO_PROTO[(info.ca.kind, info.ca.hash.algo)]  # type: ignore[assignment]
+        ni.ca.digest = info.ca.hash.digest
+    return msg
+
+
+def path_info_from_proto(msg: pb.PathInfo) -> PathInfo:
+    """Wire -> domain, validating in the order of spec §4.3; raises PathInfoError."""
+    if not msg.HasField("narinfo"):
+        raise PathInfoError("The narinfo field is missing")
+    ni = msg.narinfo
+    for i, ref in enumerate(msg.references):
+        if len(ref) != 20:
+            raise PathInfoError(
+                f"Invalid length of digest at position {i}, expected 20, got {len(ref)}"
+            )
+    if len(ni.reference_names) != len(msg.references):
+        raise PathInfoError(
+            f"Inconsistent Number of References: {len(msg.references)} (references) vs "
+            f"{len(ni.reference_names)} (narinfo)"
+        )
+    references = []
+    for i, (digest, name) in enumerate(zip(msg.references, ni.reference_names, strict=True)):
+        try:
+            ref = StorePath.from_bytes(name)
+        except NixCompatError as exc:
+            raise PathInfoError(f"Invalid reference_name at position {i}: {exc}") from exc
+        if ref.digest != digest:
+            raise PathInfoError(
+                f"digest in reference_name at position {i} does not match digest in "
+                "PathInfo"
+            )
+        references.append(ref)
+    if not msg.HasField("node"):
+        raise PathInfoError("No node present")
+    try:
+        name, node = named_node_from_proto(msg.node)
+    except NodeError as exc:
+        raise PathInfoError(f"Invalid root node: {exc}") from exc
+    try:
+        store_path = StorePath.from_bytes(name)
+    except NixCompatError as exc:
+        raise PathInfoError(f"Failed to parse {name!r} as StorePath: {exc}") from exc
+    if len(ni.nar_sha256) != 32:
+        raise PathInfoError(
+            f"Invalid narinfo.nar_sha256 length: expected 32, got {len(ni.nar_sha256)}"
+        )
+    deriver = None
+    if ni.HasField("deriver"):
+        try:
+            deriver = StorePath(ni.deriver.digest, ni.deriver.name)
+        except NixCompatError as exc:
+            raise PathInfoError(f"deriver field is invalid: {exc}") from exc
+    signatures = []
+    for i, sig in enumerate(ni.signatures):
+        try:
+            signatures.append(Signature(sig.name, sig.data))
+        except NixCompatError as exc:
+            raise PathInfoError(f"The signature at position {i} is invalid: {exc}") from exc
+    ca = None
+    if ni.HasField("ca"):
+        kind_algo = _CA_FROM_PROTO.get(ni.ca.type)
+        if kind_algo is None:
+            raise PathInfoError(f"The ca field is invalid: Unknown hash type: {ni.ca.type}")
+        try:
+            ca = CAHash(kind_algo[0], NixHash(kind_algo[1], ni.ca.digest))  # type: ignore[arg-type]
+        except NixCompatError as exc:
+            raise PathInfoError(f"The ca field is invalid: {exc}") from exc
+    return PathInfo(
+        store_path=store_path,
+        node=node,
+        nar_size=ni.nar_size,
+        nar_sha256=ni.nar_sha256,
+        references=tuple(references),
+        signatures=tuple(signatures),
+        deriver=deriver,
+        ca=ca,
+    )
+
+
+def encode_path_info(info: PathInfo) -> bytes:
+    """Serialized wire form."""
+    return path_info_to_proto(info).SerializeToString(deterministic=True)
+
+
+def decode_path_info(data: bytes) -> PathInfo:
+    """Parse and validate a serialized PathInfo."""
+    msg = pb.PathInfo()
+    try:
+        msg.ParseFromString(data)
+    except Exception as exc:  # protobuf's DecodeError
+        raise PathInfoError(f"cannot decode PathInfo: {exc}") from exc
+    return path_info_from_proto(msg)

@@ -1,0 +1,85 @@
+"""The three services a command works on, built from address flags (spec decision 4).
+
+With no address given, every service is the embedded LMDB store in the data directory:
+``$TVIX_STORE_HOME``, else ``/var/lib/tvix-store`` for root, else ``$XDG_DATA_HOME/tvix-store``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from tvix_castore import blobservice, directoryservice
+from tvix_castore.blobservice import BlobService
+from tvix_castore.directoryservice import DirectoryService
+from tvix_store import pathinfoservice
+from tvix_store.pathinfoservice import NarCalculationService, PathInfoService
+
+BLOB_ENV = "BLOB_SERVICE_ADDR"
+DIRECTORY_ENV = "DIRECTORY_SERVICE_ADDR"
+PATH_INFO_ENV = "PATH_INFO_SERVICE_ADDR"
+
+
+def default_data_dir() -> Path:
+    """Where the embedded store lives when no address is given."""
+    home = os.environ.get("TVIX_STORE_HOME")
+    if home:
+        return Path(home).absolute()
+    if os.geteuid() == 0:
+        return Path("/var/lib/tvix-store")
+    xdg = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(xdg) / "tvix-store"
+
+
+def default_store_url() -> str:
+    """``lmdb:///<data dir>``."""
+    return f"lmdb://{default_data_dir()}"
+
+
+@dataclass(frozen=True, slots=True)
+class Services:
+    """A blob, directory and path-info service that belong together."""
+
+    blob_service: BlobService
+    directory_service: DirectoryService
+    path_info_service: PathInfoService
+
+    def nar_calculation_service(self) -> NarCalculationService:
+        """Remote NAR calculation when the path-info service has one, else local rendering."""
+        remote = self.path_info_service.nar_calculation_service()
+        if remote is not None:
+            return remote
+        from tvix_store.nar.calculation import LocalNarCalculationService  # noqa: PLC0415
+
+        return LocalNarCalculationService(self.blob_service, self.directory_service)
+
+    def close(self) -> None:
+        """Close all three services."""
+        self.path_info_service.close()
+        self.directory_service.close()
+        self.blob_service.close()
+
+
+def construct_services(
+    blob_url: str | None = None,
+    directory_url: str | None = None,
+    path_info_url: str | None = None,
+) -> Services:
+    """Build the services; a missing URL falls back to its env var, then the embedded store."""
+    default = None
+
+    def pick(given: str | None, env: str) -> str:
+        nonlocal default
+        if given:
+            return given
+        if os.environ.get(env):
+            return os.environ[env]
+        if default is None:
+            default = default_store_url()
+        return default
+
+    blobs = blobservice.from_addr(pick(blob_url, BLOB_ENV))
+    dirs = directoryservice.from_addr(pick(directory_url, DIRECTORY_ENV))
+    infos = pathinfoservice.from_addr(pick(path_info_url, PATH_INFO_ENV), blobs, dirs)
+    return Services(blobs, dirs, infos)
