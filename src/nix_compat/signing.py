@@ -65,8 +65,8 @@ class VerifyingKey:
         """True if signature is ours by name and valid over fingerprint."""
         if signature.name != self.name:
             return False
-        from nacl.exceptions import BadSignatureError  # noqa: PLC0415
-        from nacl.signing import VerifyKey  # noqa: PLC0415
+        from nacl.exceptions import BadSignatureError
+        from nacl.signing import VerifyKey
 
         try:
             VerifyKey(self.key).verify(fingerprint, signature.data)
@@ -90,7 +90,7 @@ class SigningKey:
     def parse(cls, text: str) -> SigningKey:
         """Parse Nix's secret key format ``name:base64(seed ‖ public)``."""
         name, raw = _split(text, "secret key", 64)
-        from nacl.signing import SigningKey as NaclKey  # noqa: PLC0415
+        from nacl.signing import SigningKey as NaclKey
 
         if bytes(NaclKey(raw[:32]).verify_key) != raw[32:]:
             raise SignatureError(f"invalid secret key {name!r}: public half does not match")
@@ -102,6 +102,6 @@ class SigningKey:
 
     def sign(self, fingerprint: bytes) -> Signature:
         """Sign fingerprint."""
-        from nacl.signing import SigningKey as NaclKey  # noqa: PLC0415
+        from nacl.signing import SigningKey as NaclKey
 
         return Signature(self.name, NaclKey(self.seed).sign(fingerprint).signature)

@@ -16,7 +16,7 @@ class B3Digest(bytes):
 
     __slots__ = ()
 
-    def __new__(cls, value: bytes | bytearray | memoryview) -> B3Digest:
+    def __new__(cls, value: bytes | bytearray | memoryview) -> B3Digest:  # noqa: D102
         if len(value) != B3_LEN:
             raise NodeError(f"invalid digest length: {len(value)}")
         return super().__new__(cls, value)

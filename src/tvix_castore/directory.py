@@ -76,7 +76,7 @@ class Directory:
     def encode(self) -> bytes:
         """The canonical protobuf encoding (fields in number order, defaults omitted)."""
         if self._encoded is None:
-            from tvix_castore.proto_conv import directory_to_proto  # noqa: PLC0415 (cycle)
+            from tvix_castore.proto_conv import directory_to_proto
 
             self._encoded = directory_to_proto(self).SerializeToString(deterministic=True)
         return self._encoded

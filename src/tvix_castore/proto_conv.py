@@ -7,7 +7,6 @@ incoming Directories follows spec §1.6 in tvix's order; error texts follow tvix
 from __future__ import annotations
 
 from tvix.castore.protos import castore_pb2 as pb
-
 from tvix_castore.digests import B3_LEN, B3Digest
 from tvix_castore.directory import Directory
 from tvix_castore.errors import DirectoryError, NodeError

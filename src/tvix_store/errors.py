@@ -17,5 +17,5 @@ class PathInfoError(ValidationError):
     """A PathInfo that breaks a rule of spec §4.3; the message says which."""
 
 
-class ImportError_(StoreError):  # noqa: N801 (ImportError is a builtin)
+class ImportError_(StoreError):
     """A filesystem path or NAR that cannot be ingested; the message names the culprit."""

@@ -28,9 +28,7 @@ class PathInfo:
 
     def __post_init__(self) -> None:
         if len(self.nar_sha256) != 32:
-            raise PathInfoError(
-                f"Invalid narinfo.nar_sha256 length: expected 32, got {len(self.nar_sha256)}"
-            )
+            raise PathInfoError(f"Invalid narinfo.nar_sha256 length: expected 32, got {len(self.nar_sha256)}")
         if not 0 <= self.nar_size < 1 << 64:
             raise PathInfoError(f"invalid nar_size {self.nar_size}")
         object.__setattr__(self, "references", tuple(self.references))
@@ -38,7 +36,7 @@ class PathInfo:
 
     def fingerprint(self) -> bytes:
         """The narinfo fingerprint signatures are made over (spec §6.6)."""
-        from nix_compat import nixbase32  # noqa: PLC0415
+        from nix_compat import nixbase32
 
         refs = ",".join(r.absolute() for r in self.references)
         return (
@@ -49,6 +47,12 @@ class PathInfo:
     def with_signatures(self, signatures: tuple[Signature, ...]) -> PathInfo:
         """A copy with the given signatures."""
         return PathInfo(
-            self.store_path, self.node, self.nar_size, self.nar_sha256, self.references,
-            signatures, self.deriver, self.ca,
+            self.store_path,
+            self.node,
+            self.nar_size,
+            self.nar_sha256,
+            self.references,
+            signatures,
+            self.deriver,
+            self.ca,
         )

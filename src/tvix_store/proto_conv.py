@@ -5,12 +5,11 @@ The only tvix_store module (besides the gRPC shells) that imports generated code
 
 from __future__ import annotations
 
-from tvix.store.protos import pathinfo_pb2 as pb
-
 from nix_compat.errors import NixCompatError
 from nix_compat.nixhash import CAHash, NixHash
 from nix_compat.signing import Signature
 from nix_compat.store_path import StorePath
+from tvix.store.protos import pathinfo_pb2 as pb
 from tvix_castore.errors import NodeError
 from tvix_castore.proto_conv import named_node_from_proto, node_to_proto
 from tvix_store.errors import PathInfoError
@@ -57,25 +56,20 @@ def path_info_from_proto(msg: pb.PathInfo) -> PathInfo:
     ni = msg.narinfo
     for i, ref in enumerate(msg.references):
         if len(ref) != 20:
-            raise PathInfoError(
-                f"Invalid length of digest at position {i}, expected 20, got {len(ref)}"
-            )
+            raise PathInfoError(f"Invalid length of digest at position {i}, expected 20, got {len(ref)}")
     if len(ni.reference_names) != len(msg.references):
         raise PathInfoError(
             f"Inconsistent Number of References: {len(msg.references)} (references) vs "
             f"{len(ni.reference_names)} (narinfo)"
         )
-    references = []
-    for i, (digest, name) in enumerate(zip(msg.references, ni.reference_names, strict=True)):
+    references: list[StorePath] = []
+    for i, (ref_digest, ref_name) in enumerate(zip(msg.references, ni.reference_names, strict=True)):
         try:
-            ref = StorePath.from_bytes(name)
+            ref = StorePath.from_bytes(ref_name)
         except NixCompatError as exc:
             raise PathInfoError(f"Invalid reference_name at position {i}: {exc}") from exc
-        if ref.digest != digest:
-            raise PathInfoError(
-                f"digest in reference_name at position {i} does not match digest in "
-                "PathInfo"
-            )
+        if ref.digest != ref_digest:
+            raise PathInfoError(f"digest in reference_name at position {i} does not match digest in PathInfo")
         references.append(ref)
     if not msg.HasField("node"):
         raise PathInfoError("No node present")
@@ -88,9 +82,7 @@ def path_info_from_proto(msg: pb.PathInfo) -> PathInfo:
     except NixCompatError as exc:
         raise PathInfoError(f"Failed to parse {name!r} as StorePath: {exc}") from exc
     if len(ni.nar_sha256) != 32:
-        raise PathInfoError(
-            f"Invalid narinfo.nar_sha256 length: expected 32, got {len(ni.nar_sha256)}"
-        )
+        raise PathInfoError(f"Invalid narinfo.nar_sha256 length: expected 32, got {len(ni.nar_sha256)}")
     deriver = None
     if ni.HasField("deriver"):
         try:

@@ -50,7 +50,7 @@ class Services:
         remote = self.path_info_service.nar_calculation_service()
         if remote is not None:
             return remote
-        from tvix_store.nar.calculation import LocalNarCalculationService  # noqa: PLC0415
+        from tvix_store.nar.calculation import LocalNarCalculationService
 
         return LocalNarCalculationService(self.blob_service, self.directory_service)
 

@@ -60,14 +60,17 @@ class BlobWriter(abc.ABC):
     def close(self) -> B3Digest:
         """Finish the blob, make it readable, and return its digest."""
 
-    def abort(self) -> None:  # noqa: B027 (optional hook)
+    def abort(self) -> None:
         """Drop what was written; the default does nothing beyond forgetting the writer."""
 
     def __enter__(self) -> BlobWriter:
         return self
 
     def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         if exc_type is None:
             self.close()
@@ -100,7 +103,7 @@ class BlobService(abc.ABC):
             w.write(data)
             return w.close()
 
-    def close(self) -> None:  # noqa: B027 (optional hook)
+    def close(self) -> None:
         """Release resources (connections, environments)."""
 
 
@@ -125,7 +128,7 @@ def _register_all() -> None:
 
     def lazy(module: str, cls: str) -> Callable[[ServiceUrl], BlobService]:
         def factory(url: ServiceUrl) -> BlobService:
-            import importlib  # noqa: PLC0415
+            import importlib
 
             built: BlobService = getattr(importlib.import_module(module), cls).from_url(url)
             return built

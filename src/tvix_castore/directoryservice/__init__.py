@@ -36,7 +36,10 @@ class DirectoryPutter(abc.ABC):
         return self
 
     def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         """Leaving on an exception stores nothing; a clean exit does not close implicitly."""
 
@@ -57,7 +60,7 @@ class DirectoryService(abc.ABC):
 
         Raises StorageError if a Directory below the root is missing.
         """
-        from tvix_castore.directoryservice.traverse import traverse_directory  # noqa: PLC0415
+        from tvix_castore.directoryservice.traverse import traverse_directory
 
         return traverse_directory(self, root)
 
@@ -65,7 +68,7 @@ class DirectoryService(abc.ABC):
     def put_multiple_start(self) -> DirectoryPutter:
         """A putter that validates a whole closure and stores it on close()."""
 
-    def close(self) -> None:  # noqa: B027 (optional hook)
+    def close(self) -> None:
         """Release resources."""
 
 
@@ -89,7 +92,7 @@ def _register_all() -> None:
 
     def lazy(module: str, cls: str) -> Callable[[ServiceUrl], DirectoryService]:
         def factory(url: ServiceUrl) -> DirectoryService:
-            import importlib  # noqa: PLC0415
+            import importlib
 
             built: DirectoryService = getattr(importlib.import_module(module), cls).from_url(url)
             return built

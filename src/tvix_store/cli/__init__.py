@@ -31,20 +31,32 @@ def _common_options(suppress: bool) -> argparse.ArgumentParser:
         metavar="LEVEL",
         help="error|warn|info|debug|trace (default info; RUST_LOG takes priority)",
     )
-    p.add_argument("--blob-service-addr", default=default, metavar="URL",
-                   help="blob service URL (env BLOB_SERVICE_ADDR; default: the embedded store)")
-    p.add_argument("--directory-service-addr", default=default, metavar="URL",
-                   help="directory service URL (env DIRECTORY_SERVICE_ADDR)")
-    p.add_argument("--path-info-service-addr", default=default, metavar="URL",
-                   help="path info service URL (env PATH_INFO_SERVICE_ADDR)")
+    p.add_argument(
+        "--blob-service-addr",
+        default=default,
+        metavar="URL",
+        help="blob service URL (env BLOB_SERVICE_ADDR; default: the embedded store)",
+    )
+    p.add_argument(
+        "--directory-service-addr",
+        default=default,
+        metavar="URL",
+        help="directory service URL (env DIRECTORY_SERVICE_ADDR)",
+    )
+    p.add_argument(
+        "--path-info-service-addr",
+        default=default,
+        metavar="URL",
+        help="path info service URL (env PATH_INFO_SERVICE_ADDR)",
+    )
     return p
 
 
 def _command_modules() -> list[ModuleType]:
-    from tvix_store.cli import import_cmd, nar_cmd, path_info_cmd  # noqa: PLC0415
+    from tvix_store.cli import import_cmd, nar_cmd, path_info_cmd
 
     modules: list[ModuleType] = [import_cmd, nar_cmd, path_info_cmd]
-    import importlib  # noqa: PLC0415
+    import importlib
 
     # Commands whose modules are added by later capabilities (mount, daemon, copy, serve-cache).
     for name in ("mount_cmd", "daemon_cmd", "copy_cmd", "serve_cache_cmd"):
@@ -73,9 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script."""
-    from nix_compat.errors import NixCompatError  # noqa: PLC0415
-    from tvix_castore.errors import StoreError  # noqa: PLC0415
-    from tvix_store.log import LogConfigError, setup_logging  # noqa: PLC0415
+    from nix_compat.errors import NixCompatError
+    from tvix_castore.errors import StoreError
+    from tvix_store.log import LogConfigError, setup_logging
 
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -45,14 +45,12 @@ class PathInfoService(abc.ABC):
         """A remote NAR calculator if this backend has one (gRPC), else None."""
         return None
 
-    def close(self) -> None:  # noqa: B027 (optional hook)
+    def close(self) -> None:
         """Release resources."""
 
 
 PathInfoFactory = Callable[[ServiceUrl, BlobService, DirectoryService], PathInfoService]
-registry: Registry[Callable[[BlobService, DirectoryService], PathInfoService]] = Registry(
-    "path info service"
-)
+registry: Registry[Callable[[BlobService, DirectoryService], PathInfoService]] = Registry("path info service")
 
 
 def from_addr(url: str, blob_service: BlobService, directory_service: DirectoryService) -> PathInfoService:
@@ -70,9 +68,11 @@ def _register_all() -> None:
         return
     _registered = True
 
-    def lazy(module: str, cls: str) -> Callable[[ServiceUrl], Callable[[BlobService, DirectoryService], PathInfoService]]:
+    def lazy(
+        module: str, cls: str
+    ) -> Callable[[ServiceUrl], Callable[[BlobService, DirectoryService], PathInfoService]]:
         def factory(url: ServiceUrl) -> Callable[[BlobService, DirectoryService], PathInfoService]:
-            import importlib  # noqa: PLC0415
+            import importlib
 
             klass = getattr(importlib.import_module(module), cls)
 
