@@ -54,9 +54,9 @@ def path_info_from_proto(msg: pb.PathInfo) -> PathInfo:
     if not msg.HasField("narinfo"):
         raise PathInfoError("The narinfo field is missing")
     ni = msg.narinfo
-    for i, ref in enumerate(msg.references):
-        if len(ref) != 20:
-            raise PathInfoError(f"Invalid length of digest at position {i}, expected 20, got {len(ref)}")
+    for i, raw_ref in enumerate(msg.references):
+        if len(raw_ref) != 20:
+            raise PathInfoError(f"Invalid length of digest at position {i}, expected 20, got {len(raw_ref)}")
     if len(ni.reference_names) != len(msg.references):
         raise PathInfoError(
             f"Inconsistent Number of References: {len(msg.references)} (references) vs "
