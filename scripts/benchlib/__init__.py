@@ -1,0 +1,1 @@
+"""Benchmark sections; each module has SECTION and run(ctx) -> list[Row]."""

@@ -1,0 +1,99 @@
+"""One shared LMDB environment per store directory, per process (py-lmdb's open-once rule).
+
+The embedded store keeps all its tables in one environment so that the blob, directory and
+path-info services of one ``lmdb:///dir`` URL share it; ``open_env`` hands out the cached
+environment (keyed by realpath) and counts users; ``release_env`` closes it after the last one.
+
+Tables (named databases):
+  ``chunks``      chunk digest (32 B) -> chunk bytes
+  ``blobs``       blob digest (32 B) -> chunk list (see blobservice/lmdb_store.py)
+  ``directories`` directory digest (32 B) -> canonical Directory encoding
+  ``pathinfos``   store path digest (20 B) -> PathInfo encoding
+  ``narcache``    root node encoding digest -> (nar_size, nar_sha256) of its NAR
+
+Thread rules (py-lmdb "Threads"): open and finish every transaction inside one call on one
+thread; never hold a transaction across a generator ``yield``. Never open before ``fork()``.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import lmdb
+
+from tvix_castore.errors import InvalidRequest, StorageError
+
+TABLES = ("chunks", "blobs", "directories", "pathinfos", "narcache")
+
+# The map is reserved address space, not disk: the file grows only as data is written.
+_MAP_SIZE = 1 << 40
+_MAX_READERS = 1024
+
+_lock = threading.Lock()
+_envs: dict[str, tuple[lmdb.Environment, dict[str, object], int]] = {}
+
+
+class LmdbStore:
+    """An open environment plus handles of its named tables."""
+
+    __slots__ = ("env", "path", "tables")
+
+    def __init__(self, path: str, env: lmdb.Environment, tables: dict[str, object]) -> None:
+        self.path = path
+        self.env = env
+        self.tables = tables
+
+    def table(self, name: str) -> object:
+        """The handle of a named table (one of TABLES)."""
+        return self.tables[name]
+
+
+def path_from_url_path(url_path: str) -> str:
+    """Check the path of an ``lmdb:///abs/dir`` URL and return it."""
+    if not url_path or not url_path.startswith("/") or url_path == "/":
+        raise InvalidRequest(f"lmdb store needs an absolute directory path, got {url_path!r}")
+    return url_path
+
+
+def open_env(path: str) -> LmdbStore:
+    """Open (or share) the environment at directory path, creating it if needed."""
+    real = os.path.realpath(path)
+    with _lock:
+        cached = _envs.get(real)
+        if cached is not None:
+            env, tables, users = cached
+            _envs[real] = (env, tables, users + 1)
+            return LmdbStore(real, env, tables)
+        try:
+            Path(real).mkdir(parents=True, exist_ok=True)
+            env = lmdb.open(
+                real,
+                map_size=_MAP_SIZE,
+                max_dbs=len(TABLES) + 2,
+                max_readers=_MAX_READERS,
+                subdir=True,
+                readahead=False,
+                # Readers open short transactions from many threads (gRPC, FUSE workers).
+                lock=True,
+            )
+            tables = {name: env.open_db(name.encode()) for name in TABLES}
+        except (lmdb.Error, OSError) as exc:
+            raise StorageError(f"cannot open LMDB store at {real}: {exc}") from exc
+        _envs[real] = (env, tables, 1)
+        return LmdbStore(real, env, tables)
+
+
+def release_env(store: LmdbStore) -> None:
+    """Drop one user of the environment; the last one closes it."""
+    with _lock:
+        cached = _envs.get(store.path)
+        if cached is None:
+            return
+        env, tables, users = cached
+        if users > 1:
+            _envs[store.path] = (env, tables, users - 1)
+            return
+        del _envs[store.path]
+        env.close()
