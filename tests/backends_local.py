@@ -24,4 +24,14 @@ def _memory_blobs(tmp: Path) -> Iterator[BlobService]:
         service.close()
 
 
+@register_blob("lmdb")
+@contextmanager
+def _lmdb_blobs(tmp: Path) -> Iterator[BlobService]:
+    service = blob_from_addr(f"lmdb://{tmp / 'store'}")
+    try:
+        yield service
+    finally:
+        service.close()
+
+
 # ---- end BlobService ----------------------------------------------------------------------------

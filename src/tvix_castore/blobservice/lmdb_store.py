@@ -1,0 +1,240 @@
+"""``lmdb:///abs/dir``: blobs cut into FastCDC chunks, stored once each in the shared LMDB env.
+
+This module is an IO shell: chunking lives in ``chunker.py``, seeking in ``chunked_reader.py``;
+here are only the disk layout and its transactions.
+
+Layout (two tables of the environment from ``_lmdb_env.py``):
+  ``chunks``  chunk digest (32 B) -> the chunk's raw bytes
+  ``blobs``   blob digest (32 B)  -> its chunk list, ``(digest 32 B, size u32 LE)`` repeated
+
+A blob that is a single chunk (every blob up to the minimum chunk size, the empty blob too) has
+the same digest as that chunk and is stored only in ``chunks``; ``blobs`` holds only blobs of two
+or more chunks. So ``chunks()`` answers ``[]`` for single-chunk blobs and for chunk digests.
+
+Writes stream: the writer holds a few MiB of finished chunks and commits them in one write
+transaction per batch (an LMDB commit costs about a millisecond, a chunk ~100 µs to hash), never
+the whole blob. A chunk already present is not written again. The blob's index entry is
+committed last, after all its chunks, so a reader never sees a blob with missing chunks; an
+aborted writer leaves only unreferenced chunks behind (dedup fodder for later writes).
+
+Reads verify every chunk against its BLAKE3 digest before handing out a byte (decision 6), and
+random access fetches only the chunk holding the position. Every transaction opens and ends
+inside one call; none is held while control returns to the caller.
+"""
+
+from __future__ import annotations
+
+import struct
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import cast, final
+
+import blake3
+import lmdb
+
+from tvix_castore._lmdb_env import LmdbStore, open_env, path_from_url_path, release_env
+from tvix_castore.blobservice import BlobReader, BlobService, BlobWriter, ChunkMeta
+from tvix_castore.blobservice.chunked_reader import BytesBlobReader, ChunkedReader
+from tvix_castore.chunker import Chunker
+from tvix_castore.digests import B3_LEN, EMPTY_BLOB_DIGEST, B3Digest, blake3_digest
+from tvix_castore.errors import ClosedError, DataCorruption, StorageError
+from tvix_castore.url import ServiceUrl
+
+__all__ = ["LmdbBlobService"]
+
+_ENTRY = struct.Struct(f"<{B3_LEN}sI")
+
+# Finished chunks are committed once this many bytes are pending: large enough that the commit
+# cost vanishes, small enough to keep a writer's memory at a few MiB whatever the blob size.
+_FLUSH_BYTES = 4 * 1024 * 1024
+# Large writes are fed to the chunker in pieces of this size, so the chunks one write() call
+# produces never pile up beyond a flush.
+_FEED_PIECE = 1024 * 1024
+
+
+@contextmanager
+def _lmdb_errors(what: str) -> Iterator[None]:
+    """Translate py-lmdb's errors into StorageError naming the operation."""
+    try:
+        yield
+    except lmdb.Error as exc:
+        raise StorageError(f"LMDB blob store: {what}: {exc}") from exc
+
+
+def encode_chunk_list(chunks: list[ChunkMeta]) -> bytes:
+    """The ``blobs`` table value for a chunk list."""
+    return b"".join(_ENTRY.pack(c.digest, c.size) for c in chunks)
+
+
+def decode_chunk_list(digest: B3Digest, value: bytes | memoryview) -> list[ChunkMeta]:
+    """Parse a ``blobs`` table value; raises DataCorruption when it is malformed."""
+    if len(value) % _ENTRY.size or not value:
+        raise DataCorruption(f"chunk list of blob {digest} has a bad length {len(value)}")
+    return [ChunkMeta(B3Digest(d), size) for d, size in _ENTRY.iter_unpack(value)]
+
+
+@final
+class LmdbBlobService(BlobService):
+    """Chunked, deduplicating blob storage in an LMDB environment; thread-safe."""
+
+    def __init__(self, path: str) -> None:
+        self._store: LmdbStore | None = open_env(path)
+        self._env = self._store.env
+        # _lmdb_env hands out table handles untyped; they are py-lmdb database handles.
+        self._chunks_db = cast("lmdb._Database", self._store.table("chunks"))
+        self._blobs_db = cast("lmdb._Database", self._store.table("blobs"))
+        self._close_lock = threading.Lock()
+
+    @classmethod
+    def from_url(cls, url: ServiceUrl) -> LmdbBlobService:
+        """Accept ``lmdb:///abs/dir``: no host, an absolute path other than ``/``, no options."""
+        url.require_no_host()
+        url.require_no_query()
+        return cls(path_from_url_path(url.path))
+
+    @property
+    def path(self) -> str:
+        """The environment's directory."""
+        return self._store.path if self._store is not None else ""
+
+    def close(self) -> None:
+        """Release this service's use of the shared environment; idempotent."""
+        with self._close_lock:
+            if self._store is not None:
+                release_env(self._store)
+                self._store = None
+
+    def has(self, digest: B3Digest) -> bool:
+        """Whether a blob or a chunk of that digest is stored."""
+        with _lmdb_errors(f"has {digest}"), self._env.begin(buffers=True) as txn:
+            return (
+                txn.get(digest, db=self._blobs_db) is not None
+                or txn.get(digest, db=self._chunks_db) is not None
+            )
+
+    def chunks(self, digest: B3Digest) -> list[ChunkMeta] | None:
+        """The chunk list of a multi-chunk blob; [] for a single chunk; None when absent."""
+        with _lmdb_errors(f"chunks of {digest}"), self._env.begin(buffers=True) as txn:
+            value = txn.get(digest, db=self._blobs_db)
+            if value is not None:
+                return decode_chunk_list(digest, value)
+            return [] if txn.get(digest, db=self._chunks_db) is not None else None
+
+    def open_read(self, digest: B3Digest) -> BlobReader | None:
+        """A seekable reader over a blob or a chunk, or None when absent."""
+        with _lmdb_errors(f"open {digest}"), self._env.begin(buffers=True) as txn:
+            value = txn.get(digest, db=self._blobs_db)
+            chunk_list = None if value is None else decode_chunk_list(digest, value)
+        if chunk_list is not None:
+            return ChunkedReader(chunk_list, self.read_chunk)
+        data = self.read_chunk(digest)
+        return None if data is None else BytesBlobReader(data)
+
+    def read_chunk(self, digest: B3Digest) -> bytes | None:
+        """A chunk's bytes after checking them against digest; None when absent.
+
+        Raises:
+            DataCorruption: the stored bytes do not hash to digest.
+
+        """
+        with _lmdb_errors(f"read chunk {digest}"), self._env.begin(buffers=True) as txn:
+            view = txn.get(digest, db=self._chunks_db)
+            # The view points into the map and is valid only inside the txn: copy it out.
+            data = None if view is None else bytes(view)
+        if data is None:
+            return None
+        actual = blake3_digest(data)
+        if actual != digest:
+            raise DataCorruption(
+                f"chunk {digest} is corrupt in {self.path}: its bytes hash to {B3Digest(actual)}"
+            )
+        return data
+
+    def open_write(self) -> LmdbBlobWriter:
+        """A streaming writer; the blob becomes readable when it is closed."""
+        if self._store is None:
+            raise ClosedError("LMDB blob service is closed")
+        return LmdbBlobWriter(self)
+
+    def _commit(self, chunks: list[tuple[B3Digest, bytes]], blob: tuple[B3Digest, bytes] | None) -> None:
+        """Store chunks (skipping present ones) and then, optionally, a blob's chunk list."""
+        with _lmdb_errors("write"), self._env.begin(write=True) as txn:
+            for digest, data in chunks:
+                # NOOVERWRITE: a present chunk is neither copied nor rewritten (dedup).
+                txn.put(digest, data, db=self._chunks_db, overwrite=False)
+            if blob is not None:
+                txn.put(blob[0], blob[1], db=self._blobs_db, overwrite=False)
+
+
+@final
+class LmdbBlobWriter(BlobWriter):
+    """Chunks what is written, hashes it incrementally and commits chunks in batches."""
+
+    def __init__(self, service: LmdbBlobService) -> None:
+        self._service = service
+        self._chunker: Chunker | None = Chunker()
+        self._hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
+        self._chunk_list: list[ChunkMeta] = []
+        self._pending: list[tuple[B3Digest, bytes]] = []
+        self._pending_bytes = 0
+        self._digest: B3Digest | None = None
+
+    @property
+    def buffered(self) -> int:
+        """Bytes this writer holds in memory right now (chunker tail plus uncommitted chunks)."""
+        held = self._chunker.pending if self._chunker is not None else 0
+        return held + self._pending_bytes
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        """Append data; finished chunks are committed in batches of a few MiB."""
+        chunker = self._chunker
+        if chunker is None:
+            raise ClosedError("blob writer is already closed")
+        view = memoryview(data).cast("B")
+        self._hasher.update(view)
+        for start in range(0, len(view), _FEED_PIECE):
+            self._add(chunker.feed(view[start : start + _FEED_PIECE]))
+            if self._pending_bytes >= _FLUSH_BYTES:
+                self._service._commit(self._pending, None)
+                self._pending = []
+                self._pending_bytes = 0
+        return len(view)
+
+    def _add(self, chunks: list[bytes]) -> None:
+        for chunk in chunks:
+            digest = B3Digest(blake3_digest(chunk))
+            self._chunk_list.append(ChunkMeta(digest, len(chunk)))
+            self._pending.append((digest, chunk))
+            self._pending_bytes += len(chunk)
+
+    def close(self) -> B3Digest:
+        """Commit the rest and the chunk list; return the blob's digest (again on a 2nd call)."""
+        if self._digest is not None:
+            return self._digest
+        chunker = self._chunker
+        if chunker is None:
+            raise ClosedError("blob writer was aborted")
+        self._add(chunker.finish())
+        self._chunker = None
+        digest = B3Digest(self._hasher.digest())
+        if not self._chunk_list:
+            self._pending = [(EMPTY_BLOB_DIGEST, b"")]
+            index = None
+        elif len(self._chunk_list) == 1:
+            # The single chunk is the blob: same bytes, same digest, no index entry needed.
+            assert self._chunk_list[0].digest == digest
+            index = None
+        else:
+            index = (digest, encode_chunk_list(self._chunk_list))
+        self._service._commit(self._pending, index)
+        self._pending = []
+        self._pending_bytes = 0
+        self._digest = digest
+        return digest
+
+    def abort(self) -> None:
+        """Drop uncommitted chunks; chunks committed so far stay as unreferenced data."""
+        self._chunker = None
+        self._pending = []
+        self._pending_bytes = 0
