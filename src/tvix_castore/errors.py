@@ -10,6 +10,8 @@ Tree::
      |    +-- DirectoryError     unsorted/duplicate names, bad child, size overflow
      |    +-- NodeError          a node with a bad digest length, name or symlink target
      +-- ClosedError             you used a reader or writer after closing it yourself
+     +-- IngestionError          a tree that cannot be ingested (unsupported file type, unreadable
+                                 file, file changed while read); the message names the path
 
 Absence is never an error: lookups return ``None``.
 """
@@ -47,3 +49,7 @@ class NodeError(ValidationError):
 
 class ClosedError(StoreError):
     """A reader or writer was used after it was closed."""
+
+
+class IngestionError(StoreError):
+    """A filesystem tree that cannot be ingested; the message names the offending path."""
