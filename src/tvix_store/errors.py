@@ -6,6 +6,8 @@ Tree additions::
      +-- ValidationError
      |    +-- PathInfoError      a PathInfo breaking a rule of spec §4.3
      +-- ImportError_           a path that cannot be imported (missing, unsupported file type)
+ +-- NarRenderError         a node whose NAR cannot be rendered (missing blob or directory,
+                            blob length differing from the FileNode size)
 """
 
 from __future__ import annotations
@@ -19,3 +21,7 @@ class PathInfoError(ValidationError):
 
 class ImportError_(StoreError):
     """A filesystem path or NAR that cannot be ingested; the message names the culprit."""
+
+
+class NarRenderError(StoreError):
+    """A node whose NAR cannot be rendered; the message names the digest and the entry."""
