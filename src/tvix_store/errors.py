@@ -6,8 +6,8 @@ Tree additions::
      +-- ValidationError
      |    +-- PathInfoError      a PathInfo breaking a rule of spec §4.3
      +-- ImportError_           a path that cannot be imported (missing, unsupported file type)
- +-- NarRenderError         a node whose NAR cannot be rendered (missing blob or directory,
-                            blob length differing from the FileNode size)
+     +-- NarRenderError         a node whose NAR cannot be rendered (missing blob or directory,
+                                blob length differing from the FileNode size)
 """
 
 from __future__ import annotations
