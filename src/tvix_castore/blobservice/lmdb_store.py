@@ -105,8 +105,13 @@ class LmdbBlobService(BlobService):
                 release_env(self._store)
                 self._store = None
 
+    def _check_open(self) -> None:
+        if self._store is None:
+            raise ClosedError("LMDB blob service is closed")
+
     def has(self, digest: B3Digest) -> bool:
         """Whether a blob or a chunk of that digest is stored."""
+        self._check_open()
         with _lmdb_errors(f"has {digest}"), self._env.begin(buffers=True) as txn:
             return (
                 txn.get(digest, db=self._blobs_db) is not None
@@ -115,6 +120,7 @@ class LmdbBlobService(BlobService):
 
     def chunks(self, digest: B3Digest) -> list[ChunkMeta] | None:
         """The chunk list of a multi-chunk blob; [] for a single chunk; None when absent."""
+        self._check_open()
         with _lmdb_errors(f"chunks of {digest}"), self._env.begin(buffers=True) as txn:
             value = txn.get(digest, db=self._blobs_db)
             if value is not None:
@@ -123,6 +129,7 @@ class LmdbBlobService(BlobService):
 
     def open_read(self, digest: B3Digest) -> BlobReader | None:
         """A seekable reader over a blob or a chunk, or None when absent."""
+        self._check_open()
         with _lmdb_errors(f"open {digest}"), self._env.begin(buffers=True) as txn:
             value = txn.get(digest, db=self._blobs_db)
             chunk_list = None if value is None else decode_chunk_list(digest, value)
@@ -138,6 +145,7 @@ class LmdbBlobService(BlobService):
             DataCorruption: the stored bytes do not hash to digest.
 
         """
+        self._check_open()
         with _lmdb_errors(f"read chunk {digest}"), self._env.begin(buffers=True) as txn:
             view = txn.get(digest, db=self._chunks_db)
             # The view points into the map and is valid only inside the txn: copy it out.
@@ -153,12 +161,12 @@ class LmdbBlobService(BlobService):
 
     def open_write(self) -> LmdbBlobWriter:
         """A streaming writer; the blob becomes readable when it is closed."""
-        if self._store is None:
-            raise ClosedError("LMDB blob service is closed")
+        self._check_open()
         return LmdbBlobWriter(self)
 
     def _commit(self, chunks: list[tuple[B3Digest, bytes]], blob: tuple[B3Digest, bytes] | None) -> None:
         """Store chunks (skipping present ones) and then, optionally, a blob's chunk list."""
+        self._check_open()
         with _lmdb_errors("write"), self._env.begin(write=True) as txn:
             for digest, data in chunks:
                 # NOOVERWRITE: a present chunk is neither copied nor rewritten (dedup).

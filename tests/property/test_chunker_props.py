@@ -1,0 +1,142 @@
+"""Properties of the content-defined chunker (chunker.py): FastCDC 2020 with tvix's parameters."""
+
+from __future__ import annotations
+
+import os
+import random
+
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
+from tvix_castore.chunker import MAX_SIZE, MIN_SIZE, Chunker, chunk_bytes
+
+# Each example cuts megabytes; a few dozen examples already cover many chunks per run.
+# HYPOTHESIS_DEEP=1 raises the count for a thorough run.
+_EXAMPLES = 200 if os.environ.get("HYPOTHESIS_DEEP") else 25
+_settings = settings(
+    max_examples=_EXAMPLES,
+    deadline=None,
+    derandomize=not os.environ.get("HYPOTHESIS_DEEP"),
+    suppress_health_check=[HealthCheck.too_slow],
+)
+
+
+def _data(kind: str, seed: int, size: int) -> bytes:
+    rng = random.Random(seed)
+    if kind == "random":
+        return rng.randbytes(size)
+    if kind == "zeros":
+        return bytes(size)
+    # Low-entropy text-like data: repeated words, so runs of equal content occur.
+    words = [rng.randbytes(rng.randrange(1, 12)) for _ in range(50)]
+    out = bytearray()
+    while len(out) < size:
+        out += rng.choice(words)
+    return bytes(out[:size])
+
+
+_kinds = st.sampled_from(["random", "zeros", "text"])
+_seeds = st.integers(0, 2**32)
+_sizes = st.integers(0, 4 * 1024 * 1024)
+
+
+def _push(data: bytes, pieces: list[int], batch: int) -> list[bytes]:
+    c = Chunker(batch=batch)
+    out: list[bytes] = []
+    i = 0
+    view = memoryview(data)
+    for n in pieces:
+        out += c.feed(view[i : i + n])
+        i += n
+        if i >= len(data):
+            break
+    if i < len(data):
+        out += c.feed(view[i:])
+    out += c.finish()
+    return out
+
+
+@_settings
+@given(kind=_kinds, seed=_seeds, size=_sizes)
+@example(kind="random", seed=1, size=0)
+@example(kind="random", seed=1, size=MIN_SIZE - 1)
+@example(kind="random", seed=1, size=MIN_SIZE)
+@example(kind="zeros", seed=1, size=MAX_SIZE)
+@example(kind="zeros", seed=1, size=MAX_SIZE + 1)
+@example(kind="zeros", seed=1, size=3 * MAX_SIZE)
+def test_chunks_concatenate_and_respect_bounds(kind: str, seed: int, size: int) -> None:
+    """Chunks concatenate to the input; every chunk but the last is within [min, max]."""
+    data = _data(kind, seed, size)
+    chunks = chunk_bytes(data)
+    assert b"".join(chunks) == data
+    assert all(c for c in chunks)
+    for c in chunks[:-1]:
+        assert MIN_SIZE <= len(c) <= MAX_SIZE
+    if chunks:
+        assert 0 < len(chunks[-1]) <= MAX_SIZE
+    assert (not chunks) == (size == 0)
+
+
+@_settings
+@given(
+    kind=_kinds,
+    seed=_seeds,
+    size=_sizes,
+    pieces=st.lists(st.integers(1, 1_500_000), min_size=1, max_size=40),
+    batch=st.sampled_from([1, 100_000, MAX_SIZE, 2 * 1024 * 1024]),
+)
+@example(kind="random", seed=5, size=3_000_000, pieces=[1] * 40, batch=1)
+@example(kind="zeros", seed=5, size=3 * MAX_SIZE, pieces=[MAX_SIZE], batch=MAX_SIZE)
+def test_push_feeding_equals_whole_buffer(
+    kind: str, seed: int, size: int, pieces: list[int], batch: int
+) -> None:
+    """Feeding the input in arbitrary pieces gives exactly the whole-buffer chunks."""
+    data = _data(kind, seed, size)
+    assert _push(data, pieces, batch) == chunk_bytes(data)
+
+
+def test_pending_is_bounded() -> None:
+    """The chunker never holds back more than batch + max_size + one fed piece."""
+    c = Chunker()
+    rng = random.Random(9)
+    worst = 0
+    for _ in range(40):
+        c.feed(rng.randbytes(1 << 20))
+        worst = max(worst, c.pending)
+    assert worst <= 2 * 1024 * 1024 + MAX_SIZE + (1 << 20)
+
+
+@_settings
+@given(
+    seed=_seeds,
+    where=st.floats(0.0, 1.0),
+    edit=st.sampled_from(["insert", "overwrite", "delete"]),
+    length=st.integers(1, 64),
+)
+def test_edit_keeps_prefix_and_resynchronises(seed: int, where: float, edit: str, length: int) -> None:
+    """After an edit, chunks ending before it are unchanged and later chunks mostly come back."""
+    rng = random.Random(seed)
+    data = rng.randbytes(12 * 1024 * 1024)
+    pos = int(where * (len(data) - length))
+    if edit == "insert":
+        edited = data[:pos] + rng.randbytes(length) + data[pos:]
+    elif edit == "overwrite":
+        edited = data[:pos] + bytes(b ^ 0xFF for b in data[pos : pos + length]) + data[pos + length :]
+    else:
+        edited = data[:pos] + data[pos + length :]
+    before = chunk_bytes(data)
+    after = chunk_bytes(edited)
+
+    # A cut depends on the byte at the cut position, so only chunks ending before pos are safe.
+    end = 0
+    prefix = 0
+    for c in before:
+        end += len(c)
+        if end >= pos:
+            break
+        prefix += 1
+    assert after[:prefix] == before[:prefix]
+
+    # Content-defined cuts resynchronise: all but a few chunks after the edit reappear.
+    reused = set(before) & set(after)
+    assert len(reused) >= len(before) - 4, (len(before), len(reused))
