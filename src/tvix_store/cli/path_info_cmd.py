@@ -1,0 +1,104 @@
+"""``tvix-store path-info STORE_PATH...`` / ``--all``: print PathInfos as narinfo text or JSON.
+
+Narinfo text uses ``URL: nar/<nixbase32 NAR hash>.nar`` and ``Compression: none``, as a
+binary cache serving uncompressed NARs would. ``--json`` prints a list shaped like
+``nix path-info --json`` (path, narHash in SRI form, narSize, references, ca, signatures,
+deriver). An unknown store path is an error naming it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tvix_store.path_info import PathInfo
+
+__all__ = ["narinfo_text", "path_info_json", "register"]
+
+
+def register(
+    subparsers: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
+) -> None:
+    """Add the ``path-info`` subcommand."""
+    p = subparsers.add_parser(
+        "path-info",
+        parents=[common],
+        help="show the PathInfo of store paths (narinfo text or --json)",
+        description="Print the PathInfo of each STORE_PATH (or of every path with --all).",
+    )
+    p.add_argument("store_paths", nargs="*", metavar="STORE_PATH", help="/nix/store/<hash>-<name>")
+    p.add_argument("--all", action="store_true", help="every path in the store")
+    p.add_argument("--json", action="store_true", help="print JSON like `nix path-info --json`")
+    p.set_defaults(func=run, parser=p)
+
+
+def narinfo_text(info: PathInfo) -> str:
+    """The narinfo of info, for a cache serving uncompressed NARs."""
+    from nix_compat import nixbase32
+    from nix_compat.narinfo import NarInfo
+
+    return NarInfo(
+        store_path=info.store_path,
+        url=f"nar/{nixbase32.encode(info.nar_sha256)}.nar",
+        compression="none",
+        nar_hash=info.nar_sha256,
+        nar_size=info.nar_size,
+        references=info.references,
+        deriver=info.deriver,
+        signatures=info.signatures,
+        ca=info.ca,
+    ).render()
+
+
+def path_info_json(info: PathInfo) -> dict[str, object]:
+    """One element of ``nix path-info --json`` output, for info."""
+    from nix_compat.nixhash import NixHash
+
+    out: dict[str, object] = {
+        "path": info.store_path.absolute(),
+        "narHash": NixHash("sha256", info.nar_sha256).to_sri(),
+        "narSize": info.nar_size,
+        "references": sorted(r.absolute() for r in info.references),
+    }
+    if info.ca is not None:
+        out["ca"] = info.ca.to_nix_string()
+    if info.deriver is not None:
+        out["deriver"] = info.deriver.absolute() + ".drv"
+    if info.signatures:
+        out["signatures"] = [str(s) for s in info.signatures]
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    """Look the paths up and print them."""
+    from nix_compat.store_path import StorePath
+    from tvix_store.services import construct_services
+
+    if args.all == bool(args.store_paths):
+        args.parser.error("give STORE_PATH arguments or --all (not both)")
+    wanted = [StorePath.from_absolute_path(p.rstrip("/")) for p in args.store_paths]
+    services = construct_services(
+        args.blob_service_addr, args.directory_service_addr, args.path_info_service_addr
+    )
+    try:
+        infos: list[PathInfo] = []
+        if args.all:
+            infos = sorted(services.path_info_service.list(), key=lambda i: i.store_path.absolute())
+        else:
+            for sp in wanted:
+                info = services.path_info_service.get(sp.digest)
+                if info is None or info.store_path != sp:
+                    print(f"error: path '{sp.absolute()}' is not in the store", file=sys.stderr)
+                    return 1
+                infos.append(info)
+    finally:
+        services.close()
+    if args.json:
+        sys.stdout.write(json.dumps([path_info_json(i) for i in infos]) + "\n")
+    else:
+        sys.stdout.write("\n".join(narinfo_text(i) for i in infos))
+    sys.stdout.flush()
+    return 0

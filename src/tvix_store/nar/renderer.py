@@ -1,0 +1,103 @@
+"""NAR rendering: a castore root node -> NAR bytes (tvix ``store/src/nar/renderer.rs``).
+
+Shell between the services and the pure ``NarWriter``: directories come from the
+DirectoryService, file contents are streamed from the BlobService in 1 MiB reads, so memory
+stays flat however big the files are. The FileNode ``size`` is authoritative for the NAR
+header: a blob of another length is an error, as is a missing blob or directory (each
+message names the digest and the entry). The root node's name plays no part.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from nix_compat.errors import NarError
+from nix_compat.nar import NarWriter
+from tvix_castore.blobservice import BlobReader, BlobService
+from tvix_castore.directoryservice import DirectoryService
+from tvix_castore.ingest.entries import EntryPath, format_path
+from tvix_castore.nodes import DirectoryNode, FileNode, Node, SymlinkNode
+from tvix_store.errors import NarRenderError
+
+__all__ = ["READ_CHUNK", "write_nar"]
+
+READ_CHUNK = 1 << 20
+
+Write = Callable[[bytes | memoryview], object]
+
+
+def write_nar(
+    write: Write, root: Node, blob_service: BlobService, directory_service: DirectoryService
+) -> None:
+    """Write the NAR of root through write, streaming file contents.
+
+    Raises:
+        NarRenderError: a blob or directory is missing, or a blob's length is not the size its
+            FileNode records.
+
+    """
+    writer = NarWriter(write)
+    # Each frame: an open directory's entry path and its remaining (name, node) pairs.
+    stack: list[tuple[EntryPath, Iterator[tuple[bytes, Node]]]] = []
+    _node(writer, (), root, blob_service, directory_service, stack)
+    while stack:
+        path, children = stack[-1]
+        child = next(children, None)
+        if child is None:
+            stack.pop()
+            writer.end_directory()
+            continue
+        name, node = child
+        writer.entry(name)
+        _node(writer, (*path, name), node, blob_service, directory_service, stack)
+    writer.close()
+
+
+def _node(
+    writer: NarWriter,
+    path: EntryPath,
+    node: Node,
+    blob_service: BlobService,
+    directory_service: DirectoryService,
+    stack: list[tuple[EntryPath, Iterator[tuple[bytes, Node]]]],
+) -> None:
+    if isinstance(node, SymlinkNode):
+        writer.symlink(node.target)
+    elif isinstance(node, FileNode):
+        _file(writer, path, node, blob_service)
+    elif isinstance(node, DirectoryNode):
+        directory = directory_service.get(node.digest)
+        if directory is None:
+            raise NarRenderError(f"directory {node.digest} not found (entry {format_path(path)!r})")
+        writer.begin_directory()
+        stack.append((path, iter(directory.entries())))
+    else:  # pragma: no cover - Node is a closed union
+        raise TypeError(f"not a node: {node!r}")
+
+
+def _file(writer: NarWriter, path: EntryPath, node: FileNode, blob_service: BlobService) -> None:
+    reader = blob_service.open_read(node.digest)
+    if reader is None:
+        raise NarRenderError(f"blob {node.digest} not found (entry {format_path(path)!r})")
+    with reader:
+        actual = reader.size()
+        if actual != node.size:
+            relation = "shorter" if actual < node.size else "longer"
+            raise NarRenderError(
+                f"blob {node.digest} is {actual} bytes, {relation} than the size {node.size} "
+                f"recorded for entry {format_path(path)!r}"
+            )
+        try:
+            writer.file(node.executable, node.size, _contents(reader))
+        except NarError as exc:
+            # The blob yielded another length than it announced.
+            raise NarRenderError(f"blob {node.digest} (entry {format_path(path)!r}): {exc}") from exc
+
+
+def _contents(reader: BlobReader) -> Iterator[bytes]:
+    read = reader.read
+    while True:
+        data = read(READ_CHUNK)
+        if not data:
+            return
+        yield data
