@@ -1,0 +1,144 @@
+"""``lmdb:///abs/dir``: PathInfos in the ``pathinfos`` table of the shared LMDB environment.
+
+This module is an IO shell: validation lives in ``path_info.py`` and ``proto_conv.py``.
+
+Layout: ``pathinfos`` maps the 20-byte store-path digest to the PathInfo's protobuf encoding.
+
+Crash safety: the environment does not fsync per commit (see ``_lmdb_env``). A PathInfo is
+what makes a store path visible, so ``put`` first syncs the environment (every blob and
+Directory the PathInfo points to becomes durable), then commits the PathInfo, then syncs again
+(the PathInfo itself becomes durable before ``put`` returns). A crash at any point leaves either
+no PathInfo or one whose data is all on disk.
+
+``list`` reads in batches, one short read transaction each, resuming after the last key seen;
+no transaction stays open while the generator is suspended.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import cast, final
+
+import lmdb
+
+from tvix_castore._lmdb_env import LmdbStore, open_env, path_from_url_path, release_env
+from tvix_castore.blobservice import BlobService
+from tvix_castore.directoryservice import DirectoryService
+from tvix_castore.errors import ClosedError, DataCorruption, StorageError
+from tvix_castore.url import ServiceUrl
+from tvix_store.errors import PathInfoError
+from tvix_store.nar_cache import LmdbNarCache
+from tvix_store.path_info import PathInfo
+from tvix_store.pathinfoservice import PathInfoService
+from tvix_store.proto_conv import decode_path_info, encode_path_info
+
+__all__ = ["LmdbPathInfoService"]
+
+_LIST_BATCH = 256
+
+
+@contextmanager
+def _lmdb_errors(what: str) -> Iterator[None]:
+    """Translate py-lmdb's errors into StorageError naming the operation."""
+    try:
+        yield
+    except lmdb.Error as exc:
+        raise StorageError(f"LMDB path info store: {what}: {exc}") from exc
+
+
+@final
+class LmdbPathInfoService(PathInfoService):
+    """PathInfo storage in an LMDB environment; a put overwrites; thread-safe."""
+
+    def __init__(self, path: str) -> None:
+        self._store: LmdbStore | None = open_env(path)
+        self._env = self._store.env
+        # _lmdb_env hands out table handles untyped; they are py-lmdb database handles.
+        self._db = cast("lmdb._Database", self._store.table("pathinfos"))
+        self._close_lock = threading.Lock()
+        self._nar_cache: LmdbNarCache | None = None
+
+    @classmethod
+    def from_url(
+        cls, url: ServiceUrl, blob_service: BlobService, directory_service: DirectoryService
+    ) -> LmdbPathInfoService:
+        """Accept ``lmdb:///abs/dir``: no host, an absolute path other than ``/``, no options."""
+        url.require_no_host()
+        url.require_no_query()
+        return cls(path_from_url_path(url.path))
+
+    @property
+    def path(self) -> str:
+        """The environment's directory."""
+        return self._store.path if self._store is not None else ""
+
+    def close(self) -> None:
+        """Release this service's use of the shared environment; idempotent."""
+        with self._close_lock:
+            if self._nar_cache is not None:
+                self._nar_cache.close()
+                self._nar_cache = None
+            if self._store is not None:
+                release_env(self._store)
+                self._store = None
+
+    def get(self, digest: bytes) -> PathInfo | None:
+        """The PathInfo of the store path with this 20-byte digest, or None."""
+        with _lmdb_errors("get"), self._env.begin(db=self._db) as txn:
+            data = txn.get(bytes(digest))
+        return None if data is None else self._decode(bytes(digest), data)
+
+    def put(self, info: PathInfo) -> PathInfo:
+        """Store info durably, replacing any old one; its data is made durable first."""
+        store = self._store
+        if store is None:
+            raise ClosedError("LMDB path info service is closed")
+        value = encode_path_info(info)
+        store.sync()
+        with (
+            _lmdb_errors(f"put {info.store_path.basename()}"),
+            self._env.begin(write=True, db=self._db) as txn,
+        ):
+            txn.put(info.store_path.digest, value)
+        store.sync()
+        return info
+
+    def list(self) -> Iterator[PathInfo]:
+        """Every PathInfo, in key order, read in batches."""
+        after: bytes | None = None
+        while True:
+            batch: list[tuple[bytes, bytes]] = []
+            with _lmdb_errors("list"), self._env.begin(db=self._db) as txn:
+                cursor = txn.cursor()
+                more = cursor.first() if after is None else cursor.set_range(after)
+                while more and len(batch) < _LIST_BATCH:
+                    key = cursor.key()
+                    if key != after:
+                        batch.append((key, cursor.value()))
+                    more = cursor.next()
+            # The transaction is over: decode and yield outside of it.
+            for key, data in batch:
+                yield self._decode(key, data)
+            if not more:
+                return
+            after = batch[-1][0]
+
+    def nar_cache(self) -> LmdbNarCache:
+        """The NAR-calculation cache stored beside the PathInfos (``narcache`` table)."""
+        with self._close_lock:
+            if self._store is None:
+                raise ClosedError("LMDB path info service is closed")
+            if self._nar_cache is None:
+                self._nar_cache = LmdbNarCache(self._store.path)
+            return self._nar_cache
+
+    def _decode(self, key: bytes, data: bytes) -> PathInfo:
+        try:
+            info = decode_path_info(data)
+        except PathInfoError as exc:
+            raise DataCorruption(f"PathInfo {key.hex()} in {self.path} does not decode: {exc}") from exc
+        if info.store_path.digest != key:
+            raise DataCorruption(f"PathInfo under {key.hex()} in {self.path} is for {info.store_path}")
+        return info
