@@ -182,7 +182,10 @@ class LmdbBlobWriter(BlobWriter):
     def __init__(self, service: LmdbBlobService) -> None:
         self._service = service
         self._chunker: Chunker | None = Chunker()
+        # The blob hash is fed from the chunks, and only once a second chunk shows up: for a
+        # single-chunk blob (most files) the chunk digest already is the blob digest.
         self._hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
+        self._first_chunk: bytes | None = None
         self._chunk_list: list[ChunkMeta] = []
         self._pending: list[tuple[B3Digest, bytes]] = []
         self._pending_bytes = 0
@@ -200,7 +203,6 @@ class LmdbBlobWriter(BlobWriter):
         if chunker is None:
             raise ClosedError("blob writer is already closed")
         view = memoryview(data).cast("B")
-        self._hasher.update(view)
         for start in range(0, len(view), _FEED_PIECE):
             self._add(chunker.feed(view[start : start + _FEED_PIECE]))
             if self._pending_bytes >= _FLUSH_BYTES:
@@ -212,6 +214,13 @@ class LmdbBlobWriter(BlobWriter):
     def _add(self, chunks: list[bytes]) -> None:
         for chunk in chunks:
             digest = B3Digest(blake3_digest(chunk))
+            if not self._chunk_list:
+                self._first_chunk = chunk
+            else:
+                if self._first_chunk is not None:
+                    self._hasher.update(self._first_chunk)
+                    self._first_chunk = None
+                self._hasher.update(chunk)
             self._chunk_list.append(ChunkMeta(digest, len(chunk)))
             self._pending.append((digest, chunk))
             self._pending_bytes += len(chunk)
@@ -225,16 +234,18 @@ class LmdbBlobWriter(BlobWriter):
             raise ClosedError("blob writer was aborted")
         self._add(chunker.finish())
         self._chunker = None
-        digest = B3Digest(self._hasher.digest())
         if not self._chunk_list:
+            digest = EMPTY_BLOB_DIGEST
             self._pending = [(EMPTY_BLOB_DIGEST, b"")]
             index = None
         elif len(self._chunk_list) == 1:
             # The single chunk is the blob: same bytes, same digest, no index entry needed.
-            assert self._chunk_list[0].digest == digest
+            digest = self._chunk_list[0].digest
             index = None
         else:
+            digest = B3Digest(self._hasher.digest())
             index = (digest, encode_chunk_list(self._chunk_list))
+        self._first_chunk = None
         self._service._commit(self._pending, index)
         self._pending = []
         self._pending_bytes = 0
@@ -244,5 +255,6 @@ class LmdbBlobWriter(BlobWriter):
     def abort(self) -> None:
         """Drop uncommitted chunks; chunks committed so far stay as unreferenced data."""
         self._chunker = None
+        self._first_chunk = None
         self._pending = []
         self._pending_bytes = 0
