@@ -6,11 +6,15 @@ This is the NarCalculationService used when the path-info service has no remote 
 from __future__ import annotations
 
 import hashlib
+from typing import TYPE_CHECKING
 
 from tvix_castore.blobservice import BlobService
 from tvix_castore.directoryservice import DirectoryService
 from tvix_castore.nodes import Node
 from tvix_store.nar.renderer import write_nar
+
+if TYPE_CHECKING:
+    from tvix_store.nar_cache import NarCache
 
 __all__ = ["LocalNarCalculationService", "NarHasher"]
 
@@ -35,11 +39,21 @@ class NarHasher:
 
 
 class LocalNarCalculationService:
-    """Renders a node's NAR from the blob and directory services and hashes it."""
+    """Renders a node's NAR from the blob and directory services and hashes it.
 
-    def __init__(self, blob_service: BlobService, directory_service: DirectoryService) -> None:
+    With a ``NarCache`` the result is looked up first and remembered afterwards (decision 8):
+    it depends only on the node, whose digests pin down every byte below it.
+    """
+
+    def __init__(
+        self,
+        blob_service: BlobService,
+        directory_service: DirectoryService,
+        nar_cache: NarCache | None = None,
+    ) -> None:
         self._blob_service = blob_service
         self._directory_service = directory_service
+        self._nar_cache = nar_cache
 
     def calculate_nar(self, node: Node) -> tuple[int, bytes]:
         """(nar_size, nar_sha256) of node.
@@ -48,6 +62,13 @@ class LocalNarCalculationService:
             NarRenderError: a blob or directory below node is missing or inconsistent.
 
         """
+        cache = self._nar_cache
+        if cache is not None:
+            hit = cache.get_nar_cache(node)
+            if hit is not None:
+                return hit
         hasher = NarHasher()
         write_nar(hasher, node, self._blob_service, self._directory_service)
+        if cache is not None:
+            cache.put_nar_cache(node, hasher.size, hasher.digest())
         return hasher.size, hasher.digest()
