@@ -193,7 +193,6 @@ _CHILD = textwrap.dedent(
 )
 
 
-@pytest.mark.slow
 def test_second_process_reads_while_writing(service: LmdbBlobService, store_dir: Path) -> None:
     """Another process reads a blob while this one writes others, and sees new commits."""
     known = os.urandom(3 * MiB)
