@@ -335,3 +335,19 @@ def test_structure_errors():
 def test_negative_size():
     with pytest.raises(NarError, match="negative"):
         NarWriter(io.BytesIO().write).file(False, -1, [])
+
+
+def test_failing_contents_source_breaks_writer():
+    """An exception from the contents iterator propagates and the writer refuses to go on."""
+
+    def contents():
+        yield b"abc"
+        raise OSError("disk gone")
+
+    w = NarWriter(io.BytesIO().write)
+    w.begin_directory()
+    w.entry(b"a")
+    with pytest.raises(OSError, match="disk gone"):
+        w.file(False, 10, contents())
+    with pytest.raises(NarError, match="earlier error"):
+        w.end_directory()

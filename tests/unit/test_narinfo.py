@@ -4,9 +4,17 @@
 
 from __future__ import annotations
 
-import pytest
+import hashlib
+import json
+import shutil
+import subprocess
+from dataclasses import replace
+from pathlib import Path
 
-from nix_compat import nixbase32
+import pytest
+from nartree import nar_of_path, nar_to_tree, tree_to_nar
+
+from nix_compat import nix_http, nixbase32
 from nix_compat.errors import NarInfoError
 from nix_compat.narinfo import NarInfo, fingerprint
 from nix_compat.nixhash import CAHash, NixHash
@@ -303,3 +311,115 @@ def test_add_signature_keeps_other_names():
         == ni.signatures
     )
     assert ni.signatures[0] == Signature.parse(CURL_SIG)
+
+
+# -- the real Nix as oracle ------------------------------------------------------------------------
+
+NIX_EXPR = """derivation {
+  name = "h1-narinfo-test";
+  system = builtins.currentSystem;
+  builder = "/bin/sh";
+  args = [ "-c" "echo ${builtins.toFile "h1-narinfo-dep" "x"} ${./src} > $out" ];
+}
+"""
+NIX = ["nix", "--extra-experimental-features", "nix-command"]
+
+
+@pytest.fixture(scope="module")
+def nix_caches(tmp_path_factory):
+    """Two file:// binary caches written by `nix copy`: signed uncompressed, and default (xz).
+
+    The closure is a built output (references + deriver), a text path (CA text:) and a source
+    directory (CA fixed:r:) holding an executable, a symlink and an empty directory.
+    """
+    if shutil.which("nix-build") is None:
+        pytest.skip("nix not installed")
+    base = tmp_path_factory.mktemp("nixcache")
+    src = base / "src"
+    (src / "bin").mkdir(parents=True)
+    (src / "bin" / "run").write_text("#!/bin/sh\necho hi\n")
+    (src / "bin" / "run").chmod(0o755)
+    (src / "empty").mkdir()
+    (src / "link").symlink_to("bin/run")
+    (src / "data").write_bytes(bytes(range(256)) * 3)
+    (base / "default.nix").write_text(NIX_EXPR)
+    sk, pk = base / "sk", base / "pk"
+    subprocess.run(["nix-store", "--generate-binary-cache-key", "h1.test-1", sk, pk], check=True)
+    out = subprocess.run(
+        ["nix-build", "--no-out-link", base / "default.nix"], check=True, capture_output=True, text=True
+    ).stdout.strip()
+    caches = {"signed": base / "signed", "xz": base / "xz"}
+    subprocess.run(
+        [*NIX, "copy", "--to", f"file://{caches['signed']}?compression=none&secret-key={sk}", out], check=True
+    )
+    subprocess.run([*NIX, "copy", "--to", f"file://{caches['xz']}", out], check=True)
+    info = json.loads(
+        subprocess.run([*NIX, "path-info", "--json", "-r", out], check=True, capture_output=True).stdout
+    )
+    return {"caches": caches, "out": out, "path_info": {p["path"]: p for p in info}, "pk": pk.read_text()}
+
+
+def _narinfos(cache: Path) -> list[tuple[Path, str]]:
+    found = sorted(cache.glob("*.narinfo"))
+    assert len(found) == 3
+    return [(p, p.read_text()) for p in found]
+
+
+@pytest.mark.nix
+@pytest.mark.parametrize("cache", ["signed", "xz"])
+def test_nix_written_narinfo_round_trips(nix_caches, cache):
+    """parse→render reproduces Nix's .narinfo files byte for byte, and the values match path-info."""
+    kinds = set()
+    for path, text in _narinfos(nix_caches["caches"][cache]):
+        ni = NarInfo.parse(text)
+        assert ni.render() == text
+        assert nix_http.parse_narinfo_str(path.name) == ni.store_path.digest
+        pi = nix_caches["path_info"][ni.store_path.absolute()]
+        assert ni.nar_hash == NixHash.parse(pi["narHash"]).digest
+        assert ni.nar_size == pi["narSize"]
+        assert [r.absolute() for r in ni.references] == pi["references"]
+        assert (ni.deriver.absolute() + ".drv" if ni.deriver else None) == pi.get("deriver")
+        assert (ni.ca.to_nix_string() if ni.ca else None) == pi.get("ca")
+        assert ni.compression == ("none" if cache == "signed" else "xz")
+        kinds.add(ni.ca.kind if ni.ca else "built")
+    assert kinds == {"nar", "text", "built"}
+
+
+@pytest.mark.nix
+def test_nix_signatures_verify(nix_caches):
+    """Signatures Nix made over our fingerprint verify with Nix's public key, and only with it."""
+    pk = VerifyingKey.parse(nix_caches["pk"])
+    for _, text in _narinfos(nix_caches["caches"]["signed"]):
+        ni = NarInfo.parse(text)
+        assert [s.name for s in ni.signatures] == ["h1.test-1"]
+        assert ni.verify([pk])
+        assert not ni.verify([VerifyingKey.parse(CACHE_NIXOS_KEY)])
+        assert not ni.verify([VerifyingKey(pk.name, VerifyingKey.parse(DO_NOT_USE_PUBLIC).key)])
+        # our own signature with Nix's secret key is the one Nix wrote (ed25519 is deterministic)
+        ours = replace(ni, signatures=()).add_signature(
+            SigningKey.parse((nix_caches["caches"]["signed"].parent / "sk").read_text())
+        )
+        assert ours.render() == text
+
+
+@pytest.mark.nix
+def test_nix_written_nars_parse_and_rewrite(nix_caches):
+    """The uncompressed NARs Nix wrote hash to NarHash, re-encode identically, equal nix-store --dump."""
+    cache = nix_caches["caches"]["signed"]
+    for _, text in _narinfos(cache):
+        ni = NarInfo.parse(text)
+        data = (cache / ni.url).read_bytes()
+        assert parse_nar_path(ni.url) == (hashlib.sha256(data).digest(), "")
+        assert hashlib.sha256(data).digest() == ni.nar_hash
+        assert len(data) == ni.nar_size
+        assert tree_to_nar(nar_to_tree(data)) == data
+        dumped = subprocess.run(
+            ["nix-store", "--dump", ni.store_path.absolute()], check=True, capture_output=True
+        ).stdout
+        assert dumped == data
+        assert nar_of_path(ni.store_path.absolute()) == data
+
+
+def parse_nar_path(url: str) -> tuple[bytes, str] | None:
+    assert url.startswith("nar/")
+    return nix_http.parse_nar_str(url[len("nar/") :])

@@ -78,21 +78,26 @@ class NarWriter:
         buf += wire.pack_u64(size)
         remaining = size
         write = self._write
-        for chunk in contents:
-            n = len(chunk)
-            if n > remaining:
-                self._fail(f"file contents longer than the size {size} specified")
-            remaining -= n
-            if n >= _PASSTHROUGH:
-                if buf:
-                    write(bytes(buf))
-                    buf.clear()
-                write(chunk)
-            else:
-                buf += chunk
-                if len(buf) >= _FLUSH_AT:
-                    write(bytes(buf))
-                    buf.clear()
+        try:
+            for chunk in contents:
+                n = len(chunk)
+                if n > remaining:
+                    self._fail(f"file contents longer than the size {size} specified")
+                remaining -= n
+                if n >= _PASSTHROUGH:
+                    if buf:
+                        write(bytes(buf))
+                        buf.clear()
+                    write(chunk)
+                else:
+                    buf += chunk
+                    if len(buf) >= _FLUSH_AT:
+                        write(bytes(buf))
+                        buf.clear()
+        except BaseException:
+            # A failing source or sink leaves a partial file in the output: nothing can follow.
+            self._broken = True
+            raise
         if remaining:
             self._fail(f"unexpected end of file contents: got {size - remaining} of {size} bytes")
         buf += wire.ZEROS[: -size % 8]
