@@ -140,3 +140,16 @@ def test_edit_keeps_prefix_and_resynchronises(seed: int, where: float, edit: str
     # Content-defined cuts resynchronise: all but a few chunks after the edit reappear.
     reused = set(before) & set(after)
     assert len(reused) >= len(before) - 4, (len(before), len(reused))
+
+
+def test_fastcdc_crate_all_zeros_vector() -> None:
+    """The Rust fastcdc crate's v2020 vector (tvix's chunker): 10 KiB of zeros with min/avg/max
+    64/256/1024 gives ten 1024-byte chunks, also when fed byte-piecewise."""
+    data = bytes(10240)
+    assert [len(c) for c in chunk_bytes(data, 256, 64, 1024)] == [1024] * 10
+    c = Chunker(256, 64, 1024, batch=300)
+    out: list[bytes] = []
+    for i in range(0, len(data), 77):
+        out += c.feed(data[i : i + 77])
+    out += c.finish()
+    assert [len(x) for x in out] == [1024] * 10
