@@ -47,28 +47,41 @@ def _digest(name: bytes, raw: bytes) -> B3Digest:
 
 
 def directory_from_proto(msg: pb.Directory) -> Directory:
-    """Validate a wire Directory (spec §1.6) and turn it into the domain type."""
+    """Validate a wire Directory (spec §1.6) and turn it into the domain type.
+
+    Order as in tvix: sorting of each list; then node by node (directories, files, symlinks)
+    its digest or target, then its name; then inserting it (duplicates across lists, overflow).
+    """
     _check_sorted("directories", [d.name for d in msg.directories])
     _check_sorted("files", [f.name for f in msg.files])
     _check_sorted("symlinks", [s.name for s in msg.symlinks])
     entries: list[tuple[bytes, Node]] = []
-    for d in msg.directories:
-        entries.append((d.name, DirectoryNode(_digest(d.name, d.digest), d.size)))
-    for f in msg.files:
-        entries.append((f.name, FileNode(_digest(f.name, f.digest), f.size, f.executable)))
-    for s in msg.symlinks:
-        try:
-            entries.append((s.name, SymlinkNode(validate_symlink_target(s.target))))
-        except NodeError as exc:
-            raise DirectoryError(f"invalid node with name {s.name!r}: {exc}") from exc
+    seen: set[bytes] = set()
     total = 0
-    for name, node in entries:
+
+    def insert(name: bytes, node: Node) -> None:
+        nonlocal total
         problem = name_problem(name)
         if problem is not None:
             raise DirectoryError(f"invalid node name {name!r}: {problem}")
+        if name in seen:
+            raise DirectoryError(f"{name!r} is a duplicate name")
         total += 1 + (1 + node.size if isinstance(node, DirectoryNode) else 1)
         if total > U64_MAX:
             raise DirectoryError("Total size exceeds u64::MAX")
+        seen.add(name)
+        entries.append((name, node))
+
+    for d in msg.directories:
+        insert(d.name, DirectoryNode(_digest(d.name, d.digest), d.size))
+    for f in msg.files:
+        insert(f.name, FileNode(_digest(f.name, f.digest), f.size, f.executable))
+    for s in msg.symlinks:
+        try:
+            target = validate_symlink_target(s.target)
+        except NodeError as exc:
+            raise DirectoryError(f"invalid node with name {s.name!r}: {exc}") from exc
+        insert(s.name, SymlinkNode(target))
     return Directory(entries)
 
 
