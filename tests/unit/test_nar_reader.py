@@ -308,7 +308,14 @@ def test_unknown_tokens():
     )
     # an entry not closed by ')' before the next one
     inner = nar(b"entry", b"(", b"name", b"a", b"node", b"(", b"type", *SYM, b")")
-    assert "')' closing the entry" in _error(nar(*HEAD, b"directory") + inner + inner)
+    assert _error(nar(*HEAD, b"directory") + inner + inner) == (
+        "expected ')' ')' closing the node and the entry, found b'entry' (length 5) at offset 256"
+    )
+    # a directory entry not closed by ')' after its directory node
+    inner_dir = nar(b"entry", b"(", b"name", b"a", b"node", b"(", b"type", b"directory", b")")
+    assert _error(nar(*HEAD, b"directory") + inner_dir + inner_dir).startswith(
+        "expected ')' closing the entry"
+    )
 
 
 def test_error_offsets_point_at_culprit():
@@ -328,3 +335,25 @@ def test_deep_nesting_is_not_recursive():
     events = _events(opening + closing)
     assert events.count(DirectoryStart()) == depth + 1
     assert events.count(DirectoryEnd()) == depth + 1
+
+
+def test_read_callable_returning_too_much_is_refused():
+    """A read(n) that returns more than n bytes would desynchronise the parser: refuse it."""
+
+    def greedy(n: int) -> bytes:
+        return bytes(n + 1)
+
+    with pytest.raises(NarError, match="read callable is broken"):
+        list(NarReader(greedy))
+    stream = io.BytesIO(NAR_CONTENTS_HELLOWORLD)
+    broken = []
+
+    def read(n: int) -> bytes:
+        return b"x" * (n + 1) if broken else stream.read(n)
+
+    r = NarReader(read)
+    it = iter(r)
+    next(it)
+    broken.append(True)  # the source goes wrong in the middle of the file contents
+    with pytest.raises(NarError, match="read callable is broken"):
+        list(r.file_contents())

@@ -22,6 +22,9 @@ __all__ = ["NarReader"]
 _MAX_TOKEN_LEN = 16  # longest syntax string is "nix-archive-1"
 _SKIP_CHUNK = 1 << 20
 
+_TOK_CONTENTS = wire.encode_str(b"contents")
+_TOK_EXECUTABLE = wire.encode_str(b"executable")
+_CLOSE_IN_DIRECTORY = wire.TOK_PAR + wire.TOK_PAR
 _DIRECTORY_START = DirectoryStart()
 _DIRECTORY_END = DirectoryEnd()
 
@@ -64,27 +67,27 @@ class NarReader:
         return self._contents(max_chunk)
 
     # -- grammar -------------------------------------------------------------------------------
+    #
+    # Reads are merged where the grammar guarantees the bytes exist in every valid NAR (e.g. the
+    # "node" "(" "type" run together with the node type), so a small file costs about seven read()
+    # calls; nothing is ever read beyond the end of a valid NAR.
 
     def _events(self) -> Iterator[NarEvent]:
         magic = self._read_exact(len(wire.MAGIC))
         if magic != wire.MAGIC:
             self._fail("bad magic: not a NAR (expected 'nix-archive-1')", 0)
-        self._expect(wire.TOK_OPEN_TYPE, "'(' 'type'")
+        tag, offset = self._read_token(wire.TOK_OPEN_TYPE, "'(' 'type'")
         # One element per open directory: the last entry name seen in it (None before the first).
         stack: list[bytes | None] = []
         while True:
-            # Here we are right after "(" "type" of a node.
-            offset = self.bytes_read
-            tag = self._read_token()
+            # tag is the type of the node starting here; offset is where the type string starts.
             if tag == b"symlink":
-                self._expect(wire.TOK_TARGET, "'target'")
                 yield Symlink(self._read_target())
-                self._expect(wire.TOK_PAR, "')'")
+                self._close_node(0, bool(stack))
                 node_done = True
             elif tag == b"regular":
                 yield self._file_header()
-                self._finish_file()
-                self._expect(wire.TOK_PAR, "')'")
+                self._finish_file(bool(stack))
                 node_done = True
             elif tag == b"directory":
                 yield _DIRECTORY_START
@@ -94,21 +97,21 @@ class NarReader:
                 self._fail(f"unknown node type {tag!r}", offset)
 
             while True:
-                if node_done:
-                    if not stack:
-                        return
-                    self._expect(wire.TOK_PAR, "')' closing the entry")
-                offset = self.bytes_read
-                token = self._read_token()
+                if node_done and not stack:
+                    return
+                token, offset = self._read_token()
                 if token == b")":
                     stack.pop()
                     yield _DIRECTORY_END
+                    if stack:
+                        self._expect(wire.TOK_PAR, "')' closing the entry")
                     node_done = True
                 elif token == b"entry":
-                    self._expect(wire.TOK_OPEN_NAME, "'(' 'name'")
                     name = self._read_name(stack[-1])
                     stack[-1] = name
-                    self._expect(wire.TOK_NOD, f"'node' '(' 'type' after entry name {name!r}")
+                    tag, offset = self._read_token(
+                        wire.TOK_NOD, f"'node' '(' 'type' after entry name {name!r}"
+                    )
                     yield Entry(name)
                     break
                 else:
@@ -116,14 +119,27 @@ class NarReader:
 
     def _file_header(self) -> File:
         offset = self.bytes_read
-        token = self._read_token()
-        executable = False
-        if token == b"executable":
-            self._expect(wire.TOK_EMPTY_CONTENTS, "'' 'contents' after 'executable'")
+        # Both alternatives ("contents" <size>, or "executable" …) span at least 24 bytes.
+        head = self._read_exact(24)
+        if head[:16] == _TOK_CONTENTS:
+            executable = False
+            (size,) = wire.unpack_u64(head, 16)
+        elif head == _TOK_EXECUTABLE:
+            tail = self._read_exact(len(wire.TOK_EMPTY_CONTENTS) + 8)
+            if tail[:-8] != wire.TOK_EMPTY_CONTENTS:
+                self._fail_mismatch(
+                    tail[:-8], wire.TOK_EMPTY_CONTENTS, "'' 'contents' after 'executable'", offset + 24
+                )
             executable = True
-        elif token != b"contents":
+            (size,) = wire.unpack_u64(tail, len(tail) - 8)
+        else:
+            (length,) = wire.unpack_u64(head)
+            if length > _MAX_TOKEN_LEN:
+                self._fail(f"unknown token of length {length}", offset)
+            token = head[8 : 8 + length]
+            if token in (b"contents", b"executable"):
+                self._fail("non-zero padding", offset)
             self._fail(f"unknown token {token!r} in file (expected 'contents' or 'executable')", offset)
-        (size,) = wire.unpack_u64(self._read_exact(8))
         self._in_file = True
         self._file_remaining = size
         self._file_pad = -size % 8
@@ -132,31 +148,45 @@ class NarReader:
     def _contents(self, max_chunk: int) -> Iterator[bytes]:
         read = self._read
         while self._in_file and self._file_remaining:
-            data = read(min(self._file_remaining, max_chunk))
-            if not data:
-                self._fail_eof(self.bytes_read)
+            want = min(self._file_remaining, max_chunk)
+            data = read(want)
             n = len(data)
+            if not n:
+                self._fail_eof(self.bytes_read)
+            if n > want:
+                raise NarError(f"read({want}) returned {n} bytes: the read callable is broken")
             self._file_remaining -= n
             self.bytes_read += n
             yield data
 
-    def _finish_file(self) -> None:
-        # Skip what the consumer did not read, then check the padding.
+    def _finish_file(self, in_directory: bool) -> None:
+        # Skip what the consumer did not read, then check the padding and the closing tokens.
         while self._file_remaining:
-            data = self._read(min(self._file_remaining, _SKIP_CHUNK))
-            if not data:
+            want = min(self._file_remaining, _SKIP_CHUNK)
+            n = len(self._read(want))
+            if not n:
                 self._fail_eof(self.bytes_read)
-            self._file_remaining -= len(data)
-            self.bytes_read += len(data)
+            if n > want:
+                raise NarError(f"read({want}) returned {n} bytes: the read callable is broken")
+            self._file_remaining -= n
+            self.bytes_read += n
         self._in_file = False
-        if self._file_pad:
-            offset = self.bytes_read
-            if any(self._read_exact(self._file_pad)):
-                self._fail("non-zero padding after file contents", offset)
+        self._close_node(self._file_pad, in_directory)
+
+    def _close_node(self, pad: int, in_directory: bool) -> None:
+        """Read pad zero bytes, the node's ')' and, inside a directory, the entry's ')'."""
+        offset = self.bytes_read
+        expected = _CLOSE_IN_DIRECTORY if in_directory else wire.TOK_PAR
+        data = self._read_exact(pad + len(expected))
+        if pad and any(data[:pad]):
+            self._fail("non-zero padding after file contents", offset)
+        if data[pad:] != expected:
+            what = "')' ')' closing the node and the entry" if in_directory else "')'"
+            self._fail_mismatch(data[pad:], expected, what, offset + pad)
 
     def _read_name(self, previous: bytes | None) -> bytes:
-        offset = self.bytes_read
-        name = self._read_str(wire.MAX_NAME_LEN, "entry name")
+        offset = self.bytes_read + len(wire.TOK_OPEN_NAME)
+        name = self._read_str(wire.MAX_NAME_LEN, "entry name", wire.TOK_OPEN_NAME, "'(' 'name'")
         problem = wire.name_problem(name)
         if problem is not None:
             self._fail(f"entry name {name!r} {problem}", offset)
@@ -166,8 +196,8 @@ class NarReader:
         return name
 
     def _read_target(self) -> bytes:
-        offset = self.bytes_read
-        target = self._read_str(wire.MAX_TARGET_LEN, "symlink target")
+        offset = self.bytes_read + len(wire.TOK_TARGET)
+        target = self._read_str(wire.MAX_TARGET_LEN, "symlink target", wire.TOK_TARGET, "'target'")
         problem = wire.target_problem(target)
         if problem is not None:
             self._fail(f"symlink target {target!r} {problem}", offset)
@@ -175,22 +205,35 @@ class NarReader:
 
     # -- strings -------------------------------------------------------------------------------
 
-    def _read_token(self) -> bytes:
-        """A syntax string (not longer than 16 bytes)."""
+    def _read_token(self, prefix: bytes = b"", what: str = "") -> tuple[bytes, int]:
+        """Expect the token run prefix, then read a syntax string (at most 16 bytes).
+
+        Returns the string and the offset where it starts.
+        """
         offset = self.bytes_read
+        p = len(prefix)
         # Every syntax string we expect here is non-empty, so it spans at least 16 bytes.
-        head = self._read_exact(16)
-        (length,) = wire.unpack_u64(head)
+        head = self._read_exact(p + 16)
+        if p and head[:p] != prefix:
+            self._fail_mismatch(head[:p], prefix, what, offset)
+        offset += p
+        (length,) = wire.unpack_u64(head, p)
         if length > _MAX_TOKEN_LEN:
             self._fail(f"unknown token of length {length}", offset)
-        data = head[8:] if length <= 8 else head[8:] + self._read_exact(8)
+        data = head[p + 8 :] if length <= 8 else head[p + 8 :] + self._read_exact(8)
         if any(data[length:]):
             self._fail("non-zero padding", offset)
-        return data[:length]
+        return data[:length], offset
 
-    def _read_str(self, max_len: int, what: str) -> bytes:
+    def _read_str(self, max_len: int, what: str, prefix: bytes, prefix_what: str) -> bytes:
+        """Expect the token run prefix, then read a string of at most max_len bytes."""
         offset = self.bytes_read
-        (length,) = wire.unpack_u64(self._read_exact(8))
+        p = len(prefix)
+        head = self._read_exact(p + 8)
+        if head[:p] != prefix:
+            self._fail_mismatch(head[:p], prefix, prefix_what, offset)
+        offset += p
+        (length,) = wire.unpack_u64(head, p)
         if length > max_len:
             self._fail(f"{what} cannot be over {max_len} bytes long (length {length})", offset)
         data = self._read_exact(length + (-length % 8))
@@ -202,7 +245,7 @@ class NarReader:
         offset = self.bytes_read
         data = self._read_exact(len(token))
         if data != token:
-            self._fail(_mismatch(data, token, what), offset)
+            self._fail_mismatch(data, token, what, offset)
 
     def _read_exact(self, n: int) -> bytes:
         data = self._read(n)
@@ -215,6 +258,8 @@ class NarReader:
                     self._fail_eof(self.bytes_read + got)
                 parts.append(more)
                 got += len(more)
+            if got > n:
+                raise NarError(f"read({n}) returned {got} bytes: the read callable is broken")
             data = b"".join(parts)
         self.bytes_read += n
         return data
@@ -222,12 +267,19 @@ class NarReader:
     def _fail_eof(self, offset: int) -> NoReturn:
         raise NarError(f"unexpected end of NAR at offset {offset}")
 
+    def _fail_mismatch(self, data: bytes, token: bytes, what: str, offset: int) -> NoReturn:
+        message, pos = _mismatch(data, token, what)
+        self._fail(message, offset + pos)
+
     def _fail(self, message: str, offset: int) -> NoReturn:
         raise NarError(f"{message} at offset {offset}")
 
 
-def _mismatch(data: bytes, token: bytes, what: str) -> str:
-    """Describe how data differs from the expected token run, naming bad padding if that is it."""
+def _mismatch(data: bytes, token: bytes, what: str) -> tuple[str, int]:
+    """Describe how data differs from the expected token run, and where (relative offset).
+
+    Names bad padding when that is the only difference.
+    """
     pos = 0
     while pos + 8 <= len(token):
         (want,) = wire.unpack_u64(token, pos)
@@ -235,8 +287,8 @@ def _mismatch(data: bytes, token: bytes, what: str) -> str:
         padded = want + (-want % 8)
         if got != want or data[pos + 8 : pos + 8 + want] != token[pos + 8 : pos + 8 + want]:
             shown = data[pos + 8 : pos + 8 + min(got, 16)] if got <= 16 else b""
-            return f"expected {what}, found {shown!r} (length {got})"
+            return f"expected {what}, found {shown!r} (length {got})", pos
         if data[pos + 8 + want : pos + 8 + padded] != token[pos + 8 + want : pos + 8 + padded]:
-            return f"non-zero padding in {what}"
+            return f"non-zero padding in {what}", pos
         pos += 8 + padded
-    return f"expected {what}"
+    return f"expected {what}", 0
