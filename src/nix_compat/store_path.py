@@ -9,6 +9,7 @@ import hashlib
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import total_ordering
 
 from nix_compat import nixbase32
 from nix_compat.errors import Nixbase32Error, StorePathError
@@ -32,6 +33,7 @@ def validate_name(name: str | bytes) -> str:
     return raw.decode("ascii")
 
 
+@total_ordering
 @dataclass(frozen=True, slots=True)
 class StorePath:
     """A validated store path: a 20-byte digest and a name.
@@ -97,7 +99,9 @@ class StorePath:
     def __str__(self) -> str:
         return self.basename()
 
-    def __lt__(self, other: StorePath) -> bool:
+    def __lt__(self, other: object) -> bool:
+        if not isinstance(other, StorePath):
+            return NotImplemented
         return (self.digest[::-1], self.name) < (other.digest[::-1], other.name)
 
 

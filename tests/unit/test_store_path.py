@@ -168,3 +168,12 @@ def test_builders_validate_name():
         build_nar_sha256_path("a b", bytes(32))
     with pytest.raises(StorePathError):
         build_text_path("", bytes(32))
+
+
+def test_all_comparisons():
+    a = StorePath.from_bytes("00bgd045z0d4icpbc2yyz4gx48ak44la-x")
+    b = StorePath.from_bytes("10bgd045z0d4icpbc2yyz4gx48ak44la-x")
+    assert a < b and a <= b and b > a and b >= a and a <= a and a >= a
+    assert not (b < a) and a != b
+    with pytest.raises(TypeError):
+        _ = a < "00bgd045z0d4icpbc2yyz4gx48ak44la-x"
