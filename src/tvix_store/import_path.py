@@ -24,6 +24,7 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import BinaryIO, cast
 
+from nix_compat.errors import NarError
 from nix_compat.nar import NarWriter
 from nix_compat.nixhash import CAHash, NixHash
 from nix_compat.store_path import build_nar_sha256_path, validate_name
@@ -164,32 +165,54 @@ def import_path(services: Services, path: str, progress: Progress | None = None)
     return _put_path_info(services.path_info_service, name, root, nar_size, nar_sha256)
 
 
-def import_nar(services: Services, stream: BinaryIO, name: str, progress: Progress | None = None) -> PathInfo:
+def import_nar(
+    services: Services,
+    stream: BinaryIO,
+    name: str,
+    progress: Progress | None = None,
+    source: str = "NAR",
+) -> PathInfo:
     """Ingest one (uncompressed) NAR from stream under name; return the PathInfo that was put.
+
+    source names the input in error messages (a file name, or "stdin").
 
     Raises:
         StorePathError: name is not a valid store path name.
-        NarError: the NAR is malformed or truncated.
-        ImportError_: data follows the NAR's root node.
+        NarError: the NAR is malformed or truncated (the message starts with source).
+        ImportError_: the input cannot be read or decompressed, or data follows the NAR.
 
     """
     name = validate_name(name)
-    read = stream.read
-    if progress is not None:
-        inner = read
+    inner = stream.read
+    decompress_errors = _decompression_errors()
 
-        def read(n: int = -1, /) -> bytes:
+    def read(n: int) -> bytes:
+        try:
             data = inner(n)
+        except decompress_errors as exc:
+            raise ImportError_(f"{source}: cannot read or decompress: {exc}") from exc
+        if progress is not None:
             progress.add_bytes(len(data))
-            return data
+        return data
 
     on_file = None if progress is None else (lambda _size: progress.add_file())
-    root, nar_sha256, nar_size = ingest_nar(services.blob_service, services.directory_service, read, on_file)
-    if stream.read(1):
-        raise ImportError_(
-            f"NAR for {name!r}: unexpected data after the end of the NAR (at offset {nar_size})"
+    try:
+        root, nar_sha256, nar_size = ingest_nar(
+            services.blob_service, services.directory_service, read, on_file
         )
+    except NarError as exc:
+        raise NarError(f"{source}: {exc}") from exc
+    if read(1):
+        raise ImportError_(f"{source}: unexpected data after the end of the NAR (offset {nar_size})")
     return _put_path_info(services.path_info_service, name, root, nar_size, nar_sha256)
+
+
+def _decompression_errors() -> tuple[type[BaseException], ...]:
+    errors: list[type[BaseException]] = [OSError, EOFError, lzma.LZMAError]
+    zstandard = sys.modules.get("zstandard")
+    if zstandard is not None:
+        errors.append(zstandard.ZstdError)
+    return tuple(errors)
 
 
 def _put_path_info(

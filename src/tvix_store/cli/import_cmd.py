@@ -57,7 +57,13 @@ def run(args: argparse.Namespace) -> int:
             progress = Progress(f"importing NAR as {name}")
             stream = open_nar_file(args.nar)
             try:
-                info = import_nar(services, stream, name, progress if progress.enabled else None)
+                info = import_nar(
+                    services,
+                    stream,
+                    name,
+                    progress if progress.enabled else None,
+                    source="stdin" if args.nar == "-" else repr(args.nar),
+                )
             finally:
                 progress.finish()
                 stream.close()

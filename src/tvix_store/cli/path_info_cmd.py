@@ -97,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
     finally:
         services.close()
     if args.json:
-        sys.stdout.write(json.dumps([path_info_json(i) for i in infos]) + "\n")
+        sys.stdout.write(json.dumps([path_info_json(i) for i in infos], separators=(",", ":")) + "\n")
     else:
         sys.stdout.write("\n".join(narinfo_text(i) for i in infos))
     sys.stdout.flush()

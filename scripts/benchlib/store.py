@@ -1,0 +1,122 @@
+"""The user-facing store commands against Nix: import, nar, and the memory an import needs.
+
+Both sides run as fresh processes on the same inputs with a warm page cache, so interpreter
+start-up counts for us as the C++ start-up counts for Nix:
+- ``tvix-store import`` into an empty embedded (LMDB) store vs ``nix-store --add`` of a copy of
+  the same content under a name Nix has not seen (so Nix really reads, hashes and copies it);
+- ``tvix-store nar`` vs ``nix-store --dump`` of the original tree, both to /dev/null;
+- peak RSS of importing a 1 GiB file (target: below 200 MiB, i.e. streaming).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+from benchlib.common import TVIX_STORE, BenchContext, Row, peak_rss_of, timed
+from benchlib.common import run as run_cmd
+
+SECTION = "store"
+MiB = 1024 * 1024
+REPEAT = 3
+
+
+def _env(store: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env["TVIX_STORE_HOME"] = str(store)
+    for var in ("BLOB_SERVICE_ADDR", "DIRECTORY_SERVICE_ADDR", "PATH_INFO_SERVICE_ADDR", "RUST_LOG"):
+        env.pop(var, None)
+    return env
+
+
+def _nix_delete(store_path: str) -> None:
+    subprocess.run(["nix-store", "--delete", store_path], capture_output=True, check=False)
+
+
+def _best(fn: Callable[[int], None]) -> float:
+    """Best of REPEAT runs; fn gets the run number (to pick fresh names/stores)."""
+    times = []
+    for i in range(REPEAT):
+        times.append(timed(lambda i=i: fn(i)))
+    return min(times)
+
+
+def _import_rows(ctx: BenchContext, label: str, src: Path) -> tuple[list[Row], str]:
+    """Time our import and Nix's of src; returns the rows and our store path."""
+    work = ctx.dir(f"store-import-{src.name}")
+    ours_path = ""
+
+    def ours(i: int) -> None:
+        nonlocal ours_path
+        store = work / f"tvix-{i}"
+        shutil.rmtree(store, ignore_errors=True)
+        ours_path = run_cmd([TVIX_STORE, "import", str(src)], env=_env(store)).stdout.decode().strip()
+
+    # Nix gets a fresh copy under a new name each time, so nothing is already valid for it.
+    copies = []
+    for i in range(REPEAT):
+        dst = work / f"{src.name}-nix{os.getpid()}-{i}"
+        if not dst.exists():
+            if src.is_dir():
+                shutil.copytree(src, dst, symlinks=True)
+            else:
+                shutil.copyfile(src, dst)
+        copies.append(dst)
+    nix_paths: list[str] = []
+
+    def nix(i: int) -> None:
+        nix_paths.append(run_cmd(["nix-store", "--add", str(copies[i])]).stdout.decode().strip())
+
+    # One untimed pass each warms the page cache and the interpreter's bytecode cache.
+    ours(0)
+    t_ours = _best(ours)
+    t_nix = _best(nix)
+    for p in nix_paths:
+        _nix_delete(p)
+    for i in range(REPEAT - 1):
+        shutil.rmtree(work / f"tvix-{i}", ignore_errors=True)
+    return [Row(SECTION, f"import {label}", t_ours, t_nix, "s", target=1.0)], ours_path
+
+
+def _nar_row(ctx: BenchContext, label: str, src: Path, store_path: str) -> Row:
+    store = ctx.dir(f"store-import-{src.name}") / f"tvix-{REPEAT - 1}"
+
+    def ours() -> None:
+        with open(os.devnull, "wb") as null:
+            subprocess.run([TVIX_STORE, "nar", store_path], stdout=null, env=_env(store), check=True)
+
+    def nix() -> None:
+        with open(os.devnull, "wb") as null:
+            subprocess.run(["nix-store", "--dump", str(src)], stdout=null, check=True)
+
+    ours()
+    nix()
+    return Row(SECTION, f"nar {label} > /dev/null", timed(ours, REPEAT), timed(nix, REPEAT), "s", target=1.0)
+
+
+def _rss_row(ctx: BenchContext) -> Row:
+    src = ctx.random_file("store-1g", 1024 * MiB, seed=7)
+    store = ctx.dir("store-rss") / "tvix"
+    shutil.rmtree(store, ignore_errors=True)
+    rss, _ = peak_rss_of([TVIX_STORE, "import", str(src)], env=_env(store))
+    shutil.rmtree(store, ignore_errors=True)
+    return Row(SECTION, "peak RSS of importing a 1 GiB file", rss, None, "MiB", target=200)
+
+
+def run(ctx: BenchContext) -> list[Row]:
+    """All rows of this section."""
+    rows: list[Row] = []
+    stdlib = ctx.stdlib_tree()
+    size = sum(f.stat().st_size for f in stdlib.rglob("*") if f.is_file() and not f.is_symlink())
+    r, stdlib_path = _import_rows(ctx, f"stdlib tree ({size / 1e6:.0f} MB)", stdlib)
+    rows += r
+    big = ctx.random_file("store-256m", 256 * MiB, seed=3)
+    r, big_path = _import_rows(ctx, "256 MiB random file", big)
+    rows += r
+    rows.append(_nar_row(ctx, "stdlib tree", stdlib, stdlib_path))
+    rows.append(_nar_row(ctx, "256 MiB random file", big, big_path))
+    rows.append(_rss_row(ctx))
+    return rows
