@@ -9,6 +9,7 @@ import shutil
 import subprocess
 
 import pytest
+from fixtures import nar
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from nartree import (
@@ -156,3 +157,40 @@ def test_nix_restores_our_nar(tmp_path_factory, tree):
     subprocess.run(["nix-store", "--restore", dest], input=tree_to_nar(tree), check=True)
     assert nar_to_tree(nar_of_path(dest)) == tree
     shutil.rmtree(base)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.sampled_from(
+            [
+                b"(",
+                b")",
+                b"type",
+                b"regular",
+                b"symlink",
+                b"directory",
+                b"entry",
+                b"name",
+                b"node",
+                b"contents",
+                b"executable",
+                b"target",
+                b"",
+                b"a",
+                b"b",
+                b"\0",
+            ]
+        ),
+        max_size=30,
+    ),
+    st.binary(max_size=16),
+)
+def test_token_soup_only_raises_nar_error(tokens, tail):
+    """Random sequences of NAR tokens after the magic either parse (canonically) or raise NarError."""
+    data = nar(b"nix-archive-1", *tokens) + tail
+    try:
+        parsed = nar_to_tree(data)
+    except NarError:
+        return
+    assert data.startswith(tree_to_nar(parsed))
