@@ -6,7 +6,8 @@ The key is BLAKE3 of the node's anonymous canonical encoding (``tvix.castore.v1.
 empty name), so the same content under another name hits the same entry.
 
 ``MemoryNarCache`` lives in a dict; ``LmdbNarCache`` in the ``narcache`` table of the shared
-LMDB environment, as 8 bytes little-endian size followed by the 32-byte SHA-256.
+LMDB environment, as 8 bytes little-endian size followed by the 32-byte SHA-256. The memory and
+LMDB path-info services each own one (``nar_cache()``); ``nar_cache_for`` picks it.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from tvix_castore.errors import DataCorruption, StorageError
 from tvix_castore.nodes import Node
 from tvix_castore.proto_conv import node_to_proto
 
-__all__ = ["LmdbNarCache", "MemoryNarCache", "NarCache", "nar_cache_key"]
+__all__ = ["LmdbNarCache", "MemoryNarCache", "NarCache", "nar_cache_for", "nar_cache_key"]
 
 _VALUE = struct.Struct("<Q32s")
 
@@ -119,3 +120,17 @@ class LmdbNarCache(NarCache):
                 txn.put(key, _VALUE.pack(nar_size, nar_sha256))
         except lmdb.Error as exc:
             raise StorageError(f"LMDB NAR cache: put: {exc}") from exc
+
+
+def nar_cache_for(path_info_service: object) -> NarCache:
+    """The cache a path-info service keeps beside its PathInfos, else a fresh memory cache.
+
+    The memory and LMDB path-info services have one (``nar_cache()``, owned and closed by the
+    service); for any other service the caller owns the returned memory cache.
+    """
+    getter = getattr(path_info_service, "nar_cache", None)
+    if callable(getter):
+        cache = getter()
+        if isinstance(cache, NarCache):
+            return cache
+    return MemoryNarCache()
