@@ -1,0 +1,98 @@
+"""LMDB directory and path-info backends refuse stored bytes that are damaged (spec §3.2).
+
+The damage is written straight into the tables through the shared environment, as a disk
+error or a foreign writer would leave it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fixtures import DIRECTORY_COMPLICATED, DIRECTORY_WITH_KEEP, PATH_INFO
+
+from tvix_castore import blobservice, directoryservice
+from tvix_castore._lmdb_env import LmdbStore, open_env, release_env
+from tvix_castore.directoryservice import DirectoryService
+from tvix_castore.errors import DataCorruption
+from tvix_store import pathinfoservice
+from tvix_store.pathinfoservice import PathInfoService
+from tvix_store.proto_conv import encode_path_info
+
+
+@pytest.fixture
+def store_dir(tmp_path: Path) -> Path:
+    """The store directory."""
+    return tmp_path / "store"
+
+
+@pytest.fixture
+def raw(store_dir: Path) -> Iterator[LmdbStore]:
+    """The shared environment, for writing damage directly."""
+    store = open_env(str(store_dir))
+    yield store
+    release_env(store)
+
+
+@pytest.fixture
+def dirs(store_dir: Path, raw: LmdbStore) -> Iterator[DirectoryService]:
+    """The LMDB directory service on the same environment."""
+    service = directoryservice.from_addr(f"lmdb://{store_dir}")
+    yield service
+    service.close()
+
+
+@pytest.fixture
+def infos(store_dir: Path, raw: LmdbStore) -> Iterator[PathInfoService]:
+    """The LMDB path-info service on the same environment."""
+    url = f"lmdb://{store_dir}"
+    blobs, directories = blobservice.from_addr(url), directoryservice.from_addr(url)
+    service = pathinfoservice.from_addr(url, blobs, directories)
+    yield service
+    service.close()
+    directories.close()
+    blobs.close()
+
+
+def _put_raw(store: LmdbStore, table: str, key: bytes, value: bytes) -> None:
+    db: Any = store.table(table)
+    with store.env.begin(write=True, db=db) as txn:
+        txn.put(key, value)
+
+
+def test_directory_bytes_not_matching_key(raw: LmdbStore, dirs: DirectoryService) -> None:
+    """A Directory stored under another Directory's digest is refused by get and get_recursive."""
+    _put_raw(raw, "directories", DIRECTORY_COMPLICATED.digest(), DIRECTORY_WITH_KEEP.encode())
+    with pytest.raises(DataCorruption, match=re.escape(str(DIRECTORY_COMPLICATED.digest()))):
+        dirs.get(DIRECTORY_COMPLICATED.digest())
+    with pytest.raises(DataCorruption):
+        list(dirs.get_recursive(DIRECTORY_COMPLICATED.digest()))
+
+
+def test_corrupt_child_in_closure(raw: LmdbStore, dirs: DirectoryService) -> None:
+    """A damaged Directory below the root stops the recursive get."""
+    dirs.put(DIRECTORY_COMPLICATED)
+    _put_raw(raw, "directories", DIRECTORY_WITH_KEEP.digest(), DIRECTORY_WITH_KEEP.encode()[:-1] + b"\x00")
+    stream = dirs.get_recursive(DIRECTORY_COMPLICATED.digest())
+    assert next(stream) == DIRECTORY_COMPLICATED
+    with pytest.raises(DataCorruption):
+        next(stream)
+
+
+def test_undecodable_path_info(raw: LmdbStore, infos: PathInfoService) -> None:
+    """A PathInfo value that does not decode is refused by get and list."""
+    _put_raw(raw, "pathinfos", PATH_INFO.store_path.digest, b"\x0a\xff")
+    with pytest.raises(DataCorruption):
+        infos.get(PATH_INFO.store_path.digest)
+    with pytest.raises(DataCorruption):
+        list(infos.list())
+
+
+def test_path_info_under_wrong_key(raw: LmdbStore, infos: PathInfoService) -> None:
+    """A valid PathInfo stored under another store path's digest is refused."""
+    _put_raw(raw, "pathinfos", b"\x01" * 20, encode_path_info(PATH_INFO))
+    with pytest.raises(DataCorruption):
+        infos.get(b"\x01" * 20)
