@@ -1,0 +1,181 @@
+"""Bad input to the CLI: each case is one ``error: …`` line naming the culprit, exit status 1,
+and nothing new in the store (``path-info --all`` prints nothing).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import stat
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fixtures import NAR_CONTENTS_COMPLICATED, nar
+from tvix_cli import TVIX_STORE, all_paths, cli_env, one_line_error, tvix
+
+
+def _dir_with_ok_file(tmp_path: Path) -> Path:
+    tree = tmp_path / "tree"
+    (tree / "sub").mkdir(parents=True)
+    (tree / "ok.txt").write_bytes(b"fine")
+    return tree
+
+
+def test_missing_path(tmp_path: Path) -> None:
+    """A path that does not exist."""
+    store = tmp_path / "store"
+    res = tvix(store, "import", tmp_path / "no-such-thing", check=False)
+    assert "no-such-thing" in one_line_error(res)
+    assert all_paths(store) == b""
+
+
+@pytest.mark.parametrize("kind", ["fifo", "socket", "char-device", "block-device"])
+def test_special_file_inside_tree(tmp_path: Path, kind: str) -> None:
+    """A socket, FIFO or device inside the tree names its path and type."""
+    tree = _dir_with_ok_file(tmp_path)
+    special = tree / "sub" / f"special-{kind}"
+    if kind == "fifo":
+        os.mkfifo(special)
+    elif kind == "socket":
+        s = socket.socket(socket.AF_UNIX)
+        s.bind(str(special))
+        s.close()
+    elif kind == "char-device":
+        os.mknod(special, 0o600 | stat.S_IFCHR, os.makedev(1, 3))
+    else:
+        os.mknod(special, 0o600 | stat.S_IFBLK, os.makedev(7, 0))
+    store = tmp_path / "store"
+    line = one_line_error(tvix(store, "import", tree, check=False))
+    assert f"special-{kind}" in line
+    assert "unsupported file type" in line
+    assert all_paths(store) == b""
+
+
+@pytest.fixture
+def shared_tmp() -> Iterator[Path]:
+    """A tmp dir an unprivileged user can use (pytest's own tmp dirs are root-only)."""
+    d = Path(tempfile.mkdtemp(prefix="tvix-bad-input-", dir="/tmp"))
+    os.chmod(d, 0o777)
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None, reason="needs root and setpriv")
+@pytest.mark.parametrize("what", ["file", "directory"])
+def test_unreadable(shared_tmp: Path, what: str) -> None:
+    """A file or directory the importing user cannot read (root reads everything, so the CLI
+    runs as nobody via setpriv) names the path."""
+    tree = shared_tmp / "tree"
+    tree.mkdir()
+    (tree / "ok.txt").write_bytes(b"fine")
+    secret = tree / "secret"
+    if what == "file":
+        secret.write_bytes(b"no")
+        os.chmod(secret, 0o000)
+    else:
+        secret.mkdir()
+        (secret / "inner").write_bytes(b"x")
+        os.chmod(secret, 0o000)
+    os.chmod(tree, 0o755)
+    store = shared_tmp / "store"
+    store.mkdir(mode=0o777)
+    os.chmod(store, 0o777)
+    nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    res = subprocess.run(
+        [*nobody, TVIX_STORE, "import", str(tree)], capture_output=True, env=cli_env(store), timeout=120
+    )
+    line = one_line_error(res)
+    assert "secret" in line
+    assert "Permission denied" in line
+    listing = subprocess.run(
+        [*nobody, TVIX_STORE, "path-info", "--all"], capture_output=True, env=cli_env(store), timeout=120
+    )
+    assert listing.returncode == 0, listing.stderr
+    assert listing.stdout == b""
+
+
+def _bad_padding() -> bytes:
+    good = nar(b"nix-archive-1", b"(", b"type", b"symlink", b"target", b"abc", b")")
+    # The target "abc" sits in an 8-byte slot after its length; make a padding byte non-zero.
+    i = good.index(b"abc") + 3
+    return good[:i] + b"\x01" + good[i + 1 :]
+
+
+MISORDERED = nar(
+    b"nix-archive-1", b"(", b"type", b"directory",
+    b"entry", b"(", b"name", b"b", b"node", b"(", b"type", b"symlink", b"target", b"x", b")", b")",
+    b"entry", b"(", b"name", b"a", b"node", b"(", b"type", b"symlink", b"target", b"x", b")", b")",
+    b")",
+)  # fmt: skip
+SLASH_IN_NAME = nar(
+    b"nix-archive-1", b"(", b"type", b"directory",
+    b"entry", b"(", b"name", b"a/b", b"node", b"(", b"type", b"symlink", b"target", b"x", b")", b")",
+    b")",
+)  # fmt: skip
+BAD_NARS = {
+    "truncated": (NAR_CONTENTS_COMPLICATED[:300], "unexpected end of NAR"),
+    "misordered": (MISORDERED, "'a'"),
+    "bad-padding": (_bad_padding(), "padding"),
+    "slash-in-name": (SLASH_IN_NAME, "a/b"),
+    "not-a-nar": (b"this is not a NAR at all, just some text.......", "magic"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_NARS))
+@pytest.mark.parametrize("via", ["file", "stdin"])
+def test_bad_nar(tmp_path: Path, case: str, via: str) -> None:
+    """Truncated, mis-ordered, badly padded NARs and names with '/' are refused."""
+    data, expected = BAD_NARS[case]
+    store = tmp_path / "store"
+    if via == "file":
+        f = tmp_path / "bad.nar"
+        f.write_bytes(data)
+        res = tvix(store, "import", "--nar", f, "--name", "bad", check=False)
+        culprit = "bad.nar"
+    else:
+        res = tvix(store, "import", "--nar", "-", "--name", "bad", input=data, check=False)
+        culprit = "stdin"
+    line = one_line_error(res)
+    assert expected in line
+    assert culprit in line
+    assert all_paths(store) == b""
+
+
+@pytest.mark.parametrize("rust_log", ["tvix_store=loud", "not a directive!", "=info"])
+def test_bad_rust_log(tmp_path: Path, rust_log: str) -> None:
+    """An invalid RUST_LOG is a startup error naming the directive; nothing is imported."""
+    store = tmp_path / "store"
+    (tmp_path / "f").write_bytes(b"f")
+    res = tvix(store, "import", tmp_path / "f", env=cli_env(store, RUST_LOG=rust_log), check=False)
+    line = one_line_error(res)
+    assert "RUST_LOG" in line or rust_log in line
+    assert all_paths(store) == b""
+
+
+def test_unknown_store_path(tmp_path: Path) -> None:
+    """nar and path-info of a path not in the store name it."""
+    store = tmp_path / "store"
+    missing = "/nix/store/00000000000000000000000000000000-nothing"
+    for cmd in ("nar", "path-info"):
+        assert missing in one_line_error(tvix(store, cmd, missing, check=False))
+
+
+def test_invalid_store_path_argument(tmp_path: Path) -> None:
+    """A malformed store path argument is named in the error."""
+    store = tmp_path / "store"
+    assert "/tmp/not-a-store-path" in one_line_error(tvix(store, "nar", "/tmp/not-a-store-path", check=False))
+
+
+def test_invalid_name(tmp_path: Path) -> None:
+    """A basename Nix refuses as a store path name (here: a space) is named in the error."""
+    store = tmp_path / "store"
+    p = tmp_path / "has space"
+    p.write_bytes(b"x")
+    assert "has space" in one_line_error(tvix(store, "import", p, check=False))
+    assert all_paths(store) == b""
