@@ -46,6 +46,22 @@ class Directory:
         self._encoded: bytes | None = None
         self._digest: B3Digest | None = None
 
+    @classmethod
+    def _validated(cls, items: list[tuple[bytes, Node]], size: int) -> Directory:
+        """Build from entries already checked by ``proto_conv`` (names, uniqueness, overflow).
+
+        Skips the second validation pass of ``__init__``; only for callers that enforce the same
+        rules and computed ``size`` the same way.
+        """
+        self = cls.__new__(cls)
+        items.sort(key=lambda kv: kv[0])
+        self._entries = tuple(items)
+        self._index = dict(items)
+        self._size = size
+        self._encoded = None
+        self._digest = None
+        return self
+
     def __iter__(self) -> Iterator[tuple[bytes, Node]]:
         return iter(self._entries)
 

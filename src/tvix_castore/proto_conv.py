@@ -82,7 +82,8 @@ def directory_from_proto(msg: pb.Directory) -> Directory:
         except NodeError as exc:
             raise DirectoryError(f"invalid node with name {s.name!r}: {exc}") from exc
         insert(s.name, SymlinkNode(target))
-    return Directory(entries)
+    # Every rule of the domain constructor was enforced above, with the same size arithmetic.
+    return Directory._validated(entries, total)
 
 
 def decode_directory(data: bytes) -> Directory:
