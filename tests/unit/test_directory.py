@@ -10,6 +10,8 @@ from collections.abc import Sequence
 
 import pytest
 from fixtures import (
+    BLOB_A_DIGEST,
+    BLOB_B_DIGEST,
     DIRECTORY_A,
     DIRECTORY_B,
     DIRECTORY_C,
@@ -17,6 +19,8 @@ from fixtures import (
     DIRECTORY_D,
     DIRECTORY_WITH_KEEP,
     DUMMY_DIGEST,
+    DUMMY_DIGEST_2,
+    HELLOWORLD_BLOB_DIGEST,
 )
 
 from tvix.castore.protos import castore_pb2 as pb
@@ -95,6 +99,17 @@ def test_b3_display() -> None:
     assert str(DIRECTORY_WITH_KEEP.digest()) == "b3:i1tdZCtka7jtUEsIYsOUE+h+V0kUl9570HWVP3uDgQ4="
     assert str(DIRECTORY_COMPLICATED.digest()) == "b3:Qkp/bOCNgF0VtCgGL6rpYpmhZ11wjDo5Jhr+OM3QT+s="
     assert B3Digest.parse(str(DIRECTORY_COMPLICATED.digest())) == DIRECTORY_COMPLICATED.digest()
+
+
+def test_blob_fixture_digests() -> None:
+    """The castore blob fixtures hash to the digests of §12.2."""
+    assert str(HELLOWORLD_BLOB_DIGEST) == "b3:XKeBWty0hOmhNsEe/mnB1TAXbVSbXRjQOOtSgLSzRww="
+    assert HELLOWORLD_BLOB_DIGEST.hex() == "5ca7815adcb484e9a136c11efe69c1d530176d549b5d18d038eb5280b4b3470c"
+    assert str(BLOB_A_DIGEST) == "b3:e3AVu5LPCzGAN3AqbN2B3uQSJPc0aEwsEizWNZyx7mM="
+    assert str(BLOB_B_DIGEST) == "b3:qCxRVKegwmLG/bkpoxdYVkb4+8+AMm0Ke4dH7a8tmdI="
+    assert BLOB_B_DIGEST.hex() == "a82c5154a7a0c262c6fdb929a317585646f8fbcf80326d0a7b8747edaf2d99d2"
+    assert DUMMY_DIGEST.hex() == "00" * 32
+    assert DUMMY_DIGEST_2.hex() == "10" + "00" * 31
 
 
 @pytest.mark.parametrize("length", [0, 1, 31, 33, 64])
