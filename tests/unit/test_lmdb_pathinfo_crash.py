@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +21,7 @@ import pytest
 from tvix_castore import blobservice, directoryservice
 from tvix_castore.digests import B3Digest
 from tvix_castore.directory import Directory
+from tvix_castore.nodes import SymlinkNode
 from tvix_store import pathinfoservice
 
 WRITER = textwrap.dedent(
@@ -54,6 +56,17 @@ WRITER = textwrap.dedent(
         nar_size=1,
         nar_sha256=bytes(32),
     )
+    if mode == "closures":
+        # Closure after closure, each in one transaction, until killed.
+        print("writing", flush=True)
+        k = 0
+        while True:
+            with dirs.put_multiple_start() as putter:
+                for d in closure(b"c%d" % k, 3000):
+                    putter.put(d)
+                putter.close()
+            print("closed", k, flush=True)
+            k += 1
     if mode == "put":
         infos.put(info)
         print("put", flush=True)
@@ -92,6 +105,13 @@ def _start_writer(url: str, mode: str) -> tuple[subprocess.Popen[str], dict[str,
         proc.wait()
         pytest.fail(f"writer exited early with status {proc.returncode}")
     return proc, seen
+
+
+def _closure(tag: bytes, width: int) -> list[Directory]:
+    """The writer's closure function, to know what a killed writer was writing."""
+    leaves = [Directory({b"l": SymlinkNode(b"%s-%d" % (tag, i))}) for i in range(width)]
+    root = Directory({b"d%05d" % i: leaf.as_node() for i, leaf in enumerate(leaves)})
+    return [*leaves, root]
 
 
 def _kill(proc: subprocess.Popen[str]) -> None:
@@ -163,3 +183,30 @@ def test_second_process_sees_put(store_url: str, open_store: list[_Store]) -> No
         assert infos[0].node.digest.hex() == seen["root"]  # type: ignore[union-attr]
     finally:
         _kill(proc)
+
+
+def test_killed_during_closure_commit(store_url: str, open_store: list[_Store]) -> None:
+    """A closure put through a putter lands whole or not at all, even when its writer is killed.
+
+    The writer commits closures of 3001 Directories back to back; it is killed at some point
+    while busy. Every closure it reported is complete, and the next one is all there or absent.
+    """
+    proc, _ = _start_writer(store_url, "closures")
+    assert proc.stdout is not None
+    reported = -1
+    # Let it finish a few closures, then kill it while it works on the next one.
+    for line in proc.stdout:
+        reported = int(line.split()[1])
+        if reported >= 3:
+            break
+    time.sleep(0.05)
+    _kill(proc)
+    store = _Store(store_url)
+    open_store.append(store)
+    for k in range(reported + 1):
+        root = _closure(b"c%d" % k, 3000)[-1]
+        assert len(list(store.dirs.get_recursive(root.digest()))) == 3001
+    # The closures after the last reported one: each entirely present or entirely absent.
+    for k in (reported + 1, reported + 2):
+        present = [store.dirs.get(d.digest()) is not None for d in _closure(b"c%d" % k, 3000)]
+        assert all(present) or not any(present), f"closure {k}: {sum(present)} of {len(present)} stored"
