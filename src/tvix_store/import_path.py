@@ -13,10 +13,8 @@ interrupted at any point can simply be run again.
 
 from __future__ import annotations
 
-import bz2
 import hashlib
 import io
-import lzma
 import os
 import queue
 import sys
@@ -208,7 +206,11 @@ def import_nar(
 
 
 def _decompression_errors() -> tuple[type[BaseException], ...]:
-    errors: list[type[BaseException]] = [OSError, EOFError, lzma.LZMAError]
+    errors: list[type[BaseException]] = [OSError, EOFError]
+    # Only the decompressors open_nar_stream actually loaded can raise.
+    lzma = sys.modules.get("lzma")
+    if lzma is not None:
+        errors.append(lzma.LZMAError)
     zstandard = sys.modules.get("zstandard")
     if zstandard is not None:
         errors.append(zstandard.ZstdError)
@@ -267,6 +269,8 @@ def open_nar_stream(source: BinaryIO) -> BinaryIO:
         head += more
     raw = io.BufferedReader(_Prefixed(head, source), 1 << 20)
     if head.startswith(_MAGIC_XZ):
+        import lzma
+
         return cast(BinaryIO, lzma.LZMAFile(raw, "rb"))
     if head.startswith(_MAGIC_ZSTD):
         import zstandard
@@ -274,6 +278,8 @@ def open_nar_stream(source: BinaryIO) -> BinaryIO:
         reader = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
         return cast(BinaryIO, io.BufferedReader(reader, 1 << 20))
     if head.startswith(_MAGIC_BZ2):
+        import bz2
+
         return cast(BinaryIO, bz2.BZ2File(raw, "rb"))
     return cast(BinaryIO, raw)
 

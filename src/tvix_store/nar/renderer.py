@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from nix_compat.errors import NarError
 from nix_compat.nar import NarWriter
 from tvix_castore.blobservice import BlobReader, BlobService
+from tvix_castore.blobservice.chunked_reader import ChunkedReader
 from tvix_castore.directoryservice import DirectoryService
 from tvix_castore.ingest.entries import EntryPath, format_path
 from tvix_castore.nodes import DirectoryNode, FileNode, Node, SymlinkNode
@@ -96,8 +97,32 @@ def _file(writer: NarWriter, path: EntryPath, node: FileNode, blob_service: Blob
 
 def _contents(reader: BlobReader) -> Iterator[bytes]:
     read = reader.read
-    while True:
-        data = read(READ_CHUNK)
+    size = reader.size()
+    if size <= READ_CHUNK and not isinstance(reader, ChunkedReader):
+        pieces: Iterator[int] = iter((size,))
+    else:
+        pieces = _piece_sizes(reader)
+    data = b""
+    for want in pieces:
+        data = read(want)
         if not data:
             return
         yield data
+    # Whatever a reader yields beyond its announced size reaches the writer, which refuses it.
+    while data := read(READ_CHUNK):
+        yield data
+
+
+def _piece_sizes(reader: BlobReader) -> Iterator[int]:
+    """Read sizes following the blob's chunk boundaries when it has them.
+
+    A read that spans chunks must join pieces (a copy); one that stays inside a chunk does not.
+    """
+    size = reader.size()
+    offsets = reader.chunk_offsets if isinstance(reader, ChunkedReader) else (0,)
+    for start, end in zip(offsets, (*offsets[1:], size), strict=True):
+        pos = start
+        while pos < end:
+            n = min(READ_CHUNK, end - pos)
+            yield n
+            pos += n
