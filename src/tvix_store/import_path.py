@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
 import os
 import queue
 import sys
@@ -43,6 +44,8 @@ __all__ = [
     "nix_basename",
     "open_nar_stream",
 ]
+
+log = logging.getLogger(__name__)
 
 _QUEUE_DEPTH = 16  # pieces in flight to the hashing thread; pieces are at most ~1 MiB
 
@@ -221,6 +224,7 @@ def _put_path_info(
     path_info_service: PathInfoService, name: str, root: Node, nar_size: int, nar_sha256: bytes
 ) -> PathInfo:
     # Last step on purpose: everything the PathInfo refers to is stored by now.
+    log.debug("putting PathInfo for %s: root %s, NAR %d bytes", name, root, nar_size)
     info = PathInfo(
         store_path=build_nar_sha256_path(name, nar_sha256),
         node=root,
