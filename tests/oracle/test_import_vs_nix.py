@@ -87,7 +87,20 @@ def make_dash_root(root: Path) -> Path:
     return p
 
 
+def make_deep(root: Path) -> Path:
+    """1500 nested directories: deeper than Python's recursion limit."""
+    top = root / "deep"
+    p = top
+    p.mkdir()
+    for _ in range(1500):  # os.makedirs recurses once per level
+        p = p / "d"
+        p.mkdir()
+    (p / "bottom").write_bytes(b"bottom")
+    return top
+
+
 TREES: dict[str, Callable[[Path], Path]] = {
+    "deep": make_deep,
     "nested": make_nested,
     "single-file": make_single_file,
     "executable": make_executable,
