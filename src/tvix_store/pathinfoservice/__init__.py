@@ -88,3 +88,4 @@ def _register_all() -> None:
     registry.register("lmdb", lazy("tvix_store.pathinfoservice.lmdb_store", "LmdbPathInfoService"))
     registry.register("grpc", lazy("tvix_store.pathinfoservice.grpc_client", "GrpcPathInfoService"))
     registry.register("nix", lazy("tvix_store.pathinfoservice.nix_http", "NixHttpPathInfoService"))
+    registry.register("cache", lazy("tvix_store.pathinfoservice.cache", "CachePathInfoService"))

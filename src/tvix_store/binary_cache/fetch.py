@@ -1,0 +1,144 @@
+"""A small client for Nix binary caches: ``file:///dir`` and ``http(s)://host/path`` (IO shell).
+
+``join_url`` resolves a cache-relative name against a base URL; unlike plain URL joining, a base
+path without a trailing slash keeps its last segment (spec §15 item 9: ``http://h/foo`` +
+``x.narinfo`` is ``http://h/foo/x.narinfo``). ``open_url`` streams a response (None for 404/403/410
+or a missing file); ``decompress`` wraps a stream for the narinfo ``Compression`` values Nix
+writes. Every failure becomes a ``BinaryCacheError`` naming the URL and, for HTTP, the status.
+"""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import http.client
+import io
+import lzma
+import os
+import urllib.error
+import urllib.parse
+import urllib.request
+from typing import BinaryIO, cast
+
+from tvix_store.binary_cache import BinaryCacheError
+
+__all__ = [
+    "COMPRESSIONS",
+    "READ_ERRORS",
+    "cache_base_url",
+    "decompress",
+    "fetch_bytes",
+    "join_url",
+    "open_url",
+]
+
+TIMEOUT = 60.0
+_BUFFER = 1 << 20
+_NOT_FOUND = (403, 404, 410)
+COMPRESSIONS = ("none", "xz", "zstd", "bzip2", "gzip")
+
+
+def _zstd_error() -> type[BaseException]:
+    import zstandard
+
+    return cast(type[BaseException], zstandard.ZstdError)
+
+
+# What reading a (decompressed) response may raise besides our own errors.
+READ_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    EOFError,
+    lzma.LZMAError,
+    http.client.HTTPException,
+    _zstd_error(),
+)
+
+
+def cache_base_url(url: str) -> str:
+    """Validate a binary cache URL (``file://``, ``http://``, ``https://``) and return it."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme == "file":
+        if parts.netloc not in ("", "localhost") or not parts.path.startswith("/"):
+            raise BinaryCacheError(f"invalid binary cache URL {url!r}: expected file:///absolute/dir")
+    elif parts.scheme in ("http", "https"):
+        if not parts.hostname:
+            raise BinaryCacheError(f"invalid binary cache URL {url!r}: no host")
+    else:
+        raise BinaryCacheError(
+            f"invalid binary cache URL {url!r}: expected file:///dir, http://host/path or https://…"
+        )
+    return url
+
+
+def join_url(base: str, name: str) -> str:
+    """Resolve name (``<hash>.narinfo``, ``nar/…``, or an absolute URL) against the cache base URL."""
+    parts = urllib.parse.urlsplit(base)
+    path = parts.path if parts.path.endswith("/") else parts.path + "/"
+    # Query and fragment of the base (e.g. Nix store options) are not part of the cache's location.
+    return urllib.parse.urljoin(urllib.parse.urlunsplit((parts.scheme, parts.netloc, path, "", "")), name)
+
+
+def open_url(url: str) -> tuple[BinaryIO, int | None] | None:
+    """Open url for streaming: (stream, length if known), or None when the cache has no such file."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme == "file":
+        path = urllib.parse.unquote(parts.path)
+        try:
+            f = open(path, "rb")  # noqa: SIM115 - handed to the caller
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except OSError as exc:
+            raise BinaryCacheError(f"GET {url}: {exc.strerror or exc}") from exc
+        return cast(BinaryIO, f), os.fstat(f.fileno()).st_size
+    request = urllib.request.Request(url, headers={"User-Agent": "tvix-store"})
+    try:
+        response = urllib.request.urlopen(request, timeout=TIMEOUT)
+    except urllib.error.HTTPError as exc:
+        exc.close()
+        if exc.code in _NOT_FOUND:
+            return None
+        raise BinaryCacheError(f"GET {url}: HTTP {exc.code} {exc.reason}") from exc
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
+        reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+        raise BinaryCacheError(f"GET {url}: {reason}") from exc
+    length = response.headers.get("Content-Length")
+    return cast(BinaryIO, response), int(length) if length and length.isdigit() else None
+
+
+def fetch_bytes(url: str, limit: int) -> bytes | None:
+    """The whole body at url (at most limit bytes), or None when absent."""
+    opened = open_url(url)
+    if opened is None:
+        return None
+    stream, _ = opened
+    with stream:
+        try:
+            data = stream.read(limit + 1)
+        except READ_ERRORS as exc:
+            raise BinaryCacheError(f"GET {url}: read failed: {exc}") from exc
+    if len(data) > limit:
+        raise BinaryCacheError(f"GET {url}: response larger than {limit} bytes")
+    return data
+
+
+def decompress(stream: BinaryIO, compression: str, url: str) -> BinaryIO:
+    """Wrap stream so that reading it yields the uncompressed bytes."""
+    if compression == "none":
+        return stream
+    buffered = (
+        io.BufferedReader(cast(io.RawIOBase, stream), _BUFFER) if not hasattr(stream, "peek") else stream
+    )
+    if compression == "xz":
+        return cast(BinaryIO, lzma.LZMAFile(buffered, "rb"))
+    if compression == "bzip2":
+        return cast(BinaryIO, bz2.BZ2File(buffered, "rb"))
+    if compression == "gzip":
+        return cast(BinaryIO, gzip.GzipFile(fileobj=buffered, mode="rb"))
+    if compression == "zstd":
+        import zstandard
+
+        reader = zstandard.ZstdDecompressor().stream_reader(buffered, read_across_frames=True)
+        return cast(BinaryIO, io.BufferedReader(cast(io.RawIOBase, reader), _BUFFER))
+    raise BinaryCacheError(
+        f"{url}: unsupported compression {compression!r} (supported: {', '.join(COMPRESSIONS)})"
+    )

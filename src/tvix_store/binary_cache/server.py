@@ -1,0 +1,566 @@
+"""The store as a Nix HTTP binary cache (tvix's nar-bridge): IO shell over the three services.
+
+Routes (``BinaryCacheServer``, threaded stdlib ``http.server``, HTTP/1.1 keep-alive):
+
+* ``GET /nix-cache-info``; ``GET``/``HEAD /<hash>.narinfo`` from the PathInfoService, signed with
+  the server's key when it has one. The narinfo's URL names the NAR by its root node
+  (``nar/tvix-castore/<base64url node>?narsize=N``), so serving a NAR needs no index.
+* ``GET``/``HEAD /nar/tvix-castore/…``: the NAR rendered on the fly and streamed, with
+  ``Content-Length``; a single ``Range`` gives 206 (416 when unsatisfiable). With
+  ``compression=zstd`` in the query the NAR is zstd-compressed and sent chunked.
+* ``PUT /nar/<filehash>.nar[.xz|.zst|.bz2|.gz]``: the body is hashed (it must hash to the name),
+  decompressed and ingested; the root node waits in a small LRU keyed by NAR hash.
+  ``PUT /<hash>.narinfo``: the name must match the body's StorePath and the NarHash/NarSize must
+  be of an uploaded NAR; then the PathInfo is put. This is what ``nix copy --to http://…`` does.
+
+Malformed requests get 400 with a one-line reason; handler failures are logged and answered with
+500 (or the connection is dropped mid-body); the server keeps serving.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import bz2
+import gzip
+import hashlib
+import http.server
+import io
+import logging
+import lzma
+import re
+import socket
+import threading
+import urllib.parse
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import BinaryIO, cast
+
+from google.protobuf.message import DecodeError
+
+from nix_compat import nix_http, nixbase32
+from nix_compat.errors import NixCompatError
+from nix_compat.narinfo import NarInfo
+from nix_compat.signing import SigningKey
+from tvix.castore.protos import castore_pb2
+from tvix_castore.errors import StoreError
+from tvix_castore.nodes import Node
+from tvix_castore.proto_conv import anonymous_node_from_proto, node_to_proto
+from tvix_store.binary_cache.fetch import READ_ERRORS
+from tvix_store.nar.ingest import ingest_nar
+from tvix_store.nar.renderer import write_nar
+from tvix_store.path_info import PathInfo
+from tvix_store.services import Services
+
+__all__ = ["BinaryCacheServer", "nar_url", "parse_listen_address", "path_info_to_narinfo"]
+
+log = logging.getLogger(__name__)
+
+NARINFO_LIMIT = 2 << 20
+MAX_NODE_B64 = 4096
+PENDING_CAPACITY = 1000
+_COPY_CHUNK = 1 << 20
+_SUFFIX_COMPRESSION = {"": "none", ".xz": "xz", ".zst": "zstd", ".bz2": "bzip2", ".gz": "gzip"}
+_RANGE_RE = re.compile(r"bytes=(\d*)-(\d*)")
+
+
+class _BadRequest(Exception):
+    """The client's fault: answered with 400 and the message."""
+
+
+class _Abort(Exception):
+    """Stop rendering: the requested range is complete."""
+
+
+def nar_url(node: Node, nar_size: int, compression: str = "none") -> str:
+    """The cache-relative URL under which this server renders node's NAR."""
+    raw = node_to_proto(b"", node).SerializeToString()
+    b64 = base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+    query = f"narsize={nar_size}" + ("&compression=zstd" if compression == "zstd" else "")
+    return f"nar/tvix-castore/{b64}?{query}"
+
+
+def path_info_to_narinfo(info: PathInfo, compression: str = "none", key: SigningKey | None = None) -> NarInfo:
+    """The narinfo served for info (optionally with our signature added)."""
+    narinfo = NarInfo(
+        store_path=info.store_path,
+        url=nar_url(info.node, info.nar_size, compression),
+        nar_hash=info.nar_sha256,
+        nar_size=info.nar_size,
+        references=info.references,
+        compression=compression,
+        deriver=info.deriver,
+        signatures=info.signatures,
+        ca=info.ca,
+    )
+    return narinfo if key is None else narinfo.add_signature(key)
+
+
+def parse_listen_address(text: str) -> tuple[socket.AddressFamily, str, int]:
+    """``[v6]:port``, ``v4:port`` or ``host:port`` -> (family, host, port)."""
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not port_text.isdigit() or int(port_text) > 65535 or not host:
+        raise ValueError(f"invalid listen address {text!r}: expected HOST:PORT or [V6]:PORT")
+    if host.startswith("[") and host.endswith("]"):
+        return socket.AF_INET6, host[1:-1], int(port_text)
+    if ":" in host:
+        raise ValueError(f"invalid listen address {text!r}: put IPv6 addresses in brackets")
+    family = socket.getaddrinfo(host, int(port_text), type=socket.SOCK_STREAM)[0][0]
+    return family, host, int(port_text)
+
+
+@dataclass(frozen=True, slots=True)
+class _Uploaded:
+    node: Node
+    nar_size: int
+
+
+class _Body(io.RawIOBase):
+    """A request body: Content-Length bytes, or chunked transfer coding, from rfile."""
+
+    def __init__(self, rfile: BinaryIO, length: int | None, chunked: bool, limit: int | None = None) -> None:
+        self._rfile = rfile
+        self._left: int = 0 if chunked or length is None else length
+        self._chunked = chunked
+        self._eof = not chunked and not length
+        self._limit = limit
+        self.count = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def _next_chunk(self) -> None:
+        line = self._rfile.readline(1024)
+        size_text = line.split(b";", 1)[0].strip()
+        try:
+            size = int(size_text, 16)
+        except ValueError:
+            raise _BadRequest(f"malformed chunked body: chunk header {line[:40]!r}") from None
+        if size == 0:
+            while self._rfile.readline(1024) not in (b"\r\n", b"\n", b""):
+                pass
+            self._eof = True
+        self._left = size
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        if self._eof:
+            return 0
+        if self._left == 0:
+            if self._chunked:
+                if self.count:
+                    self._rfile.readline(16)  # CRLF after the previous chunk
+                self._next_chunk()
+                if self._eof:
+                    return 0
+            else:
+                self._eof = True
+                return 0
+        want = min(len(buffer), self._left)
+        data = self._rfile.read(want)
+        if not data:
+            raise _BadRequest(f"request body ended early ({self.count} bytes received)")
+        n = len(data)
+        buffer[:n] = data
+        self._left -= n
+        self.count += n
+        if self._limit is not None and self.count > self._limit:
+            raise _BadRequest(f"request body larger than {self._limit} bytes")
+        return n
+
+    def drain(self) -> None:
+        buf = memoryview(bytearray(1 << 16))
+        while self.readinto(buf):
+            pass
+
+
+class _HashingReader(io.RawIOBase):
+    """SHA-256 of every byte read through it (the uploaded file's hash)."""
+
+    def __init__(self, inner: _Body) -> None:
+        self._inner = inner
+        self.sha = hashlib.sha256()
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        n = self._inner.readinto(buffer)
+        self.sha.update(buffer[:n])
+        return n
+
+
+def _decompressor(raw: io.RawIOBase, compression: str) -> BinaryIO:
+    buffered = io.BufferedReader(raw, _COPY_CHUNK)
+    if compression == "none":
+        return cast(BinaryIO, buffered)
+    if compression == "xz":
+        return cast(BinaryIO, lzma.LZMAFile(buffered, "rb"))
+    if compression == "bzip2":
+        return cast(BinaryIO, bz2.BZ2File(buffered, "rb"))
+    if compression == "gzip":
+        return cast(BinaryIO, gzip.GzipFile(fileobj=buffered, mode="rb"))
+    import zstandard
+
+    reader = zstandard.ZstdDecompressor().stream_reader(buffered, read_across_frames=True)
+    return cast(BinaryIO, io.BufferedReader(cast(io.RawIOBase, reader), _COPY_CHUNK))
+
+
+class _RangeWriter:
+    """Passes through bytes [start, end) of what is written, counting everything."""
+
+    def __init__(self, write: Callable[[bytes | memoryview], object], start: int, end: int) -> None:
+        self._write = write
+        self._start = start
+        self._end = end
+        self.pos = 0
+
+    def __call__(self, data: bytes | memoryview) -> None:
+        n = len(data)
+        lo, hi = self.pos, self.pos + n
+        self.pos = hi
+        if hi <= self._start:
+            return
+        if lo >= self._end:
+            raise _Abort
+        a, b = max(self._start - lo, 0), min(self._end - lo, n)
+        self._write(data if a == 0 and b == n else memoryview(data)[a:b])
+        if hi >= self._end:
+            raise _Abort
+
+
+class BinaryCacheServer(http.server.ThreadingHTTPServer):
+    """A threaded HTTP server answering Nix binary cache requests from services."""
+
+    daemon_threads = True
+    block_on_close = False
+
+    def __init__(
+        self,
+        address: tuple[str, int],
+        services: Services,
+        family: socket.AddressFamily = socket.AF_INET,
+        priority: int = 39,
+        sign_key: SigningKey | None = None,
+        compression: str = "none",
+    ) -> None:
+        self.address_family = family
+        self.services = services
+        self.priority = priority
+        self.sign_key = sign_key
+        self.compression = compression
+        self._pending: OrderedDict[bytes, _Uploaded] = OrderedDict()
+        self._pending_lock = threading.Lock()
+        super().__init__(address, _Handler)
+
+    def server_bind(self) -> None:
+        """Bind; an IPv6 socket listens on IPv6 only."""
+        if self.address_family == socket.AF_INET6:
+            # Listen on exactly the address given, not on IPv4 too.
+            self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        super().server_bind()
+
+    @property
+    def url(self) -> str:
+        """``http://host:port`` of the bound socket."""
+        host, port = self.server_address[:2]
+        host = str(host)
+        return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+    def remember_upload(self, nar_sha256: bytes, node: Node, nar_size: int) -> None:
+        """Keep an uploaded NAR's root node until its narinfo arrives."""
+        with self._pending_lock:
+            self._pending[nar_sha256] = _Uploaded(node, nar_size)
+            self._pending.move_to_end(nar_sha256)
+            while len(self._pending) > PENDING_CAPACITY:
+                self._pending.popitem(last=False)
+
+    def uploaded(self, nar_sha256: bytes) -> _Uploaded | None:
+        """The uploaded NAR with this hash, if it is still remembered."""
+        with self._pending_lock:
+            return self._pending.get(nar_sha256)
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    """One connection's requests; every method answers, whatever happens inside."""
+
+    protocol_version = "HTTP/1.1"
+    server_version = "tvix-store"
+    server: BinaryCacheServer
+
+    def log_message(self, format: str, *args: object) -> None:
+        log.debug("%s %s", self.address_string(), format % args)
+
+    # -- plumbing ------------------------------------------------------------------------------
+
+    def _send(
+        self,
+        status: int,
+        body: bytes = b"",
+        content_type: str = "text/plain; charset=utf-8",
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        if self.command != "HEAD" and body:
+            self.wfile.write(body)
+
+    def _error(self, status: int, message: str) -> None:
+        log.info("%s %s -> %d: %s", self.command, self.path, status, message)
+        self._send(status, (message + "\n").encode())
+
+    def _dispatch(self, route: Callable[[str, dict[str, list[str]]], None]) -> None:
+        parts = urllib.parse.urlsplit(self.path)
+        query = urllib.parse.parse_qs(parts.query, keep_blank_values=True)
+        try:
+            route(urllib.parse.unquote(parts.path), query)
+        except _BadRequest as exc:
+            self.close_connection = True
+            self._error(400, str(exc))
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
+        except Exception as exc:
+            log.error(
+                "%s %s failed: %s", self.command, self.path, exc, exc_info=not isinstance(exc, StoreError)
+            )
+            self.close_connection = True
+            with contextlib.suppress(OSError):
+                self._error(500, f"internal error: {exc}")
+
+    def do_GET(self) -> None:
+        """Serve cache info, narinfos and NARs."""
+        self._dispatch(self._get)
+
+    def do_HEAD(self) -> None:
+        """Like GET, without the body."""
+        self._dispatch(self._get)
+
+    def do_PUT(self) -> None:
+        """Accept NAR and narinfo uploads."""
+        self._dispatch(self._put)
+
+    # -- GET / HEAD ----------------------------------------------------------------------------
+
+    def _get(self, path: str, query: dict[str, list[str]]) -> None:
+        if path == "/":
+            self._send(200, b"Hello from tvix-store\n")
+        elif path == "/nix-cache-info":
+            body = f"StoreDir: /nix/store\nWantMassQuery: 1\nPriority: {self.server.priority}\n"
+            self._send(200, body.encode(), nix_http.MIME_TYPE_CACHE_INFO)
+        elif path.endswith(".narinfo") and "/" not in path[1:]:
+            self._get_narinfo(path[1:])
+        elif path.startswith("/nar/tvix-castore/"):
+            self._get_nar(path[len("/nar/tvix-castore/") :], query)
+        else:
+            self._error(404, f"not found: {path}")
+
+    def _get_narinfo(self, name: str) -> None:
+        digest = nix_http.parse_narinfo_str(name)
+        if digest is None:
+            raise _BadRequest(f"malformed narinfo name {name!r}: expected <32 nixbase32 chars>.narinfo")
+        info = self.server.services.path_info_service.get(digest)
+        if info is None:
+            self._error(404, f"no store path with hash {name[:32]} here")
+            return
+        narinfo = path_info_to_narinfo(info, self.server.compression, self.server.sign_key)
+        self._send(200, narinfo.render().encode(), nix_http.MIME_TYPE_NARINFO)
+
+    def _get_nar(self, b64: str, query: dict[str, list[str]]) -> None:
+        if len(b64) > MAX_NODE_B64:
+            raise _BadRequest("NAR URL: node too long")
+        try:
+            raw = base64.urlsafe_b64decode(b64 + "=" * (-len(b64) % 4))
+            msg = castore_pb2.Node.FromString(raw)
+            node = anonymous_node_from_proto(msg)
+        except (binascii.Error, ValueError, DecodeError, StoreError) as exc:
+            raise _BadRequest(f"NAR URL: invalid node: {exc}") from exc
+        sizes = query.get("narsize", [])
+        if len(sizes) != 1 or not sizes[0].isdigit():
+            raise _BadRequest("NAR URL: missing or invalid narsize")
+        nar_size = int(sizes[0])
+        compression = query.get("compression", ["none"])[0]
+        if compression not in ("none", "zstd"):
+            raise _BadRequest(f"NAR URL: unsupported compression {compression!r}")
+        headers = {"Cache-Control": "max-age=31536000, immutable"}
+        services = self.server.services
+        if compression == "zstd":
+            self._send_zstd(node, headers)
+            return
+        start, end = 0, nar_size
+        status = 200
+        range_header = self.headers.get("Range")
+        if range_header is not None:
+            m = _RANGE_RE.fullmatch(range_header.strip())
+            if m is not None and (m.group(1) or m.group(2)):
+                if m.group(1):
+                    start = int(m.group(1))
+                    end = min(int(m.group(2)) + 1, nar_size) if m.group(2) else nar_size
+                else:
+                    start = max(nar_size - int(m.group(2)), 0)
+                if start >= nar_size or start >= end:
+                    self._send(416, b"", nix_http.MIME_TYPE_NAR, {"Content-Range": f"bytes */{nar_size}"})
+                    return
+                status = 206
+                headers["Content-Range"] = f"bytes {start}-{end - 1}/{nar_size}"
+            # Other forms (several ranges) are answered with the whole NAR, as RFC 9110 allows.
+        headers["Accept-Ranges"] = "bytes"
+        self.send_response(status)
+        self.send_header("Content-Type", nix_http.MIME_TYPE_NAR)
+        self.send_header("Content-Length", str(end - start))
+        for k, v in headers.items():
+            self.send_header(k, v)
+        self.end_headers()
+        if self.command == "HEAD":
+            return
+        out = _RangeWriter(self.wfile.write, start, end)
+        try:
+            write_nar(out, node, services.blob_service, services.directory_service)
+        except _Abort:
+            return
+        except (BrokenPipeError, ConnectionResetError):
+            raise
+        except Exception as exc:
+            # Headers are out: all we can do is cut the response short so the client notices.
+            log.error("rendering NAR of %s failed after %d bytes: %s", node, out.pos, exc)
+            self.close_connection = True
+            return
+        if out.pos != nar_size:
+            log.error("NAR of %s is %d bytes, but the URL said narsize=%d", node, out.pos, nar_size)
+            self.close_connection = True
+
+    def _send_zstd(self, node: Node, headers: dict[str, str]) -> None:
+        import zstandard
+
+        self.send_response(200)
+        self.send_header("Content-Type", nix_http.MIME_TYPE_NAR)
+        self.send_header("Transfer-Encoding", "chunked")
+        for k, v in headers.items():
+            self.send_header(k, v)
+        self.end_headers()
+        if self.command == "HEAD":
+            return
+        wfile = self.wfile
+
+        class _Chunked:
+            def write(self, data: bytes) -> int:
+                if data:
+                    wfile.write(b"%x\r\n" % len(data) + bytes(data) + b"\r\n")
+                return len(data)
+
+        services = self.server.services
+        compressor = zstandard.ZstdCompressor(level=3).stream_writer(
+            cast(BinaryIO, _Chunked()), write_size=_COPY_CHUNK, closefd=False
+        )
+        try:
+            write_nar(compressor.write, node, services.blob_service, services.directory_service)
+            compressor.close()  # type: ignore[no-untyped-call]
+        except (BrokenPipeError, ConnectionResetError):
+            raise
+        except Exception as exc:
+            log.error("rendering zstd NAR of %s failed: %s", node, exc)
+            self.close_connection = True
+            return
+        wfile.write(b"0\r\n\r\n")
+
+    # -- PUT -----------------------------------------------------------------------------------
+
+    def _body(self, limit: int | None = None) -> _Body:
+        chunked = "chunked" in self.headers.get("Transfer-Encoding", "").lower()
+        length_text = self.headers.get("Content-Length")
+        length = None
+        if length_text is not None:
+            if not length_text.strip().isdigit():
+                raise _BadRequest(f"invalid Content-Length {length_text!r}")
+            length = int(length_text)
+        elif not chunked:
+            raise _BadRequest("PUT needs a Content-Length or a chunked body")
+        if limit is not None and length is not None and length > limit:
+            raise _BadRequest(f"request body larger than {limit} bytes")
+        return _Body(cast(BinaryIO, self.rfile), length, chunked, limit)
+
+    def _put(self, path: str, query: dict[str, list[str]]) -> None:
+        if path.startswith("/nar/"):
+            self._put_nar(path[len("/nar/") :])
+        elif path.endswith(".narinfo") and "/" not in path[1:]:
+            self._put_narinfo(path[1:])
+        elif path == "/nix-cache-info":
+            self._body(NARINFO_LIMIT).drain()  # we answer GET /nix-cache-info ourselves
+            self._send(200)
+        else:
+            raise _BadRequest(f"cannot upload {path}: only nar/<hash>.nar[.<ext>] and <hash>.narinfo")
+
+    def _put_nar(self, name: str) -> None:
+        parsed = nix_http.parse_nar_str(name)
+        if parsed is None or parsed[1] not in _SUFFIX_COMPRESSION:
+            raise _BadRequest(
+                f"malformed NAR name {name!r}: expected <52 nixbase32 chars>.nar[.xz|.zst|.bz2|.gz]"
+            )
+        file_hash, suffix = parsed
+        body = self._body()
+        hashing = _HashingReader(body)
+        stream = _decompressor(hashing, _SUFFIX_COMPRESSION[suffix])
+        services = self.server.services
+        try:
+            node, nar_sha256, nar_size = ingest_nar(
+                services.blob_service, services.directory_service, stream.read
+            )
+            if stream.read(1):
+                raise _BadRequest(f"{name}: unexpected data after the end of the NAR")
+            body.drain()
+        except NixCompatError as exc:
+            raise _BadRequest(f"{name}: invalid NAR: {exc}") from exc
+        except READ_ERRORS as exc:
+            raise _BadRequest(f"{name}: cannot decompress: {exc}") from exc
+        got = hashing.sha.digest()
+        if got != file_hash:
+            raise _BadRequest(
+                f"{name}: body hashes to sha256:{nixbase32.encode(got)}, not to the hash in its name"
+            )
+        self.server.remember_upload(nar_sha256, node, nar_size)
+        log.info("received NAR %s (%d bytes, %d uncompressed)", name, body.count, nar_size)
+        self._send(200)
+
+    def _put_narinfo(self, name: str) -> None:
+        digest = nix_http.parse_narinfo_str(name)
+        if digest is None:
+            raise _BadRequest(f"malformed narinfo name {name!r}: expected <32 nixbase32 chars>.narinfo")
+        body = self._body(NARINFO_LIMIT)
+        data = body.readall()
+        try:
+            narinfo = NarInfo.parse(data)
+        except NixCompatError as exc:
+            raise _BadRequest(f"{name}: invalid narinfo: {exc}") from exc
+        if narinfo.store_path.digest != digest:
+            raise _BadRequest(
+                f"{name}: URL name does not match the narinfo's StorePath {narinfo.store_path.absolute()}"
+            )
+        uploaded = self.server.uploaded(narinfo.nar_hash)
+        if uploaded is None:
+            raise _BadRequest(
+                f"{name}: unknown NarHash sha256:{nixbase32.encode(narinfo.nar_hash)}: upload the NAR first"
+            )
+        if uploaded.nar_size != narinfo.nar_size:
+            raise _BadRequest(
+                f"{name}: NarSize {narinfo.nar_size} differs from the uploaded NAR's {uploaded.nar_size}"
+            )
+        try:
+            info = PathInfo(
+                store_path=narinfo.store_path,
+                node=uploaded.node,
+                nar_size=narinfo.nar_size,
+                nar_sha256=narinfo.nar_hash,
+                references=narinfo.references,
+                signatures=narinfo.signatures,
+                deriver=narinfo.deriver,
+                ca=narinfo.ca,
+            )
+        except StoreError as exc:
+            raise _BadRequest(f"{name}: invalid path info: {exc}") from exc
+        self.server.services.path_info_service.put(info)
+        log.info("stored %s", narinfo.store_path.absolute())
+        self._send(200)

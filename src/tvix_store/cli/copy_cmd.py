@@ -1,0 +1,117 @@
+"""``tvix-store copy --from URL STORE_PATH...`` and ``tvix-store copy CLOSURE.json``.
+
+With ``--from``, the store paths and their closure are copied from a Nix binary cache
+(``file:///dir``, ``http(s)://host/path``), verified (NarHash, NarSize, and with
+``--trusted-public-keys`` a signature) and ingested; paths already present are skipped. Without
+it, tvix's form: the ``closure`` of an exportReferencesGraph JSON file (positional or
+``NIX_ATTRS_JSON_FILE``) is ingested from the local filesystem. Prints nothing on stdout; a
+progress line on stderr when it is a terminal; the first failure aborts and nothing is put.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import threading
+
+__all__ = ["register"]
+
+log = logging.getLogger(__name__)
+
+
+def register(
+    subparsers: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
+) -> None:
+    """Add the ``copy`` subcommand."""
+    p = subparsers.add_parser(
+        "copy",
+        parents=[common],
+        help="copy store paths (with their closure) from a Nix binary cache, or a closure JSON file",
+        description=(
+            "copy --from URL STORE_PATH...: copy from a binary cache (file:///dir, http(s)://host/path). "
+            "copy FILE.json: ingest an exportReferencesGraph closure from the local filesystem."
+        ),
+    )
+    p.add_argument("paths", nargs="*", metavar="STORE_PATH|FILE.json")
+    p.add_argument("--from", dest="from_url", metavar="URL", help="binary cache to copy from")
+    p.add_argument(
+        "--trusted-public-keys",
+        default=None,
+        metavar="KEYS",
+        help="whitespace-separated 'name:base64' keys; at least one must have signed each path",
+    )
+    p.add_argument("-j", "--jobs", type=int, default=4, metavar="N", help="NARs fetched in parallel (4)")
+    p.set_defaults(func=run, parser=p)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the copy."""
+    parser: argparse.ArgumentParser = args.parser
+    if args.jobs < 1:
+        parser.error("--jobs must be at least 1")
+
+    from nix_compat.errors import NixCompatError
+    from tvix_store.binary_cache import BinaryCacheError
+    from tvix_store.binary_cache.copy import (
+        copy_closure,
+        copy_local_closure,
+        parse_closure_json,
+        parse_trusted_keys,
+        parse_wanted_path,
+    )
+    from tvix_store.binary_cache.fetch import cache_base_url
+    from tvix_store.progress import Progress
+    from tvix_store.services import construct_services
+
+    if args.from_url is not None:
+        if not args.paths:
+            parser.error("copy --from URL needs at least one STORE_PATH")
+        base = cache_base_url(args.from_url)
+        try:
+            wanted = [parse_wanted_path(p) for p in args.paths]
+        except NixCompatError as exc:
+            raise BinaryCacheError(f"invalid store path: {exc}") from exc
+        keys = parse_trusted_keys(args.trusted_public_keys or "")
+    else:
+        if args.trusted_public_keys is not None:
+            parser.error("--trusted-public-keys is only valid with --from")
+        files = args.paths or (
+            [os.environ["NIX_ATTRS_JSON_FILE"]] if os.environ.get("NIX_ATTRS_JSON_FILE") else []
+        )
+        if len(files) != 1:
+            parser.error("expected --from URL STORE_PATH..., or exactly one closure JSON file")
+        with open(files[0], "rb") as f:
+            entries = parse_closure_json(f.read(), files[0])
+
+    services = construct_services(
+        args.blob_service_addr, args.directory_service_addr, args.path_info_service_addr
+    )
+    progress = Progress("copying")
+    lock = threading.Lock()
+
+    def on_bytes(n: int) -> None:
+        with lock:
+            progress.add_bytes(n)
+
+    def on_path(_info: object) -> None:
+        progress.add_file()
+
+    try:
+        if args.from_url is not None:
+            result = copy_closure(
+                services,
+                base,
+                wanted,
+                keys,
+                jobs=args.jobs,
+                on_bytes=on_bytes if progress.enabled else None,
+                on_path=on_path,
+            )
+        else:
+            result = copy_local_closure(services, entries, jobs=args.jobs, on_path=on_path)
+    finally:
+        progress.finish()
+        services.close()
+    log.debug("copied %d paths, %d already present", len(result.copied), len(result.present))
+    return 0

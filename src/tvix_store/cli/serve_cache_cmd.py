@@ -1,0 +1,93 @@
+"""``tvix-store serve-cache [-l ADDR] [--sign-key-file F] [--priority N]``: the store as a Nix binary cache.
+
+Serves ``GET /nix-cache-info``, narinfos and NARs (rendered on the fly) and accepts the uploads of
+``nix copy --to http://…`` (see ``tvix_store.binary_cache.server``). Listens on ``[::1]:9000`` by
+default (loopback: there is no authentication). Logs the URL it serves on once listening; runs
+until interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import threading
+from types import FrameType
+
+__all__ = ["register"]
+
+log = logging.getLogger(__name__)
+
+
+def register(
+    subparsers: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
+) -> None:
+    """Add the ``serve-cache`` subcommand."""
+    p = subparsers.add_parser(
+        "serve-cache",
+        parents=[common],
+        help="serve the store as a Nix HTTP binary cache (nar-bridge)",
+        description="Serve the store as a Nix HTTP binary cache that Nix can substitute from and copy to.",
+    )
+    p.add_argument(
+        "-l",
+        "--listen-address",
+        default="[::1]:9000",
+        metavar="ADDR",
+        help="HOST:PORT or [V6]:PORT ([::1]:9000)",
+    )
+    p.add_argument(
+        "--sign-key-file", metavar="FILE", help="Nix secret key (name:base64) to sign narinfos with"
+    )
+    p.add_argument("--priority", type=int, default=39, help="Priority in /nix-cache-info (39)")
+    p.add_argument(
+        "--compression",
+        choices=("none", "zstd"),
+        default="none",
+        help="compression of served NARs (none: with Content-Length and Range support)",
+    )
+    p.set_defaults(func=run, parser=p)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Serve until SIGINT/SIGTERM."""
+    parser: argparse.ArgumentParser = args.parser
+    if args.priority < 0:
+        parser.error("--priority must not be negative")
+
+    from nix_compat.signing import SigningKey
+    from tvix_store.binary_cache.server import BinaryCacheServer, parse_listen_address
+    from tvix_store.services import construct_services
+
+    try:
+        family, host, port = parse_listen_address(args.listen_address)
+    except ValueError as exc:
+        parser.error(str(exc))
+    key = None
+    if args.sign_key_file is not None:
+        with open(args.sign_key_file, encoding="utf-8") as f:
+            key = SigningKey.parse(f.read().strip())
+    services = construct_services(
+        args.blob_service_addr, args.directory_service_addr, args.path_info_service_addr
+    )
+    try:
+        server = BinaryCacheServer(
+            (host, port), services, family, priority=args.priority, sign_key=key, compression=args.compression
+        )
+    except BaseException:
+        services.close()
+        raise
+
+    def stop(signum: int, _frame: FrameType | None) -> None:
+        log.info("received signal %d, shutting down", signum)
+        threading.Thread(target=server.shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    log.info("serving binary cache on %s", server.url)
+    try:
+        server.serve_forever(poll_interval=0.2)
+    finally:
+        server.server_close()
+        services.close()
+    return 0

@@ -1,0 +1,182 @@
+"""``tvix-store copy --from file://…`` against caches the real Nix wrote (issue 5 points 1, 4, 5)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import COMPRESSIONS
+from tvix_cli import all_paths, nix_dump, one_line_error, tvix
+
+from nix_compat import nixbase32
+from nix_compat.narinfo import NarInfo
+
+pytestmark = pytest.mark.nix
+
+
+def stored_paths(store: Path) -> list[str]:
+    """The store paths `path-info --all` lists, sorted."""
+    text = all_paths(store).decode()
+    return sorted(line.split(": ", 1)[1] for line in text.splitlines() if line.startswith("StorePath: "))
+
+
+def _sri_to_nix(sri: str) -> str:
+    """`nix path-info --json` prints narHash as sha256:<nixbase32> in Nix 2.8; normalise SRI too."""
+    import base64
+
+    if sri.startswith("sha256-"):
+        return "sha256:" + nixbase32.encode(base64.b64decode(sri[len("sha256-") :]))
+    return sri
+
+
+def assert_same_as_nix(store: Path, nix_closure: dict, paths: list[str], full: bool = True) -> None:
+    """Every PathInfo field equals `nix path-info --json`, every NAR equals `nix-store --dump`.
+
+    full=False skips deriver and CA, which an exportReferencesGraph closure does not carry.
+    """
+    ours = json.loads(tvix(store, "path-info", "--json", *paths).stdout)
+    assert sorted(o["path"] for o in ours) == sorted(paths)
+    for o in ours:
+        theirs = nix_closure["path_info"][o["path"]]
+        assert _sri_to_nix(o["narHash"]) == _sri_to_nix(theirs["narHash"])
+        assert o["narSize"] == theirs["narSize"]
+        assert sorted(o["references"]) == sorted(theirs["references"])
+        if full:
+            assert o.get("deriver") == theirs.get("deriver")
+            assert o.get("ca") == theirs.get("ca")
+        assert tvix(store, "nar", o["path"]).stdout == nix_dump(o["path"])
+
+
+@pytest.mark.parametrize("compression", COMPRESSIONS)
+def test_copy_closure_from_file_cache(tmp_path, nix_closure, compression):
+    """copy --from file:// TOP copies the whole closure; metadata and NARs equal Nix's."""
+    store = tmp_path / "store"
+    cache = nix_closure["caches"][compression]
+    res = tvix(store, "copy", "--from", f"file://{cache}", nix_closure["top"])
+    assert res.stdout == b""
+    listed = stored_paths(store)
+    assert listed == nix_closure["paths"]
+    assert_same_as_nix(store, nix_closure, nix_closure["paths"])
+
+
+def test_copy_skips_present_and_keeps_signatures(tmp_path, nix_closure):
+    """With a trusted key the signed cache copies; signatures are kept; a second copy is a no-op."""
+    store = tmp_path / "store"
+    cache = f"file://{nix_closure['caches']['signed']}"
+    tvix(store, "copy", "--from", cache, "--trusted-public-keys", nix_closure["pk"], nix_closure["top"])
+    ours = json.loads(tvix(store, "path-info", "--json", "--all").stdout)
+    assert len(ours) == 5
+    for o in ours:
+        assert [s.split(":")[0] for s in o["signatures"]] == ["h6.test-1"]
+    # everything present: nothing is fetched, even from a cache that no longer exists
+    tvix(store, "copy", "--from", f"file://{tmp_path}/gone", nix_closure["top"])
+    assert stored_paths(store) == nix_closure["paths"]
+
+
+def test_copy_json_closure(tmp_path, nix_closure):
+    """tvix's form: an exportReferencesGraph closure is ingested from the local /nix/store."""
+    closure = [
+        {
+            "path": p,
+            "narHash": i["narHash"],
+            "narSize": i["narSize"],
+            "references": i["references"],
+            "closureSize": 0,
+        }
+        for p, i in nix_closure["path_info"].items()
+    ]
+    f = tmp_path / "attrs.json"
+    f.write_text(json.dumps({"closure": closure}))
+    store = tmp_path / "store"
+    tvix(store, "copy", f)
+    assert stored_paths(store) == nix_closure["paths"]
+    assert_same_as_nix(store, nix_closure, nix_closure["paths"], full=False)
+    # a narHash that the files do not have is refused, and nothing is stored
+    store2 = tmp_path / "store2"
+    closure[0]["narHash"] = "sha256:" + "0" * 52
+    f.write_text(json.dumps({"closure": closure}))
+    err = one_line_error(tvix(store2, "copy", f, check=False))
+    assert closure[0]["path"] in err and "closure file says" in err
+    assert all_paths(store2) == b""
+
+
+# -- bad input: clear error, nothing stored -----------------------------------------------------------
+
+
+def _broken_cache(tmp_path: Path, nix_closure: dict) -> Path:
+    cache = tmp_path / "cache"
+    shutil.copytree(nix_closure["caches"]["none"], cache)
+    return cache
+
+
+def _narinfo_of(cache: Path, path: str) -> Path:
+    return cache / (path.removeprefix("/nix/store/")[:32] + ".narinfo")
+
+
+def _leaf(nix_closure: dict) -> str:
+    return next(p for p in nix_closure["paths"] if p.endswith("-h6-leaf"))
+
+
+def _check_refused(tmp_path: Path, cache: Path, nix_closure: dict, *words: str, keys: str | None = None) -> str:
+    store = tmp_path / "store"
+    extra = ["--trusted-public-keys", keys] if keys else []
+    err = one_line_error(tvix(store, "copy", "--from", f"file://{cache}", *extra, nix_closure["top"], check=False))
+    for w in words:
+        assert w in err, err
+    assert all_paths(store) == b""
+    return err
+
+
+def test_nar_hash_mismatch(tmp_path, nix_closure):
+    """A NAR whose bytes differ (same size) from NarHash is refused; nothing is stored."""
+    cache = _broken_cache(tmp_path, nix_closure)
+    leaf = _leaf(nix_closure)
+    ni = NarInfo.parse(_narinfo_of(cache, leaf).read_text())
+    nar = cache / ni.url
+    data = bytearray(nar.read_bytes())
+    i = data.index(b"line 5 of")
+    data[i : i + 6] = b"LINE 5"
+    nar.write_bytes(bytes(data))
+    _check_refused(tmp_path, cache, nix_closure, "NarHash mismatch", leaf)
+
+
+def test_truncated_nar(tmp_path, nix_closure):
+    """A truncated NAR download is refused with its URL named."""
+    cache = _broken_cache(tmp_path, nix_closure)
+    leaf = _leaf(nix_closure)
+    ni = NarInfo.parse(_narinfo_of(cache, leaf).read_text())
+    nar = cache / ni.url
+    nar.write_bytes(nar.read_bytes()[:100_000])
+    _check_refused(tmp_path, cache, nix_closure, ni.url, leaf)
+
+
+def test_narinfo_missing_field(tmp_path, nix_closure):
+    """A narinfo without NarHash is refused, naming the file and the field."""
+    cache = _broken_cache(tmp_path, nix_closure)
+    f = _narinfo_of(cache, _leaf(nix_closure))
+    f.write_text("".join(line + "\n" for line in f.read_text().splitlines() if not line.startswith("NarHash")))
+    _check_refused(tmp_path, cache, nix_closure, f.name, "missing field: NarHash")
+
+
+def test_bad_signature_with_trusted_keys(tmp_path, nix_closure):
+    """A signature that does not verify (tampered narinfo) is refused while keys are trusted."""
+    cache = tmp_path / "cache"
+    shutil.copytree(nix_closure["caches"]["signed"], cache)
+    f = _narinfo_of(cache, _leaf(nix_closure))
+    # NarSize is part of the fingerprint: the signature no longer verifies
+    text = f.read_text()
+    ni = NarInfo.parse(text)
+    f.write_text(text.replace(f"NarSize: {ni.nar_size}", f"NarSize: {ni.nar_size + 1}"))
+    _check_refused(tmp_path, cache, nix_closure, "no valid signature", keys=nix_closure["pk"])
+    # an unsigned cache with trusted keys: refused too
+    _check_refused(tmp_path, nix_closure["caches"]["none"], nix_closure, "no valid signature", keys=nix_closure["pk"])
+
+
+def test_reference_404(tmp_path, nix_closure):
+    """A Reference whose narinfo is missing stops the copy before anything is stored."""
+    cache = _broken_cache(tmp_path, nix_closure)
+    leaf = _leaf(nix_closure)
+    _narinfo_of(cache, leaf).unlink()
+    _check_refused(tmp_path, cache, nix_closure, leaf, "referenced by", "not in the binary cache")
