@@ -235,6 +235,7 @@ class BinaryCacheServer(http.server.ThreadingHTTPServer):
 
     daemon_threads = True
     block_on_close = False
+    request_queue_size = 128
 
     def __init__(
         self,
@@ -311,7 +312,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.wfile.write(body)
 
     def _error(self, status: int, message: str) -> None:
-        log.info("%s %s -> %d: %s", self.command, self.path, status, message)
+        (log.debug if status == 404 else log.info)("%s %s -> %d: %s", self.command, self.path, status, message)
         self._send(status, (message + "\n").encode())
 
     def _dispatch(self, route: Callable[[str, dict[str, list[str]]], None]) -> None:

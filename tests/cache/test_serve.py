@@ -1,0 +1,180 @@
+"""``tvix-store serve-cache``: the real Nix substitutes from it and uploads to it (issue 5 points 3-5)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+from conftest import NIX
+from serving import serve_cache
+from test_copy import assert_same_as_nix, stored_paths
+from tvix_cli import nix_dump, tvix
+
+from nix_compat import nixbase32
+from nix_compat.narinfo import NarInfo
+from nix_compat.signing import VerifyingKey
+
+pytestmark = pytest.mark.nix
+
+
+@pytest.fixture
+def filled_store(tmp_path, nix_closure) -> Path:
+    """A store holding the closure (copied from the uncompressed, unsigned cache)."""
+    store = tmp_path / "store"
+    tvix(store, "copy", "--from", f"file://{nix_closure['caches']['none']}", nix_closure["top"])
+    return store
+
+
+def _nix(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*NIX, *args], capture_output=True, text=True, timeout=600)
+
+
+def _assert_root_matches(root: Path, nix_closure: dict) -> None:
+    """The private store under root holds the closure exactly as the host's /nix/store does."""
+    res = _nix("path-info", "--store", f"local?root={root}", "--json", "-r", nix_closure["top"])
+    assert res.returncode == 0, res.stderr
+    got = {i["path"]: i for i in json.loads(res.stdout)}
+    assert sorted(got) == nix_closure["paths"]
+    for path, info in got.items():
+        theirs = nix_closure["path_info"][path]
+        for key in ("narHash", "narSize", "references", "deriver", "ca"):
+            assert info.get(key) == theirs.get(key), (path, key)
+        assert nix_dump(root / path.lstrip("/")) == nix_dump(path)
+
+
+def _narinfo_url(base: str, path: str) -> str:
+    return f"{base}/{path.removeprefix('/nix/store/')[:32]}.narinfo"
+
+
+def test_nix_substitutes_with_our_signature(tmp_path, nix_closure, filled_store):
+    """Nix copies the closure from our server, checking our signature with the matching key."""
+    with serve_cache(filled_store, "--sign-key-file", str(nix_closure["sk"])) as url:
+        text = urllib.request.urlopen(_narinfo_url(url, nix_closure["top"])).read().decode()
+        assert NarInfo.parse(text).verify([VerifyingKey.parse(nix_closure["pk"])])
+        root = tmp_path / "root"
+        res = _nix(
+            "copy", "--from", url, "--to", f"local?root={root}",
+            "--option", "trusted-public-keys", nix_closure["pk"], nix_closure["top"],
+        )  # fmt: skip
+        assert res.returncode == 0, res.stderr
+        _assert_root_matches(root, nix_closure)
+        # a key we did not sign with: Nix refuses
+        res = _nix(
+            "copy", "--from", url, "--to", f"local?root={tmp_path / 'root2'}",
+            "--option", "trusted-public-keys", "other-1:" + "A" * 43 + "=", nix_closure["top"],
+        )  # fmt: skip
+        assert res.returncode != 0
+        assert "signature" in res.stderr
+
+
+@pytest.mark.parametrize("compression", ["none", "zstd"])
+def test_nix_substitutes_without_sigs(tmp_path, nix_closure, filled_store, compression):
+    """Unsigned, with --no-check-sigs; also with zstd-compressed NARs."""
+    with serve_cache(filled_store, "--compression", compression) as url:
+        root = tmp_path / "root"
+        res = _nix("copy", "--no-check-sigs", "--from", url, "--to", f"local?root={root}", nix_closure["top"])
+        assert res.returncode == 0, res.stderr
+        _assert_root_matches(root, nix_closure)
+
+
+def test_nix_uploads(tmp_path, nix_closure):
+    """`nix copy --to http://…` (xz NARs, as Nix does by default, and uncompressed) fills our store."""
+    for compression in ("xz", "none"):
+        store = tmp_path / f"up-{compression}"
+        with serve_cache(store) as url:
+            res = _nix("copy", "--to", f"{url}?compression={compression}", nix_closure["top"])
+            assert res.returncode == 0, res.stderr
+        assert stored_paths(store) == nix_closure["paths"]
+        assert_same_as_nix(store, nix_closure, nix_closure["paths"])
+
+
+def test_ranges_and_head(nix_closure, filled_store):
+    """NARs carry Content-Length; Range gives 206 with the right bytes, 416 past the end."""
+    leaf = next(p for p in nix_closure["paths"] if p.endswith("-h6-leaf"))
+    want = nix_dump(leaf)
+    with serve_cache(filled_store) as url:
+        ni = NarInfo.parse(urllib.request.urlopen(_narinfo_url(url, leaf)).read())
+        nar_url = f"{url}/{ni.url}"
+        with urllib.request.urlopen(nar_url) as r:
+            assert r.headers["Content-Length"] == str(len(want))
+            assert r.headers["Content-Type"] == "application/x-nix-nar"
+            assert r.read() == want
+        head = urllib.request.urlopen(urllib.request.Request(nar_url, method="HEAD"))
+        assert head.headers["Content-Length"] == str(len(want)) and head.read() == b""
+        for spec, lo, hi in (("0-9", 0, 10), ("100000-", 100000, len(want)), ("-7", len(want) - 7, len(want)),
+                             ("2000000-2999999", 2000000, 3000000)):  # fmt: skip
+            req = urllib.request.Request(nar_url, headers={"Range": f"bytes={spec}"})
+            with urllib.request.urlopen(req) as r:
+                assert r.status == 206
+                assert r.headers["Content-Range"] == f"bytes {lo}-{hi - 1}/{len(want)}"
+                assert r.read() == want[lo:hi]
+        req = urllib.request.Request(nar_url, headers={"Range": f"bytes={len(want)}-"})
+        with pytest.raises(urllib.error.HTTPError) as exc:
+            urllib.request.urlopen(req)
+        assert exc.value.code == 416
+        assert exc.value.headers["Content-Range"] == f"bytes */{len(want)}"
+
+
+def _put(url: str, data: bytes) -> tuple[int, str]:
+    req = urllib.request.Request(url, data=data, method="PUT")
+    try:
+        with urllib.request.urlopen(req) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def _get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url) as r:
+            return r.status, r.read().decode(errors="replace")
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def test_bad_requests_get_400_and_nothing_is_stored(tmp_path, nix_closure):
+    """Mismatched names, bad NARs, unknown NarHash, malformed names: 400, store unchanged, still serving."""
+    store = tmp_path / "store"
+    leaf = next(p for p in nix_closure["paths"] if p.endswith("-h6-leaf"))
+    note = next(p for p in nix_closure["paths"] if p.endswith("-h6-note"))
+    nar = nix_dump(note)
+    nar_name = nixbase32.encode(hashlib.sha256(nar).digest())
+    cache = nix_closure["caches"]["none"]
+    note_narinfo = (cache / (note.removeprefix("/nix/store/")[:32] + ".narinfo")).read_text()
+    with serve_cache(store) as url:
+        cases = [
+            # NAR body not hashing to its name
+            (f"{url}/nar/{nar_name}.nar", nar + b"", 200),  # the good upload, for the narinfo cases
+            (f"{url}/nar/{'0' * 52}.nar", nar, 400),
+            (f"{url}/nar/{nar_name}.nar", nar[:-8], 400),  # truncated: hash and NAR both wrong
+            (f"{url}/nar/{nar_name}.nar.lz4", nar, 400),  # unsupported compression
+            (f"{url}/nar/short.nar", nar, 400),
+            # narinfo whose URL name is another path's
+            (_narinfo_url(url, leaf), note_narinfo.encode(), 400),
+            (f"{url}/short.narinfo", note_narinfo.encode(), 400),
+            (_narinfo_url(url, note), b"StorePath: /nix/store/nonsense\n", 400),
+            (_narinfo_url(url, note), note_narinfo.replace("NarHash", "XarHash").encode(), 400),
+            # a NarHash that was never uploaded
+            (_narinfo_url(url, leaf), (cache / (leaf.removeprefix("/nix/store/")[:32] + ".narinfo")).read_bytes(), 400),
+            (f"{url}/log/foo", b"x", 400),
+        ]  # fmt: skip
+        for target, body, status in cases:
+            got, text = _put(target, body)
+            assert got == status, (target, got, text)
+            if status == 400:
+                assert text.strip(), target
+        assert stored_paths(store) == []
+        assert _get(f"{url}/abc.narinfo")[0] == 400
+        assert _get(f"{url}/nar/tvix-castore/!!!?narsize=1")[0] == 400
+        assert _get(f"{url}/nar/tvix-castore/EiUSIK2UqIW04Ae8JtKQZLzJUXZ")[0] == 400
+        assert _get(_narinfo_url(url, note))[0] == 404
+        # still serving: the good narinfo completes the upload
+        assert _put(_narinfo_url(url, note), note_narinfo.encode()) == (200, "")
+        status, text = _get(_narinfo_url(url, note))
+        assert status == 200 and NarInfo.parse(text).nar_hash == hashlib.sha256(nar).digest()
+    assert stored_paths(store) == [note]
