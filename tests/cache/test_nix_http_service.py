@@ -1,0 +1,130 @@
+"""``nix+http://`` PathInfoService and the ``cache://?near=…&far=…`` composition (issue 5 point 2)."""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import threading
+import urllib.parse
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from tvix_cli import nix_dump
+
+from nix_compat.store_path import StorePath
+from tvix_castore.errors import InvalidRequest
+from tvix_store.binary_cache import BinaryCacheError
+from tvix_store.binary_cache.fetch import join_url
+from tvix_store.nar.renderer import write_nar
+from tvix_store.pathinfoservice.cache import CachePathInfoService
+from tvix_store.pathinfoservice.nix_http import NixHttpPathInfoService
+from tvix_store.services import Services, construct_services
+
+
+@contextmanager
+def static_server(directory: Path) -> Iterator[str]:
+    """A stdlib static file server over directory on 127.0.0.1 (a thread; shut down afterwards)."""
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(directory)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def _nar(services: Services, node: object) -> bytes:
+    out = bytearray()
+    write_nar(out.extend, node, services.blob_service, services.directory_service)  # type: ignore[arg-type]
+    return bytes(out)
+
+
+def test_join_keeps_last_segment():
+    """Spec §15 item 9, fixed: a base path without trailing slash keeps its last segment."""
+    assert join_url("http://192.0.2.1/foo", "x.narinfo") == "http://192.0.2.1/foo/x.narinfo"
+    assert join_url("http://192.0.2.1/foo/", "x.narinfo") == "http://192.0.2.1/foo/x.narinfo"
+    assert join_url("http://[::1]:8080", "nar/a.nar.xz") == "http://[::1]:8080/nar/a.nar.xz"
+    assert join_url("file:///tmp/c?compression=xz", "nar/a.nar") == "file:///tmp/c/nar/a.nar"
+    assert join_url("https://h/c", "https://other/n.nar") == "https://other/n.nar"
+
+
+def test_from_url_rules(tmp_path):
+    blobs_dirs = construct_services("memory://", "memory://", "memory://")
+    b, d = blobs_dirs.blob_service, blobs_dirs.directory_service
+    from tvix_store import pathinfoservice
+
+    svc = pathinfoservice.from_addr("nix+http://192.0.2.1/foo?trusted-public-keys=a-1:" + "A" * 43 + "=", b, d)
+    assert isinstance(svc, NixHttpPathInfoService)
+    assert svc.base_url == "http://192.0.2.1/foo"
+    assert [k.name for k in svc.trusted_keys] == ["a-1"]
+    with pytest.raises(InvalidRequest, match="put not supported"):
+        svc.put(None)  # type: ignore[arg-type]
+    with pytest.raises(InvalidRequest, match="list not supported"):
+        svc.list()
+    for bad in ("nix+http:///nohost", "nix+ftp://h/x", "nix+http://h/x?bogus=1", "nix+http://h?trusted-public-keys=zz"):
+        with pytest.raises(InvalidRequest):
+            pathinfoservice.from_addr(bad, b, d)
+    for bad in ("cache://?near=memory://", "cache://host?near=memory://&far=memory://", "cache://?far=memory://"):
+        with pytest.raises(InvalidRequest):
+            pathinfoservice.from_addr(bad, b, d)
+    blobs_dirs.close()
+
+
+@pytest.mark.nix
+def test_cache_fetches_once_then_serves_locally(tmp_path, nix_closure):
+    """near misses -> far (a Nix-written cache over HTTP, signature checked) -> stored in near."""
+    caches_dir = nix_closure["caches"]["signed"].parent
+    leaf = next(p for p in nix_closure["paths"] if p.endswith("-h6-leaf"))
+    digest = StorePath.from_absolute_path(leaf).digest
+    store = f"lmdb://{tmp_path / 'store'}"
+    with static_server(caches_dir) as base:
+        far = f"nix+{base}/cache-signed?trusted-public-keys={urllib.parse.quote(nix_closure['pk'])}"
+        url = f"cache://?near={store}&far={urllib.parse.quote(far, safe=':/?=')}"
+        services = construct_services(store, store, url)
+        try:
+            assert isinstance(services.path_info_service, CachePathInfoService)
+            assert services.path_info_service.near.get(digest) is None
+            info = services.path_info_service.get(digest)
+            assert info is not None and info.store_path.absolute() == leaf
+            assert _nar(services, info.node) == nix_dump(leaf)
+            assert services.path_info_service.near.get(digest) == info
+            assert services.path_info_service.get(b"\0" * 20) is None
+        finally:
+            services.close()
+    # the HTTP server is gone: the path still comes from near
+    services = construct_services(store, store, url)
+    try:
+        info = services.path_info_service.get(digest)
+        assert info is not None and _nar(services, info.node) == nix_dump(leaf)
+        assert [i.store_path.absolute() for i in services.path_info_service.list()] == [leaf]
+    finally:
+        services.close()
+
+
+@pytest.mark.nix
+def test_nix_http_refuses_bad_signature_and_compressions(tmp_path, nix_closure):
+    """Untrusted signer -> error; every compression Nix writes ingests to the same NAR."""
+    leaf = next(p for p in nix_closure["paths"] if p.endswith("-h6-leaf"))
+    digest = StorePath.from_absolute_path(leaf).digest
+    caches_dir = nix_closure["caches"]["signed"].parent
+    with static_server(caches_dir) as base:
+        for comp in ("xz", "zstd", "bzip2", "none"):
+            services = construct_services("memory://", "memory://", f"nix+{base}/cache-{comp}")
+            info = services.path_info_service.get(digest)
+            assert info is not None and _nar(services, info.node) == nix_dump(leaf)
+            services.close()
+        services = construct_services(
+            "memory://", "memory://", f"nix+{base}/cache-none?trusted-public-keys={nix_closure['pk']}"
+        )
+        with pytest.raises(BinaryCacheError, match="no valid signature"):
+            services.path_info_service.get(digest)
+        services.close()
