@@ -239,8 +239,11 @@ def test_streaming_write_memory_bounded(service: LmdbBlobService) -> None:
     finally:
         tracemalloc.stop()
     assert digest == B3Digest(hasher.digest())
-    assert worst <= 8 * MiB, worst
-    assert peak <= 24 * MiB, peak
+    # Design bound: chunker tail (< 2 MiB batch + 512 KiB + one 1 MiB piece) plus one batch
+    # filling up and one being committed (each ~4 MiB + one piece's chunks).
+    assert worst <= 14 * MiB, worst
+    assert peak <= 32 * MiB, peak
+    print(f"writer buffered at most {worst / MiB:.1f} MiB, tracemalloc peak {peak / MiB:.1f} MiB")
     # Read back in pieces, verifying as we go, without holding the blob either.
     r = service.open_read(digest)
     assert r is not None
@@ -260,3 +263,33 @@ def test_closed_service_refuses_use(store_dir: Path) -> None:
     for op in (s.has, s.chunks, s.open_read, s.read_chunk):
         with pytest.raises(ClosedError):
             op(digest)
+
+
+def test_abort_midway_leaves_no_blob(service: LmdbBlobService, store_dir: Path) -> None:
+    """Aborting after several committed batches leaves no blob, only unreferenced chunks."""
+    data = os.urandom(20 * MiB)
+    w = service.open_write()
+    w.write(data)
+    w.abort()
+    digest = B3Digest.of(data)
+    assert not service.has(digest)
+    assert service.open_read(digest) is None
+    assert _table_items(store_dir, "blobs") == {}
+    with pytest.raises(ClosedError):
+        w.write(b"more")
+
+
+def test_service_closed_during_write(store_dir: Path) -> None:
+    """A writer whose service was closed underneath it fails with ClosedError, storing no blob."""
+    s = LmdbBlobService(str(store_dir))
+    w = s.open_write()
+    w.write(os.urandom(6 * MiB))
+    s.close()
+    with pytest.raises(ClosedError):
+        w.write(os.urandom(6 * MiB))
+        w.close()
+    s2 = LmdbBlobService(str(store_dir))
+    try:
+        assert _table_items(store_dir, "blobs") == {}
+    finally:
+        s2.close()

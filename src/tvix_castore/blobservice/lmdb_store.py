@@ -27,7 +27,8 @@ from __future__ import annotations
 import struct
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager, suppress
 from typing import cast, final
 
 import blake3
@@ -38,7 +39,7 @@ from tvix_castore.blobservice import BlobReader, BlobService, BlobWriter, ChunkM
 from tvix_castore.blobservice.chunked_reader import BytesBlobReader, ChunkedReader
 from tvix_castore.chunker import Chunker
 from tvix_castore.digests import B3_LEN, EMPTY_BLOB_DIGEST, B3Digest, blake3_digest
-from tvix_castore.errors import ClosedError, DataCorruption, StorageError
+from tvix_castore.errors import ClosedError, DataCorruption, StorageError, StoreError
 from tvix_castore.url import ServiceUrl
 
 __all__ = ["LmdbBlobService"]
@@ -52,14 +53,32 @@ _FLUSH_BYTES = 4 * 1024 * 1024
 # produces never pile up beyond a flush.
 _FEED_PIECE = 1024 * 1024
 
+_committer_lock = threading.Lock()
+_committer_pool: ThreadPoolExecutor | None = None
+
+
+def _committer() -> ThreadPoolExecutor:
+    """One thread that commits the chunk batches of large blobs, in submission order.
+
+    A writer hands a full batch to it and goes on chunking and hashing the next one meanwhile
+    (py-lmdb releases the GIL while it copies and writes pages). LMDB admits one write
+    transaction at a time anyway, so one thread for all writers loses nothing.
+    """
+    global _committer_pool
+    with _committer_lock:
+        if _committer_pool is None:
+            _committer_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lmdb-blob-commit")
+        return _committer_pool
+
 
 @contextmanager
-def _lmdb_errors(what: str) -> Iterator[None]:
-    """Translate py-lmdb's errors into StorageError naming the operation."""
+def _lmdb_errors(what: str, digest: B3Digest | None = None) -> Iterator[None]:
+    """Translate py-lmdb's errors into StorageError naming the operation (and digest)."""
     try:
         yield
     except lmdb.Error as exc:
-        raise StorageError(f"LMDB blob store: {what}: {exc}") from exc
+        target = f" {digest}" if digest is not None else ""
+        raise StorageError(f"LMDB blob store: {what}{target}: {exc}") from exc
 
 
 def encode_chunk_list(chunks: list[ChunkMeta]) -> bytes:
@@ -84,7 +103,11 @@ class LmdbBlobService(BlobService):
         # _lmdb_env hands out table handles untyped; they are py-lmdb database handles.
         self._chunks_db = cast("lmdb._Database", self._store.table("chunks"))
         self._blobs_db = cast("lmdb._Database", self._store.table("blobs"))
-        self._close_lock = threading.Lock()
+        # Operations in progress; close() waits for them so that no transaction (a background
+        # commit included) ever runs against an environment that is being closed.
+        self._gate = threading.Condition()
+        self._active = 0
+        self._closed = False
 
     @classmethod
     def from_url(cls, url: ServiceUrl) -> LmdbBlobService:
@@ -99,20 +122,39 @@ class LmdbBlobService(BlobService):
         return self._store.path if self._store is not None else ""
 
     def close(self) -> None:
-        """Release this service's use of the shared environment; idempotent."""
-        with self._close_lock:
-            if self._store is not None:
-                release_env(self._store)
-                self._store = None
+        """Wait for running operations, then release the shared environment; idempotent."""
+        with self._gate:
+            if self._closed:
+                return
+            self._closed = True
+            while self._active:
+                self._gate.wait()
+            store, self._store = self._store, None
+        if store is not None:
+            release_env(store)
 
     def _check_open(self) -> None:
-        if self._store is None:
+        if self._closed:
             raise ClosedError("LMDB blob service is closed")
+
+    @contextmanager
+    def _op(self, what: str, digest: B3Digest | None = None) -> Iterator[None]:
+        """Run one operation: refused after close(), py-lmdb errors translated."""
+        with self._gate:
+            self._check_open()
+            self._active += 1
+        try:
+            with _lmdb_errors(what, digest):
+                yield
+        finally:
+            with self._gate:
+                self._active -= 1
+                if not self._active:
+                    self._gate.notify_all()
 
     def has(self, digest: B3Digest) -> bool:
         """Whether a blob or a chunk of that digest is stored."""
-        self._check_open()
-        with _lmdb_errors(f"has {digest}"), self._env.begin(buffers=True) as txn:
+        with self._op("has", digest), self._env.begin(buffers=True) as txn:
             return (
                 txn.get(digest, db=self._blobs_db) is not None
                 or txn.get(digest, db=self._chunks_db) is not None
@@ -120,8 +162,7 @@ class LmdbBlobService(BlobService):
 
     def chunks(self, digest: B3Digest) -> list[ChunkMeta] | None:
         """The chunk list of a multi-chunk blob; [] for a single chunk; None when absent."""
-        self._check_open()
-        with _lmdb_errors(f"chunks of {digest}"), self._env.begin(buffers=True) as txn:
+        with self._op("chunks of", digest), self._env.begin(buffers=True) as txn:
             value = txn.get(digest, db=self._blobs_db)
             if value is not None:
                 return decode_chunk_list(digest, value)
@@ -129,8 +170,7 @@ class LmdbBlobService(BlobService):
 
     def open_read(self, digest: B3Digest) -> BlobReader | None:
         """A seekable reader over a blob or a chunk, or None when absent."""
-        self._check_open()
-        with _lmdb_errors(f"open {digest}"), self._env.begin(buffers=True) as txn:
+        with self._op("open", digest), self._env.begin(buffers=True) as txn:
             value = txn.get(digest, db=self._blobs_db)
             chunk_list = None if value is None else decode_chunk_list(digest, value)
         if chunk_list is not None:
@@ -145,8 +185,7 @@ class LmdbBlobService(BlobService):
             DataCorruption: the stored bytes do not hash to digest.
 
         """
-        self._check_open()
-        with _lmdb_errors(f"read chunk {digest}"), self._env.begin(buffers=True) as txn:
+        with self._op("read chunk", digest), self._env.begin(buffers=True) as txn:
             view = txn.get(digest, db=self._chunks_db)
             # The view points into the map and is valid only inside the txn: copy it out.
             data = None if view is None else bytes(view)
@@ -166,8 +205,7 @@ class LmdbBlobService(BlobService):
 
     def _commit(self, chunks: list[tuple[B3Digest, bytes]], blob: tuple[B3Digest, bytes] | None) -> None:
         """Store chunks (skipping present ones) and then, optionally, a blob's chunk list."""
-        self._check_open()
-        with _lmdb_errors("write"), self._env.begin(write=True) as txn:
+        with self._op("write"), self._env.begin(write=True) as txn:
             for digest, data in chunks:
                 # NOOVERWRITE: a present chunk is neither copied nor rewritten (dedup).
                 txn.put(digest, data, db=self._chunks_db, overwrite=False)
@@ -189,13 +227,16 @@ class LmdbBlobWriter(BlobWriter):
         self._chunk_list: list[ChunkMeta] = []
         self._pending: list[tuple[B3Digest, bytes]] = []
         self._pending_bytes = 0
+        # At most one batch is being committed in the background while the next one fills up.
+        self._inflight: Future[None] | None = None
+        self._inflight_bytes = 0
         self._digest: B3Digest | None = None
 
     @property
     def buffered(self) -> int:
         """Bytes this writer holds in memory right now (chunker tail plus uncommitted chunks)."""
         held = self._chunker.pending if self._chunker is not None else 0
-        return held + self._pending_bytes
+        return held + self._pending_bytes + self._inflight_bytes
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
         """Append data; finished chunks are committed in batches of a few MiB."""
@@ -206,10 +247,24 @@ class LmdbBlobWriter(BlobWriter):
         for start in range(0, len(view), _FEED_PIECE):
             self._add(chunker.feed(view[start : start + _FEED_PIECE]))
             if self._pending_bytes >= _FLUSH_BYTES:
-                self._service._commit(self._pending, None)
-                self._pending = []
-                self._pending_bytes = 0
+                self._flush_in_background()
         return len(view)
+
+    def _flush_in_background(self) -> None:
+        self._wait_inflight()
+        self._inflight = _committer().submit(self._service._commit, self._pending, None)
+        self._inflight_bytes = self._pending_bytes
+        self._pending = []
+        self._pending_bytes = 0
+
+    def _wait_inflight(self) -> None:
+        """Wait for the background batch; its failure is raised here, in the writer's thread."""
+        inflight = self._inflight
+        if inflight is None:
+            return
+        self._inflight = None
+        self._inflight_bytes = 0
+        inflight.result()
 
     def _add(self, chunks: list[bytes]) -> None:
         for chunk in chunks:
@@ -234,6 +289,8 @@ class LmdbBlobWriter(BlobWriter):
             raise ClosedError("blob writer was aborted")
         self._add(chunker.finish())
         self._chunker = None
+        # The index goes in only after every earlier batch is committed.
+        self._wait_inflight()
         if not self._chunk_list:
             digest = EMPTY_BLOB_DIGEST
             self._pending = [(EMPTY_BLOB_DIGEST, b"")]
@@ -258,3 +315,7 @@ class LmdbBlobWriter(BlobWriter):
         self._first_chunk = None
         self._pending = []
         self._pending_bytes = 0
+        # Let a batch in flight finish (its chunks become unreferenced data); its error no
+        # longer matters to anyone.
+        with suppress(StoreError):
+            self._wait_inflight()
