@@ -31,6 +31,20 @@ def _closure(service: DirectoryService, root: B3Digest) -> list[Directory]:
     return list(service.get_recursive(root))
 
 
+def _single_put(service: DirectoryService, directory: Directory) -> B3Digest:
+    """A single put; a remote backend may refuse one whose children were not sent with it.
+
+    Over gRPC every Put stream is validated by the server (spec §3.3, as tvix's server does),
+    so a lone Directory with subdirectories is refused there; that case is skipped.
+    """
+    try:
+        return service.put(directory)
+    except DirectoryError as exc:
+        if "unknown directory was referenced" in str(exc) and any(True for _ in directory.directories()):
+            pytest.skip(f"this backend validates single puts: {exc}")
+        raise
+
+
 def test_get_nonexistent_none(directory_service: DirectoryService) -> None:
     """get() of an unknown digest is None, and its recursive stream is empty (not an error)."""
     assert directory_service.get(DIRECTORY_A.digest()) is None
@@ -44,7 +58,7 @@ def test_get_nonexistent_none(directory_service: DirectoryService) -> None:
 )
 def test_put_get_single(directory_service: DirectoryService, directory: Directory) -> None:
     """A single put (children unchecked) returns the digest; get returns an equal Directory."""
-    assert directory_service.put(directory) == directory.digest()
+    assert _single_put(directory_service, directory) == directory.digest()
     got = directory_service.get(directory.digest())
     assert got == directory
     assert got is not None and got.digest() == directory.digest()
@@ -181,7 +195,7 @@ def test_putter_close_twice(directory_service: DirectoryService) -> None:
 
 def test_get_recursive_missing_child(directory_service: DirectoryService) -> None:
     """A recursive get whose closure lacks a Directory yields what it can, then fails."""
-    directory_service.put(DIRECTORY_COMPLICATED)  # single put: WITH_KEEP is not there
+    _single_put(directory_service, DIRECTORY_COMPLICATED)  # single put: WITH_KEEP is not there
     stream = directory_service.get_recursive(DIRECTORY_COMPLICATED.digest())
     with pytest.raises(StorageError, match="does not exist"):
         assert next(stream) == DIRECTORY_COMPLICATED

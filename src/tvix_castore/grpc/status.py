@@ -1,0 +1,111 @@
+"""The single table between the store's error tree and gRPC status codes, used both ways.
+
+Servers turn a StoreError into ``(code, message)`` with ``status_of``; clients turn a received
+``grpc.RpcError`` into a StoreError with ``error_of``, inside ``translate_rpc_errors``. NOT_FOUND
+is not in the table: absence is ``None``, and each client checks for it before translating.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import NoReturn
+
+import grpc
+
+from tvix_castore.errors import (
+    ClosedError,
+    DataCorruption,
+    DirectoryError,
+    IngestionError,
+    InvalidRequest,
+    NodeError,
+    StorageError,
+    StoreError,
+    ValidationError,
+)
+
+__all__ = [
+    "ERROR_TO_STATUS",
+    "abort",
+    "abort_with",
+    "error_of",
+    "rpc_code",
+    "status_of",
+    "translate_rpc_errors",
+]
+
+# Most specific first: the first entry the exception is an instance of wins (server side).
+ERROR_TO_STATUS: tuple[tuple[type[StoreError], grpc.StatusCode], ...] = (
+    (InvalidRequest, grpc.StatusCode.INVALID_ARGUMENT),
+    (DataCorruption, grpc.StatusCode.DATA_LOSS),
+    (StorageError, grpc.StatusCode.DATA_LOSS),
+    (DirectoryError, grpc.StatusCode.INVALID_ARGUMENT),
+    (NodeError, grpc.StatusCode.INVALID_ARGUMENT),
+    (ValidationError, grpc.StatusCode.INVALID_ARGUMENT),
+    (IngestionError, grpc.StatusCode.INVALID_ARGUMENT),
+    (ClosedError, grpc.StatusCode.FAILED_PRECONDITION),
+    (StoreError, grpc.StatusCode.INTERNAL),
+)
+
+# Client side: what a status received from a server means for our callers. Anything not listed
+# (UNAVAILABLE, DEADLINE_EXCEEDED, INTERNAL, UNKNOWN, RESOURCE_EXHAUSTED, …) is the remote
+# backend failing, a StorageError.
+STATUS_TO_ERROR: dict[grpc.StatusCode, type[StoreError]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidRequest,
+    grpc.StatusCode.UNIMPLEMENTED: InvalidRequest,
+    grpc.StatusCode.OUT_OF_RANGE: InvalidRequest,
+    grpc.StatusCode.DATA_LOSS: StorageError,
+    grpc.StatusCode.FAILED_PRECONDITION: StorageError,
+}
+
+
+def status_of(exc: StoreError) -> tuple[grpc.StatusCode, str]:
+    """The status code and message a server answers for exc (tvix's ``From<Error> for Status``)."""
+    for klass, code in ERROR_TO_STATUS:
+        if isinstance(exc, klass):
+            if isinstance(exc, StorageError) and not isinstance(exc, DataCorruption):
+                return code, f"storage error: {exc}"
+            return code, str(exc)
+    raise AssertionError("unreachable: StoreError is the last table entry")
+
+
+def rpc_code(exc: grpc.RpcError) -> grpc.StatusCode | None:
+    """The status code of a failed call (None if the error carries none)."""
+    code = getattr(exc, "code", None)
+    return code() if callable(code) else None
+
+
+def _details(exc: grpc.RpcError) -> str:
+    details = getattr(exc, "details", None)
+    text = details() if callable(details) else None
+    return text or str(exc)
+
+
+def error_of(exc: grpc.RpcError, what: str) -> StoreError:
+    """The StoreError a client raises for a failed call; what names the operation."""
+    code = rpc_code(exc)
+    klass = STATUS_TO_ERROR.get(code, StorageError) if code is not None else StorageError
+    name = code.name if code is not None else "UNKNOWN"
+    return klass(f"{what}: {name}: {_details(exc)}")
+
+
+@contextmanager
+def translate_rpc_errors(what: str) -> Iterator[None]:
+    """Turn any grpc.RpcError raised inside into the matching StoreError, ``from`` it."""
+    try:
+        yield
+    except grpc.RpcError as exc:
+        raise error_of(exc, what) from exc
+
+
+def abort(context: grpc.ServicerContext, code: grpc.StatusCode, message: str) -> NoReturn:
+    """End the call with code and message (``context.abort`` raises; typed here as such)."""
+    context.abort(code, message)
+    raise AssertionError("context.abort returned")
+
+
+def abort_with(context: grpc.ServicerContext, exc: StoreError) -> NoReturn:
+    """End the call with the status the table gives for exc."""
+    code, message = status_of(exc)
+    abort(context, code, message)

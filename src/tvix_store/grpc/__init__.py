@@ -1,0 +1,1 @@
+"""gRPC shell of the store layer: the PathInfoService servicer (``pathinfo_servicer``)."""

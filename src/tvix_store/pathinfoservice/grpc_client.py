@@ -1,0 +1,114 @@
+"""``grpc+unix:///sock`` / ``grpc+http(s)://host:port``: a PathInfoService on a remote daemon.
+
+Get maps NOT_FOUND to None; every PathInfo received is validated (spec §4.3) before it is
+returned. ``nar_calculation_service()`` forwards to the daemon's ``CalculateNAR`` (sending the
+anonymous node), which renders next to the data and caches the result (decision 8).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import final
+
+import grpc
+
+from tvix.store.protos import rpc_pathinfo_pb2 as rpc_pb
+from tvix.store.protos import rpc_pathinfo_pb2_grpc as pb_grpc
+from tvix_castore.blobservice import BlobService
+from tvix_castore.directoryservice import DirectoryService
+from tvix_castore.errors import InvalidRequest, StorageError
+from tvix_castore.grpc.channel import open_channel
+from tvix_castore.grpc.status import error_of, rpc_code
+from tvix_castore.nodes import Node
+from tvix_castore.proto_conv import node_to_proto
+from tvix_castore.url import ServiceUrl
+from tvix_store.errors import PathInfoError
+from tvix_store.path_info import PathInfo
+from tvix_store.pathinfoservice import NarCalculationService, PathInfoService
+from tvix_store.proto_conv import path_info_from_proto, path_info_to_proto
+
+__all__ = ["GrpcNarCalculationService", "GrpcPathInfoService"]
+
+log = logging.getLogger(__name__)
+
+
+@final
+class GrpcPathInfoService(PathInfoService):
+    """A PathInfoService backed by a remote ``tvix.store.v1.PathInfoService``; thread-safe."""
+
+    def __init__(self, channel: grpc.Channel, name: str = "grpc") -> None:
+        self._name = name
+        self._channel = channel
+        self._stub = pb_grpc.PathInfoServiceStub(channel)
+
+    @classmethod
+    def from_url(
+        cls, url: ServiceUrl, blob_service: BlobService, directory_service: DirectoryService
+    ) -> GrpcPathInfoService:
+        """Connect to ``grpc+unix:///sock`` or ``grpc+http(s)://host:port``."""
+        return cls(open_channel(url), url.raw)
+
+    def close(self) -> None:
+        """Close the channel."""
+        self._channel.close()
+
+    def _validated(self, msg: object) -> PathInfo:
+        try:
+            return path_info_from_proto(msg)  # type: ignore[arg-type]
+        except PathInfoError as exc:
+            raise StorageError(f"{self._name}: server sent an invalid PathInfo: {exc}") from exc
+
+    def get(self, digest: bytes) -> PathInfo | None:
+        """The PathInfo of the store path with this 20-byte digest, or None."""
+        if len(digest) != 20:
+            raise InvalidRequest(f"invalid output digest length {len(digest)}")
+        try:
+            msg = self._stub.Get(rpc_pb.GetPathInfoRequest(by_output_hash=bytes(digest)))
+        except grpc.RpcError as exc:
+            if rpc_code(exc) == grpc.StatusCode.NOT_FOUND:
+                return None
+            raise error_of(exc, f"{self._name}: get of path info") from exc
+        return self._validated(msg)
+
+    def put(self, info: PathInfo) -> PathInfo:
+        """Store info on the server; returns what the server stored."""
+        try:
+            msg = self._stub.Put(path_info_to_proto(info))
+        except grpc.RpcError as exc:
+            raise error_of(exc, f"{self._name}: put of {info.store_path.absolute()}") from exc
+        return self._validated(msg)
+
+    def list(self) -> Iterator[PathInfo]:
+        """Every PathInfo, streamed."""
+        call = self._stub.List(rpc_pb.ListPathInfoRequest())
+        try:
+            for msg in call:
+                yield self._validated(msg)
+        except grpc.RpcError as exc:
+            raise error_of(exc, f"{self._name}: list of path infos") from exc
+        finally:
+            call.cancel()
+
+    def nar_calculation_service(self) -> NarCalculationService:
+        """The daemon's CalculateNAR."""
+        return GrpcNarCalculationService(self._stub, self._name)
+
+
+@final
+class GrpcNarCalculationService:
+    """NAR size and SHA-256 computed by the daemon (``CalculateNAR``)."""
+
+    def __init__(self, stub: pb_grpc.PathInfoServiceStub, name: str) -> None:
+        self._stub = stub
+        self._name = name
+
+    def calculate_nar(self, node: Node) -> tuple[int, bytes]:
+        """Ask the daemon to render and hash node's NAR."""
+        try:
+            response: rpc_pb.CalculateNARResponse = self._stub.CalculateNAR(node_to_proto(b"", node))
+        except grpc.RpcError as exc:
+            raise error_of(exc, f"{self._name}: NAR calculation") from exc
+        if len(response.nar_sha256) != 32:
+            raise StorageError(f"{self._name}: invalid nar_sha256 length {len(response.nar_sha256)}")
+        return response.nar_size, bytes(response.nar_sha256)

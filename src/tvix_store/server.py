@@ -1,0 +1,183 @@
+"""The gRPC server behind ``tvix-store daemon``: three services, reflection and health.
+
+``grpc.server`` on a thread pool with the Blob, Directory and PathInfo servicers (plus NAR
+calculation), server reflection v1alpha and v1 (the same messages under two package names),
+and health reporting SERVING for "" and each service. Listens on ``host:port``, ``[v6]:port``
+or a unix socket path (``/…`` or ``./…``). ``serve`` blocks until SIGINT/SIGTERM, then stops
+taking calls, lets the ones in flight finish, and returns.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from types import FrameType
+
+import grpc
+from google.protobuf import descriptor_pb2, descriptor_pool
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection, reflection_pb2
+
+from tvix.castore.protos import rpc_blobstore_pb2, rpc_directory_pb2
+from tvix.castore.protos import rpc_blobstore_pb2_grpc as blob_grpc
+from tvix.castore.protos import rpc_directory_pb2_grpc as directory_grpc
+from tvix.store.protos import rpc_pathinfo_pb2
+from tvix.store.protos import rpc_pathinfo_pb2_grpc as pathinfo_grpc
+from tvix_castore.errors import InvalidRequest
+from tvix_castore.grpc.blob_servicer import BlobServicer
+from tvix_castore.grpc.channel import MAX_MESSAGE
+from tvix_castore.grpc.directory_servicer import DirectoryServicer
+from tvix_store.grpc.pathinfo_servicer import PathInfoServicer
+from tvix_store.services import Services
+
+__all__ = ["DEFAULT_LISTEN", "SERVICE_NAMES", "Daemon", "grpc_target", "serve"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_LISTEN = "[::1]:8000"
+GRACE_SECONDS = 30.0
+
+SERVICE_NAMES = (
+    rpc_blobstore_pb2.DESCRIPTOR.services_by_name["BlobService"].full_name,
+    rpc_directory_pb2.DESCRIPTOR.services_by_name["DirectoryService"].full_name,
+    rpc_pathinfo_pb2.DESCRIPTOR.services_by_name["PathInfoService"].full_name,
+)
+
+_REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
+
+
+def grpc_target(listen: str) -> str:
+    """The grpcio bind target for a listen address (``unix:`` for socket paths).
+
+    Raises:
+        InvalidRequest: an address that is neither a socket path nor ``host:port``.
+
+    """
+    if listen.startswith(("/", ".")):
+        return "unix:" + os.path.abspath(listen)
+    host, sep, port = listen.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise InvalidRequest(f"invalid listen address {listen!r}: expected host:port, [v6]:port or /socket")
+    return listen
+
+
+def _register_reflection_v1() -> None:
+    """Make ``grpc/reflection/v1/reflection.proto`` known: v1alpha's file under the v1 package.
+
+    grpcio-reflection ships only v1alpha; v1 has the same messages and field numbers, so the
+    v1alpha servicer answers v1 calls once the names exist.
+    """
+    pool = descriptor_pool.Default()
+    try:
+        pool.FindServiceByName(_REFLECTION_V1)
+        return
+    except KeyError:
+        pass
+    fdp = descriptor_pb2.FileDescriptorProto()
+    reflection_pb2.DESCRIPTOR.CopyToProto(fdp)
+    old, new = "grpc.reflection.v1alpha", "grpc.reflection.v1"
+    fdp.name = "grpc/reflection/v1/reflection.proto"
+    fdp.package = new
+
+    def fix(messages: object) -> None:
+        for m in messages:  # type: ignore[attr-defined]
+            for f in m.field:
+                if f.HasField("type_name"):
+                    f.type_name = f.type_name.replace(f".{old}.", f".{new}.")
+            fix(m.nested_type)
+
+    fix(fdp.message_type)
+    for s in fdp.service:
+        for m in s.method:
+            m.input_type = m.input_type.replace(f".{old}.", f".{new}.")
+            m.output_type = m.output_type.replace(f".{old}.", f".{new}.")
+    pool.AddSerializedFile(fdp.SerializeToString())
+
+
+def _reflection_v1_handler(servicer: reflection.ReflectionServicer) -> grpc.GenericRpcHandler:
+    method = grpc.stream_stream_rpc_method_handler(
+        servicer.ServerReflectionInfo,
+        request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
+        response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString,
+    )
+    return grpc.method_handlers_generic_handler(_REFLECTION_V1, {"ServerReflectionInfo": method})
+
+
+class Daemon:
+    """A started server; ``stop`` ends it gracefully."""
+
+    def __init__(self, services: Services, listen: str, max_workers: int = 64) -> None:
+        self.listen = listen
+        self._server = grpc.server(
+            ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc-server"),
+            options=[
+                ("grpc.max_receive_message_length", MAX_MESSAGE),
+                ("grpc.max_send_message_length", 256 * 1024 * 1024),
+                ("grpc.so_reuseport", 0),
+            ],
+        )
+        blob_grpc.add_BlobServiceServicer_to_server(BlobServicer(services.blob_service), self._server)
+        directory_grpc.add_DirectoryServiceServicer_to_server(
+            DirectoryServicer(services.directory_service), self._server
+        )
+        pathinfo_grpc.add_PathInfoServiceServicer_to_server(
+            PathInfoServicer(services.path_info_service, services.blob_service, services.directory_service),
+            self._server,
+        )
+        self._health = health.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
+        for name in ("", *SERVICE_NAMES):
+            self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        _register_reflection_v1()
+        names = (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME, _REFLECTION_V1)
+        reflection.enable_server_reflection(names, self._server)
+        self._server.add_generic_rpc_handlers((_reflection_v1_handler(reflection.ReflectionServicer(names)),))
+        target = grpc_target(listen)
+        try:
+            self.port = self._server.add_insecure_port(target)
+        except RuntimeError as exc:
+            raise InvalidRequest(f"cannot listen on {listen}: {exc}") from exc
+        if self.port == 0:
+            raise InvalidRequest(f"cannot listen on {listen}")
+        self._server.start()
+        log.info("starting daemon listen_address=%s", listen)
+
+    def stop(self, grace: float = GRACE_SECONDS) -> None:
+        """Refuse new calls, wait up to grace seconds for those in flight, then close."""
+        self._health.enter_graceful_shutdown()
+        self._server.stop(grace).wait()
+        if self.listen.startswith(("/", ".")):
+            # grpcio leaves the socket file behind; a restart would unlink it anyway.
+            with contextlib.suppress(OSError):
+                os.unlink(self.listen)
+        log.info("daemon stopped")
+
+    def wait(self) -> None:
+        """Block until the server has stopped."""
+        self._server.wait_for_termination()
+
+
+def serve(services: Services, listen: str, on_ready: Callable[[Daemon], None] | None = None) -> None:
+    """Run a daemon until SIGINT or SIGTERM; in-flight calls finish before returning."""
+    stop = threading.Event()
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        log.info("received signal %d, stopping", signum)
+        stop.set()
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        daemon = Daemon(services, listen)
+        if on_ready is not None:
+            on_ready(daemon)
+        while not stop.wait(3600):
+            pass
+        daemon.stop()
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
