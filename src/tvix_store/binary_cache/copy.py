@@ -19,11 +19,12 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import queue
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from typing import BinaryIO, cast
+from typing import BinaryIO
 
 from nix_compat import nixbase32
 from nix_compat.errors import NarError, NixCompatError
@@ -33,7 +34,7 @@ from nix_compat.store_path import STORE_DIR_WITH_SLASH, StorePath
 from tvix_castore.blobservice import BlobService
 from tvix_castore.directoryservice import DirectoryService
 from tvix_store.binary_cache import BinaryCacheError
-from tvix_store.binary_cache.fetch import READ_ERRORS, decompress, fetch_bytes, join_url, open_url
+from tvix_store.binary_cache.fetch import READ_ERRORS, decompressed_pieces, fetch_bytes, join_url, open_url
 from tvix_store.nar.ingest import ingest_nar
 from tvix_store.path_info import PathInfo
 from tvix_store.services import Services
@@ -129,6 +130,67 @@ class _Tee(io.RawIOBase):
         return None if self._sha is None else self._sha.digest()
 
 
+class _Prefetcher:
+    """Reads ahead from read(n) in a helper thread; read() hands out the pieces in order.
+
+    An exception of the helper is re-raised by the read() that reaches it.
+    """
+
+    _DEPTH = 8
+
+    def __init__(self, pieces: Iterator[bytes]) -> None:
+        self._source = pieces
+        self._queue: queue.Queue[bytes | BaseException] = queue.Queue(self._DEPTH)
+        self._stop = threading.Event()
+        self._buffer = b""
+        self._offset = 0
+        self._done = False
+        self._thread = threading.Thread(target=self._run, name="decompress", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            for data in self._source:
+                if self._stop.is_set():
+                    return
+                self._put(data)
+            self._put(b"")
+        except BaseException as exc:
+            self._put(exc)
+
+    def _put(self, item: bytes | BaseException) -> None:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def read(self, n: int) -> bytes:
+        """Up to n bytes; b"" at the end."""
+        if self._offset >= len(self._buffer):
+            if self._done:
+                return b""
+            item = self._queue.get()
+            if isinstance(item, BaseException):
+                self._done = True
+                raise item
+            if not item:
+                self._done = True
+                return b""
+            self._buffer, self._offset = item, 0
+        start = self._offset
+        self._offset = min(start + n, len(self._buffer))
+        if start == 0 and self._offset == len(self._buffer):
+            return self._buffer
+        return self._buffer[start : self._offset]
+
+    def close(self) -> None:
+        """Stop the helper thread and wait for it."""
+        self._stop.set()
+        self._thread.join()
+
+
 def fetch_path_info(
     base_url: str,
     narinfo: NarInfo,
@@ -151,8 +213,9 @@ def fetch_path_info(
     raw, _ = opened
     with raw:
         tee = _Tee(raw, narinfo.file_hash is not None, on_bytes)
-        stream = decompress(cast(BinaryIO, tee), narinfo.effective_compression, url)
-        read = stream.read
+        # Download and decompression (which release the GIL) run in a thread beside ingestion.
+        prefetch = _Prefetcher(decompressed_pieces(tee.read, narinfo.effective_compression, url))
+        read = prefetch.read
         try:
             root, nar_sha256, nar_size = ingest_nar(blob_service, directory_service, read)
             trailing = read(1)
@@ -161,6 +224,8 @@ def fetch_path_info(
             raise BinaryCacheError(f"{url}: NAR of {path}: {exc}") from exc
         except READ_ERRORS as exc:
             raise BinaryCacheError(f"{url}: NAR of {path}: download or decompression failed: {exc}") from exc
+        finally:
+            prefetch.close()
     if trailing:
         raise BinaryCacheError(f"{url}: NAR of {path}: unexpected data after the end of the NAR")
     if nar_size != narinfo.nar_size:

@@ -18,7 +18,9 @@ import os
 import urllib.error
 import urllib.parse
 import urllib.request
-from typing import BinaryIO, cast
+import zlib
+from collections.abc import Callable, Iterator
+from typing import Any, BinaryIO, cast
 
 from tvix_store.binary_cache import BinaryCacheError
 
@@ -27,6 +29,7 @@ __all__ = [
     "READ_ERRORS",
     "cache_base_url",
     "decompress",
+    "decompressed_pieces",
     "fetch_bytes",
     "join_url",
     "open_url",
@@ -119,6 +122,68 @@ def fetch_bytes(url: str, limit: int) -> bytes | None:
     if len(data) > limit:
         raise BinaryCacheError(f"GET {url}: response larger than {limit} bytes")
     return data
+
+
+def decompressed_pieces(read: Callable[[int], bytes], compression: str, url: str) -> Iterator[bytes]:
+    """The uncompressed bytes of what read(n) yields, in pieces of up to a few MiB.
+
+    Feeds whole MiB of input per call into the decompressor objects (which release the GIL),
+    so that a helper thread running this holds the GIL rarely.
+    """
+    if compression == "none":
+        while data := read(_BUFFER):
+            yield data
+        return
+    if compression == "xz":
+        d: Any = lzma.LZMADecompressor()
+    elif compression == "bzip2":
+        d = bz2.BZ2Decompressor()
+    elif compression == "gzip":
+        d = zlib.decompressobj(wbits=31)
+    elif compression == "zstd":
+        import zstandard
+
+        d = zstandard.ZstdDecompressor().decompressobj(read_across_frames=True)
+    else:
+        raise BinaryCacheError(
+            f"{url}: unsupported compression {compression!r} (supported: {', '.join(COMPRESSIONS)})"
+        )
+    limit = 8 * _BUFFER
+    zlib_like = compression == "gzip"
+    while True:
+        raw = read(_BUFFER)
+        if not raw:
+            if compression == "zstd":
+                break
+            if zlib_like:
+                tail = d.flush()
+                if tail:
+                    yield tail
+                if not d.eof:
+                    raise EOFError("compressed stream ended before its end marker")
+                return
+            if not d.eof:
+                raise EOFError("compressed stream ended before its end marker")
+            return
+        if zlib_like:
+            out = d.decompress(raw, limit)
+            while out:
+                yield out
+                out = d.decompress(d.unconsumed_tail, limit) if d.unconsumed_tail else b""
+        elif compression == "zstd":
+            out = d.decompress(raw)
+            if out:
+                yield out
+        else:
+            if d.eof:
+                raise EOFError("data after the end of the compressed stream")
+            out = d.decompress(raw, limit)
+            while True:
+                if out:
+                    yield out
+                if d.eof or d.needs_input:
+                    break
+                out = d.decompress(b"", limit)
 
 
 def decompress(stream: BinaryIO, compression: str, url: str) -> BinaryIO:

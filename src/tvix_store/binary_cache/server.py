@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
 import bz2
+import contextlib
 import gzip
 import hashlib
 import http.server
@@ -312,7 +312,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.wfile.write(body)
 
     def _error(self, status: int, message: str) -> None:
-        (log.debug if status == 404 else log.info)("%s %s -> %d: %s", self.command, self.path, status, message)
+        level = logging.DEBUG if status == 404 else logging.INFO
+        log.log(level, "%s %s -> %d: %s", self.command, self.path, status, message)
         self._send(status, (message + "\n").encode())
 
     def _dispatch(self, route: Callable[[str, dict[str, list[str]]], None]) -> None:
