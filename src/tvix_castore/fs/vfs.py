@@ -1,0 +1,548 @@
+"""What a castore looks like as a read-only filesystem: synchronous semantics over the services.
+
+``fuse.py`` is only a protocol adapter; every decision about inodes, errno values, listings and
+file contents is made here, in plain blocking code that unit tests drive without a kernel.
+Methods are thread-safe: the adapter calls them from worker threads, several at a time.
+
+Errors are ``VfsError(errno)``. The errno choices (spec §7.3 and decision 7):
+  - an absent name -> ``lookup`` returns None (the adapter caches the negative answer);
+  - listing the root without ``list_root`` -> EPERM;
+  - a directory whose Directory is missing, a file whose blob or chunk is missing, or any
+    StoreError from a service -> EIO, with one log line naming the digest;
+  - ``open`` of a directory or symlink -> EISDIR, for writing -> EROFS; ``readlink`` of a
+    non-symlink -> EINVAL; xattrs when turned off -> ENOSYS, absent names -> ENODATA.
+Anything else that escapes is a bug; the adapter logs it and answers EIO.
+
+File contents are read chunk by chunk. An open file keeps its blob's chunk index (offsets by
+prefix sums), so a random read fetches only the chunks it touches. Decoded chunks sit in one
+bounded LRU cache shared by all open files, and sequential reads fetch the next chunks ahead
+on a small thread pool, so the kernel's next READ usually finds its bytes in memory
+(``read_nowait``, which never does IO, lets the adapter answer it without a thread hop).
+"""
+
+from __future__ import annotations
+
+import bisect
+import errno
+import itertools
+import logging
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from tvix_castore.blobservice import BlobReader, BlobService, ChunkMeta
+from tvix_castore.digests import B3Digest
+from tvix_castore.directoryservice import DirectoryService
+from tvix_castore.errors import StoreError
+from tvix_castore.fs.inodes import ROOT_INO, Attr, InodeT, InodeTracker, attr_of, root_attr
+from tvix_castore.fs.root_nodes import RootNodes
+from tvix_castore.nodes import DirectoryNode, FileNode, Node, SymlinkNode
+
+__all__ = [
+    "XATTR_BLOB_DIGEST",
+    "XATTR_DIRECTORY_DIGEST",
+    "DirEntry",
+    "Listing",
+    "StatFs",
+    "Vfs",
+    "VfsError",
+]
+
+log = logging.getLogger(__name__)
+
+XATTR_DIRECTORY_DIGEST = b"user.tvix.castore.directory.digest"
+XATTR_BLOB_DIGEST = b"user.tvix.castore.blob.digest"
+
+# A blob the backend does not split (memory backend, single-chunk blobs) is read whole into
+# the chunk cache when it is at most this big; larger ones are served through a seekable reader.
+_WHOLE_BLOB_MAX = 8 * 1024 * 1024
+_DEFAULT_CACHE_BYTES = 64 * 1024 * 1024
+# Chunks fetched ahead of a sequential reader: about 1.5 MiB with tvix's chunk sizes, more than
+# one 1 MiB kernel READ, so the fetch of the next chunks overlaps with serving this one.
+_READAHEAD_CHUNKS = 4
+_PREFETCH_THREADS = 2
+
+
+class VfsError(Exception):
+    """A filesystem operation failed with errno ``errno``."""
+
+    def __init__(self, code: int, message: str = "") -> None:
+        super().__init__(message or os.strerror(code))
+        self.errno = code
+
+
+@dataclass(frozen=True, slots=True)
+class DirEntry:
+    """One entry of a directory listing."""
+
+    name: bytes
+    attr: Attr
+
+
+class Listing:
+    """The entries of one directory, in the order readdir reports them; immutable.
+
+    A readdir offset is the index of the next entry (index + 1 of the last one reported), which
+    is stable because castore directories never change.
+    """
+
+    __slots__ = ("_index", "entries")
+
+    def __init__(self, entries: tuple[DirEntry, ...]) -> None:
+        self.entries = entries
+        self._index = {e.name: e for e in entries}
+
+    def get(self, name: bytes) -> DirEntry | None:
+        """The entry called name, or None."""
+        return self._index.get(name)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+
+@dataclass(frozen=True, slots=True)
+class StatFs:
+    """What ``statfs`` reports: a read-only filesystem with no free space."""
+
+    block_size: int
+    files: int
+    name_max: int
+
+
+class ChunkCache:
+    """Decoded chunks by digest, least recently used evicted beyond ``max_bytes``; thread-safe."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self._max = max_bytes
+        self._lock = threading.Lock()
+        self._data: OrderedDict[B3Digest, bytes] = OrderedDict()
+        self._bytes = 0
+
+    def get(self, digest: B3Digest) -> bytes | None:
+        """The chunk, or None; a hit becomes the most recently used."""
+        with self._lock:
+            data = self._data.get(digest)
+            if data is not None:
+                self._data.move_to_end(digest)
+            return data
+
+    def __contains__(self, digest: object) -> bool:
+        with self._lock:
+            return digest in self._data
+
+    def put(self, digest: B3Digest, data: bytes) -> None:
+        """Add a chunk (a chunk larger than the whole cache is not kept)."""
+        if len(data) > self._max:
+            return
+        with self._lock:
+            if digest in self._data:
+                return
+            self._data[digest] = data
+            self._bytes += len(data)
+            while self._bytes > self._max:
+                _, old = self._data.popitem(last=False)
+                self._bytes -= len(old)
+
+    @property
+    def size_bytes(self) -> int:
+        """Bytes currently held."""
+        return self._bytes
+
+
+class _OpenFile:
+    """One open file: its chunk index, or a seekable reader for blobs read as one stream."""
+
+    __slots__ = ("chunks", "digest", "lock", "next_offset", "reader", "size", "starts")
+
+    def __init__(
+        self,
+        node: FileNode,
+        chunks: tuple[ChunkMeta, ...] | None,
+        reader: BlobReader | None,
+    ) -> None:
+        self.digest = node.digest
+        self.size = node.size
+        self.chunks = chunks
+        self.starts: list[int] = list(itertools.accumulate((c.size for c in chunks or ()), initial=0))[:-1]
+        self.reader = reader
+        # Readers are not thread-safe; the chunk path needs no lock (the cache is shared).
+        self.lock = threading.Lock()
+        self.next_offset = 0
+
+
+class Vfs:
+    """Read-only filesystem semantics over a BlobService, a DirectoryService and root nodes."""
+
+    def __init__(
+        self,
+        root_nodes: RootNodes,
+        blob_service: BlobService,
+        directory_service: DirectoryService,
+        *,
+        list_root: bool = False,
+        show_xattr: bool = True,
+        cache_bytes: int = _DEFAULT_CACHE_BYTES,
+    ) -> None:
+        self._root_nodes = root_nodes
+        self._blobs = blob_service
+        self._dirs = directory_service
+        self.list_root_enabled = list_root
+        self.show_xattr = show_xattr
+        self._lock = threading.Lock()
+        self._tracker = InodeTracker()
+        self._root_entries: dict[bytes, DirEntry] = {}
+        self._listings: dict[int, Listing] = {}
+        self._files: dict[int, _OpenFile] = {}
+        self._fh_counter = itertools.count(1)
+        self._cache = ChunkCache(cache_bytes)
+        self._inflight: dict[B3Digest, Future[bytes]] = {}
+        self._inflight_lock = threading.Lock()
+        self._prefetcher = ThreadPoolExecutor(_PREFETCH_THREADS, thread_name_prefix="tvix-fs-prefetch")
+        # LMDB offers chunk reads without building a reader; other backends read chunks as blobs.
+        self._read_chunk = getattr(blob_service, "read_chunk", None)
+
+    def close(self) -> None:
+        """Stop the prefetch threads and drop open files."""
+        self._prefetcher.shutdown(wait=True, cancel_futures=True)
+        with self._lock:
+            files, self._files = self._files, {}
+        for of in files.values():
+            if of.reader is not None:
+                of.reader.close()
+
+    # -- names and attributes -------------------------------------------------------------
+
+    def getattr(self, ino: int) -> Attr:
+        """The attributes of ino; ENOENT for an inode never handed out. Never does IO."""
+        if ino == ROOT_INO:
+            return root_attr()
+        with self._lock:
+            node = self._tracker.get(ino)
+        if node is None:
+            raise VfsError(errno.ENOENT)
+        return attr_of(InodeT(ino), node)
+
+    def lookup(self, parent: int, name: bytes) -> Attr | None:
+        """The attributes of name in directory parent, or None when there is no such entry."""
+        entry = self.lookup_root(name) if parent == ROOT_INO else self.children(parent).get(name)
+        return None if entry is None else entry.attr
+
+    def lookup_root(self, name: bytes) -> DirEntry | None:
+        """A top-level entry by its whole name, or None; found entries are remembered."""
+        entry = self._root_entries.get(name)
+        if entry is not None:
+            return entry
+        with self._service("root lookup", name):
+            node = self._root_nodes.get_by_basename(name)
+        if node is None:
+            return None
+        with self._lock:
+            entry = DirEntry(name, attr_of(self._tracker.put(node), node))
+            return self._root_entries.setdefault(name, entry)
+
+    def children(self, ino: int) -> Listing:
+        """The listing of a (non-root) directory, fetched once and kept.
+
+        Raises:
+            VfsError: ENOTDIR for a non-directory, ENOENT for an unknown inode, EIO when the
+                Directory is missing or the directory service fails.
+
+        """
+        listing = self._listings.get(ino)
+        if listing is not None:
+            return listing
+        if ino == ROOT_INO:
+            return self.list_root()
+        with self._lock:
+            node = self._tracker.get(ino)
+        if node is None:
+            raise VfsError(errno.ENOENT)
+        if not isinstance(node, DirectoryNode):
+            raise VfsError(errno.ENOTDIR)
+        with self._service("get directory", node.digest):
+            directory = self._dirs.get(node.digest)
+        if directory is None:
+            log.warning("directory %s (inode %d) is missing from the directory service", node.digest, ino)
+            raise VfsError(errno.EIO, f"directory {node.digest} not found")
+        with self._lock:
+            entries = tuple(DirEntry(n, attr_of(self._tracker.put(c), c)) for n, c in directory)
+            return self._listings.setdefault(ino, Listing(entries))
+
+    def cached_children(self, ino: int) -> Listing | None:
+        """The listing of ino if it was fetched before, else None; never does IO."""
+        return self._listings.get(ino)
+
+    def list_root(self) -> Listing:
+        """Every top-level entry, sorted by name (a fresh snapshot each call).
+
+        Raises:
+            VfsError: EPERM unless root listing is enabled (tvix: "same error as ipfs/kubo").
+
+        """
+        if not self.list_root_enabled:
+            raise VfsError(errno.EPERM)
+        with self._service("list root nodes"):
+            found = sorted(self._root_nodes.list(), key=lambda kv: kv[0])
+        entries = []
+        with self._lock:
+            for name, node in found:
+                entry = DirEntry(name, attr_of(self._tracker.put(node), node))
+                entries.append(self._root_entries.setdefault(name, entry))
+        return Listing(tuple(entries))
+
+    def opendir(self, ino: int) -> None:
+        """Check that ino may be listed: EPERM for the root without root listing."""
+        if ino == ROOT_INO:
+            if not self.list_root_enabled:
+                raise VfsError(errno.EPERM)
+            return
+        if not self.getattr(ino).is_dir:
+            raise VfsError(errno.ENOTDIR)
+
+    def readlink(self, ino: int) -> bytes:
+        """A symlink's target; EINVAL for anything else."""
+        node = self._node(ino)
+        if not isinstance(node, SymlinkNode):
+            raise VfsError(errno.EINVAL)
+        return node.target
+
+    # -- extended attributes --------------------------------------------------------------
+
+    def getxattr(self, ino: int, name: bytes) -> bytes:
+        """The digest xattr of a directory or file (``b3:<base64>``); ENODATA for the rest."""
+        return self._xattrs(ino).get(name) or _raise(errno.ENODATA)
+
+    def listxattr(self, ino: int) -> list[bytes]:
+        """The names of the xattrs ino has (none for symlinks and the root)."""
+        return list(self._xattrs(ino))
+
+    def _xattrs(self, ino: int) -> dict[bytes, bytes]:
+        if not self.show_xattr:
+            raise VfsError(errno.ENOSYS)
+        with self._lock:
+            node = self._tracker.get(ino)
+        if isinstance(node, DirectoryNode):
+            return {XATTR_DIRECTORY_DIGEST: str(node.digest).encode()}
+        if isinstance(node, FileNode):
+            return {XATTR_BLOB_DIGEST: str(node.digest).encode()}
+        return {}
+
+    def statfs(self) -> StatFs:
+        """Filesystem statistics: nothing free, the inodes handed out so far."""
+        with self._lock:
+            files = len(self._tracker) + 1
+        return StatFs(block_size=4096, files=files, name_max=255)
+
+    # -- file contents --------------------------------------------------------------------
+
+    def open(self, ino: int, flags: int = os.O_RDONLY) -> int:
+        """Open a regular file for reading and return a file handle.
+
+        Raises:
+            VfsError: EROFS when opened for writing; EISDIR for a directory, symlink or the
+                root; EIO when the blob is missing.
+
+        """
+        if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND):
+            raise VfsError(errno.EROFS)
+        if ino == ROOT_INO:
+            raise VfsError(errno.EISDIR)
+        node = self._node(ino)
+        if not isinstance(node, FileNode):
+            raise VfsError(errno.EISDIR)
+        with self._service("chunks of", node.digest):
+            chunks = self._blobs.chunks(node.digest)
+        if chunks is None:
+            log.warning("blob %s (inode %d) is missing from the blob service", node.digest, ino)
+            raise VfsError(errno.EIO, f"blob {node.digest} not found")
+        reader = None
+        if chunks:
+            index: tuple[ChunkMeta, ...] | None = tuple(chunks)
+        elif node.size <= _WHOLE_BLOB_MAX:
+            index = (ChunkMeta(node.digest, node.size),)
+        else:
+            index = None
+            with self._service("open", node.digest):
+                reader = self._blobs.open_read(node.digest)
+            if reader is None:
+                log.warning("blob %s (inode %d) is missing from the blob service", node.digest, ino)
+                raise VfsError(errno.EIO, f"blob {node.digest} not found")
+        of = _OpenFile(node, index, reader)
+        with self._lock:
+            fh = next(self._fh_counter)
+            self._files[fh] = of
+        return fh
+
+    def release(self, fh: int) -> None:
+        """Close a file handle; unknown handles are ignored."""
+        with self._lock:
+            of = self._files.pop(fh, None)
+        if of is not None and of.reader is not None:
+            with of.lock:
+                of.reader.close()
+
+    def read(self, fh: int, offset: int, size: int) -> bytes | memoryview:
+        """Up to size bytes at offset (short only at the end); EIO if a chunk is missing."""
+        of = self._file(fh)
+        if of.chunks is None:
+            return self._read_stream(of, offset, size)
+        data = self._read_chunks(of, offset, size, wait=True)
+        assert data is not None
+        return data
+
+    def read_nowait(self, fh: int, offset: int, size: int) -> bytes | memoryview | None:
+        """Like ``read`` when every byte is already in memory, else None; never does IO."""
+        of = self._file(fh)
+        if of.chunks is None:
+            return None
+        return self._read_chunks(of, offset, size, wait=False)
+
+    def _read_stream(self, of: _OpenFile, offset: int, size: int) -> bytes:
+        assert of.reader is not None
+        if offset >= of.size:
+            return b""
+        with of.lock, self._service("read", of.digest):
+            of.reader.seek(offset)
+            return of.reader.read(size)
+
+    def _read_chunks(self, of: _OpenFile, offset: int, size: int, wait: bool) -> bytes | memoryview | None:
+        assert of.chunks is not None
+        end = min(offset + size, of.size)
+        if offset >= end:
+            return b""
+        chunks, starts = of.chunks, of.starts
+        first = i = bisect.bisect_right(starts, offset) - 1
+        parts: list[memoryview] = []
+        pos = offset
+        while pos < end:
+            meta, start = chunks[i], starts[i]
+            data = self._cache.get(meta.digest)
+            if data is None:
+                if not wait:
+                    self._schedule_readahead(of, first, offset)
+                    return None
+                data = self._load(meta)
+            lo = pos - start
+            hi = min(end - start, meta.size)
+            parts.append(memoryview(data)[lo:hi])
+            pos = start + hi
+            i += 1
+        self._schedule_readahead(of, i - 1, offset)
+        of.next_offset = end
+        if len(parts) == 1:
+            return parts[0]
+        return b"".join(parts)
+
+    def _schedule_readahead(self, of: _OpenFile, last: int, offset: int) -> None:
+        """After a sequential read ending in chunk ``last``, fetch the following chunks."""
+        if offset != of.next_offset and offset != 0:
+            return
+        assert of.chunks is not None
+        for meta in of.chunks[last + 1 : last + 1 + _READAHEAD_CHUNKS]:
+            if meta.digest in self._cache:
+                continue
+            with self._inflight_lock:
+                if meta.digest in self._inflight:
+                    continue
+                fut: Future[bytes] = Future()
+                self._inflight[meta.digest] = fut
+            try:
+                self._prefetcher.submit(self._fill, meta, fut)
+            except RuntimeError:  # shutting down
+                self._finish(meta.digest, fut, None, VfsError(errno.EIO))
+                return
+
+    def _load(self, meta: ChunkMeta) -> bytes:
+        """A chunk's bytes: from the cache, from a fetch in flight, or fetched now."""
+        data = self._cache.get(meta.digest)
+        if data is not None:
+            return data
+        with self._inflight_lock:
+            fut = self._inflight.get(meta.digest)
+            owner = fut is None
+            if fut is None:
+                fut = Future()
+                self._inflight[meta.digest] = fut
+        if owner:
+            self._fill(meta, fut)
+        return fut.result()
+
+    def _fill(self, meta: ChunkMeta, fut: Future[bytes]) -> None:
+        """Fetch one chunk into the cache and resolve fut with it (or with the error)."""
+        try:
+            data = self._fetch(meta)
+        except BaseException as exc:
+            self._finish(meta.digest, fut, None, exc)
+            if not isinstance(exc, Exception):
+                raise
+        else:
+            self._cache.put(meta.digest, data)
+            self._finish(meta.digest, fut, data, None)
+
+    def _finish(
+        self, digest: B3Digest, fut: Future[bytes], data: bytes | None, exc: BaseException | None
+    ) -> None:
+        with self._inflight_lock:
+            self._inflight.pop(digest, None)
+        if exc is not None:
+            fut.set_exception(exc)
+        else:
+            assert data is not None
+            fut.set_result(data)
+
+    def _fetch(self, meta: ChunkMeta) -> bytes:
+        with self._service("read chunk", meta.digest):
+            if self._read_chunk is not None:
+                data: bytes | None = self._read_chunk(meta.digest)
+            else:
+                reader = self._blobs.open_read(meta.digest)
+                data = None
+                if reader is not None:
+                    with reader:
+                        data = reader.read()
+        if data is None:
+            log.warning("chunk %s is missing from the blob service", meta.digest)
+            raise VfsError(errno.EIO, f"chunk {meta.digest} not found")
+        if len(data) != meta.size:
+            log.warning("chunk %s has %d bytes, expected %d", meta.digest, len(data), meta.size)
+            raise VfsError(errno.EIO, f"chunk {meta.digest} has the wrong size")
+        return bytes(data)
+
+    # -- helpers --------------------------------------------------------------------------
+
+    def _node(self, ino: int) -> Node:
+        with self._lock:
+            node = self._tracker.get(ino)
+        if node is None:
+            raise VfsError(errno.ENOENT)
+        return node
+
+    def _file(self, fh: int) -> _OpenFile:
+        of = self._files.get(fh)
+        if of is None:
+            raise VfsError(errno.EBADF)
+        return of
+
+    @contextmanager
+    def _service(self, what: str, subject: object = None) -> Iterator[None]:
+        """Turn a StoreError from a service call into EIO, with one log line."""
+        try:
+            yield
+        except StoreError as exc:
+            target = _describe(subject)
+            log.warning("%s%s failed: %s", what, target, exc)
+            raise VfsError(errno.EIO, f"{what}{target}: {exc}") from exc
+
+
+def _raise(code: int) -> bytes:
+    raise VfsError(code)
+
+
+def _describe(subject: object) -> str:
+    if subject is None:
+        return ""
+    return f" {subject!r}" if isinstance(subject, bytes) else f" {subject}"

@@ -1,0 +1,76 @@
+"""``tvix-store mount MOUNTPOINT``: the store as a read-only /nix/store, in the foreground.
+
+Runs until SIGINT/SIGTERM or an external ``umount``, then exits 0. Each store path is the entry
+``<hash>-<name>`` at the top; directories and file chunks are fetched when first touched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+__all__ = ["register"]
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def register(
+    subparsers: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
+) -> None:
+    """Add the ``mount`` subcommand."""
+    p = subparsers.add_parser(
+        "mount",
+        parents=[common],
+        help="mount the store read-only with FUSE (foreground)",
+        description="Mount the store read-only at MOUNTPOINT; runs until unmounted or interrupted.",
+    )
+    p.add_argument("mountpoint", metavar="MOUNTPOINT", help="an existing, empty directory")
+    p.add_argument("-l", "--list-root", action="store_true", help="allow listing the top level (off: EPERM)")
+    p.add_argument(
+        "--allow-other",
+        action="store_true",
+        help="let other users access the mount (non-root users need user_allow_other in /etc/fuse.conf)",
+    )
+    p.add_argument(
+        "--show-xattr",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="expose user.tvix.castore.{blob,directory}.digest xattrs (default on)",
+    )
+    p.add_argument(
+        "--threads",
+        type=_positive,
+        default=int(os.environ.get("THREADS") or 0) or (os.cpu_count() or 4),
+        metavar="N",
+        help="worker threads for store requests (env THREADS; default: number of CPUs)",
+    )
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Mount and serve until unmounted."""
+    from tvix_castore.fs.mount import mount
+    from tvix_castore.fs.vfs import Vfs
+    from tvix_store.root_nodes import PathInfoRootNodes
+    from tvix_store.services import construct_services
+
+    services = construct_services(
+        args.blob_service_addr, args.directory_service_addr, args.path_info_service_addr
+    )
+    try:
+        vfs = Vfs(
+            PathInfoRootNodes(services.path_info_service),
+            services.blob_service,
+            services.directory_service,
+            list_root=args.list_root,
+            show_xattr=args.show_xattr,
+        )
+        mount(vfs, args.mountpoint, threads=args.threads, allow_other=args.allow_other)
+    finally:
+        services.close()
+    return 0
