@@ -93,17 +93,23 @@ def test_nix_uploads(tmp_path, nix_closure):
         assert_same_as_nix(store, nix_closure, nix_closure["paths"])
 
 
-def test_ranges_and_head(nix_closure, filled_store):
-    """NARs carry Content-Length; Range gives 206 with the right bytes, 416 past the end."""
+@pytest.mark.parametrize("nar_cache", ["0", "64"], ids=["rendered", "cached"])
+def test_ranges_and_head(nix_closure, filled_store, nar_cache):
+    """NARs carry Content-Length; Range gives 206 with the right bytes, 416 past the end.
+
+    With the rendered-NAR cache off every answer is rendered; with it on, the first full GET
+    fills it and the rest are sent from the file.
+    """
     leaf = next(p for p in nix_closure["paths"] if p.endswith("-h6-leaf"))
     want = nix_dump(leaf)
-    with serve_cache(filled_store) as url:
+    with serve_cache(filled_store, "--nar-cache-size", nar_cache) as url:
         ni = NarInfo.parse(urllib.request.urlopen(_narinfo_url(url, leaf)).read())
         nar_url = f"{url}/{ni.url}"
-        with urllib.request.urlopen(nar_url) as r:
-            assert r.headers["Content-Length"] == str(len(want))
-            assert r.headers["Content-Type"] == "application/x-nix-nar"
-            assert r.read() == want
+        for _ in range(2):
+            with urllib.request.urlopen(nar_url) as r:
+                assert r.headers["Content-Length"] == str(len(want))
+                assert r.headers["Content-Type"] == "application/x-nix-nar"
+                assert r.read() == want
         head = urllib.request.urlopen(urllib.request.Request(nar_url, method="HEAD"))
         assert head.headers["Content-Length"] == str(len(want)) and head.read() == b""
         for spec, lo, hi in (("0-9", 0, 10), ("100000-", 100000, len(want)), ("-7", len(want) - 7, len(want)),

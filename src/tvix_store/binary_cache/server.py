@@ -29,8 +29,10 @@ import http.server
 import io
 import logging
 import lzma
+import os
 import re
 import socket
+import tempfile
 import threading
 import urllib.parse
 from collections import OrderedDict
@@ -54,7 +56,7 @@ from tvix_store.nar.renderer import write_nar
 from tvix_store.path_info import PathInfo
 from tvix_store.services import Services
 
-__all__ = ["BinaryCacheServer", "nar_url", "parse_listen_address", "path_info_to_narinfo"]
+__all__ = ["BinaryCacheServer", "RenderedNarCache", "nar_url", "parse_listen_address", "path_info_to_narinfo"]
 
 log = logging.getLogger(__name__)
 
@@ -230,6 +232,100 @@ class _RangeWriter:
             raise _Abort
 
 
+class _CacheWriter:
+    """Copies a NAR being rendered into the cache; finish() keeps it only when complete."""
+
+    def __init__(self, cache: RenderedNarCache, key: str, size: int) -> None:
+        self._cache = cache
+        self._key = key
+        self._size = size
+        fd, self._tmp = tempfile.mkstemp(dir=cache.directory, suffix=".part")
+        self._file = os.fdopen(fd, "wb", buffering=1 << 20)
+        self._ok = True
+
+    def tee(self, write: Callable[[bytes | memoryview], object]) -> Callable[[bytes | memoryview], object]:
+        def both(data: bytes | memoryview) -> None:
+            write(data)
+            if self._ok:
+                try:
+                    self._file.write(data)
+                except OSError as exc:  # a full disk must not break the response
+                    log.warning("NAR cache: cannot write %s: %s", self._tmp, exc)
+                    self._ok = False
+
+        return both
+
+    def finish(self, complete: bool) -> None:
+        try:
+            self._file.close()
+        except OSError:
+            self._ok = False
+        if complete and self._ok:
+            self._cache.commit(self._key, self._tmp, self._size)
+        else:
+            with contextlib.suppress(OSError):
+                os.unlink(self._tmp)
+
+
+class RenderedNarCache:
+    """Rendered NARs kept on disk (least recently used dropped first) and sent with sendfile.
+
+    The first request for a NAR renders it on the fly and copies it here; later ones are served
+    from the file. Keys name the root node and size, so an entry never goes stale: the store
+    is content-addressed.
+    """
+
+    def __init__(self, directory: str, capacity: int) -> None:
+        self.directory = directory
+        self.capacity = capacity
+        self._lock = threading.Lock()
+        self._entries: OrderedDict[str, tuple[str, int]] = OrderedDict()
+        self._used = 0
+
+    def _file_for(self, key: str) -> str:
+        return os.path.join(self.directory, hashlib.sha256(key.encode()).hexdigest() + ".nar")
+
+    def open(self, key: str) -> BinaryIO | None:
+        """The cached NAR for key, opened for reading, or None."""
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                return None
+            self._entries.move_to_end(key)
+            try:
+                return open(entry[0], "rb")
+            except OSError:
+                self._entries.pop(key)
+                self._used -= entry[1]
+                return None
+
+    def writer(self, key: str, size: int) -> _CacheWriter | None:
+        """A writer for key's NAR, or None when it would not fit."""
+        if size > self.capacity:
+            return None
+        try:
+            return _CacheWriter(self, key, size)
+        except OSError as exc:
+            log.warning("NAR cache: %s", exc)
+            return None
+
+    def commit(self, key: str, tmp: str, size: int) -> None:
+        """Make a completely written NAR available, evicting older ones beyond capacity."""
+        path = self._file_for(key)
+        with self._lock:
+            os.replace(tmp, path)
+            old = self._entries.pop(key, None)
+            if old is not None:
+                self._used -= old[1]
+            self._entries[key] = (path, size)
+            self._used += size
+            while self._used > self.capacity and self._entries:
+                _, (victim, victim_size) = self._entries.popitem(last=False)
+                self._used -= victim_size
+                with contextlib.suppress(OSError):
+                    os.unlink(victim)
+
+
 class BinaryCacheServer(http.server.ThreadingHTTPServer):
     """A threaded HTTP server answering Nix binary cache requests from services."""
 
@@ -245,8 +341,10 @@ class BinaryCacheServer(http.server.ThreadingHTTPServer):
         priority: int = 39,
         sign_key: SigningKey | None = None,
         compression: str = "none",
+        nar_cache: RenderedNarCache | None = None,
     ) -> None:
         self.address_family = family
+        self.nar_cache = nar_cache
         self.services = services
         self.priority = priority
         self.sign_key = sign_key
@@ -419,7 +517,15 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         if self.command == "HEAD":
             return
-        out = _RangeWriter(self.wfile.write, start, end)
+        cache = self.server.nar_cache
+        key = f"{b64}:{nar_size}"
+        cached = cache.open(key) if cache is not None else None
+        if cached is not None:
+            with cached:
+                self._sendfile(cached.fileno(), start, end - start)
+            return
+        tee = cache.writer(key, nar_size) if cache is not None and status == 200 else None
+        out = _RangeWriter(self.wfile.write if tee is None else tee.tee(self.wfile.write), start, end)
         try:
             write_nar(out, node, services.blob_service, services.directory_service)
         except _Abort:
@@ -431,9 +537,21 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             log.error("rendering NAR of %s failed after %d bytes: %s", node, out.pos, exc)
             self.close_connection = True
             return
+        finally:
+            if tee is not None:
+                tee.finish(out.pos == nar_size)
         if out.pos != nar_size:
             log.error("NAR of %s is %d bytes, but the URL said narsize=%d", node, out.pos, nar_size)
             self.close_connection = True
+
+    def _sendfile(self, fd: int, offset: int, count: int) -> None:
+        sock = self.connection.fileno()
+        while count > 0:
+            sent = os.sendfile(sock, fd, offset, min(count, 1 << 30))
+            if sent == 0:
+                raise BrokenPipeError("sendfile: connection closed")
+            offset += sent
+            count -= sent
 
     def _send_zstd(self, node: Node, headers: dict[str, str]) -> None:
         import zstandard

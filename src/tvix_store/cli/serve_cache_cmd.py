@@ -2,8 +2,9 @@
 
 Serves ``GET /nix-cache-info``, narinfos and NARs (rendered on the fly) and accepts the uploads of
 ``nix copy --to http://…`` (see ``tvix_store.binary_cache.server``). Listens on ``[::1]:9000`` by
-default (loopback: there is no authentication). Logs the URL it serves on once listening; runs
-until interrupted.
+default (loopback: there is no authentication). Rendered NARs are kept in a bounded temporary
+cache (``--nar-cache-size``) and sent from there with sendfile when asked for again. Logs the
+URL it serves on once listening; runs until interrupted.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
+import tempfile
 import threading
 from types import FrameType
 
@@ -46,6 +48,13 @@ def register(
         default="none",
         help="compression of served NARs (none: with Content-Length and Range support)",
     )
+    p.add_argument(
+        "--nar-cache-size",
+        type=int,
+        default=1024,
+        metavar="MIB",
+        help="keep up to MIB of rendered NARs in a temporary directory, sent with sendfile (1024; 0: off)",
+    )
     p.set_defaults(func=run, parser=p)
 
 
@@ -54,9 +63,11 @@ def run(args: argparse.Namespace) -> int:
     parser: argparse.ArgumentParser = args.parser
     if args.priority < 0:
         parser.error("--priority must not be negative")
+    if args.nar_cache_size < 0:
+        parser.error("--nar-cache-size must not be negative")
 
     from nix_compat.signing import SigningKey
-    from tvix_store.binary_cache.server import BinaryCacheServer, parse_listen_address
+    from tvix_store.binary_cache.server import BinaryCacheServer, RenderedNarCache, parse_listen_address
     from tvix_store.services import construct_services
 
     try:
@@ -70,12 +81,21 @@ def run(args: argparse.Namespace) -> int:
     services = construct_services(
         args.blob_service_addr, args.directory_service_addr, args.path_info_service_addr
     )
+    cache_dir = tempfile.TemporaryDirectory(prefix="tvix-serve-cache-")
+    nar_cache = RenderedNarCache(cache_dir.name, args.nar_cache_size << 20) if args.nar_cache_size else None
     try:
         server = BinaryCacheServer(
-            (host, port), services, family, priority=args.priority, sign_key=key, compression=args.compression
+            (host, port),
+            services,
+            family,
+            priority=args.priority,
+            sign_key=key,
+            compression=args.compression,
+            nar_cache=nar_cache,
         )
     except BaseException:
         services.close()
+        cache_dir.cleanup()
         raise
 
     def stop(signum: int, _frame: FrameType | None) -> None:
@@ -90,4 +110,5 @@ def run(args: argparse.Namespace) -> int:
     finally:
         server.server_close()
         services.close()
+        cache_dir.cleanup()
     return 0
