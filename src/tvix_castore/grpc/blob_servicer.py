@@ -18,7 +18,7 @@ from tvix.castore.protos import rpc_blobstore_pb2_grpc as pb_grpc
 from tvix_castore.blobservice import BlobService
 from tvix_castore.digests import B3_LEN, B3Digest
 from tvix_castore.errors import StoreError
-from tvix_castore.grpc.status import abort, abort_with
+from tvix_castore.grpc.status import abort, abort_with, stream_was_cancelled
 
 __all__ = ["READ_PIECE", "BlobServicer"]
 
@@ -83,9 +83,11 @@ class BlobServicer(pb_grpc.BlobServiceServicer):
             writer = self._blobs.open_write()
         except StoreError as exc:
             abort_with(context, exc)
+        received = 0
         try:
             for chunk in request_iterator:
                 writer.write(chunk.data)
+                received += len(chunk.data)
         except grpc.RpcError:
             # The client cancelled or vanished: drop what arrived.
             writer.abort()
@@ -97,7 +99,9 @@ class BlobServicer(pb_grpc.BlobServiceServicer):
         except BaseException:
             writer.abort()
             raise
-        if not context.is_active():
+        # A stream of one small message cannot have been cut short in a way that matters; for
+        # anything larger, make sure the end was a real half-close before committing.
+        if stream_was_cancelled(context, settle=received >= READ_PIECE):
             writer.abort()
             abort(context, grpc.StatusCode.CANCELLED, "upload cancelled")
         try:

@@ -19,7 +19,7 @@ from tvix_castore.digests import B3_LEN, B3Digest
 from tvix_castore.directory_graph import LeavesToRootValidator
 from tvix_castore.directoryservice import DirectoryService
 from tvix_castore.errors import DirectoryError, NodeError, StoreError
-from tvix_castore.grpc.status import abort, abort_with
+from tvix_castore.grpc.status import abort, abort_with, stream_was_cancelled
 from tvix_castore.proto_conv import directory_from_proto, directory_to_proto
 
 __all__ = ["DirectoryServicer"]
@@ -71,7 +71,7 @@ class DirectoryServicer(pb_grpc.DirectoryServiceServicer):
             abort(context, grpc.StatusCode.CANCELLED, "upload cancelled")
         except (DirectoryError, NodeError) as exc:
             abort(context, grpc.StatusCode.INTERNAL, str(exc))
-        if not context.is_active():
+        if stream_was_cancelled(context, settle=True):
             abort(context, grpc.StatusCode.CANCELLED, "upload cancelled")
         if not len(validator):
             abort(context, grpc.StatusCode.INVALID_ARGUMENT, "got no directories")

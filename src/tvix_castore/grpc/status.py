@@ -7,6 +7,7 @@ is not in the table: absence is ``None``, and each client checks for it before t
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import NoReturn
@@ -32,6 +33,7 @@ __all__ = [
     "error_of",
     "rpc_code",
     "status_of",
+    "stream_was_cancelled",
     "translate_rpc_errors",
 ]
 
@@ -109,3 +111,26 @@ def abort_with(context: grpc.ServicerContext, exc: StoreError) -> NoReturn:
     """End the call with the status the table gives for exc."""
     code, message = status_of(exc)
     abort(context, code, message)
+
+
+# How long a server waits, after a client stream ended, for a cancellation to show. grpcio
+# reports a client's RST_STREAM to the handler first as a plain end of stream, and the
+# cancellation itself a moment later; committing in between would store a truncated upload.
+_CANCEL_SETTLE = 0.005
+
+
+def stream_was_cancelled(context: grpc.ServicerContext, settle: bool) -> bool:
+    """Whether the client cancelled the call whose request stream just ended.
+
+    With settle, wait a few milliseconds for a late cancellation (see ``_CANCEL_SETTLE``)
+    before answering no; used before committing uploads that a truncation would corrupt.
+    """
+    if not context.is_active():
+        return True
+    if not settle:
+        return False
+    done = threading.Event()
+    if not context.add_callback(done.set):
+        return True  # already terminated
+    done.wait(_CANCEL_SETTLE)
+    return not context.is_active()
