@@ -7,6 +7,8 @@ made while the server is down fail at once with UNAVAILABLE instead of waiting.
 
 from __future__ import annotations
 
+import threading
+
 import grpc
 
 from tvix_castore.errors import InvalidRequest, StorageError
@@ -76,9 +78,25 @@ def open_channel(url: ServiceUrl) -> grpc.Channel:
     else:
         channel = grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
     if url.query.get("wait-connect", ["0"])[-1] in ("1", "true"):
-        try:
-            grpc.channel_ready_future(channel).result(timeout=_CONNECT_TIMEOUT)
-        except grpc.FutureTimeoutError as exc:
-            channel.close()
-            raise StorageError(f"cannot connect to {url.raw}") from exc
+        _wait_connected(channel, url)
     return channel
+
+
+def _wait_connected(channel: grpc.Channel, url: ServiceUrl) -> None:
+    """Connect now; the first failure to connect (or the timeout) is an error."""
+    settled = threading.Event()
+    states: list[grpc.ChannelConnectivity] = []
+
+    def watch(state: grpc.ChannelConnectivity) -> None:
+        states.append(state)
+        if state in (grpc.ChannelConnectivity.READY, grpc.ChannelConnectivity.TRANSIENT_FAILURE):
+            settled.set()
+
+    channel.subscribe(watch, try_to_connect=True)
+    try:
+        settled.wait(_CONNECT_TIMEOUT)
+    finally:
+        channel.unsubscribe(watch)
+    if not states or states[-1] != grpc.ChannelConnectivity.READY:
+        channel.close()
+        raise StorageError(f"cannot connect to {url.raw}")

@@ -1,0 +1,293 @@
+"""``tvix-store daemon`` as a subprocess: listening, health, reflection v1, signals, and every
+CLI command pointed at it through the address flags and env vars (issue 4 points 1 and 3)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from conftest import DaemonProc, start_daemon, wait_for_socket
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2
+from tvix_cli import TVIX_STORE, cli_env, needs_nix, nix_dump, tvix
+
+from tvix.castore.protos import rpc_blobstore_pb2 as bpb
+from tvix.castore.protos import rpc_blobstore_pb2_grpc as bgrpc
+from tvix_castore.digests import B3Digest
+
+SERVICES = (
+    "tvix.castore.v1.BlobService",
+    "tvix.castore.v1.DirectoryService",
+    "tvix.store.v1.PathInfoService",
+)
+
+
+def _tree(root: Path) -> Path:
+    src = root / "src"
+    (src / "sub").mkdir(parents=True)
+    (src / "a").write_bytes(b"hello\n")
+    (src / "sub" / "exe").write_bytes(b"#!/bin/sh\necho hi\n")
+    (src / "sub" / "exe").chmod(0o755)
+    (src / "big").write_bytes(os.urandom(3 * 1024 * 1024 + 5))
+    (src / "l").symlink_to("a")
+    return src
+
+
+def test_health_serving(daemon_proc: DaemonProc) -> None:
+    """Health reports SERVING for "" and for each of the three services."""
+    with grpc.insecure_channel(f"unix:{daemon_proc.sock}") as ch:
+        stub = health_pb2_grpc.HealthStub(ch)
+        for name in ("", *SERVICES):
+            resp = stub.Check(health_pb2.HealthCheckRequest(service=name), timeout=5)
+            assert resp.status == health_pb2.HealthCheckResponse.SERVING, name
+
+
+def test_reflection_v1_and_v1alpha(daemon_proc: DaemonProc) -> None:
+    """Both reflection services list the three services and describe their files."""
+    with grpc.insecure_channel(f"unix:{daemon_proc.sock}") as ch:
+        for pkg in ("grpc.reflection.v1alpha", "grpc.reflection.v1"):
+            call = ch.stream_stream(
+                f"/{pkg}.ServerReflection/ServerReflectionInfo",
+                request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+                response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+            )
+            reqs = [
+                reflection_pb2.ServerReflectionRequest(list_services=""),
+                reflection_pb2.ServerReflectionRequest(
+                    file_containing_symbol="tvix.store.v1.PathInfoService"
+                ),
+            ]
+            listed, described = list(call(iter(reqs), timeout=10))
+            names = {s.name for s in listed.list_services_response.service}
+            assert set(SERVICES) <= names, (pkg, names)
+            assert "grpc.health.v1.Health" in names
+            files = described.file_descriptor_response.file_descriptor_proto
+            assert files, pkg
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["TERM", "INT"])
+def test_signal_exits_zero(daemon_proc: DaemonProc, sig: int) -> None:
+    """SIGTERM and SIGINT stop the daemon with exit status 0 and remove its socket."""
+    assert daemon_proc.stop(sig) == 0
+    assert not os.path.exists(daemon_proc.sock)
+
+
+def test_in_flight_call_finishes_after_sigterm(daemon_proc: DaemonProc) -> None:
+    """A Put still streaming when SIGTERM arrives completes; then the daemon exits 0."""
+    go_on = threading.Event()
+    data = os.urandom(3 * 1024 * 1024)
+
+    def gen() -> Iterator[bpb.BlobChunk]:
+        yield bpb.BlobChunk(data=data[: 1 << 20])
+        go_on.wait(20)
+        yield bpb.BlobChunk(data=data[1 << 20 :])
+
+    with grpc.insecure_channel(f"unix:{daemon_proc.sock}") as ch:
+        fut = bgrpc.BlobServiceStub(ch).Put.future(gen(), timeout=30)
+        time.sleep(0.5)
+        daemon_proc.proc.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        assert daemon_proc.proc.poll() is None  # still finishing the call
+        go_on.set()
+        assert fut.result().digest == B3Digest.of(data)
+    assert daemon_proc.proc.wait(timeout=30) == 0
+
+
+def _free_port(family: int, host: str) -> int:
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def _has_ipv6_loopback() -> bool:
+    try:
+        _free_port(socket.AF_INET6, "::1")
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize(
+    ("family", "host", "fmt"),
+    [
+        (socket.AF_INET, "127.0.0.1", "127.0.0.1:{}"),
+        pytest.param(
+            socket.AF_INET6,
+            "::1",
+            "[::1]:{}",
+            marks=pytest.mark.skipif(not _has_ipv6_loopback(), reason="no IPv6 loopback"),
+        ),
+    ],
+    ids=["v4", "v6"],
+)
+def test_tcp_listen(tmp_path: Path, family: int, host: str, fmt: str) -> None:
+    """``-l host:port`` and ``-l [v6]:port`` serve over TCP; grpc+http:// clients reach them."""
+    port = _free_port(family, host)
+    addr = fmt.format(port)
+    proc = subprocess.Popen(
+        [TVIX_STORE, "daemon", "-l", addr], env=cli_env(tmp_path / "store"), stderr=subprocess.PIPE
+    )
+    try:
+        deadline = time.monotonic() + 20
+        url = f"grpc+http://{addr}"
+        src = _tree(tmp_path)
+        while True:
+            res = tvix(
+                tmp_path / "client",
+                "import",
+                src,
+                f"--blob-service-addr={url}",
+                f"--directory-service-addr={url}",
+                f"--path-info-service-addr={url}",
+                check=False,
+            )
+            if res.returncode == 0 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert res.returncode == 0, res.stderr
+        path = res.stdout.decode().strip()
+        assert path.startswith("/nix/store/")
+        assert not (tmp_path / "client").exists()  # nothing went to an embedded store
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+
+
+def test_bad_listen_address(tmp_path: Path) -> None:
+    """An unusable listen address is one error line and exit status 1."""
+    res = tvix(tmp_path / "s", "daemon", "-l", "not-an-address", check=False)
+    assert res.returncode == 1
+    assert res.stderr.decode().splitlines()[-1].startswith("error: ")
+
+
+def test_stale_socket_file_is_replaced(tmp_path: Path, short_dir: Path) -> None:
+    """A socket file left by a killed daemon does not prevent the next start."""
+    sock = str(short_dir / "r.sock")
+    d = start_daemon(tmp_path / "store", sock)
+    d.stop(signal.SIGKILL)
+    assert os.path.exists(sock)
+    d2 = start_daemon(tmp_path / "store", sock)
+    assert d2.stop() == 0
+
+
+def test_default_store_is_embedded_lmdb(daemon_proc: DaemonProc, tmp_path: Path) -> None:
+    """With no address flags the daemon serves the embedded store: what it was sent is on disk."""
+    with grpc.insecure_channel(f"unix:{daemon_proc.sock}") as ch:
+        digest = bgrpc.BlobServiceStub(ch).Put(iter([bpb.BlobChunk(data=b"x86_64-linux")])).digest
+    assert daemon_proc.stop() == 0
+    from tvix_castore.blobservice import from_addr
+
+    local = from_addr(f"lmdb://{daemon_proc.store}")
+    try:
+        assert local.has(B3Digest(digest))
+    finally:
+        local.close()
+
+
+# ---- every command against the daemon -------------------------------------------------------------
+
+
+def test_commands_through_flags(daemon_proc: DaemonProc, tmp_path: Path) -> None:
+    """import, path-info, nar and import --nar via the address flags give what local ones give."""
+    src = _tree(tmp_path)
+    flags = daemon_proc.addr_flags()
+    client_home = tmp_path / "client-home"
+    remote_path = tvix(client_home, "import", src, *flags).stdout.decode().strip()
+    local_path = tvix(tmp_path / "local", "import", src).stdout.decode().strip()
+    assert remote_path == local_path
+    assert (
+        tvix(client_home, "path-info", remote_path, *flags).stdout
+        == tvix(tmp_path / "local", "path-info", remote_path).stdout
+    )
+    assert (
+        tvix(client_home, "path-info", "--all", "--json", *flags).stdout
+        == tvix(tmp_path / "local", "path-info", "--all", "--json").stdout
+    )
+    remote_nar = tvix(client_home, "nar", remote_path, *flags).stdout
+    assert remote_nar == tvix(tmp_path / "local", "nar", local_path).stdout
+    nar_file = tmp_path / "x.nar"
+    nar_file.write_bytes(remote_nar)
+    nar_path = tvix(client_home, "import", "--nar", nar_file, "--name", "from-nar", *flags).stdout
+    nar_path_local = tvix(tmp_path / "local", "import", "--nar", nar_file, "--name", "from-nar").stdout
+    assert nar_path == nar_path_local
+    assert not client_home.exists()  # the client never opened an embedded store
+
+
+def test_commands_through_env(daemon_proc: DaemonProc, tmp_path: Path) -> None:
+    """The same commands with the addresses in BLOB/DIRECTORY/PATH_INFO_SERVICE_ADDR."""
+    src = _tree(tmp_path)
+    env = cli_env(
+        tmp_path / "client-home",
+        BLOB_SERVICE_ADDR=daemon_proc.url,
+        DIRECTORY_SERVICE_ADDR=daemon_proc.url,
+        PATH_INFO_SERVICE_ADDR=daemon_proc.url,
+    )
+    path = tvix(tmp_path, "import", src, env=env).stdout.decode().strip()
+    assert f"StorePath: {path}\n" in tvix(tmp_path, "path-info", "--all", env=env).stdout.decode()
+    nar = tvix(tmp_path, "nar", path, env=env).stdout
+    assert (
+        nar
+        == tvix(
+            tmp_path / "local", "nar", tvix(tmp_path / "local", "import", src).stdout.decode().strip()
+        ).stdout
+    )
+    assert not (tmp_path / "client-home").exists()
+
+
+@needs_nix
+@pytest.mark.nix
+def test_nar_through_daemon_matches_nix(daemon_proc: DaemonProc, tmp_path: Path) -> None:
+    """The NAR rendered from the daemon's store is what ``nix-store --dump`` writes."""
+    src = _tree(tmp_path)
+    flags = daemon_proc.addr_flags()
+    path = tvix(tmp_path / "c", "import", src, *flags).stdout.decode().strip()
+    assert tvix(tmp_path / "c", "nar", path, *flags).stdout == nix_dump(src)
+
+
+def test_commands_fail_cleanly_without_daemon(tmp_path: Path, short_dir: Path) -> None:
+    """Pointing a command at a socket nobody serves is one error line and exit status 1."""
+    url = f"grpc+unix://{short_dir}/nobody.sock"
+    res = tvix(
+        tmp_path,
+        "path-info",
+        "--all",
+        f"--path-info-service-addr={url}",
+        f"--blob-service-addr={url}",
+        f"--directory-service-addr={url}",
+        check=False,
+    )
+    assert res.returncode == 1
+    assert res.stderr.decode().splitlines()[-1].startswith("error: ")
+
+
+def test_daemon_in_front_of_daemon(daemon_proc: DaemonProc, tmp_path: Path, short_dir: Path) -> None:
+    """A daemon whose store is another daemon (grpc+unix flags) serves the same data."""
+    front = subprocess.Popen(
+        [TVIX_STORE, "daemon", "-l", str(short_dir / "front.sock"), *daemon_proc.addr_flags()],
+        env=cli_env(tmp_path / "front-home"),
+        stderr=subprocess.PIPE,
+    )
+    try:
+        wait_for_socket(str(short_dir / "front.sock"), front)
+        src = _tree(tmp_path)
+        url = f"grpc+unix://{short_dir}/front.sock"
+        flags = [
+            f"--blob-service-addr={url}",
+            f"--directory-service-addr={url}",
+            f"--path-info-service-addr={url}",
+        ]
+        path = tvix(tmp_path / "c", "import", src, *flags).stdout.decode().strip()
+        listed = tvix(tmp_path / "c", "path-info", "--all", *daemon_proc.addr_flags()).stdout.decode()
+        assert f"StorePath: {path}\n" in listed
+    finally:
+        front.send_signal(signal.SIGTERM)
+        assert front.wait(timeout=60) == 0
+    assert not (tmp_path / "front-home").exists()

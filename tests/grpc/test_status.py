@@ -1,0 +1,144 @@
+"""The StoreError <-> gRPC status table (``tvix_castore.grpc.status``), both directions, and the
+clients' translation of what a real server answers."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+from conftest import Served
+
+from tvix_castore.blobservice import from_addr as blob_from_addr
+from tvix_castore.digests import B3Digest
+from tvix_castore.directoryservice import from_addr as directory_from_addr
+from tvix_castore.errors import (
+    ClosedError,
+    DataCorruption,
+    DirectoryError,
+    InvalidRequest,
+    NodeError,
+    StorageError,
+    StoreError,
+)
+from tvix_castore.grpc.status import error_of, status_of
+from tvix_store.errors import NarRenderError, PathInfoError
+from tvix_store.pathinfoservice import from_addr as path_info_from_addr
+
+Code = grpc.StatusCode
+
+
+@pytest.mark.parametrize(
+    ("exc", "code", "message"),
+    [
+        (InvalidRequest("bad"), Code.INVALID_ARGUMENT, "bad"),
+        (StorageError("disk"), Code.DATA_LOSS, "storage error: disk"),
+        (DataCorruption("rot"), Code.DATA_LOSS, "rot"),
+        (DirectoryError("'a' is not sorted"), Code.INVALID_ARGUMENT, "'a' is not sorted"),
+        (NodeError("invalid digest length: 3"), Code.INVALID_ARGUMENT, "invalid digest length: 3"),
+        (PathInfoError("No node present"), Code.INVALID_ARGUMENT, "No node present"),
+        (ClosedError("closed"), Code.FAILED_PRECONDITION, "closed"),
+        (NarRenderError("x"), Code.INTERNAL, "x"),
+        (StoreError("other"), Code.INTERNAL, "other"),
+    ],
+)
+def test_server_side(exc: StoreError, code: grpc.StatusCode, message: str) -> None:
+    """Each error class maps to its status (tvix: InvalidRequest->INVALID_ARGUMENT, StorageError->
+    DATA_LOSS "storage error: …")."""
+    assert status_of(exc) == (code, message)
+
+
+class _FakeRpcError(grpc.RpcError):
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        self._code = code
+        self._details = details
+
+    def code(self) -> grpc.StatusCode:
+        return self._code
+
+    def details(self) -> str:
+        return self._details
+
+
+@pytest.mark.parametrize(
+    ("code", "klass"),
+    [
+        (Code.INVALID_ARGUMENT, InvalidRequest),
+        (Code.UNIMPLEMENTED, InvalidRequest),
+        (Code.DATA_LOSS, StorageError),
+        (Code.UNAVAILABLE, StorageError),
+        (Code.INTERNAL, StorageError),
+        (Code.RESOURCE_EXHAUSTED, StorageError),
+        (Code.DEADLINE_EXCEEDED, StorageError),
+        (Code.UNKNOWN, StorageError),
+    ],
+)
+def test_client_side(code: grpc.StatusCode, klass: type[StoreError]) -> None:
+    """A received status becomes the matching error, naming the operation, code and details."""
+    err = error_of(_FakeRpcError(code, "details here"), "stat of blob X")
+    assert type(err) is klass
+    assert str(err) == f"stat of blob X: {code.name}: details here"
+
+
+def test_roundtrip_through_real_server(served: Served) -> None:
+    """Real calls: NOT_FOUND is None, INVALID_ARGUMENT is InvalidRequest, a refused Put stream is
+    a DirectoryError, and a server that is gone is a StorageError."""
+    blobs = blob_from_addr(served.url)
+    dirs = directory_from_addr(served.url)
+    infos = path_info_from_addr(served.url, blobs, dirs)
+    try:
+        assert blobs.open_read(B3Digest.of(b"nothing")) is None
+        assert dirs.get(B3Digest.of(b"nothing")) is None
+        assert infos.get(bytes(20)) is None
+        with pytest.raises(InvalidRequest):
+            infos.get(bytes(19))
+        from fixtures import DIRECTORY_B
+
+        with pytest.raises(DirectoryError, match="unknown directory was referenced"):
+            dirs.put(DIRECTORY_B)
+    finally:
+        infos.close()
+        dirs.close()
+        blobs.close()
+
+
+def test_unreachable_server_is_storage_error(short_dir: object) -> None:
+    """A socket nobody listens on: every call is a StorageError (UNAVAILABLE), never None."""
+    url = f"grpc+unix://{short_dir}/none.sock"
+    blobs = blob_from_addr(url)
+    try:
+        with pytest.raises(StorageError, match="UNAVAILABLE"):
+            blobs.has(B3Digest.of(b"x"))
+    finally:
+        blobs.close()
+
+
+def test_wait_connect_fails_fast(short_dir: object) -> None:
+    """``?wait-connect=1`` connects at construction and fails there when nobody listens."""
+    with pytest.raises(StorageError, match="cannot connect"):
+        blob_from_addr(f"grpc+unix://{short_dir}/none.sock?wait-connect=1")
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["grpc+unix://host.example/sock", "grpc+http://localhost/some-path", "grpc+unix://", "grpc+ftp://x:1"],
+)
+def test_bad_urls(url: str) -> None:
+    """Malformed gRPC URLs are refused (spec §9.3)."""
+    with pytest.raises(InvalidRequest):
+        blob_from_addr(url)
+
+
+@pytest.mark.parametrize(
+    "url", ["grpc+http://[::1]:12345", "grpc+http://localhost:8000", "grpc+unix:///a/b.sock"]
+)
+def test_good_urls(url: str) -> None:
+    """Well-formed gRPC URLs build a (lazily connecting) client."""
+    blob_from_addr(url).close()
+
+
+def test_wait_connect_succeeds(served: Served) -> None:
+    """``?wait-connect=1`` to a running daemon connects and works."""
+    blobs = blob_from_addr(served.url + "?wait-connect=1")
+    try:
+        assert blobs.put(b"x86_64-linux") == B3Digest.of(b"x86_64-linux")
+    finally:
+        blobs.close()
