@@ -24,6 +24,7 @@ COMPRESSIONS = ("none", "xz", "zstd", "bzip2")
 NIX_EXPR = r"""
 let
   sh = "/bin/sh";
+  note = builtins.toFile "h6-note" "a text file";
   leaf = derivation {
     name = "h6-leaf";
     system = builtins.currentSystem;
@@ -31,7 +32,7 @@ let
     PATH = "/usr/bin:/bin";
     args = [ "-c" ''
       mkdir -p $out/bin $out/share/empty
-      i=0; while [ $i -lt 90000 ]; do echo "line $i of a file that spans several chunks"; i=$((i+1)); done > $out/share/big
+      seq -f "line %g of a file that spans several chunks" 1 90000 > $out/share/big
       printf '#!/bin/sh\necho leaf\n' > $out/bin/leaf; chmod +x $out/bin/leaf
       ln -s bin/leaf $out/run
       : > $out/share/zero
@@ -42,7 +43,10 @@ let
     system = builtins.currentSystem;
     builder = sh;
     PATH = "/usr/bin:/bin";
-    args = [ "-c" "mkdir $out; echo ${leaf} > $out/leaf-ref; ln -s ${leaf}/bin/leaf $out/leaf; cat ${builtins.toFile "h6-note" "a text file"} > $out/note; echo ${builtins.toFile "h6-note" "a text file"} >> $out/note" ];
+    args = [ "-c" ''
+      mkdir $out; echo ${leaf} > $out/leaf-ref; ln -s ${leaf}/bin/leaf $out/leaf
+      cat ${note} > $out/note; echo ${note} >> $out/note
+    '' ];
   };
 in derivation {
   name = "h6-top";

@@ -105,9 +105,9 @@ def test_copy_json_closure(tmp_path, nix_closure):
 # -- bad input: clear error, nothing stored -----------------------------------------------------------
 
 
-def _broken_cache(tmp_path: Path, nix_closure: dict) -> Path:
+def _broken_cache(tmp_path: Path, nix_closure: dict, compression: str = "none") -> Path:
     cache = tmp_path / "cache"
-    shutil.copytree(nix_closure["caches"]["none"], cache)
+    shutil.copytree(nix_closure["caches"][compression], cache)
     return cache
 
 
@@ -119,10 +119,14 @@ def _leaf(nix_closure: dict) -> str:
     return next(p for p in nix_closure["paths"] if p.endswith("-h6-leaf"))
 
 
-def _check_refused(tmp_path: Path, cache: Path, nix_closure: dict, *words: str, keys: str | None = None) -> str:
+def _check_refused(
+    tmp_path: Path, cache: Path, nix_closure: dict, *words: str, keys: str | None = None
+) -> str:
     store = tmp_path / "store"
     extra = ["--trusted-public-keys", keys] if keys else []
-    err = one_line_error(tvix(store, "copy", "--from", f"file://{cache}", *extra, nix_closure["top"], check=False))
+    err = one_line_error(
+        tvix(store, "copy", "--from", f"file://{cache}", *extra, nix_closure["top"], check=False)
+    )
     for w in words:
         assert w in err, err
     assert all_paths(store) == b""
@@ -142,13 +146,15 @@ def test_nar_hash_mismatch(tmp_path, nix_closure):
     _check_refused(tmp_path, cache, nix_closure, "NarHash mismatch", leaf)
 
 
-def test_truncated_nar(tmp_path, nix_closure):
-    """A truncated NAR download is refused with its URL named."""
-    cache = _broken_cache(tmp_path, nix_closure)
+@pytest.mark.parametrize("compression", COMPRESSIONS)
+def test_truncated_nar(tmp_path, nix_closure, compression):
+    """A truncated NAR download (plain or compressed) is refused with its URL named."""
+    cache = _broken_cache(tmp_path, nix_closure, compression)
     leaf = _leaf(nix_closure)
     ni = NarInfo.parse(_narinfo_of(cache, leaf).read_text())
     nar = cache / ni.url
-    nar.write_bytes(nar.read_bytes()[:100_000])
+    data = nar.read_bytes()
+    nar.write_bytes(data[: len(data) * 2 // 3])
     _check_refused(tmp_path, cache, nix_closure, ni.url, leaf)
 
 
@@ -156,7 +162,9 @@ def test_narinfo_missing_field(tmp_path, nix_closure):
     """A narinfo without NarHash is refused, naming the file and the field."""
     cache = _broken_cache(tmp_path, nix_closure)
     f = _narinfo_of(cache, _leaf(nix_closure))
-    f.write_text("".join(line + "\n" for line in f.read_text().splitlines() if not line.startswith("NarHash")))
+    f.write_text(
+        "".join(line + "\n" for line in f.read_text().splitlines() if not line.startswith("NarHash"))
+    )
     _check_refused(tmp_path, cache, nix_closure, f.name, "missing field: NarHash")
 
 
@@ -171,7 +179,9 @@ def test_bad_signature_with_trusted_keys(tmp_path, nix_closure):
     f.write_text(text.replace(f"NarSize: {ni.nar_size}", f"NarSize: {ni.nar_size + 1}"))
     _check_refused(tmp_path, cache, nix_closure, "no valid signature", keys=nix_closure["pk"])
     # an unsigned cache with trusted keys: refused too
-    _check_refused(tmp_path, nix_closure["caches"]["none"], nix_closure, "no valid signature", keys=nix_closure["pk"])
+    _check_refused(
+        tmp_path, nix_closure["caches"]["none"], nix_closure, "no valid signature", keys=nix_closure["pk"]
+    )
 
 
 def test_reference_404(tmp_path, nix_closure):

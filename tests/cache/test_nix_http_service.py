@@ -31,7 +31,9 @@ def static_server(directory: Path) -> Iterator[str]:
         def log_message(self, *args: object) -> None:
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(directory)))
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(Quiet, directory=str(directory))
+    )
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -62,7 +64,9 @@ def test_from_url_rules(tmp_path):
     b, d = blobs_dirs.blob_service, blobs_dirs.directory_service
     from tvix_store import pathinfoservice
 
-    svc = pathinfoservice.from_addr("nix+http://192.0.2.1/foo?trusted-public-keys=a-1:" + "A" * 43 + "=", b, d)
+    svc = pathinfoservice.from_addr(
+        "nix+http://192.0.2.1/foo?trusted-public-keys=a-1:" + "A" * 43 + "=", b, d
+    )
     assert isinstance(svc, NixHttpPathInfoService)
     assert svc.base_url == "http://192.0.2.1/foo"
     assert [k.name for k in svc.trusted_keys] == ["a-1"]
@@ -70,10 +74,19 @@ def test_from_url_rules(tmp_path):
         svc.put(None)  # type: ignore[arg-type]
     with pytest.raises(InvalidRequest, match="list not supported"):
         svc.list()
-    for bad in ("nix+http:///nohost", "nix+ftp://h/x", "nix+http://h/x?bogus=1", "nix+http://h?trusted-public-keys=zz"):
+    for bad in (
+        "nix+http:///nohost",
+        "nix+ftp://h/x",
+        "nix+http://h/x?bogus=1",
+        "nix+http://h?trusted-public-keys=zz",
+    ):
         with pytest.raises(InvalidRequest):
             pathinfoservice.from_addr(bad, b, d)
-    for bad in ("cache://?near=memory://", "cache://host?near=memory://&far=memory://", "cache://?far=memory://"):
+    for bad in (
+        "cache://?near=memory://",
+        "cache://host?near=memory://&far=memory://",
+        "cache://?far=memory://",
+    ):
         with pytest.raises(InvalidRequest):
             pathinfoservice.from_addr(bad, b, d)
     blobs_dirs.close()

@@ -93,6 +93,15 @@ def test_nix_uploads(tmp_path, nix_closure):
         assert_same_as_nix(store, nix_closure, nix_closure["paths"])
 
 
+def test_copy_from_our_server(tmp_path, nix_closure, filled_store):
+    """tvix-store copy --from http://… of our own server (signed by it, key trusted) round-trips."""
+    with serve_cache(filled_store, "--sign-key-file", str(nix_closure["sk"])) as url:
+        store = tmp_path / "copy"
+        tvix(store, "copy", "--from", url + "/", "--trusted-public-keys", nix_closure["pk"], nix_closure["top"])
+    assert stored_paths(store) == nix_closure["paths"]
+    assert_same_as_nix(store, nix_closure, nix_closure["paths"])
+
+
 @pytest.mark.parametrize("nar_cache", ["0", "64"], ids=["rendered", "cached"])
 def test_ranges_and_head(nix_closure, filled_store, nar_cache):
     """NARs carry Content-Length; Range gives 206 with the right bytes, 416 past the end.
@@ -152,6 +161,7 @@ def test_bad_requests_get_400_and_nothing_is_stored(tmp_path, nix_closure):
     nar_name = nixbase32.encode(hashlib.sha256(nar).digest())
     cache = nix_closure["caches"]["none"]
     note_narinfo = (cache / (note.removeprefix("/nix/store/")[:32] + ".narinfo")).read_text()
+    leaf_narinfo = (cache / (leaf.removeprefix("/nix/store/")[:32] + ".narinfo")).read_bytes()
     with serve_cache(store) as url:
         cases = [
             # NAR body not hashing to its name
@@ -166,7 +176,7 @@ def test_bad_requests_get_400_and_nothing_is_stored(tmp_path, nix_closure):
             (_narinfo_url(url, note), b"StorePath: /nix/store/nonsense\n", 400),
             (_narinfo_url(url, note), note_narinfo.replace("NarHash", "XarHash").encode(), 400),
             # a NarHash that was never uploaded
-            (_narinfo_url(url, leaf), (cache / (leaf.removeprefix("/nix/store/")[:32] + ".narinfo")).read_bytes(), 400),
+            (_narinfo_url(url, leaf), leaf_narinfo, 400),
             (f"{url}/log/foo", b"x", 400),
         ]  # fmt: skip
         for target, body, status in cases:
