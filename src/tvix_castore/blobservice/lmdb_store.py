@@ -11,11 +11,13 @@ A blob that is a single chunk (every blob up to the minimum chunk size, the empt
 the same digest as that chunk and is stored only in ``chunks``; ``blobs`` holds only blobs of two
 or more chunks. So ``chunks()`` answers ``[]`` for single-chunk blobs and for chunk digests.
 
-Writes stream: the writer holds a few MiB of finished chunks and commits them in one write
-transaction per batch (an LMDB commit costs about a millisecond, a chunk ~100 µs to hash), never
-the whole blob. A chunk already present is not written again. The blob's index entry is
-committed last, after all its chunks, so a reader never sees a blob with missing chunks; an
-aborted writer leaves only unreferenced chunks behind (dedup fodder for later writes).
+Writes stream: the writer collects finished chunks and commits each ~4 MiB batch in one write
+transaction (an LMDB commit costs about a millisecond, a chunk ~100 µs to hash) on a background
+thread while it chunks the next batch; at most one batch is in flight, so a writer holds about
+10 MiB whatever the blob size (``LmdbBlobWriter.buffered``). A chunk already present is not
+written again. The blob's index entry is committed last, after all its chunks, so a reader
+never sees a blob with missing chunks; an aborted writer leaves only unreferenced chunks behind
+(dedup fodder for later writes).
 
 Reads verify every chunk against its BLAKE3 digest before handing out a byte (decision 6), and
 random access fetches only the chunk holding the position. Every transaction opens and ends
@@ -24,6 +26,7 @@ inside one call; none is held while control returns to the caller.
 
 from __future__ import annotations
 
+import os
 import struct
 import threading
 from collections.abc import Iterator
@@ -55,6 +58,15 @@ _FEED_PIECE = 1024 * 1024
 
 _committer_lock = threading.Lock()
 _committer_pool: ThreadPoolExecutor | None = None
+
+
+def _forget_committer_after_fork() -> None:
+    # A forked child has no copy of the pool's thread: it must start its own.
+    global _committer_pool
+    _committer_pool = None
+
+
+os.register_at_fork(after_in_child=_forget_committer_after_fork)
 
 
 def _committer() -> ThreadPoolExecutor:
@@ -222,7 +234,9 @@ class LmdbBlobWriter(BlobWriter):
         self._chunker: Chunker | None = Chunker()
         # The blob hash is fed from the chunks, and only once a second chunk shows up: for a
         # single-chunk blob (most files) the chunk digest already is the blob digest.
-        self._hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
+        # Single-threaded on purpose: blake3's thread pool hangs a forked child that hashes
+        # again, and the commit thread already keeps the second core busy.
+        self._hasher = blake3.blake3()
         self._first_chunk: bytes | None = None
         self._chunk_list: list[ChunkMeta] = []
         self._pending: list[tuple[B3Digest, bytes]] = []
