@@ -17,9 +17,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
-NIX = ["nix", "--extra-experimental-features", "nix-command"]
-COMPRESSIONS = ("none", "xz", "zstd", "bzip2")
+from cache_helpers import COMPRESSIONS, NIX
 
 NIX_EXPR = r"""
 let

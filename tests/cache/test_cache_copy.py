@@ -7,46 +7,12 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import COMPRESSIONS
-from tvix_cli import all_paths, nix_dump, one_line_error, tvix
+from cache_helpers import COMPRESSIONS, assert_same_as_nix, stored_paths
+from tvix_cli import all_paths, one_line_error, tvix
 
-from nix_compat import nixbase32
 from nix_compat.narinfo import NarInfo
 
 pytestmark = pytest.mark.nix
-
-
-def stored_paths(store: Path) -> list[str]:
-    """The store paths `path-info --all` lists, sorted."""
-    text = all_paths(store).decode()
-    return sorted(line.split(": ", 1)[1] for line in text.splitlines() if line.startswith("StorePath: "))
-
-
-def _sri_to_nix(sri: str) -> str:
-    """`nix path-info --json` prints narHash as sha256:<nixbase32> in Nix 2.8; normalise SRI too."""
-    import base64
-
-    if sri.startswith("sha256-"):
-        return "sha256:" + nixbase32.encode(base64.b64decode(sri[len("sha256-") :]))
-    return sri
-
-
-def assert_same_as_nix(store: Path, nix_closure: dict, paths: list[str], full: bool = True) -> None:
-    """Every PathInfo field equals `nix path-info --json`, every NAR equals `nix-store --dump`.
-
-    full=False skips deriver and CA, which an exportReferencesGraph closure does not carry.
-    """
-    ours = json.loads(tvix(store, "path-info", "--json", *paths).stdout)
-    assert sorted(o["path"] for o in ours) == sorted(paths)
-    for o in ours:
-        theirs = nix_closure["path_info"][o["path"]]
-        assert _sri_to_nix(o["narHash"]) == _sri_to_nix(theirs["narHash"])
-        assert o["narSize"] == theirs["narSize"]
-        assert sorted(o["references"]) == sorted(theirs["references"])
-        if full:
-            assert o.get("deriver") == theirs.get("deriver")
-            assert o.get("ca") == theirs.get("ca")
-        assert tvix(store, "nar", o["path"]).stdout == nix_dump(o["path"])
 
 
 @pytest.mark.parametrize("compression", COMPRESSIONS)

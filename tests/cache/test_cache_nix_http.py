@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-import functools
-import http.server
-import threading
 import urllib.parse
-from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
 
 import pytest
+from cache_helpers import static_server
 from tvix_cli import nix_dump
 
 from nix_compat.store_path import StorePath
@@ -21,27 +16,6 @@ from tvix_store.nar.renderer import write_nar
 from tvix_store.pathinfoservice.cache import CachePathInfoService
 from tvix_store.pathinfoservice.nix_http import NixHttpPathInfoService
 from tvix_store.services import Services, construct_services
-
-
-@contextmanager
-def static_server(directory: Path) -> Iterator[str]:
-    """A stdlib static file server over directory on 127.0.0.1 (a thread; shut down afterwards)."""
-
-    class Quiet(http.server.SimpleHTTPRequestHandler):
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(
-        ("127.0.0.1", 0), functools.partial(Quiet, directory=str(directory))
-    )
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
 
 
 def _nar(services: Services, node: object) -> bytes:

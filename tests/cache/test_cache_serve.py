@@ -10,9 +10,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import NIX
-from serving import serve_cache
-from test_copy import assert_same_as_nix, stored_paths
+from cache_helpers import NIX, assert_same_as_nix, serve_cache, stored_paths
 from tvix_cli import nix_dump, tvix
 
 from nix_compat import nixbase32
@@ -97,7 +95,9 @@ def test_copy_from_our_server(tmp_path, nix_closure, filled_store):
     """tvix-store copy --from http://… of our own server (signed by it, key trusted) round-trips."""
     with serve_cache(filled_store, "--sign-key-file", str(nix_closure["sk"])) as url:
         store = tmp_path / "copy"
-        tvix(store, "copy", "--from", url + "/", "--trusted-public-keys", nix_closure["pk"], nix_closure["top"])
+        tvix(
+            store, "copy", "--from", url + "/", "--trusted-public-keys", nix_closure["pk"], nix_closure["top"]
+        )
     assert stored_paths(store) == nix_closure["paths"]
     assert_same_as_nix(store, nix_closure, nix_closure["paths"])
 
