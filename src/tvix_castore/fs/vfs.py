@@ -304,7 +304,9 @@ class Vfs:
             raise VfsError(errno.ENOTDIR)
 
     def readlink(self, ino: int) -> bytes:
-        """A symlink's target; EINVAL for anything else."""
+        """A symlink's target; EINVAL for anything else (the root included)."""
+        if ino == ROOT_INO:
+            raise VfsError(errno.EINVAL)
         node = self._node(ino)
         if not isinstance(node, SymlinkNode):
             raise VfsError(errno.EINVAL)

@@ -1,0 +1,132 @@
+"""Real FUSE mounts for the tests in this folder.
+
+Every mount is the real ``tvix-store mount`` console script in a subprocess (pyfuse3's own
+tests do the same), over an LMDB store in the test's tmp dir that the test seeded first. The
+mount fixture waits until the kernel shows the mount, and in teardown always ends the process
+by its PID and lazily unmounts whatever is left. Tests skip with the exact reason when the
+machine cannot mount FUSE filesystems.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from tvix_cli import TVIX_STORE, cli_env
+
+
+def _fuse_problem() -> str | None:
+    if not os.path.exists("/dev/fuse"):
+        return "/dev/fuse does not exist"
+    if shutil.which("fusermount3") is None:
+        return "fusermount3 is not installed (apt package fuse3)"
+    try:
+        os.close(os.open("/dev/fuse", os.O_RDWR))
+    except OSError as exc:
+        return f"/dev/fuse cannot be opened: {exc.strerror}"
+    return None
+
+
+_PROBLEM = _fuse_problem()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    here = Path(__file__).parent
+    for item in items:
+        if Path(str(item.fspath)).is_relative_to(here):
+            item.add_marker(pytest.mark.fuse)
+            if _PROBLEM is not None:
+                item.add_marker(pytest.mark.skip(reason=f"FUSE unavailable: {_PROBLEM}"))
+
+
+def is_mounted(path: Path) -> bool:
+    target = str(path.absolute())
+    with open("/proc/self/mountinfo") as f:
+        return any(line.split()[4] == target for line in f)
+
+
+def force_unmount(path: Path) -> None:
+    if is_mounted(path):
+        subprocess.run(["fusermount3", "-u", "-z", str(path)], capture_output=True, check=False)
+    if is_mounted(path):
+        subprocess.run(["umount", "-l", str(path)], capture_output=True, check=False)
+
+
+@dataclass
+class Mount:
+    """A running ``tvix-store mount`` process and where it is mounted."""
+
+    proc: subprocess.Popen[bytes]
+    path: Path
+    log: Path
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
+        """Signal the mount process by PID and wait for it; returns its exit status."""
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, sig)
+        return self.proc.wait(timeout)
+
+    def logs(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+def start_mount(
+    store: Path, mnt: Path, *args: str, wait: bool = True, env_extra: dict[str, str] | None = None
+) -> Mount:
+    """Start ``tvix-store mount mnt args…`` on the embedded store in directory store."""
+    log = mnt.parent / f"{mnt.name}.log"
+    env = cli_env(store, **(env_extra or {}))
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(
+            [TVIX_STORE, "mount", str(mnt), "--threads", "4", *args],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+    m = Mount(proc, mnt, log)
+    if wait:
+        deadline = time.monotonic() + 30
+        while not is_mounted(mnt):
+            if proc.poll() is not None:
+                raise AssertionError(f"mount exited with {proc.returncode}: {m.logs()}")
+            if time.monotonic() > deadline:
+                m.stop(signal.SIGKILL)
+                raise AssertionError(f"mount did not appear: {m.logs()}")
+            time.sleep(0.02)
+    return m
+
+
+MountFactory = Callable[..., Mount]
+
+
+@pytest.fixture
+def mount(tmp_path: Path) -> Iterator[MountFactory]:
+    """A factory ``mount(store, *args, mnt=None)``; every mount is torn down after the test."""
+    started: list[Mount] = []
+    counter = iter(range(1000))
+
+    def factory(store: Path, *args: str, mnt: Path | None = None, wait: bool = True) -> Mount:
+        if mnt is None:
+            mnt = tmp_path / f"mnt{next(counter)}"
+            mnt.mkdir()
+        m = start_mount(store, mnt, *args, wait=wait)
+        started.append(m)
+        return m
+
+    yield factory
+    for m in started:
+        if m.proc.poll() is None:
+            os.kill(m.proc.pid, signal.SIGTERM)
+            try:
+                m.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.kill(m.proc.pid, signal.SIGKILL)
+                m.proc.wait(20)
+        force_unmount(m.path)
