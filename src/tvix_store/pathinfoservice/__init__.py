@@ -1,7 +1,8 @@
 """PathInfoService: store-path digest (20 bytes) -> PathInfo.
 
 Backends (chosen by URL through ``from_addr``): ``memory://``, ``lmdb:///abs/dir``,
-``grpc+unix:///sock`` / ``grpc+http://host:port``, ``nix+http(s)://cache`` (read-only).
+``grpc+unix:///sock`` / ``grpc+http://host:port``, ``nix+http(s)://cache`` (read-only),
+``cache://?near=URL&far=URL`` (near filled on demand from far).
 Implementations validate on put (PathInfo objects are validated at construction).
 """
 
