@@ -1,0 +1,156 @@
+"""A mount people can run programs from, that survives its users and ends cleanly.
+
+Programs (a shell script and a copied ELF executable) run from the mount; 8 reader processes
+at once get the right bytes; a reader killed mid-read leaves the mount healthy; SIGTERM,
+SIGINT and an external umount all end the process with status 0 and leave no mount behind;
+a stale mount from a killed process is cleaned up; bad mount points get clear errors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import MountFactory, force_unmount, is_mounted
+from tvix_cli import TVIX_STORE, cli_env, tvix
+
+MiB = 1024 * 1024
+
+
+@pytest.fixture(scope="module")
+def program(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, str]:
+    """A store with one imported tree: scripts, a copied ELF, big and small files."""
+    base = tmp_path_factory.mktemp("prog")
+    src = base / "prog"
+    (src / "bin").mkdir(parents=True)
+    (src / "bin" / "hello").write_text('#!/bin/sh\necho "hello from $(basename "$0")"\n')
+    (src / "bin" / "hello").chmod(0o755)
+    shutil.copy2("/bin/ls", src / "bin" / "ls")
+    (src / "data").mkdir()
+    for i in range(4):
+        (src / "data" / f"big{i}").write_bytes(os.urandom(12 * MiB + i))
+    (src / "data" / "small").write_bytes(b"small\n")
+    store = base / "store"
+    store_path = tvix(store, "import", str(src)).stdout.decode().strip()
+    return store, src, os.path.basename(store_path)
+
+
+def test_programs_run_from_the_mount(program: tuple[Path, Path, str], mount: MountFactory) -> None:
+    store, _, name = program
+    root = mount(store).path / name
+    out = subprocess.run([str(root / "bin" / "hello")], capture_output=True, check=True)
+    assert out.stdout == b"hello from hello\n"
+    out = subprocess.run([str(root / "bin" / "ls"), str(root / "data")], capture_output=True, check=True)
+    assert out.stdout.split() == [b"big0", b"big1", b"big2", b"big3", b"small"]
+
+
+def _sha256_cmd(path: Path) -> list[str]:
+    code = (
+        "import hashlib,sys\n"
+        "h=hashlib.sha256()\n"
+        "f=open(sys.argv[1],'rb',buffering=0)\n"
+        "while (b:=f.read(65536)): h.update(b)\n"
+        "print(h.hexdigest())"
+    )
+    return [sys.executable, "-c", code, str(path)]
+
+
+def test_eight_concurrent_readers(program: tuple[Path, Path, str], mount: MountFactory) -> None:
+    """Four processes read the same file, four read different ones, all at once."""
+    store, src, name = program
+    root = mount(store).path / name
+    files = ["big0"] * 4 + ["big1", "big2", "big3", "small"]
+    procs = [subprocess.Popen(_sha256_cmd(root / "data" / f), stdout=subprocess.PIPE) for f in files]
+    for f, p in zip(files, procs, strict=True):
+        out, _ = p.communicate(timeout=120)
+        assert p.returncode == 0
+        assert out.decode().strip() == hashlib.sha256((src / "data" / f).read_bytes()).hexdigest()
+
+
+def test_reader_killed_mid_read(program: tuple[Path, Path, str], mount: MountFactory) -> None:
+    store, src, name = program
+    m = mount(store)
+    root = m.path / name
+    for i in range(3):
+        reader = subprocess.Popen(
+            ["dd", f"if={root / 'data' / f'big{i}'}", "of=/dev/null", "bs=4k"], stderr=subprocess.DEVNULL
+        )
+        time.sleep(0.05 + 0.05 * i)
+        os.kill(reader.pid, signal.SIGKILL)
+        reader.wait(30)
+    assert m.proc.poll() is None
+    assert (root / "data" / "big3").read_bytes() == (src / "data" / "big3").read_bytes()
+    assert (root / "data" / "small").read_bytes() == b"small\n"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_unmounts_and_exits_zero(
+    program: tuple[Path, Path, str], mount: MountFactory, sig: signal.Signals
+) -> None:
+    store, _, name = program
+    m = mount(store)
+    assert (m.path / name / "data" / "small").read_bytes() == b"small\n"
+    assert m.stop(sig) == 0
+    assert not is_mounted(m.path)
+    assert os.listdir(m.path) == []  # a plain empty directory again, not a stale mount
+    assert "unmounting" in m.logs()
+
+
+def test_external_umount_ends_the_process(program: tuple[Path, Path, str], mount: MountFactory) -> None:
+    store, _, _ = program
+    m = mount(store)
+    subprocess.run(["fusermount3", "-u", str(m.path)], check=True)
+    assert m.proc.wait(20) == 0
+    assert not is_mounted(m.path)
+
+
+def test_stale_mount_is_cleaned_up(program: tuple[Path, Path, str], mount: MountFactory) -> None:
+    store, _, name = program
+    first = mount(store)
+    first.stop(signal.SIGKILL)
+    try:
+        with pytest.raises(OSError) as info:
+            os.stat(first.path)
+        assert info.value.errno == 107  # ENOTCONN: transport endpoint is not connected
+        # mountinfo still lists the stale mount, so wait for the new one to answer instead.
+        second = mount(store, mnt=first.path, wait=False)
+        deadline = time.monotonic() + 30
+        while True:
+            assert second.proc.poll() is None, second.logs()
+            try:
+                os.stat(second.path / name)
+                break
+            except OSError:
+                assert time.monotonic() < deadline, second.logs()
+                time.sleep(0.05)
+        assert (second.path / name / "data" / "small").read_bytes() == b"small\n"
+        assert "stale" in second.logs()
+    finally:
+        force_unmount(first.path)
+
+
+def test_bad_mount_points(program: tuple[Path, Path, str], tmp_path: Path) -> None:
+    store, _, _ = program
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "x").write_text("x")
+    afile = tmp_path / "file"
+    afile.write_text("x")
+    for path, message in (
+        (tmp_path / "missing", "does not exist"),
+        (full, "is not empty"),
+        (afile, "is not a directory"),
+    ):
+        res = subprocess.run(
+            [TVIX_STORE, "mount", str(path)], capture_output=True, env=cli_env(store), timeout=60
+        )
+        assert res.returncode == 1
+        assert message in res.stderr.decode(), res.stderr
+        assert not is_mounted(path)
