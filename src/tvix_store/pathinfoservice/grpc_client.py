@@ -1,5 +1,6 @@
 """``grpc+unix:///sock`` / ``grpc+http(s)://host:port``: a PathInfoService on a remote daemon.
 
+Put first waits for this process's blob uploads to the same server (they are write-behind).
 Get maps NOT_FOUND to None; every PathInfo received is validated (spec §4.3) before it is
 returned. ``nar_calculation_service()`` forwards to the daemon's ``CalculateNAR`` (sending the
 anonymous node), which renders next to the data and caches the result (decision 8).
@@ -16,9 +17,10 @@ import grpc
 from tvix.store.protos import rpc_pathinfo_pb2 as rpc_pb
 from tvix.store.protos import rpc_pathinfo_pb2_grpc as pb_grpc
 from tvix_castore.blobservice import BlobService
+from tvix_castore.blobservice.grpc_client import uploads_for
 from tvix_castore.directoryservice import DirectoryService
 from tvix_castore.errors import InvalidRequest, StorageError
-from tvix_castore.grpc.channel import open_channel
+from tvix_castore.grpc.channel import channel_target, open_channel
 from tvix_castore.grpc.status import error_of, rpc_code
 from tvix_castore.nodes import Node
 from tvix_castore.proto_conv import node_to_proto
@@ -37,9 +39,10 @@ log = logging.getLogger(__name__)
 class GrpcPathInfoService(PathInfoService):
     """A PathInfoService backed by a remote ``tvix.store.v1.PathInfoService``; thread-safe."""
 
-    def __init__(self, channel: grpc.Channel, name: str = "grpc") -> None:
+    def __init__(self, channel: grpc.Channel, name: str = "grpc", target: str | None = None) -> None:
         self._name = name
         self._channel = channel
+        self._uploads = uploads_for(target or name)
         self._stub = pb_grpc.PathInfoServiceStub(channel)
 
     @classmethod
@@ -47,7 +50,7 @@ class GrpcPathInfoService(PathInfoService):
         cls, url: ServiceUrl, blob_service: BlobService, directory_service: DirectoryService
     ) -> GrpcPathInfoService:
         """Connect to ``grpc+unix:///sock`` or ``grpc+http(s)://host:port``."""
-        return cls(open_channel(url), url.raw)
+        return cls(open_channel(url), url.raw, channel_target(url)[0])
 
     def close(self) -> None:
         """Close the channel."""
@@ -72,7 +75,13 @@ class GrpcPathInfoService(PathInfoService):
         return self._validated(msg)
 
     def put(self, info: PathInfo) -> PathInfo:
-        """Store info on the server; returns what the server stored."""
+        """Store info on the server; returns what the server stored.
+
+        First waits for the blob uploads to the same server still in flight (write-behind, see
+        ``tvix_castore.blobservice.grpc_client``) and fails if one failed: a PathInfo is only
+        stored once everything uploaded before it has arrived.
+        """
+        self._uploads.wait()
         try:
             msg = self._stub.Put(path_info_to_proto(info))
         except grpc.RpcError as exc:
