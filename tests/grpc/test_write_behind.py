@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import Served
 from fixtures import PATH_INFO
 
 from tvix_castore.blobservice import BlobService, BlobWriter
@@ -106,4 +107,30 @@ def test_close_waits_for_uploads(refusing: str) -> None:
     blobs = blob_from_addr(refusing)
     blobs.put(b"refuse on close")
     with pytest.raises(StorageError):
+        blobs.close()
+
+
+def test_calculate_nar_after_upload_and_cached(served: Served) -> None:
+    """CalculateNAR right after a (write-behind) upload sees the blob; the daemon caches the result."""
+    import hashlib
+
+    from fixtures import CASTORE_NODE_HELLOWORLD, HELLOWORLD_BLOB_CONTENTS, NAR_CONTENTS_HELLOWORLD
+
+    from tvix_store.nar_cache import nar_cache_for
+
+    blobs = blob_from_addr(served.url)
+    dirs = directory_from_addr(served.url)
+    infos = path_info_from_addr(served.url, blobs, dirs)
+    try:
+        blobs.put(HELLOWORLD_BLOB_CONTENTS)
+        calc = infos.nar_calculation_service()
+        assert calc is not None
+        expected = (len(NAR_CONTENTS_HELLOWORLD), hashlib.sha256(NAR_CONTENTS_HELLOWORLD).digest())
+        assert calc.calculate_nar(CASTORE_NODE_HELLOWORLD) == expected
+        cache = nar_cache_for(served.services.path_info_service)
+        assert cache.get_nar_cache(CASTORE_NODE_HELLOWORLD) == expected
+        assert calc.calculate_nar(CASTORE_NODE_HELLOWORLD) == expected
+    finally:
+        infos.close()
+        dirs.close()
         blobs.close()

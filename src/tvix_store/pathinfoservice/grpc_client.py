@@ -17,7 +17,7 @@ import grpc
 from tvix.store.protos import rpc_pathinfo_pb2 as rpc_pb
 from tvix.store.protos import rpc_pathinfo_pb2_grpc as pb_grpc
 from tvix_castore.blobservice import BlobService
-from tvix_castore.blobservice.grpc_client import uploads_for
+from tvix_castore.blobservice.grpc_client import Uploads, uploads_for
 from tvix_castore.directoryservice import DirectoryService
 from tvix_castore.errors import InvalidRequest, StorageError
 from tvix_castore.grpc.channel import channel_target, open_channel
@@ -101,19 +101,21 @@ class GrpcPathInfoService(PathInfoService):
 
     def nar_calculation_service(self) -> NarCalculationService:
         """The daemon's CalculateNAR."""
-        return GrpcNarCalculationService(self._stub, self._name)
+        return GrpcNarCalculationService(self._stub, self._name, self._uploads)
 
 
 @final
 class GrpcNarCalculationService:
     """NAR size and SHA-256 computed by the daemon (``CalculateNAR``)."""
 
-    def __init__(self, stub: pb_grpc.PathInfoServiceStub, name: str) -> None:
+    def __init__(self, stub: pb_grpc.PathInfoServiceStub, name: str, uploads: Uploads) -> None:
         self._stub = stub
         self._name = name
+        self._uploads = uploads
 
     def calculate_nar(self, node: Node) -> tuple[int, bytes]:
-        """Ask the daemon to render and hash node's NAR."""
+        """Ask the daemon to render and hash node's NAR (once this process's uploads arrived)."""
+        self._uploads.wait()
         try:
             response: rpc_pb.CalculateNARResponse = self._stub.CalculateNAR(node_to_proto(b"", node))
         except grpc.RpcError as exc:
