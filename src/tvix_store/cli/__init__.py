@@ -52,14 +52,32 @@ def _common_options(suppress: bool) -> argparse.ArgumentParser:
     return p
 
 
-def _command_modules() -> list[ModuleType]:
-    from tvix_store.cli import import_cmd, nar_cmd, path_info_cmd
+# Subcommand name -> module under tvix_store.cli. Modules of later capabilities may be absent.
+_COMMANDS = {
+    "import": "import_cmd",
+    "nar": "nar_cmd",
+    "path-info": "path_info_cmd",
+    "mount": "mount_cmd",
+    "daemon": "daemon_cmd",
+    "copy": "copy_cmd",
+    "serve-cache": "serve_cache_cmd",
+}
+# Global options that take a value (as the next argument unless written --opt=value).
+_VALUE_OPTIONS = (
+    "--log-level",
+    "--blob-service-addr",
+    "--directory-service-addr",
+    "--path-info-service-addr",
+)
 
-    modules: list[ModuleType] = [import_cmd, nar_cmd, path_info_cmd]
+
+def _command_modules(only: str | None = None) -> list[ModuleType]:
+    """The subcommand modules: all of them, or only the one named only."""
     import importlib
 
-    # Commands whose modules are added by later capabilities (mount, daemon, copy, serve-cache).
-    for name in ("mount_cmd", "daemon_cmd", "copy_cmd", "serve_cache_cmd"):
+    names = [_COMMANDS[only]] if only is not None else list(_COMMANDS.values())
+    modules: list[ModuleType] = []
+    for name in names:
         try:
             modules.append(importlib.import_module(f"tvix_store.cli.{name}"))
         except ModuleNotFoundError as exc:
@@ -68,8 +86,29 @@ def _command_modules() -> list[ModuleType]:
     return modules
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The full argument parser."""
+def _requested_command(argv: Sequence[str]) -> str | None:
+    """The subcommand argv names, if it clearly names one (else None: build the whole parser).
+
+    Loading one command's module instead of all of them keeps start-up short (the other
+    modules pull in json, tempfile, threading …); the parser then knows only that command.
+    """
+    skip_value = False
+    for arg in argv:
+        if skip_value:
+            skip_value = False
+            continue
+        if arg == "--":
+            return None
+        if arg.startswith("-"):
+            # argparse accepts unambiguous prefixes of long options too.
+            skip_value = "=" not in arg and len(arg) > 2 and any(o.startswith(arg) for o in _VALUE_OPTIONS)
+            continue
+        return arg if arg in _COMMANDS else None
+    return None
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The argument parser: complete, or with only the subcommand command."""
     parser = argparse.ArgumentParser(
         prog="tvix-store",
         description="A content-addressed Nix store, wire-compatible with tvix.",
@@ -78,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"tvix-store {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     common = _common_options(suppress=True)
-    for module in _command_modules():
+    for module in _command_modules(command):
         module.register(sub, common)
     return parser
 
@@ -89,8 +128,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from tvix_castore.errors import StoreError
     from tvix_store.log import LogConfigError, setup_logging
 
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    arguments = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(_requested_command(arguments))
+    args = parser.parse_args(arguments)
     try:
         setup_logging(args.log_level)
     except LogConfigError as exc:
