@@ -156,6 +156,18 @@ def test_10_xattr(mnt: Path) -> None:
     with pytest.raises(OSError) as info:
         os.getxattr(f, "user.cheesecake")
     assert info.value.errno == errno.ENODATA
+    with pytest.raises(OSError) as info:
+        os.getxattr(f, "security.selinux")
+    assert info.value.errno == errno.ENOTSUP
+
+
+def test_acl_queries_answered(mnt: Path) -> None:
+    """ls -l asks for ACLs; there are none, and the answer does not break permissions."""
+    with pytest.raises(OSError) as info:
+        os.getxattr(mnt / BLOB_A_NAME, "system.posix_acl_access")
+    assert info.value.errno == errno.ENODATA
+    assert os.access(mnt / BLOB_A_NAME, os.R_OK) and not os.access(mnt / BLOB_A_NAME, os.W_OK)
+    assert os.access(mnt / HELLOWORLD_NAME, os.X_OK) and not os.access(mnt / BLOB_A_NAME, os.X_OK)
 
 
 def test_10b_no_show_xattr(store: Path, mount: MountFactory) -> None:

@@ -97,6 +97,11 @@ class _DirEntries:
 class FuseOperations(pyfuse3.Operations):
     """The request handlers of a read-only castore mount."""
 
+    # With POSIX ACL support the kernel answers ACL xattr queries (``ls -l`` asks one per
+    # file) from its own per-inode cache after asking us once; without it every query is a
+    # round trip, because the kernel caches no other xattr answer.
+    enable_acl = True
+
     def __init__(self, vfs: Vfs, threads: int) -> None:
         super().__init__()
         self._vfs = vfs
