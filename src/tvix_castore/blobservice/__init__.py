@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import abc
 import io
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 
@@ -102,6 +102,14 @@ class BlobService(abc.ABC):
         with self.open_write() as w:
             w.write(data)
             return w.close()
+
+    def put_many(self, blobs: Sequence[bytes]) -> list[B3Digest]:
+        """Store several (typically small) blobs; their digests, in order.
+
+        Each becomes readable no later than when this returns. Backends may store them all in
+        one operation (the LMDB store: one write transaction); the default puts them one by one.
+        """
+        return [self.put(data) for data in blobs]
 
     def close(self) -> None:
         """Release resources (connections, environments)."""

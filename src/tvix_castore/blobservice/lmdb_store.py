@@ -29,7 +29,7 @@ from __future__ import annotations
 import os
 import struct
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from typing import cast, final
@@ -40,7 +40,7 @@ import lmdb
 from tvix_castore._lmdb_env import LmdbStore, open_env, path_from_url_path, release_env
 from tvix_castore.blobservice import BlobReader, BlobService, BlobWriter, ChunkMeta
 from tvix_castore.blobservice.chunked_reader import BytesBlobReader, ChunkedReader
-from tvix_castore.chunker import Chunker
+from tvix_castore.chunker import MIN_SIZE, Chunker
 from tvix_castore.digests import B3_LEN, EMPTY_BLOB_DIGEST, B3Digest, blake3_digest
 from tvix_castore.errors import ClosedError, DataCorruption, StorageError, StoreError
 from tvix_castore.url import ServiceUrl
@@ -209,6 +209,26 @@ class LmdbBlobService(BlobService):
                 f"chunk {digest} is corrupt in {self.path}: its bytes hash to {B3Digest(actual)}"
             )
         return data
+
+    def put_many(self, blobs: Sequence[bytes]) -> list[B3Digest]:
+        """Store several blobs; the single-chunk ones all in one write transaction.
+
+        A blob shorter than the chunker's minimum size is always exactly one chunk, keyed by
+        its own digest: storing it needs no chunker and no index entry, and committing a batch
+        of them at once saves the per-transaction cost that dominates small files.
+        """
+        digests: list[B3Digest] = []
+        small: list[tuple[B3Digest, bytes]] = []
+        for data in blobs:
+            if len(data) < MIN_SIZE:
+                digest = B3Digest(blake3_digest(data))
+                small.append((digest, data))
+            else:
+                digest = self.put(data)
+            digests.append(digest)
+        if small:
+            self._commit(small, None)
+        return digests
 
     def open_write(self) -> LmdbBlobWriter:
         """A streaming writer; the blob becomes readable when it is closed."""

@@ -31,9 +31,14 @@ from tvix_castore.ingest.entries import (
 )
 from tvix_castore.nodes import Node
 
-__all__ = ["READ_CHUNK", "IngestObserver", "ingest_path", "walk_path"]
+__all__ = ["READ_CHUNK", "SMALL_FILE", "IngestObserver", "ingest_path", "walk_path"]
 
 READ_CHUNK = 1 << 20
+# Files below this size are read whole and stored in batches through ``put_many``.
+SMALL_FILE = 128 * 1024
+# A batch is stored once it holds this many bytes of small files, or this many entries.
+_BATCH_BYTES = 4 * 1024 * 1024
+_BATCH_ENTRIES = 1024
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 _KIND_NAMES = {
@@ -80,7 +85,9 @@ def walk_path(
 ) -> Iterator[IngestionEntry]:
     """Walk root (not following symlinks) and yield its entries leaves first.
 
-    File contents are uploaded to blob_service before their entry is yielded.
+    File contents are uploaded to blob_service before their entry is yielded. Small files are
+    uploaded in batches (``BlobService.put_many``), so entries are held back until their batch
+    is stored; the order of the entries is unchanged.
 
     Raises:
         IngestionError: root does not exist, a file type other than regular file, directory or
@@ -88,25 +95,65 @@ def walk_path(
 
     """
     observer = observer or IngestObserver()
+    batch = _SmallFiles(blob_service)
     root_b = os.fsencode(root)
     st = _lstat(root_b)
     # Each frame: the directory's entry path, its filesystem path, its remaining child names.
     stack: list[tuple[EntryPath, bytes, Iterator[bytes]]] = []
-    entry = _visit((), root_b, st, blob_service, observer, stack)
-    if entry is not None:
-        yield entry
+    _visit((), root_b, st, blob_service, observer, stack, batch)
     while stack:
         path, fs_path, names = stack[-1]
         name = next(names, None)
         if name is None:
             stack.pop()
             observer.directory_end(path)
-            yield DirectoryEntry(path)
-            continue
-        child_fs = fs_path + b"/" + name
-        entry = _visit((*path, name), child_fs, _lstat(child_fs), blob_service, observer, stack)
-        if entry is not None:
-            yield entry
+            batch.add_entry(DirectoryEntry(path))
+        else:
+            child_fs = fs_path + b"/" + name
+            _visit((*path, name), child_fs, _lstat(child_fs), blob_service, observer, stack, batch)
+        if batch.full():
+            yield from batch.flush()
+    yield from batch.flush()
+
+
+class _SmallFiles:
+    """Entries held back while the contents of small files collect for one ``put_many``.
+
+    A commit per small file costs more than storing its bytes; batching them amortises that.
+    Entries of every kind queue here in walk order and are released once the batch is stored,
+    so no entry is ever yielded before the blob it names.
+    """
+
+    def __init__(self, blob_service: BlobService) -> None:
+        self._blob_service = blob_service
+        # A RegularEntry whose digest is not known yet is (path, size, executable, batch index).
+        self._entries: list[IngestionEntry | tuple[EntryPath, int, bool, int]] = []
+        self._contents: list[bytes] = []
+        self._bytes = 0
+
+    def add_entry(self, entry: IngestionEntry) -> None:
+        self._entries.append(entry)
+
+    def add_file(self, path: EntryPath, size: int, executable: bool, contents: bytes) -> None:
+        self._entries.append((path, size, executable, len(self._contents)))
+        self._contents.append(contents)
+        self._bytes += len(contents)
+
+    def full(self) -> bool:
+        return self._bytes >= _BATCH_BYTES or len(self._entries) >= _BATCH_ENTRIES
+
+    def flush(self) -> Iterator[IngestionEntry]:
+        digests = self._blob_service.put_many(self._contents) if self._contents else []
+        entries = self._entries
+        self._entries = []
+        self._contents = []
+        self._bytes = 0
+        for entry in entries:
+            if isinstance(entry, tuple):
+                path, size, executable, index = entry
+                yield RegularEntry(path, digests[index], size, executable)
+            else:
+                yield entry
 
 
 def ingest_path(
@@ -135,13 +182,20 @@ def _visit(
     blob_service: BlobService,
     observer: IngestObserver,
     stack: list[tuple[EntryPath, bytes, Iterator[bytes]]],
-) -> IngestionEntry | None:
-    """Handle one node: a leaf's entry is returned, a directory is pushed onto stack."""
+    batch: _SmallFiles,
+) -> None:
+    """Handle one node: a leaf's entry goes to batch, a directory is pushed onto stack."""
     mode = st.st_mode
     if stat.S_ISREG(mode):
         executable = bool(mode & stat.S_IXUSR)
-        digest = _upload_file(path, fs_path, st.st_size, executable, blob_service, observer)
-        return RegularEntry(path, digest, st.st_size, executable)
+        size = st.st_size
+        if size < SMALL_FILE:
+            contents = _read_small_file(path, fs_path, size, executable, observer)
+            batch.add_file(path, size, executable, contents)
+            return
+        digest = _upload_file(path, fs_path, size, executable, blob_service, observer)
+        batch.add_entry(RegularEntry(path, digest, size, executable))
+        return
     if stat.S_ISDIR(mode):
         try:
             names = sorted(os.listdir(fs_path))
@@ -149,16 +203,48 @@ def _visit(
             raise IngestionError(f"cannot read directory {_show(fs_path)}: {exc.strerror}") from exc
         observer.directory_start(path)
         stack.append((path, fs_path, iter(names)))
-        return None
+        return
     if stat.S_ISLNK(mode):
         try:
             target = os.readlink(fs_path)
         except OSError as exc:
             raise IngestionError(f"cannot read symlink {_show(fs_path)}: {exc.strerror}") from exc
         observer.symlink(path, target)
-        return SymlinkEntry(path, target)
+        batch.add_entry(SymlinkEntry(path, target))
+        return
     kind = _KIND_NAMES.get(stat.S_IFMT(mode), f"mode {stat.S_IFMT(mode):o}")
     raise IngestionError(f"cannot import {_show(fs_path)}: unsupported file type ({kind})")
+
+
+def _open_regular(fs_path: bytes) -> int:
+    try:
+        fd = os.open(fs_path, _OPEN_FLAGS)
+    except OSError as exc:
+        raise IngestionError(f"cannot read file {_show(fs_path)}: {exc.strerror}") from exc
+    # The path may have been swapped for something else since lstat(); only read a regular file.
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise IngestionError(f"cannot import {_show(fs_path)}: changed type while being imported")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _read_small_file(
+    path: EntryPath, fs_path: bytes, size: int, executable: bool, observer: IngestObserver
+) -> bytes:
+    """Read a small file whole (it is stored later, with its batch); the observer sees it."""
+    fd = _open_regular(fs_path)
+    try:
+        pieces: list[bytes] = []
+        contents = _read_contents(fd, fs_path, size, pieces.append)
+        observer.file(path, executable, size, contents)
+        for _ in contents:  # whatever the observer left unread
+            pass
+    finally:
+        os.close(fd)
+    return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
 
 def _upload_file(
@@ -169,14 +255,8 @@ def _upload_file(
     blob_service: BlobService,
     observer: IngestObserver,
 ) -> B3Digest:
+    fd = _open_regular(fs_path)
     try:
-        fd = os.open(fs_path, _OPEN_FLAGS)
-    except OSError as exc:
-        raise IngestionError(f"cannot read file {_show(fs_path)}: {exc.strerror}") from exc
-    try:
-        # The path may have been swapped for something else since lstat(); only read a regular file.
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise IngestionError(f"cannot import {_show(fs_path)}: changed type while being imported")
         with blob_service.open_write() as writer:
             contents = _read_contents(fd, fs_path, size, writer.write)
             observer.file(path, executable, size, contents)
