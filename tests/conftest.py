@@ -14,3 +14,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 importlib.import_module("backends_local")
 if importlib.util.find_spec("backends_grpc") is not None:
     importlib.import_module("backends_grpc")
+
+# Daemon fixtures (served, daemon_proc, short_dir) for tests/grpc and mounts over gRPC; a plugin
+# module rather than a folder conftest, since `from conftest import` in one folder would pick up
+# another folder's conftest.
+pytest_plugins = ["daemon_helpers"]

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 import blake3
 import grpc
 import pytest
-from conftest import Served
+from daemon_helpers import Served
 from fixtures import (
     BLOB_A,
     BLOB_A_DIGEST,

@@ -14,7 +14,11 @@ from pathlib import Path
 
 import grpc
 import pytest
-from conftest import DaemonProc, start_daemon, wait_for_socket
+from daemon_helpers import (
+    DaemonProc,
+    start_daemon,
+    wait_for_socket,
+)
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2
 from tvix_cli import TVIX_STORE, cli_env, needs_nix, nix_dump, tvix

@@ -14,7 +14,7 @@ from typing import Any
 
 import blake3
 import pytest
-from conftest import DaemonProc
+from daemon_helpers import DaemonProc
 from tvix_cli import tvix
 
 from nix_compat.store_path import StorePath

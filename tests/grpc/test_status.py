@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import grpc
 import pytest
-from conftest import Served
+from daemon_helpers import Served
 
 from tvix_castore.blobservice import from_addr as blob_from_addr
 from tvix_castore.digests import B3Digest

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Served
+from daemon_helpers import Served
 from fixtures import PATH_INFO
 
 from tvix_castore.blobservice import BlobService, BlobWriter

@@ -270,6 +270,13 @@ class GrpcBlobService(BlobService):
 
     # ---- Put -----------------------------------------------------------------------------------
 
+    def put_many(self, blobs: Sequence[bytes]) -> list[B3Digest]:
+        """Upload several blobs at once (all in flight together); each is stored on return."""
+        digests = [self.put(data) for data in blobs]
+        for digest in dict.fromkeys(digests):
+            self._uploads.wait(digest)
+        return digests
+
     def open_write(self) -> BlobWriter:
         """A writer streaming to one Put call."""
         return _GrpcBlobWriter(self._stub, self._name, self._uploads, self._small_uploader)

@@ -1,4 +1,5 @@
-"""Fixtures for the gRPC tests: an in-process daemon over LMDB, and a daemon subprocess.
+"""Helpers and fixtures for tests that need a daemon (tests/grpc, mounts over gRPC):
+in-process daemon over LMDB, and a daemon subprocess.
 
 ``served`` gives the URL of a ``tvix_store.server.Daemon`` running in this process together with
 the LMDB services behind it, so a test can check through the backend itself that nothing was
