@@ -13,7 +13,10 @@ __all__ = ["register"]
 
 
 def _positive(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
     return value
@@ -45,7 +48,7 @@ def register(
     p.add_argument(
         "--threads",
         type=_positive,
-        default=int(os.environ.get("THREADS") or 0) or (os.cpu_count() or 4),
+        default=None,
         metavar="N",
         help="worker threads for store requests (env THREADS; default: number of CPUs)",
     )
@@ -59,6 +62,15 @@ def run(args: argparse.Namespace) -> int:
     from tvix_store.root_nodes import PathInfoRootNodes
     from tvix_store.services import construct_services
 
+    threads = args.threads
+    if threads is None:
+        env = os.environ.get("THREADS", "")
+        try:
+            threads = _positive(env) if env.strip() else (os.cpu_count() or 4)
+        except argparse.ArgumentTypeError as exc:
+            from tvix_castore.errors import InvalidRequest
+
+            raise InvalidRequest(f"THREADS: {exc}") from None
     services = construct_services(
         args.blob_service_addr, args.directory_service_addr, args.path_info_service_addr
     )
@@ -70,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
             list_root=args.list_root,
             show_xattr=args.show_xattr,
         )
-        mount(vfs, args.mountpoint, threads=args.threads, allow_other=args.allow_other)
+        mount(vfs, args.mountpoint, threads=threads, allow_other=args.allow_other)
     finally:
         services.close()
     return 0
