@@ -44,9 +44,15 @@ def services(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Service
         yield s
 
 
-def render(node: Node, s: Services) -> bytes:
+@pytest.fixture(params=[False, True], ids=["copy", "zero-copy"])
+def zero_copy(request: pytest.FixtureRequest) -> bool:
+    """Render through readers, or (where the backend offers it) through verified map views."""
+    return bool(request.param)
+
+
+def render(node: Node, s: Services, zero_copy: bool = False) -> bytes:
     out = io.BytesIO()
-    write_nar(out.write, node, s.blob_service, s.directory_service)
+    write_nar(out.write, node, s.blob_service, s.directory_service, zero_copy=zero_copy)
     return out.getvalue()
 
 
@@ -59,41 +65,41 @@ def render(node: Node, s: Services) -> bytes:
     ],
     ids=["symlink", "helloworld", "complicated"],
 )
-def test_render_fixtures(services: Services, node: Node, expected: bytes) -> None:
+def test_render_fixtures(services: Services, node: Node, expected: bytes, zero_copy: bool) -> None:
     """The fixture nodes render to the fixture NARs byte for byte."""
-    assert render(node, services) == expected
+    assert render(node, services, zero_copy) == expected
 
 
-def test_render_too_big(services: Services) -> None:
+def test_render_too_big(services: Services, zero_copy: bool) -> None:
     """A FileNode claiming more bytes than its blob has fails, naming the blob."""
     with pytest.raises(NarRenderError, match=r"shorter than the size 42") as info:
-        render(CASTORE_NODE_TOO_BIG, services)
+        render(CASTORE_NODE_TOO_BIG, services, zero_copy)
     assert str(CASTORE_NODE_TOO_BIG.digest) in str(info.value)
 
 
-def test_render_too_small(services: Services) -> None:
+def test_render_too_small(services: Services, zero_copy: bool) -> None:
     """A FileNode claiming fewer bytes than its blob has fails."""
     with pytest.raises(NarRenderError, match=r"longer than the size 2"):
-        render(CASTORE_NODE_TOO_SMALL, services)
+        render(CASTORE_NODE_TOO_SMALL, services, zero_copy)
 
 
-def test_render_missing_blob(services: Services) -> None:
+def test_render_missing_blob(services: Services, zero_copy: bool) -> None:
     """A missing blob is an error naming its digest and the entry."""
     missing = B3Digest.of(b"not stored")
     tree = Directory({b"dir": Directory({b"file": FileNode(missing, 10)}).as_node()})
     services.directory_service.put(Directory({b"file": FileNode(missing, 10)}))
     services.directory_service.put(tree)
     with pytest.raises(NarRenderError, match="not found") as info:
-        render(tree.as_node(), services)
+        render(tree.as_node(), services, zero_copy)
     assert str(missing) in str(info.value)
     assert "dir/file" in str(info.value)
 
 
-def test_render_missing_directory(services: Services) -> None:
+def test_render_missing_directory(services: Services, zero_copy: bool) -> None:
     """A missing directory is an error naming its digest."""
     node = DirectoryNode(B3Digest.of(b"no such directory"), 3)
     with pytest.raises(NarRenderError, match=r"directory .* not found") as info:
-        render(node, services)
+        render(node, services, zero_copy)
     assert str(node.digest) in str(info.value)
 
 

@@ -230,6 +230,44 @@ class LmdbBlobService(BlobService):
             self._commit(small, None)
         return digests
 
+    def open_views(self, digest: B3Digest) -> tuple[int, Iterator[memoryview]] | None:
+        """The blob's size and its bytes as zero-copy views into the map; None when absent.
+
+        Each view is checked against its chunk's BLAKE3 digest before it is yielded, and lives
+        in a read transaction that ends when the next view is requested: the iterating thread
+        must consume each view (write, hash or copy it) before asking for the next one, and
+        never keep it. One chunk per transaction, so each transaction is short.
+
+        Raises (while iterating):
+            DataCorruption: a chunk's bytes do not hash to its digest.
+            StorageError: a chunk of the blob's chunk list is missing.
+
+        """
+        with self._op("open", digest), self._env.begin(buffers=True) as txn:
+            value = txn.get(digest, db=self._blobs_db)
+            if value is not None:
+                chunk_list = decode_chunk_list(digest, value)
+            else:
+                view = txn.get(digest, db=self._chunks_db)
+                if view is None:
+                    return None
+                chunk_list = [ChunkMeta(digest, len(view))]
+        return sum(c.size for c in chunk_list), self._views(digest, chunk_list)
+
+    def _views(self, blob: B3Digest, chunk_list: list[ChunkMeta]) -> Iterator[memoryview]:
+        for chunk in chunk_list:
+            digest = chunk.digest
+            with self._op("read chunk", digest), self._env.begin(buffers=True) as txn:
+                view = txn.get(digest, db=self._chunks_db)
+                if view is None:
+                    raise StorageError(f"chunk {digest} of blob {blob} is missing in {self.path}")
+                actual = blake3_digest(view)
+                if actual != digest:
+                    raise DataCorruption(
+                        f"chunk {digest} is corrupt in {self.path}: its bytes hash to {B3Digest(actual)}"
+                    )
+                yield view
+
     def open_write(self) -> LmdbBlobWriter:
         """A streaming writer; the blob becomes readable when it is closed."""
         self._check_open()

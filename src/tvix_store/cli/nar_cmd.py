@@ -41,7 +41,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"error: path '{store_path.absolute()}' is not in the store", file=sys.stderr)
             return 1
         out = sys.stdout.buffer
-        write_nar(out.write, info.node, services.blob_service, services.directory_service)
+        # stdout's write copies or writes out each piece before returning: views are safe.
+        write_nar(out.write, info.node, services.blob_service, services.directory_service, zero_copy=True)
         out.flush()
         return 0
     finally:

@@ -15,6 +15,7 @@ from nix_compat.errors import NarError
 from nix_compat.nar import NarWriter
 from tvix_castore.blobservice import BlobReader, BlobService
 from tvix_castore.blobservice.chunked_reader import ChunkedReader
+from tvix_castore.digests import B3Digest
 from tvix_castore.directoryservice import DirectoryService
 from tvix_castore.ingest.entries import EntryPath, format_path
 from tvix_castore.nodes import DirectoryNode, FileNode, Node, SymlinkNode
@@ -25,12 +26,24 @@ __all__ = ["READ_CHUNK", "write_nar"]
 READ_CHUNK = 1 << 20
 
 Write = Callable[[bytes | memoryview], object]
+# A blob service's optional zero-copy read: (size, verified views) or None when absent.
+_OpenViews = Callable[[B3Digest], "tuple[int, Iterator[memoryview]] | None"]
 
 
 def write_nar(
-    write: Write, root: Node, blob_service: BlobService, directory_service: DirectoryService
+    write: Write,
+    root: Node,
+    blob_service: BlobService,
+    directory_service: DirectoryService,
+    *,
+    zero_copy: bool = False,
 ) -> None:
     """Write the NAR of root through write, streaming file contents.
+
+    zero_copy promises that write consumes each piece before it returns and keeps no reference
+    (a file's or a hasher's write does; a queue to another thread does not). Then a blob
+    service that can (the LMDB store's ``open_views``) hands out views into its map, verified
+    but never copied.
 
     Raises:
         NarRenderError: a blob or directory is missing, or a blob's length is not the size its
@@ -38,9 +51,10 @@ def write_nar(
 
     """
     writer = NarWriter(write)
+    open_views: _OpenViews | None = getattr(blob_service, "open_views", None) if zero_copy else None
     # Each frame: an open directory's entry path and its remaining (name, node) pairs.
     stack: list[tuple[EntryPath, Iterator[tuple[bytes, Node]]]] = []
-    _node(writer, (), root, blob_service, directory_service, stack)
+    _node(writer, (), root, blob_service, directory_service, stack, open_views)
     while stack:
         path, children = stack[-1]
         child = next(children, None)
@@ -50,7 +64,7 @@ def write_nar(
             continue
         name, node = child
         writer.entry(name)
-        _node(writer, (*path, name), node, blob_service, directory_service, stack)
+        _node(writer, (*path, name), node, blob_service, directory_service, stack, open_views)
     writer.close()
 
 
@@ -61,11 +75,15 @@ def _node(
     blob_service: BlobService,
     directory_service: DirectoryService,
     stack: list[tuple[EntryPath, Iterator[tuple[bytes, Node]]]],
+    open_views: _OpenViews | None,
 ) -> None:
     if isinstance(node, SymlinkNode):
         writer.symlink(node.target)
     elif isinstance(node, FileNode):
-        _file(writer, path, node, blob_service)
+        if open_views is not None:
+            _file_views(writer, path, node, open_views)
+        else:
+            _file(writer, path, node, blob_service)
     elif isinstance(node, DirectoryNode):
         directory = directory_service.get(node.digest)
         if directory is None:
@@ -76,6 +94,27 @@ def _node(
         raise TypeError(f"not a node: {node!r}")
 
 
+def _size_error(node: FileNode, path: EntryPath, actual: int) -> NarRenderError:
+    relation = "shorter" if actual < node.size else "longer"
+    return NarRenderError(
+        f"blob {node.digest} is {actual} bytes, {relation} than the size {node.size} "
+        f"recorded for entry {format_path(path)!r}"
+    )
+
+
+def _file_views(writer: NarWriter, path: EntryPath, node: FileNode, open_views: _OpenViews) -> None:
+    opened = open_views(node.digest)
+    if opened is None:
+        raise NarRenderError(f"blob {node.digest} not found (entry {format_path(path)!r})")
+    size, views = opened
+    if size != node.size:
+        raise _size_error(node, path, size)
+    try:
+        writer.file(node.executable, node.size, views)
+    except NarError as exc:
+        raise NarRenderError(f"blob {node.digest} (entry {format_path(path)!r}): {exc}") from exc
+
+
 def _file(writer: NarWriter, path: EntryPath, node: FileNode, blob_service: BlobService) -> None:
     reader = blob_service.open_read(node.digest)
     if reader is None:
@@ -83,11 +122,7 @@ def _file(writer: NarWriter, path: EntryPath, node: FileNode, blob_service: Blob
     with reader:
         actual = reader.size()
         if actual != node.size:
-            relation = "shorter" if actual < node.size else "longer"
-            raise NarRenderError(
-                f"blob {node.digest} is {actual} bytes, {relation} than the size {node.size} "
-                f"recorded for entry {format_path(path)!r}"
-            )
+            raise _size_error(node, path, actual)
         try:
             writer.file(node.executable, node.size, _contents(reader))
         except NarError as exc:
