@@ -13,7 +13,6 @@ import stat
 from pathlib import Path
 
 import pytest
-from conftest import MountFactory
 from fixtures import (
     BLOB_A,
     BLOB_A_DIGEST,
@@ -24,6 +23,7 @@ from fixtures import (
     HELLOWORLD_BLOB_CONTENTS,
     HELLOWORLD_BLOB_DIGEST,
 )
+from fuse_mounts import MountFactory
 
 from nix_compat.store_path import StorePath
 from tvix_castore.digests import B3Digest

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import MountFactory, force_unmount, is_mounted
+from fuse_mounts import MountFactory, force_unmount, is_mounted
 from tvix_cli import TVIX_STORE, cli_env, tvix
 
 MiB = 1024 * 1024

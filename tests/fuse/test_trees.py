@@ -20,7 +20,7 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
-from conftest import MountFactory
+from fuse_mounts import MountFactory
 from tvix_cli import tvix
 
 
