@@ -97,10 +97,10 @@ class _DirEntries:
 class FuseOperations(pyfuse3.Operations):
     """The request handlers of a read-only castore mount."""
 
-    # With POSIX ACL support the kernel answers ACL xattr queries (``ls -l`` asks one per
-    # file) from its own per-inode cache after asking us once; without it every query is a
-    # round trip, because the kernel caches no other xattr answer.
-    enable_acl = True
+    # No POSIX ACL support: with it the kernel would cache ACL answers, but every readdirplus
+    # drops that cache for the listed inodes, so ``ls -l`` would still cost a round trip per
+    # file. Instead ``vfs.getxattr`` answers ACL names with ENOTSUP, and ls stops asking.
+    enable_acl = False
 
     def __init__(self, vfs: Vfs, threads: int) -> None:
         super().__init__()

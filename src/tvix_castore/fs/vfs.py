@@ -317,15 +317,16 @@ class Vfs:
     def getxattr(self, ino: int, name: bytes) -> bytes:
         """The digest xattr of a directory or file (``b3:<base64>``); ENODATA for the rest.
 
-        ``security.*`` names get ENOTSUP instead: ``ls -l`` asks for ``security.selinux`` on
-        every file, the kernel caches no answer, but ls itself stops asking on a device that
-        says the namespace is unsupported. That keeps ``ls -l`` from costing a round trip per
-        file, and it is true: no security labels live here.
+        ``security.*`` and ``system.*`` names (SELinux labels, POSIX ACLs) get ENOTSUP instead:
+        ``ls -l`` asks for both on every file and the kernel caches no answer, but ls stops
+        asking on a device that says they are unsupported. That saves two round trips per
+        file, and it is true: no labels or ACLs live here.
         """
         value = self._xattrs(ino).get(name)
         if value is not None:
             return value
-        raise VfsError(errno.ENOTSUP if name.startswith(b"security.") else errno.ENODATA)
+        unsupported = name.startswith((b"security.", b"system."))
+        raise VfsError(errno.ENOTSUP if unsupported else errno.ENODATA)
 
     def listxattr(self, ino: int) -> list[bytes]:
         """The names of the xattrs ino has (none for symlinks and the root)."""
