@@ -199,6 +199,8 @@ class Vfs:
         self._files: dict[int, _OpenFile] = {}
         self._fh_counter = itertools.count(1)
         self._cache = ChunkCache(cache_bytes)
+        # Prefetched chunks must survive in the cache until the reader gets to them.
+        self._readahead_bytes = cache_bytes // 4
         self._inflight: dict[B3Digest, Future[bytes]] = {}
         self._inflight_lock = threading.Lock()
         self._prefetcher = ThreadPoolExecutor(_PREFETCH_THREADS, thread_name_prefix="tvix-fs-prefetch")
@@ -454,7 +456,11 @@ class Vfs:
         if offset != of.next_offset and offset != 0:
             return
         assert of.chunks is not None
+        budget = self._readahead_bytes
         for meta in of.chunks[last + 1 : last + 1 + _READAHEAD_CHUNKS]:
+            budget -= meta.size
+            if budget < 0:
+                return
             if meta.digest in self._cache:
                 continue
             with self._inflight_lock:
