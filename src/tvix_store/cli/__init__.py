@@ -7,22 +7,27 @@ stderr; any StoreError or Nix-format error becomes one ``error: …`` line and e
 
 from __future__ import annotations
 
-import argparse
 import logging
 import signal
 import sys
 from collections.abc import Callable, Sequence
-from types import ModuleType
+from types import ModuleType, SimpleNamespace
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import argparse
 
 from tvix_store import __version__
 
 log = logging.getLogger(__name__)
 
-CommandFunc = Callable[[argparse.Namespace], int]
+CommandFunc = Callable[["argparse.Namespace"], int]
 
 
 def _common_options(suppress: bool) -> argparse.ArgumentParser:
     """Options accepted both before and after the subcommand name."""
+    import argparse
+
     default = argparse.SUPPRESS if suppress else None
     p = argparse.ArgumentParser(add_help=False)
     p.add_argument(
@@ -109,6 +114,8 @@ def _requested_command(argv: Sequence[str]) -> str | None:
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The argument parser: complete, or with only the subcommand command."""
+    import argparse
+
     parser = argparse.ArgumentParser(
         prog="tvix-store",
         description="A content-addressed Nix store, wire-compatible with tvix.",
@@ -122,6 +129,36 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def _plain_arguments(argv: Sequence[str]) -> Any:
+    """The parsed arguments of the plainest calls, ``nar STORE_PATH`` and ``import PATH...``.
+
+    Those need no parser: building argparse's (its import included) is a good part of the
+    start-up of a command that may take a few tens of milliseconds in all. Any option, or any
+    other command, returns None and goes through the full parser, which handles errors and help.
+    The result carries exactly the attributes argparse would set.
+    """
+    if len(argv) < 2 or any(arg.startswith("-") for arg in argv):
+        return None
+    command, *rest = argv
+    common = {
+        "command": command,
+        "log_level": "info",
+        "blob_service_addr": None,
+        "directory_service_addr": None,
+        "path_info_service_addr": None,
+    }
+    if command == "nar" and len(rest) == 1:
+        from tvix_store.cli import nar_cmd
+
+        return SimpleNamespace(**common, store_path=rest[0], func=nar_cmd.run)
+    if command == "import":
+        from tvix_store.cli import import_cmd
+
+        # parser is consulted only for --nar/--name misuse, which needs an option anyway.
+        return SimpleNamespace(**common, paths=rest, nar=None, name=None, func=import_cmd.run, parser=None)
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script."""
     from nix_compat.errors import NixCompatError
@@ -129,8 +166,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from tvix_store.log import LogConfigError, setup_logging
 
     arguments = sys.argv[1:] if argv is None else list(argv)
-    parser = build_parser(_requested_command(arguments))
-    args = parser.parse_args(arguments)
+    args = _plain_arguments(arguments)
+    if args is None:
+        args = build_parser(_requested_command(arguments)).parse_args(arguments)
     try:
         setup_logging(args.log_level)
     except LogConfigError as exc:

@@ -7,8 +7,11 @@ it is a terminal. The first failure aborts the command.
 
 from __future__ import annotations
 
-import argparse
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import argparse
 
 __all__ = ["register"]
 

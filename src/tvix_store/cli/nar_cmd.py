@@ -5,8 +5,11 @@ The bytes are those ``nix-store --dump`` writes for the original tree.
 
 from __future__ import annotations
 
-import argparse
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import argparse
 
 __all__ = ["register"]
 
