@@ -10,7 +10,8 @@ Errors are ``VfsError(errno)``. The errno choices (spec §7.3 and decision 7):
   - a directory whose Directory is missing, a file whose blob or chunk is missing, or any
     StoreError from a service -> EIO, with one log line naming the digest;
   - ``open`` of a directory or symlink -> EISDIR, for writing -> EROFS; ``readlink`` of a
-    non-symlink -> EINVAL; xattrs when turned off -> ENOSYS, absent names -> ENODATA.
+    non-symlink -> EINVAL; xattrs when turned off -> ENOSYS, absent names -> ENODATA,
+    ``security.*``/``system.*`` names (labels, ACLs) -> ENOTSUP.
 Anything else that escapes is a bug; the adapter logs it and answers EIO.
 
 File contents are read chunk by chunk. An open file keeps its blob's chunk index (offsets by
@@ -64,7 +65,9 @@ _DEFAULT_CACHE_BYTES = 64 * 1024 * 1024
 # Chunks fetched ahead of a sequential reader: about 3 MiB with tvix's chunk sizes, several
 # 1 MiB kernel READs, so fetching and verifying the next chunks overlaps with serving this one.
 _READAHEAD_CHUNKS = 8
-_PREFETCH_THREADS = 2
+# Fetching a chunk is mostly BLAKE3 verification and copying out of the LMDB map, which release
+# the GIL or are short; four fetchers keep both cores busy even when other work competes.
+_PREFETCH_THREADS = 4
 
 
 class VfsError(Exception):
