@@ -8,8 +8,9 @@ alternate, best of REPEAT:
 - ``tvix-store nar`` of the 256 MiB file to /dev/null (chunked reads over the socket);
 - 100 concurrent clients (4 processes x 25 threads, one channel each) calling
   PathInfoService/Get 1,000 times each: throughput, p99 latency, errors (must be 0).
-The mount figures of issue 4 (cold read of 512 MiB, ``find`` over 20,000 files) need the FUSE
-mount command and are added once it exists.
+- through ``tvix-store mount`` backed by the daemon vs one on the local store (both fresh
+  mounts, the LMDB file warm in the page cache): cold sequential read of a 512 MiB file
+  (target: remote at least 0.5x local) and ``find`` over a 20,000-file store path.
 """
 
 from __future__ import annotations
@@ -223,6 +224,69 @@ def _concurrency_rows(store: Path, store_path: str) -> list[Row]:
     ]
 
 
+def _mount_rows(ctx: BenchContext) -> list[Row]:
+    from benchlib.mount import _dd, _many_files, _Mount, _quiet
+
+    work = ctx.dir("grpc-mount")
+    local_store = work / "local"
+    remote_store = work / "remote"
+    for s in (local_store, remote_store):
+        shutil.rmtree(s, ignore_errors=True)
+    big = ctx.random_file("mount-512m", 512 * MiB)
+    many = _many_files(work)
+    d = _Daemon(remote_store)
+    try:
+        names = {}
+        for src in (big, many):
+            out = run_cmd([TVIX_STORE, "import", str(src)], env=_env(local_store)).stdout.decode().strip()
+            run_cmd([TVIX_STORE, "import", str(src)], env=_env(work / "unused", d.url))
+            names[src] = out.rsplit("/", 1)[1]
+        for store in (local_store, remote_store):
+            for f in store.glob("*.mdb"):
+                _quiet(["cat", str(f)])
+        counter = iter(range(1000))
+
+        def mount(remote: bool) -> _Mount:
+            mnt = work / f"mnt{next(counter)}"
+            env = _env(work / "unused", d.url) if remote else _env(local_store)
+            return _Mount([TVIX_STORE, "mount", str(mnt)], mnt, env)
+
+        best = {True: float("inf"), False: float("inf")}
+        find = {True: float("inf"), False: float("inf")}
+        for _ in range(3):
+            for remote in (False, True):
+                m = mount(remote)
+                try:
+                    best[remote] = min(best[remote], timed(lambda m=m: _dd(m.path / names[big])))
+                finally:
+                    m.stop()
+                m = mount(remote)
+                try:
+                    find[remote] = min(
+                        find[remote], timed(lambda m=m: _quiet(["find", str(m.path / names[many])]))
+                    )
+                finally:
+                    m.stop()
+    finally:
+        d.stop()
+    size_mib = big.stat().st_size / MiB
+    return [
+        Row(
+            SECTION,
+            "mount via daemon: cold sequential read 512 MiB",
+            size_mib / best[True],
+            size_mib / best[False],
+            "MiB/s",
+            target=0.5,
+            better="higher",
+            note="vs local mount",
+        ),
+        Row(
+            SECTION, "mount via daemon: find over 20,000 files", find[True], find[False], "s", note="vs local"
+        ),
+    ]
+
+
 def run(ctx: BenchContext) -> list[Row]:
     """All rows of this section."""
     rows: list[Row] = []
@@ -234,4 +298,5 @@ def run(ctx: BenchContext) -> list[Row]:
     rows.append(row)
     rows.append(_nar_row(big_store, big_path, ctx.dir(f"grpc-import-{big.name}") / f"local-{REPEAT - 1}"))
     rows += _concurrency_rows(stdlib_store, stdlib_path)
+    rows += _mount_rows(ctx)
     return rows

@@ -60,6 +60,7 @@ _SPOOL_IN_MEMORY = 8 * 1024 * 1024
 _QUEUED_PIECES = 8
 _UPLOADS_IN_FLIGHT = 16
 _STREAM_WINDOW = 16
+_KNOWN_BLOBS = 8
 _STREAM_IDLE = 30.0
 
 
@@ -103,6 +104,9 @@ class GrpcBlobService(BlobService):
         self._channel = channel
         self._uploads = uploads_for(target or name)
         self._small: _SmallUploader | None = None
+        self._known: OrderedDict[B3Digest, _Prefetcher] = OrderedDict()
+        self._chunk_owner: dict[B3Digest, B3Digest] = {}
+        self._known_lock = threading.Lock()
         self._small_lock = threading.Lock()
         self._target = target
         self._tls = tls
@@ -173,6 +177,8 @@ class GrpcBlobService(BlobService):
                     f"{self._name}: blob {digest}: Invalid digest length {len(c.digest)} for chunk #{i}"
                 )
             out.append(ChunkMeta(B3Digest(c.digest), c.size))
+        if len(out) > 2:
+            self._remember(digest, out)
         return out
 
     # ---- Read ----------------------------------------------------------------------------------
@@ -213,6 +219,43 @@ class GrpcBlobService(BlobService):
             raise DataCorruption(f"{self._name}: chunk {digest} arrived with other contents")
         self._cache.put(digest, data)
         return data
+
+    def read_chunk(self, digest: B3Digest) -> bytes | None:
+        """One chunk's verified bytes by a single Read (no Stat); None if the server lacks it.
+
+        For callers that already know the chunk list (the FUSE layer reads chunks this way).
+        """
+        self._uploads.wait(digest)
+        cached = self._cache.get(digest)
+        if cached is not None:
+            return cached
+        with self._known_lock:
+            blob = self._chunk_owner.get(digest)
+            prefetcher = self._known.get(blob) if blob is not None else None
+        if prefetcher is not None:
+            with prefetcher.lock:
+                return prefetcher.fetch(digest)
+        return self._fetch_chunk(digest)
+
+    def _remember(self, digest: B3Digest, chunks: list[ChunkMeta]) -> None:
+        """Keep a prefetcher for a blob whose chunk list was asked for.
+
+        ``read_chunk`` calls for its chunks (the FUSE layer's) are then streamed and read ahead
+        like a reader's.
+        """
+        with self._known_lock:
+            if digest in self._known:
+                self._known.move_to_end(digest)
+                return
+            self._known[digest] = _Prefetcher(self, digest, chunks)
+            for c in chunks:
+                self._chunk_owner[c.digest] = digest
+            while len(self._known) > _KNOWN_BLOBS:
+                old_digest, old = self._known.popitem(last=False)
+                for c in old.chunks:
+                    if self._chunk_owner.get(c.digest) == old_digest:
+                        del self._chunk_owner[c.digest]
+                old.stop()
 
     def _fetch_async(self, digest: B3Digest) -> Future[bytes | None]:
         """A future for the chunk, shared with any fetch of it already under way."""
@@ -351,7 +394,8 @@ class _BlobStream:
         with self._cond:
             self._wanted = max(self._wanted, index)
             self._cond.notify_all()
-            for old in [i for i in self._ready if i < index]:
+            # Readers may ask slightly out of order (several threads): keep a window behind too.
+            for old in [i for i in self._ready if i < index - _STREAM_WINDOW]:
                 del self._ready[old]
             while index not in self._ready:
                 if self._stopped or index < self._next or index > self._next + _STREAM_WINDOW:
@@ -360,6 +404,11 @@ class _BlobStream:
                     return None
                 self._cond.wait()
             return self._ready[index]
+
+    def behind(self, index: int) -> bool:
+        """Whether the stream already passed index (and is still running)."""
+        with self._cond:
+            return not self._stopped and index < self._next
 
     def stop(self) -> None:
         """End the stream (the reader went elsewhere)."""
@@ -384,6 +433,8 @@ class _Prefetcher:
         self._ahead: dict[B3Digest, Future[bytes | None]] = {}
         self._last = -1
         self._stream: _BlobStream | None = None
+        self.chunks = chunks
+        self.lock = threading.Lock()
 
     def _position(self, digest: B3Digest) -> int:
         # The same digest may occur twice in a blob; prefer the position a sequential read is at.
@@ -401,8 +452,10 @@ class _Prefetcher:
             data = self._stream.get(i)
             if data is not None:
                 return data
-            self._stream.stop()
-            self._stream = None
+            if not self._stream.behind(i):
+                # A jump ahead or a broken stream: go on chunk by chunk.
+                self._stream.stop()
+                self._stream = None
         cached = self._service._cache.get(digest)
         wanted = self._digests[i + 1 : i + 1 + _PREFETCH]
         for d in wanted:
@@ -417,6 +470,12 @@ class _Prefetcher:
         if fut is None:
             return self._service._fetch_chunk(digest)
         return fut.result()
+
+    def stop(self) -> None:
+        """End a running stream."""
+        if self._stream is not None:
+            self._stream.stop()
+            self._stream = None
 
     def __del__(self) -> None:
         if self._stream is not None:

@@ -1,7 +1,10 @@
 """``grpc+unix:///sock`` / ``grpc+http(s)://host:port``: a DirectoryService on a remote daemon.
 
-``get`` checks that the Directory received hashes to the digest asked for; ``get_recursive``
-streams the closure and checks it root to leaves (``RootToLeavesValidator``) as it arrives.
+``get`` fetches by a recursive Get: the Directory asked for and (up to ``_GET_AHEAD``) the ones
+below it, checked root to leaves (``RootToLeavesValidator``) and kept in a bounded cache, so a
+walk down the tree (``find`` on a mount) costs one call per subtree instead of one per
+Directory. Every Directory is keyed by the digest computed from its bytes, so the cache only
+holds what hashes right. ``get_recursive`` streams the closure, checked the same way.
 The putter validates leaves to root locally (so a bad Directory fails at ``put``, as with every
 backend) and sends the whole closure as one client-streaming ``Put`` on ``close``; until then
 nothing reaches the server, so an aborted putter stores nothing.
@@ -11,7 +14,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator
+from collections import OrderedDict
+from collections.abc import Generator, Iterator
 from typing import final
 
 import grpc
@@ -22,7 +26,14 @@ from tvix_castore.digests import B3_LEN, B3Digest
 from tvix_castore.directory import Directory
 from tvix_castore.directory_graph import LeavesToRootValidator, RootToLeavesValidator
 from tvix_castore.directoryservice import DirectoryPutter, DirectoryService
-from tvix_castore.errors import ClosedError, DataCorruption, DirectoryError, StorageError, ValidationError
+from tvix_castore.errors import (
+    ClosedError,
+    DataCorruption,
+    DirectoryError,
+    StorageError,
+    StoreError,
+    ValidationError,
+)
 from tvix_castore.grpc.channel import open_channel
 from tvix_castore.grpc.status import error_of, rpc_code
 from tvix_castore.proto_conv import directory_from_proto, directory_to_proto
@@ -31,6 +42,10 @@ from tvix_castore.url import ServiceUrl
 __all__ = ["GrpcDirectoryService"]
 
 log = logging.getLogger(__name__)
+
+_GET_AHEAD = 2048
+"""At most this many Directories of a subtree are fetched by one ``get``."""
+_CACHE_DIRS = 65536
 
 
 @final
@@ -41,6 +56,8 @@ class GrpcDirectoryService(DirectoryService):
         self._name = name
         self._channel = channel
         self._stub = pb_grpc.DirectoryServiceStub(channel)
+        self._cache: OrderedDict[B3Digest, Directory] = OrderedDict()
+        self._cache_lock = threading.Lock()
 
     @classmethod
     def from_url(cls, url: ServiceUrl) -> GrpcDirectoryService:
@@ -58,7 +75,39 @@ class GrpcDirectoryService(DirectoryService):
             raise StorageError(f"{self._name}: server sent an invalid Directory: {exc}") from exc
 
     def get(self, digest: B3Digest) -> Directory | None:
-        """The Directory, verified against digest, or None."""
+        """The Directory, verified against digest, or None; its subtree is fetched ahead."""
+        with self._cache_lock:
+            hit = self._cache.get(digest)
+            if hit is not None:
+                self._cache.move_to_end(digest)
+                return hit
+        first: Directory | None = None
+        fetched: list[Directory] = []
+        stream = self._stream(digest)
+        try:
+            for directory in stream:
+                if first is None:
+                    first = directory
+                fetched.append(directory)
+                if len(fetched) >= _GET_AHEAD:
+                    break
+        except StoreError:
+            if first is None:
+                raise
+            # Something below is missing on the server; what arrived is verified and usable.
+            log.debug("read-ahead below %s stopped early", digest, exc_info=True)
+        finally:
+            stream.close()
+        with self._cache_lock:
+            for d in fetched:
+                self._cache[d.digest()] = d
+                self._cache.move_to_end(d.digest())
+            while len(self._cache) > _CACHE_DIRS:
+                self._cache.popitem(last=False)
+        return first
+
+    def _get_single(self, digest: B3Digest) -> Directory | None:
+        """One non-recursive Get (unused by ``get``; kept for servers that only serve roots)."""
         try:
             msgs = list(self._stub.Get(pb.GetDirectoryRequest(digest=digest, recursive=False)))
         except grpc.RpcError as exc:
@@ -76,6 +125,9 @@ class GrpcDirectoryService(DirectoryService):
 
     def get_recursive(self, root: B3Digest) -> Iterator[Directory]:
         """The closure of root from one streaming Get, validated root to leaves; empty if absent."""
+        return self._stream(root)
+
+    def _stream(self, root: B3Digest) -> Generator[Directory, None, None]:
         call = self._stub.Get(pb.GetDirectoryRequest(digest=root, recursive=True))
         validator = RootToLeavesValidator(root)
         try:
