@@ -14,7 +14,10 @@ back until more data (or EOF) arrives.
 
 from __future__ import annotations
 
-from pyfastcdc import FastCDC
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pyfastcdc import FastCDC
 
 __all__ = ["AVG_SIZE", "MAX_SIZE", "MIN_SIZE", "Chunker", "chunk_bytes"]
 
@@ -28,6 +31,9 @@ _DEFAULT_BATCH = 2 * 1024 * 1024
 
 
 def _fastcdc(avg_size: int, min_size: int, max_size: int) -> FastCDC:
+    # Imported on first use: commands that only read (nar) never chunk and skip its import.
+    from pyfastcdc import FastCDC
+
     return FastCDC(avg_size, min_size=min_size, max_size=max_size, normalized_chunking=1)
 
 
