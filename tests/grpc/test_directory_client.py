@@ -1,0 +1,35 @@
+"""The gRPC DirectoryService client: get fetches the subtree ahead into a verified cache, and a
+subtree missing on the server does not spoil the get of the Directory above it."""
+
+from __future__ import annotations
+
+from daemon_helpers import Served
+from fixtures import DIRECTORY_A, DIRECTORY_B, DIRECTORY_COMPLICATED, DIRECTORY_D
+
+from tvix_castore.directoryservice import from_addr as directory_from_addr
+
+
+def test_get_reads_subtree_ahead(served: Served) -> None:
+    """After get(D), its children come from the client's cache: no call reaches the server."""
+    with served.services.directory_service.put_multiple_start() as putter:
+        for d in (DIRECTORY_A, DIRECTORY_B, DIRECTORY_D):
+            putter.put(d)
+        putter.close()
+    dirs = directory_from_addr(served.url)
+    try:
+        assert dirs.get(DIRECTORY_D.digest()) == DIRECTORY_D
+        dirs._channel.close()  # type: ignore[attr-defined]  # any further call would fail
+        assert dirs.get(DIRECTORY_B.digest()) == DIRECTORY_B
+        assert dirs.get(DIRECTORY_A.digest()) == DIRECTORY_A
+    finally:
+        dirs.close()
+
+
+def test_get_with_missing_subtree(served: Served) -> None:
+    """A Directory whose child is missing on the server is still returned by get."""
+    served.services.directory_service.put(DIRECTORY_COMPLICATED)  # its child is not there
+    dirs = directory_from_addr(served.url)
+    try:
+        assert dirs.get(DIRECTORY_COMPLICATED.digest()) == DIRECTORY_COMPLICATED
+    finally:
+        dirs.close()
