@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import os
 import threading
-from pathlib import Path
 
 import lmdb
 
@@ -80,7 +79,7 @@ def open_env(path: str) -> LmdbStore:
             _envs[real] = (env, tables, users + 1)
             return LmdbStore(real, env, tables)
         try:
-            Path(real).mkdir(parents=True, exist_ok=True)
+            os.makedirs(real, exist_ok=True)
             env = lmdb.open(
                 real,
                 map_size=_MAP_SIZE,

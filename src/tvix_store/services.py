@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 from tvix_castore import blobservice, directoryservice
 from tvix_castore.blobservice import BlobService
@@ -21,15 +20,16 @@ DIRECTORY_ENV = "DIRECTORY_SERVICE_ADDR"
 PATH_INFO_ENV = "PATH_INFO_SERVICE_ADDR"
 
 
-def default_data_dir() -> Path:
-    """Where the embedded store lives when no address is given."""
+def default_data_dir() -> str:
+    """Where the embedded store lives when no address is given (an absolute path)."""
+    # os.path rather than pathlib: this runs at every start-up and pathlib's import is not free.
     home = os.environ.get("TVIX_STORE_HOME")
     if home:
-        return Path(home).absolute()
+        return os.path.abspath(home)
     if os.geteuid() == 0:
-        return Path("/var/lib/tvix-store")
-    xdg = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(xdg) / "tvix-store"
+        return "/var/lib/tvix-store"
+    xdg = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return os.path.join(xdg, "tvix-store")
 
 
 def default_store_url() -> str:

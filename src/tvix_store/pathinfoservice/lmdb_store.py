@@ -19,7 +19,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import cast, final
+from typing import TYPE_CHECKING, cast, final
 
 import lmdb
 
@@ -29,10 +29,12 @@ from tvix_castore.directoryservice import DirectoryService
 from tvix_castore.errors import ClosedError, DataCorruption, StorageError
 from tvix_castore.url import ServiceUrl
 from tvix_store.errors import PathInfoError
-from tvix_store.nar_cache import LmdbNarCache
 from tvix_store.path_info import PathInfo
 from tvix_store.pathinfoservice import PathInfoService
 from tvix_store.proto_conv import decode_path_info, encode_path_info
+
+if TYPE_CHECKING:
+    from tvix_store.nar_cache import LmdbNarCache
 
 __all__ = ["LmdbPathInfoService"]
 
@@ -131,6 +133,9 @@ class LmdbPathInfoService(PathInfoService):
             if self._store is None:
                 raise ClosedError("LMDB path info service is closed")
             if self._nar_cache is None:
+                # Imported here: only NAR calculation (daemon, copy) needs it, not import or nar.
+                from tvix_store.nar_cache import LmdbNarCache
+
                 self._nar_cache = LmdbNarCache(self._store.path)
             return self._nar_cache
 
