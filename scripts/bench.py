@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from benchlib.common import BenchContext, Row  # noqa: E402
+from benchlib.common import BenchContext, Row
 
 
 def main() -> int:
@@ -29,7 +29,12 @@ def main() -> int:
     args = parser.parse_args()
     import benchlib
 
-    names = sorted(m.name for m in pkgutil.iter_modules(benchlib.__path__) if m.name != "common")
+    # A section is a module with SECTION and run(); helpers such as common or memfs are not.
+    names = sorted(
+        m.name
+        for m in pkgutil.iter_modules(benchlib.__path__)
+        if hasattr(importlib.import_module(f"benchlib.{m.name}"), "SECTION")
+    )
     wanted = args.sections or names
     unknown = set(wanted) - set(names)
     if unknown:
