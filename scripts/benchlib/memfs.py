@@ -16,12 +16,6 @@ import signal
 import stat
 import sys
 
-SECTION = "memfs (ceiling filesystem used by the mount section; no rows of its own)"
-
-
-def run(ctx: object) -> list[object]:
-    return []
-
 
 def main() -> int:
     import pyfuse3
