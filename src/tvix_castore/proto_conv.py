@@ -2,21 +2,174 @@
 
 The only castore module (besides the gRPC shells) that imports generated code. Validation of
 incoming Directories follows spec §1.6 in tvix's order; error texts follow tvix's.
+
+Decoding stored bytes (``decode_directory``, and the store's ``decode_path_info``) first tries
+``parse_message``, a small reader of the protobuf wire format for the well-formed messages we
+write ourselves; it yields objects with the attributes the ``*_from_proto`` validators read.
+Anything unusual (unknown or repeated singular message fields, wrong wire types, truncation,
+bad UTF-8, out-of-range numbers) goes to the generated code instead, so the result is always
+the one protobuf gives. This keeps protobuf's import (tens of milliseconds) off the start-up of
+commands that only read, such as ``tvix-store nar``.
 """
 
 from __future__ import annotations
 
-from tvix.castore.protos import castore_pb2 as pb
+from typing import TYPE_CHECKING, Any
+
 from tvix_castore.digests import B3_LEN, B3Digest
 from tvix_castore.directory import Directory
 from tvix_castore.errors import DirectoryError, NodeError
 from tvix_castore.nodes import U64_MAX, DirectoryNode, FileNode, Node, SymlinkNode
 from tvix_castore.path import name_problem, validate_symlink_target
 
+if TYPE_CHECKING:
+    from tvix.castore.protos import castore_pb2 as pb
+
+
+def _pb() -> Any:
+    from tvix.castore.protos import castore_pb2
+
+    return castore_pb2
+
+
+# -- a reader for the wire format of well-formed messages --------------------------------------
+
+# A schema maps field numbers to (attribute, kind, sub-schema or None, repeated). Kinds: "bytes",
+# "string", "uint64", "bool", "enum", "message". Only fields of these kinds occur in our protos.
+Schema = dict[int, tuple[str, str, "Schema | None", bool]]
+_U64_LIMIT = 1 << 64
+
+
+class Fallback(Exception):
+    """The input is not of the simple shape parse_message handles: use the generated code."""
+
+
+class WireMessage:
+    """A parsed message: attributes named after its fields, protobuf's defaults when absent."""
+
+    def __init__(self, schema: Schema, oneof: str | None) -> None:
+        self._schema = schema
+        self._present: set[str] = set()
+        self._oneof = oneof
+        self._which: str | None = None
+        for name, kind, _, repeated in schema.values():
+            if repeated:
+                setattr(self, name, [])
+            elif kind != "message":  # absent messages are made on first access
+                setattr(self, name, _DEFAULTS[kind])
+
+    def __getattr__(self, name: str) -> Any:
+        # Only reached for absent singular message fields: an empty message, as protobuf gives.
+        for field, kind, sub, _ in self._schema.values():
+            if field == name and kind == "message" and sub is not None:
+                empty = WireMessage(sub, None)
+                setattr(self, name, empty)
+                return empty
+        raise AttributeError(name)
+
+    def HasField(self, name: str) -> bool:
+        """Whether a singular message field was present."""
+        return name in self._present
+
+    def WhichOneof(self, _group: str) -> str | None:
+        """The member of the message's oneof that was set last, or None."""
+        return self._which
+
+
+_DEFAULTS: dict[str, object] = {"bytes": b"", "string": "", "uint64": 0, "bool": False, "enum": 0}
+
+
+def _varint(data: bytes, pos: int) -> tuple[int, int]:
+    result = 0
+    shift = 0
+    while True:
+        if pos >= len(data) or shift > 63:
+            raise Fallback
+        byte = data[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return result, pos
+        shift += 7
+
+
+def parse_message(data: bytes, schema: Schema, oneof: str | None = None) -> WireMessage:
+    """Parse data against schema; raises Fallback for anything but simple, well-formed input."""
+    msg = WireMessage(schema, oneof)
+    pos = 0
+    end = len(data)
+    while pos < end:
+        key, pos = _varint(data, pos)
+        spec = schema.get(key >> 3)
+        if spec is None:
+            raise Fallback
+        name, kind, sub, repeated = spec
+        wire_type = key & 7
+        if kind in ("uint64", "bool", "enum"):
+            if wire_type != 0:
+                raise Fallback
+            value, pos = _varint(data, pos)
+            if value >= _U64_LIMIT or (kind == "enum" and value >= 1 << 31):
+                raise Fallback
+            scalar: object = bool(value) if kind == "bool" else value
+            setattr(msg, name, scalar)
+            continue
+        if wire_type != 2:
+            raise Fallback
+        length, pos = _varint(data, pos)
+        if pos + length > end:
+            raise Fallback
+        raw = data[pos : pos + length]
+        pos += length
+        if kind == "message":
+            assert sub is not None
+            if not repeated and name in msg._present:
+                raise Fallback  # protobuf would merge the two occurrences
+            # Node's members are the only oneof; their sub-schemas have none themselves.
+            item: object = parse_message(raw, sub, "node" if sub is _NODE else None)
+            if not repeated:
+                msg._present.add(name)
+                if oneof is not None:
+                    if msg._which is not None:
+                        raise Fallback  # another member was set before: protobuf clears it
+                    msg._which = name
+        elif kind == "string":
+            try:
+                item = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise Fallback from None
+        else:
+            item = raw
+        if repeated:
+            getattr(msg, name).append(item)
+        else:
+            setattr(msg, name, item)
+    return msg
+
+
+_DIRECTORY_NODE: Schema = {
+    1: ("name", "bytes", None, False),
+    2: ("digest", "bytes", None, False),
+    3: ("size", "uint64", None, False),
+}
+_FILE_NODE: Schema = {**_DIRECTORY_NODE, 4: ("executable", "bool", None, False)}
+_SYMLINK_NODE: Schema = {1: ("name", "bytes", None, False), 2: ("target", "bytes", None, False)}
+_DIRECTORY: Schema = {
+    1: ("directories", "message", _DIRECTORY_NODE, True),
+    2: ("files", "message", _FILE_NODE, True),
+    3: ("symlinks", "message", _SYMLINK_NODE, True),
+}
+NODE_SCHEMA: Schema = {
+    1: ("directory", "message", _DIRECTORY_NODE, False),
+    2: ("file", "message", _FILE_NODE, False),
+    3: ("symlink", "message", _SYMLINK_NODE, False),
+}
+_NODE = NODE_SCHEMA
+
 
 def directory_to_proto(directory: Directory) -> pb.Directory:
     """Split a Directory into the three sorted lists of the wire format."""
-    msg = pb.Directory()
+    msg: pb.Directory = _pb().Directory()
     for name, node in directory:
         if isinstance(node, DirectoryNode):
             msg.directories.add(name=name, digest=node.digest, size=node.size)
@@ -88,7 +241,13 @@ def directory_from_proto(msg: pb.Directory) -> Directory:
 
 def decode_directory(data: bytes) -> Directory:
     """Parse and validate a serialized Directory message."""
-    msg = pb.Directory()
+    try:
+        fast: Any = parse_message(data, _DIRECTORY)
+    except Fallback:
+        pass
+    else:
+        return directory_from_proto(fast)
+    msg: pb.Directory = _pb().Directory()
     try:
         msg.ParseFromString(data)
     except Exception as exc:  # protobuf raises DecodeError, a plain Exception subclass
@@ -98,7 +257,7 @@ def decode_directory(data: bytes) -> Directory:
 
 def node_to_proto(name: bytes, node: Node) -> pb.Node:
     """A standalone Node message; name may be empty (anonymous)."""
-    msg = pb.Node()
+    msg: pb.Node = _pb().Node()
     if isinstance(node, DirectoryNode):
         msg.directory.name = name
         msg.directory.digest = node.digest

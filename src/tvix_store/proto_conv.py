@@ -1,37 +1,58 @@
 """PathInfo <-> tvix.store.v1 protobuf, with the validation of spec §4.3 in tvix's order.
 
-The only tvix_store module (besides the gRPC shells) that imports generated code.
+The only tvix_store module (besides the gRPC shells) that imports generated code, and only when
+it encodes or meets an unusual input: stored PathInfos are read with castore's small wire reader
+(``parse_message``), so that reading commands never import protobuf.
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 from nix_compat.errors import NixCompatError
 from nix_compat.nixhash import CAHash, NixHash
 from nix_compat.signing import Signature
 from nix_compat.store_path import StorePath
-from tvix.store.protos import pathinfo_pb2 as pb
 from tvix_castore.errors import NodeError
-from tvix_castore.proto_conv import named_node_from_proto, node_to_proto
+from tvix_castore.proto_conv import (
+    NODE_SCHEMA,
+    Fallback,
+    Schema,
+    named_node_from_proto,
+    node_to_proto,
+    parse_message,
+)
 from tvix_store.errors import PathInfoError
 from tvix_store.path_info import PathInfo
 
+if TYPE_CHECKING:
+    from tvix.store.protos import pathinfo_pb2 as pb
+
+
+def _pb() -> Any:
+    from tvix.store.protos import pathinfo_pb2
+
+    return pathinfo_pb2
+
+
+# NARInfo.CA.Hash's numbers (pathinfo.proto); a test checks them against the generated enum.
 _CA_TO_PROTO: dict[tuple[str, str], int] = {
-    ("nar", "sha256"): pb.NARInfo.CA.NAR_SHA256,
-    ("nar", "sha1"): pb.NARInfo.CA.NAR_SHA1,
-    ("nar", "sha512"): pb.NARInfo.CA.NAR_SHA512,
-    ("nar", "md5"): pb.NARInfo.CA.NAR_MD5,
-    ("text", "sha256"): pb.NARInfo.CA.TEXT_SHA256,
-    ("flat", "sha1"): pb.NARInfo.CA.FLAT_SHA1,
-    ("flat", "md5"): pb.NARInfo.CA.FLAT_MD5,
-    ("flat", "sha256"): pb.NARInfo.CA.FLAT_SHA256,
-    ("flat", "sha512"): pb.NARInfo.CA.FLAT_SHA512,
+    ("nar", "sha256"): 0,
+    ("nar", "sha1"): 1,
+    ("nar", "sha512"): 2,
+    ("nar", "md5"): 3,
+    ("text", "sha256"): 4,
+    ("flat", "sha1"): 5,
+    ("flat", "md5"): 6,
+    ("flat", "sha256"): 7,
+    ("flat", "sha512"): 8,
 }
 _CA_FROM_PROTO = {v: k for k, v in _CA_TO_PROTO.items()}
 
 
 def path_info_to_proto(info: PathInfo) -> pb.PathInfo:
     """Domain -> wire."""
-    msg = pb.PathInfo()
+    msg: pb.PathInfo = _pb().PathInfo()
     msg.node.CopyFrom(node_to_proto(info.store_path.basename().encode(), info.node))
     msg.references.extend(r.digest for r in info.references)
     ni = msg.narinfo
@@ -123,9 +144,40 @@ def encode_path_info(info: PathInfo) -> bytes:
 
 def decode_path_info(data: bytes) -> PathInfo:
     """Parse and validate a serialized PathInfo."""
-    msg = pb.PathInfo()
+    try:
+        fast: Any = parse_message(data, _PATH_INFO)
+    except Fallback:
+        pass
+    else:
+        return path_info_from_proto(fast)
+    msg: pb.PathInfo = _pb().PathInfo()
     try:
         msg.ParseFromString(data)
     except Exception as exc:  # protobuf's DecodeError
         raise PathInfoError(f"cannot decode PathInfo: {exc}") from exc
     return path_info_from_proto(msg)
+
+
+_NARINFO: Schema = {
+    1: ("nar_size", "uint64", None, False),
+    2: ("nar_sha256", "bytes", None, False),
+    3: (
+        "signatures",
+        "message",
+        {1: ("name", "string", None, False), 2: ("data", "bytes", None, False)},
+        True,
+    ),
+    4: ("reference_names", "string", None, True),
+    5: (
+        "deriver",
+        "message",
+        {1: ("name", "string", None, False), 2: ("digest", "bytes", None, False)},
+        False,
+    ),
+    6: ("ca", "message", {1: ("type", "enum", None, False), 2: ("digest", "bytes", None, False)}, False),
+}
+_PATH_INFO: Schema = {
+    1: ("node", "message", NODE_SCHEMA, False),
+    2: ("references", "bytes", None, True),
+    3: ("narinfo", "message", _NARINFO, False),
+}
