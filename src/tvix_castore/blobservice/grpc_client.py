@@ -354,10 +354,14 @@ class _BlobStream:
             buf = bytearray()
             for msg in self._call:
                 buf += msg.data
-                while self._next < len(self._chunks) and len(buf) >= self._chunks[self._next].size:
+                # Cut whole chunks off the front with one copy each; the remainder (less than a
+                # chunk) is moved to the front once per message.
+                start = 0
+                while self._next < len(self._chunks) and len(buf) - start >= self._chunks[self._next].size:
                     meta = self._chunks[self._next]
-                    piece = bytes(buf[: meta.size])
-                    del buf[: meta.size]
+                    with memoryview(buf) as view:
+                        piece = bytes(view[start : start + meta.size])
+                    start += meta.size
                     if blake3_digest(piece) != meta.digest:
                         raise DataCorruption(
                             f"{self._service._name}: chunk {meta.digest} of blob {self._blob} "
@@ -375,6 +379,8 @@ class _BlobStream:
                             self._cond.wait(1.0)
                         if self._stopped:
                             return
+                if start:
+                    del buf[:start]
         except grpc.RpcError as exc:
             with self._cond:
                 if not self._stopped:
