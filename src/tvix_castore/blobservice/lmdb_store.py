@@ -31,7 +31,8 @@ import struct
 import threading
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager, suppress
+from contextlib import suppress
+from types import TracebackType
 from typing import cast, final
 
 import blake3
@@ -81,16 +82,6 @@ def _committer() -> ThreadPoolExecutor:
         if _committer_pool is None:
             _committer_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lmdb-blob-commit")
         return _committer_pool
-
-
-@contextmanager
-def _lmdb_errors(what: str, digest: B3Digest | None = None) -> Iterator[None]:
-    """Translate py-lmdb's errors into StorageError naming the operation (and digest)."""
-    try:
-        yield
-    except lmdb.Error as exc:
-        target = f" {digest}" if digest is not None else ""
-        raise StorageError(f"LMDB blob store: {what}{target}: {exc}") from exc
 
 
 def encode_chunk_list(chunks: list[ChunkMeta]) -> bytes:
@@ -149,20 +140,9 @@ class LmdbBlobService(BlobService):
         if self._closed:
             raise ClosedError("LMDB blob service is closed")
 
-    @contextmanager
-    def _op(self, what: str, digest: B3Digest | None = None) -> Iterator[None]:
+    def _op(self, what: str, digest: B3Digest | None = None) -> _Operation:
         """Run one operation: refused after close(), py-lmdb errors translated."""
-        with self._gate:
-            self._check_open()
-            self._active += 1
-        try:
-            with _lmdb_errors(what, digest):
-                yield
-        finally:
-            with self._gate:
-                self._active -= 1
-                if not self._active:
-                    self._gate.notify_all()
+        return _Operation(self, what, digest)
 
     def has(self, digest: B3Digest) -> bool:
         """Whether a blob or a chunk of that digest is stored."""
@@ -281,6 +261,40 @@ class LmdbBlobService(BlobService):
                 txn.put(digest, data, db=self._chunks_db, overwrite=False)
             if blob is not None:
                 txn.put(blob[0], blob[1], db=self._blobs_db, overwrite=False)
+
+
+@final
+class _Operation:
+    """The context of one LmdbBlobService operation (see ``_op``).
+
+    A plain class rather than a generator-based context manager: it wraps every chunk read, and
+    at tens of thousands of reads per command the generator machinery was a visible cost.
+    """
+
+    __slots__ = ("_digest", "_service", "_what")
+
+    def __init__(self, service: LmdbBlobService, what: str, digest: B3Digest | None) -> None:
+        self._service = service
+        self._what = what
+        self._digest = digest
+
+    def __enter__(self) -> None:
+        service = self._service
+        with service._gate:
+            service._check_open()
+            service._active += 1
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        service = self._service
+        with service._gate:
+            service._active -= 1
+            if not service._active:
+                service._gate.notify_all()
+        if isinstance(exc, lmdb.Error):
+            target = f" {self._digest}" if self._digest is not None else ""
+            raise StorageError(f"LMDB blob store: {self._what}{target}: {exc}") from exc
 
 
 @final
