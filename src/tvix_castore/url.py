@@ -5,7 +5,7 @@ The registry tag is the scheme up to the first ``+`` (``grpc+unix`` -> ``grpc``)
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import importlib
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 from urllib.parse import parse_qs, urlsplit
@@ -70,22 +70,31 @@ class ServiceUrl:
 
 
 class Registry(Generic[T]):
-    """Scheme tag -> factory. A duplicate tag is a programming error."""
+    """Scheme tag -> backend class, imported only when a URL names it.
 
-    def __init__(self, kind: str) -> None:
+    Backends are registered as ``"module:Class"`` strings so that ``memory://`` does not pull
+    in lmdb or grpc. ``from_addr(url, *extra)`` calls ``Class.from_url(parsed_url, *extra)``.
+    A duplicate tag is a programming error.
+    """
+
+    def __init__(self, kind: str, backends: dict[str, str]) -> None:
         self._kind = kind
-        self._factories: dict[str, Callable[[ServiceUrl], T]] = {}
+        self._backends: dict[str, str] = {}
+        for tag, target in backends.items():
+            self.register(tag, target)
 
-    def register(self, tag: str, factory: Callable[[ServiceUrl], T]) -> None:
-        """Add a backend for URLs whose scheme starts with tag."""
-        if tag in self._factories:
+    def register(self, tag: str, target: str) -> None:
+        """Add a backend ``"module:Class"`` for URLs whose scheme starts with tag."""
+        if tag in self._backends:
             raise RuntimeError(f"{self._kind}: scheme {tag!r} registered twice")
-        self._factories[tag] = factory
+        self._backends[tag] = target
 
-    def from_addr(self, raw: str) -> T:
+    def from_addr(self, raw: str, *extra: object) -> T:
         """Build the backend a URL names; raises InvalidRequest for unknown or bad URLs."""
         url = ServiceUrl.parse(raw)
-        factory = self._factories.get(url.tag)
-        if factory is None:
+        target = self._backends.get(url.tag)
+        if target is None:
             raise InvalidRequest(f"invalid {self._kind} address {raw!r}: Unknown type: {url.tag}")
-        return factory(url)
+        module, _, cls = target.partition(":")
+        built: T = getattr(importlib.import_module(module), cls).from_url(url, *extra)
+        return built

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import abc
 import io
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from types import TracebackType
 
 from tvix_castore.digests import B3Digest
-from tvix_castore.url import Registry, ServiceUrl
+from tvix_castore.url import Registry
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,34 +115,16 @@ class BlobService(abc.ABC):
         """Release resources (connections, environments)."""
 
 
-registry: Registry[BlobService] = Registry("blob service")
+registry: Registry[BlobService] = Registry(
+    "blob service",
+    {
+        "memory": "tvix_castore.blobservice.memory:MemoryBlobService",
+        "lmdb": "tvix_castore.blobservice.lmdb_store:LmdbBlobService",
+        "grpc": "tvix_castore.blobservice.grpc_client:GrpcBlobService",
+    },
+)
 
 
 def from_addr(url: str) -> BlobService:
     """Build the BlobService a URL names (``memory://``, ``lmdb:///dir``, ``grpc+…``)."""
-    _register_all()
     return registry.from_addr(url)
-
-
-_registered = False
-
-
-def _register_all() -> None:
-    # Backends are imported lazily so that memory:// does not pull in lmdb or grpc.
-    global _registered
-    if _registered:
-        return
-    _registered = True
-
-    def lazy(module: str, cls: str) -> Callable[[ServiceUrl], BlobService]:
-        def factory(url: ServiceUrl) -> BlobService:
-            import importlib
-
-            built: BlobService = getattr(importlib.import_module(module), cls).from_url(url)
-            return built
-
-        return factory
-
-    registry.register("memory", lazy("tvix_castore.blobservice.memory", "MemoryBlobService"))
-    registry.register("lmdb", lazy("tvix_castore.blobservice.lmdb_store", "LmdbBlobService"))
-    registry.register("grpc", lazy("tvix_castore.blobservice.grpc_client", "GrpcBlobService"))

@@ -8,12 +8,12 @@ yields root first, each Directory after one that refers to it.
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from types import TracebackType
 
 from tvix_castore.digests import B3Digest
 from tvix_castore.directory import Directory
-from tvix_castore.url import Registry, ServiceUrl
+from tvix_castore.url import Registry
 
 
 class DirectoryPutter(abc.ABC):
@@ -72,33 +72,16 @@ class DirectoryService(abc.ABC):
         """Release resources."""
 
 
-registry: Registry[DirectoryService] = Registry("directory service")
+registry: Registry[DirectoryService] = Registry(
+    "directory service",
+    {
+        "memory": "tvix_castore.directoryservice.memory:MemoryDirectoryService",
+        "lmdb": "tvix_castore.directoryservice.lmdb_store:LmdbDirectoryService",
+        "grpc": "tvix_castore.directoryservice.grpc_client:GrpcDirectoryService",
+    },
+)
 
 
 def from_addr(url: str) -> DirectoryService:
     """Build the DirectoryService a URL names."""
-    _register_all()
     return registry.from_addr(url)
-
-
-_registered = False
-
-
-def _register_all() -> None:
-    global _registered
-    if _registered:
-        return
-    _registered = True
-
-    def lazy(module: str, cls: str) -> Callable[[ServiceUrl], DirectoryService]:
-        def factory(url: ServiceUrl) -> DirectoryService:
-            import importlib
-
-            built: DirectoryService = getattr(importlib.import_module(module), cls).from_url(url)
-            return built
-
-        return factory
-
-    registry.register("memory", lazy("tvix_castore.directoryservice.memory", "MemoryDirectoryService"))
-    registry.register("lmdb", lazy("tvix_castore.directoryservice.lmdb_store", "LmdbDirectoryService"))
-    registry.register("grpc", lazy("tvix_castore.directoryservice.grpc_client", "GrpcDirectoryService"))

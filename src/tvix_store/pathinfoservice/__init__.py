@@ -9,13 +9,13 @@ Implementations validate on put (PathInfo objects are validated at construction)
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Protocol
 
 from tvix_castore.blobservice import BlobService
 from tvix_castore.directoryservice import DirectoryService
 from tvix_castore.nodes import Node
-from tvix_castore.url import Registry, ServiceUrl
+from tvix_castore.url import Registry
 from tvix_store.path_info import PathInfo
 
 
@@ -50,43 +50,18 @@ class PathInfoService(abc.ABC):
         """Release resources."""
 
 
-PathInfoFactory = Callable[[ServiceUrl, BlobService, DirectoryService], PathInfoService]
-registry: Registry[Callable[[BlobService, DirectoryService], PathInfoService]] = Registry("path info service")
+registry: Registry[PathInfoService] = Registry(
+    "path info service",
+    {
+        "memory": "tvix_store.pathinfoservice.memory:MemoryPathInfoService",
+        "lmdb": "tvix_store.pathinfoservice.lmdb_store:LmdbPathInfoService",
+        "grpc": "tvix_store.pathinfoservice.grpc_client:GrpcPathInfoService",
+        "nix": "tvix_store.pathinfoservice.nix_http:NixHttpPathInfoService",
+        "cache": "tvix_store.pathinfoservice.cache:CachePathInfoService",
+    },
+)
 
 
 def from_addr(url: str, blob_service: BlobService, directory_service: DirectoryService) -> PathInfoService:
     """Build the PathInfoService a URL names; some backends (nix+http) need the castore services."""
-    _register_all()
-    return registry.from_addr(url)(blob_service, directory_service)
-
-
-_registered = False
-
-
-def _register_all() -> None:
-    global _registered
-    if _registered:
-        return
-    _registered = True
-
-    def lazy(
-        module: str, cls: str
-    ) -> Callable[[ServiceUrl], Callable[[BlobService, DirectoryService], PathInfoService]]:
-        def factory(url: ServiceUrl) -> Callable[[BlobService, DirectoryService], PathInfoService]:
-            import importlib
-
-            klass = getattr(importlib.import_module(module), cls)
-
-            def build(blobs: BlobService, dirs: DirectoryService) -> PathInfoService:
-                built: PathInfoService = klass.from_url(url, blobs, dirs)
-                return built
-
-            return build
-
-        return factory
-
-    registry.register("memory", lazy("tvix_store.pathinfoservice.memory", "MemoryPathInfoService"))
-    registry.register("lmdb", lazy("tvix_store.pathinfoservice.lmdb_store", "LmdbPathInfoService"))
-    registry.register("grpc", lazy("tvix_store.pathinfoservice.grpc_client", "GrpcPathInfoService"))
-    registry.register("nix", lazy("tvix_store.pathinfoservice.nix_http", "NixHttpPathInfoService"))
-    registry.register("cache", lazy("tvix_store.pathinfoservice.cache", "CachePathInfoService"))
+    return registry.from_addr(url, blob_service, directory_service)
