@@ -112,6 +112,17 @@ class FuseOperations(pyfuse3.Operations):
         # Open directory handles: the directory's inode, or a root listing snapshot.
         self._dir_handles: dict[int, int | _DirEntries] = {}
         self._dir_fh = itertools.count(1)
+        # Set once the kernel's INIT is answered; see ``init``.
+        self.initialized = trio.Event()
+
+    def init(self) -> None:
+        """Note that INIT arrived; the reply goes out right after this returns.
+
+        The kernel resets our readahead when it processes the INIT reply (to the smaller of
+        its value and libfuse's), so whoever tunes it waits for ``initialized``: waiters run
+        only after this handler has returned and the reply has been written.
+        """
+        self.initialized.set()
 
     async def _run(self, fn: Callable[..., R], *args: object) -> R:
         return await trio.to_thread.run_sync(fn, *args, limiter=self._limiter)

@@ -3,10 +3,10 @@
 ``mount()`` runs in the foreground. It ends, after unmounting, on SIGINT or SIGTERM, and also
 when someone else unmounts the filesystem (``umount``/``fusermount3 -u``). A stale mount left
 by a crashed process ("Transport endpoint is not connected") is lazily unmounted first.
-After mounting, the kernel's readahead for our mount is raised to 1 MiB when permitted: the
-kernel then sends 1 MiB READs instead of 128 KiB ones, the largest single speed-up there is
-for a Python filesystem (see perf-notes). ``max_read`` must not be passed (libfuse 3.14
-aborts the mount).
+Once the kernel's INIT is answered (processing the reply resets it), the kernel's readahead
+for our mount is raised to 1 MiB when permitted: the kernel then sends 1 MiB READs instead of
+128 KiB ones, the largest single speed-up there is for a Python filesystem (see perf-notes).
+``max_read`` must not be passed (libfuse 3.14 aborts the mount).
 """
 
 from __future__ import annotations
@@ -57,10 +57,9 @@ def mount(vfs: Vfs, mountpoint: str, *, threads: int = 4, allow_other: bool = Fa
     except RuntimeError as exc:
         hint = " (is user_allow_other set in /etc/fuse.conf?)" if allow_other and os.geteuid() else ""
         raise MountError(f"cannot mount at {path}: {exc}{hint}") from exc
-    _raise_readahead(path)
     unmount = True
     try:
-        stopped_by_us = trio.run(_serve, threads)
+        stopped_by_us = trio.run(_serve, ops, path, threads)
         # After an external umount the kernel has dropped the mount already.
         unmount = stopped_by_us
     except BaseException:
@@ -72,10 +71,15 @@ def mount(vfs: Vfs, mountpoint: str, *, threads: int = 4, allow_other: bool = Fa
     log.info("unmount occurred, terminating")
 
 
-async def _serve(threads: int) -> bool:
+async def _serve(ops: FuseOperations, path: str, threads: int) -> bool:
     """Run pyfuse3's loop beside a signal watcher; True when a signal ended it."""
     stopped = False
     async with trio.open_nursery() as nursery:
+
+        async def tune_readahead() -> None:
+            # Not before INIT is answered: processing the reply caps the readahead again.
+            await ops.initialized.wait()
+            _raise_readahead(path)
 
         async def watch_signals() -> None:
             nonlocal stopped
@@ -87,6 +91,7 @@ async def _serve(threads: int) -> bool:
                     return
 
         nursery.start_soon(watch_signals)
+        nursery.start_soon(tune_readahead)
         # Workers only wait on threads; a few more tasks than threads keep every thread busy.
         await pyfuse3.main(min_tasks=1, max_tasks=max(4, threads * 2))
         nursery.cancel_scope.cancel()
@@ -139,7 +144,7 @@ def _raise_readahead(path: str) -> None:
     except OSError as exc:
         log.info("readahead left at the kernel default (cannot write %s: %s)", knob, exc.strerror)
     else:
-        log.debug("readahead set to %d KiB on %s", READAHEAD_KB, knob)
+        log.info("readahead set to %s KiB on %s", knob.read_text().strip(), knob)
 
 
 def _mount_device(path: str) -> str | None:
