@@ -92,9 +92,9 @@ class Directory:
     def encode(self) -> bytes:
         """The canonical protobuf encoding (fields in number order, defaults omitted)."""
         if self._encoded is None:
-            from tvix_castore.proto_conv import directory_to_proto
+            from tvix_castore.proto_conv import encode_directory
 
-            self._encoded = directory_to_proto(self).SerializeToString(deterministic=True)
+            self._encoded = encode_directory(self)
         return self._encoded
 
     def digest(self) -> B3Digest:

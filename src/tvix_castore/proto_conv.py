@@ -167,6 +167,53 @@ NODE_SCHEMA: Schema = {
 _NODE = NODE_SCHEMA
 
 
+# -- a writer of the canonical (deterministic) encoding -----------------------------------------
+# proto3 as protobuf serializes it deterministically: fields in number order, scalars at their
+# default value left out, every element of a repeated field and every set message written.
+
+
+def varint(value: int) -> bytes:
+    """The base-128 varint encoding of a non-negative integer below 2**64."""
+    out = bytearray()
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def length_delimited(field: int, payload: bytes) -> bytes:
+    """A field of wire type 2 (bytes, string, message)."""
+    return varint(field << 3 | 2) + varint(len(payload)) + payload
+
+
+def _node_fields(name: bytes, node: Node) -> tuple[int, bytes]:
+    """(the Node oneof member's field number, the member message's encoding)."""
+    out = length_delimited(1, name) if name else b""
+    if isinstance(node, SymlinkNode):
+        return 3, out + (length_delimited(2, node.target) if node.target else b"")
+    out += length_delimited(2, node.digest)
+    if node.size:
+        out += b"\x18" + varint(node.size)
+    if isinstance(node, DirectoryNode):
+        return 1, out
+    return 2, out + b"\x20\x01" if node.executable else out
+
+
+def encode_directory(directory: Directory) -> bytes:
+    """The canonical encoding of a Directory (what its digest is taken over)."""
+    lists: tuple[list[bytes], list[bytes], list[bytes]] = ([], [], [])
+    for name, node in directory:
+        field, payload = _node_fields(name, node)
+        lists[field - 1].append(length_delimited(field, payload))
+    return b"".join(lists[0]) + b"".join(lists[1]) + b"".join(lists[2])
+
+
+def encode_node(name: bytes, node: Node) -> bytes:
+    """The canonical encoding of a standalone Node message."""
+    return length_delimited(*_node_fields(name, node))
+
+
 def directory_to_proto(directory: Directory) -> pb.Directory:
     """Split a Directory into the three sorted lists of the wire format."""
     msg: pb.Directory = _pb().Directory()

@@ -18,9 +18,12 @@ from tvix_castore.proto_conv import (
     NODE_SCHEMA,
     Fallback,
     Schema,
+    encode_node,
+    length_delimited,
     named_node_from_proto,
     node_to_proto,
     parse_message,
+    varint,
 )
 from tvix_store.errors import PathInfoError
 from tvix_store.path_info import PathInfo
@@ -138,8 +141,35 @@ def path_info_from_proto(msg: pb.PathInfo) -> PathInfo:
 
 
 def encode_path_info(info: PathInfo) -> bytes:
-    """Serialized wire form."""
-    return path_info_to_proto(info).SerializeToString(deterministic=True)
+    """Serialized wire form, written directly (so that importing never needs protobuf).
+
+    Byte for byte what ``path_info_to_proto(info).SerializeToString(deterministic=True)`` gives.
+    """
+    out = [length_delimited(1, encode_node(info.store_path.basename().encode(), info.node))]
+    out += [length_delimited(2, r.digest) for r in info.references]
+    ni = [varint(0x08) + varint(info.nar_size)] if info.nar_size else []
+    if info.nar_sha256:
+        ni.append(length_delimited(2, info.nar_sha256))
+    for sig in info.signatures:
+        payload = (length_delimited(1, sig.name.encode()) if sig.name else b"") + (
+            length_delimited(2, sig.data) if sig.data else b""
+        )
+        ni.append(length_delimited(3, payload))
+    ni += [length_delimited(4, r.basename().encode()) for r in info.references]
+    if info.deriver is not None:
+        d = info.deriver
+        payload = (length_delimited(1, d.name.encode()) if d.name else b"") + (
+            length_delimited(2, d.digest) if d.digest else b""
+        )
+        ni.append(length_delimited(5, payload))
+    if info.ca is not None:
+        number = _CA_TO_PROTO[(info.ca.kind, info.ca.hash.algo)]
+        payload = (b"\x08" + varint(number) if number else b"") + (
+            length_delimited(2, info.ca.hash.digest) if info.ca.hash.digest else b""
+        )
+        ni.append(length_delimited(6, payload))
+    out.append(length_delimited(3, b"".join(ni)))
+    return b"".join(out)
 
 
 def decode_path_info(data: bytes) -> PathInfo:
