@@ -8,6 +8,7 @@ stderr; any StoreError or Nix-format error becomes one ``error: …`` line and e
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -178,13 +179,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     func: CommandFunc = args.func
     try:
-        return func(args)
+        status = func(args)
     except (StoreError, NixCompatError, OSError) as exc:
         log.debug("command failed", exc_info=True)
         print(f"error: {exc}", file=sys.stderr)
-        return 1
+        status = 1
     except KeyboardInterrupt:
-        return 130
+        status = 130
+    if argv is None and args.command in _QUICK_EXIT:
+        _quick_exit(status)
+    return status
+
+
+# Commands that end with every service closed, every store write durable and no thread left
+# working: as a program (not called from Python), they exit without interpreter teardown.
+_QUICK_EXIT = frozenset({"import", "nar", "path-info"})
+
+
+def _quick_exit(status: int) -> None:
+    """Flush the output and leave, skipping module teardown (~20 ms: a fifth of a small nar)."""
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except OSError:
+        status = status or 1
+    logging.shutdown()
+    os._exit(status)
 
 
 if __name__ == "__main__":
