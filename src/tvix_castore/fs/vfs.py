@@ -62,12 +62,13 @@ XATTR_BLOB_DIGEST = b"user.tvix.castore.blob.digest"
 # the chunk cache when it is at most this big; larger ones are served through a seekable reader.
 _WHOLE_BLOB_MAX = 8 * 1024 * 1024
 _DEFAULT_CACHE_BYTES = 64 * 1024 * 1024
-# Chunks fetched ahead of a sequential reader: about 3 MiB with tvix's chunk sizes, several
-# 1 MiB kernel READs, so fetching and verifying the next chunks overlaps with serving this one.
-_READAHEAD_CHUNKS = 8
-# Fetching a chunk is mostly BLAKE3 verification and copying out of the LMDB map, which release
-# the GIL or are short; four fetchers keep both cores busy even when other work competes.
-_PREFETCH_THREADS = 4
+# How far past a sequential read the prefetchers fetch: several 1 MiB kernel READs, so that
+# fetching and verifying the next chunks overlaps with serving this one.
+_READAHEAD_BYTES = 4 * 1024 * 1024
+# Fetching a chunk is mostly BLAKE3 verification (without the GIL) and copying out of the LMDB
+# map (with it). Two fetchers beside the FUSE thread keep both cores busy; four lost ~25% on
+# the two-core machine to handing the GIL around.
+_PREFETCH_THREADS = 2
 
 
 class VfsError(Exception):
@@ -432,38 +433,43 @@ class Vfs:
         if offset >= end:
             return b""
         chunks, starts = of.chunks, of.starts
-        first = i = bisect.bisect_right(starts, offset) - 1
+        first = bisect.bisect_right(starts, offset) - 1
+        last = bisect.bisect_right(starts, end - 1) - 1
+        if offset in (of.next_offset, 0):
+            # Sequential: the prefetchers fetch this read's missing chunks side by side and
+            # keep going well past its end, so the next READs find their bytes in memory.
+            self._prefetch(of, first, last, end + _READAHEAD_BYTES)
         parts: list[memoryview] = []
-        pos = offset
-        while pos < end:
-            meta, start = chunks[i], starts[i]
+        for i in range(first, last + 1):
+            meta = chunks[i]
             data = self._cache.get(meta.digest)
             if data is None:
                 if not wait:
-                    self._schedule_readahead(of, first, offset)
                     return None
                 data = self._load(meta)
-            lo = pos - start
-            hi = min(end - start, meta.size)
-            parts.append(memoryview(data)[lo:hi])
-            pos = start + hi
-            i += 1
-        self._schedule_readahead(of, i - 1, offset)
+            start = starts[i]
+            parts.append(memoryview(data)[max(offset - start, 0) : min(end - start, meta.size)])
         of.next_offset = end
         if len(parts) == 1:
             return parts[0]
         return b"".join(parts)
 
-    def _schedule_readahead(self, of: _OpenFile, last: int, offset: int) -> None:
-        """After a sequential read ending in chunk ``last``, fetch the following chunks."""
-        if offset != of.next_offset and offset != 0:
-            return
+    def _prefetch(self, of: _OpenFile, first: int, last: int, until: int) -> None:
+        """Fetch chunks first..last (this read's), then on up to offset until, in the background.
+
+        Only the chunks after last count against the readahead budget: this read needs the
+        others anyway.
+        """
         assert of.chunks is not None
         budget = self._readahead_bytes
-        for meta in of.chunks[last + 1 : last + 1 + _READAHEAD_CHUNKS]:
-            budget -= meta.size
-            if budget < 0:
+        for i in range(first, len(of.chunks)):
+            if of.starts[i] >= until:
                 return
+            meta = of.chunks[i]
+            if i > last:
+                budget -= meta.size
+                if budget < 0:
+                    return
             if meta.digest in self._cache:
                 continue
             with self._inflight_lock:
