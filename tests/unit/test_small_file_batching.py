@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -24,13 +25,18 @@ def services(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Service
         yield s
 
 
+_RNG = random.Random(20261123)
+
+
 def _blobs() -> list[bytes]:
     return [
         b"",
         b"a",
-        os.urandom(MIN_SIZE - 1),  # the largest blob that is always a single chunk
-        os.urandom(MIN_SIZE),
-        os.urandom(3 * MIN_SIZE + 17),  # several chunks
+        _RNG.randbytes(MIN_SIZE - 1),  # the largest blob that is always a single chunk
+        _RNG.randbytes(MIN_SIZE),
+        # Longer than the chunker's maximum (4 * MIN_SIZE), so it is cut at least once whatever the
+        # data; random data of a length below the maximum may or may not be cut.
+        _RNG.randbytes(5 * MIN_SIZE + 17),
         b"a",  # a repeat
     ]
 
