@@ -527,7 +527,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         tee = cache.writer(key, nar_size) if cache is not None and status == 200 else None
         out = _RangeWriter(self.wfile.write if tee is None else tee.tee(self.wfile.write), start, end)
         try:
-            write_nar(out, node, services.blob_service, services.directory_service)
+            # zero_copy: every sink here (sendall, the cache file's buffered write, the range
+            # slice) is done with a piece before it returns, so pieces may be views of the map.
+            write_nar(out, node, services.blob_service, services.directory_service, zero_copy=True)
         except _Abort:
             return
         except (BrokenPipeError, ConnectionResetError):
