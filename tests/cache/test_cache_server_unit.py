@@ -187,3 +187,25 @@ def test_references_first_orders_closure():
     ordered = _references_first({i.store_path.digest: i for i in (c, b, a)})
     names = [i.store_path.name for i in ordered]
     assert names.index("a") < names.index("b") < names.index("c")
+
+
+def test_kept_alive_small_responses_are_not_delayed(server):
+    """Small responses on one kept-alive connection come back at once.
+
+    Headers and body leave in two writes; without TCP_NODELAY the body waits for the client's
+    delayed ACK of the headers, about 40 ms per response on Linux loopback (2 s for these 50).
+    """
+    import time
+
+    srv, _ = server
+    conn = http.client.HTTPConnection("127.0.0.1", srv.server_address[1], timeout=30)
+    try:
+        t0 = time.perf_counter()
+        for _ in range(50):
+            conn.request("GET", "/nix-cache-info")
+            resp = conn.getresponse()
+            assert resp.status == 200 and b"StoreDir: /nix/store" in resp.read()
+        elapsed = time.perf_counter() - t0
+    finally:
+        conn.close()
+    assert elapsed < 1.0, f"50 kept-alive requests took {elapsed:.2f} s"
