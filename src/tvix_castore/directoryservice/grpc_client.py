@@ -24,10 +24,10 @@ from tvix.castore.protos import rpc_directory_pb2 as pb
 from tvix.castore.protos import rpc_directory_pb2_grpc as pb_grpc
 from tvix_castore.digests import B3_LEN, B3Digest
 from tvix_castore.directory import Directory
-from tvix_castore.directory_graph import LeavesToRootValidator, RootToLeavesValidator
+from tvix_castore.directory_graph import RootToLeavesValidator
 from tvix_castore.directoryservice import DirectoryPutter, DirectoryService
+from tvix_castore.directoryservice.simple_putter import SimplePutter
 from tvix_castore.errors import (
-    ClosedError,
     DataCorruption,
     DirectoryError,
     StorageError,
@@ -174,64 +174,11 @@ class GrpcDirectoryService(DirectoryService):
 
     def put_multiple_start(self) -> DirectoryPutter:
         """A putter that checks the closure locally and sends it in one Put on close."""
-        return _GrpcDirectoryPutter(self)
+        return SimplePutter(self._put_closure)
 
-
-@final
-class _GrpcDirectoryPutter(DirectoryPutter):
-    def __init__(self, service: GrpcDirectoryService) -> None:
-        self._service = service
-        self._validator: LeavesToRootValidator | None = LeavesToRootValidator()
-        self._failure: DirectoryError | None = None
-        self._root: B3Digest | None = None
-        self._lock = threading.Lock()
-
-    def _live(self) -> LeavesToRootValidator:
-        if self._failure is not None:
-            raise DirectoryError(f"directory putter failed earlier: {self._failure}")
-        if self._validator is None:
-            raise ClosedError("directory putter is closed")
-        return self._validator
-
-    def put(self, directory: Directory) -> None:
-        """Add one Directory; its children must have been put before."""
-        with self._lock:
-            validator = self._live()
-            try:
-                validator.add(directory)
-            except DirectoryError as exc:
-                self._failure = exc
-                raise
-
-    def close(self) -> B3Digest:
-        """Send the closure in one Put; returns the root digest the server answered."""
-        from tvix_castore.errors import InvalidRequest
-
-        with self._lock:
-            if self._root is not None:
-                return self._root
-            validator = self._live()
-            if not len(validator):
-                self._validator = None
-                raise InvalidRequest("got no directories")
-            try:
-                root, directories = validator.finalize()
-            except DirectoryError as exc:
-                self._failure = exc
-                raise
-            self._validator = None
-            stored = self._service._put_stream(directories)
-            if stored != root:
-                raise DataCorruption(f"server answered root {stored}, expected {root}")
-            self._root = root
-            return root
-
-    def abort(self) -> None:
-        """Drop everything put so far."""
-        with self._lock:
-            self._validator = None
-
-    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        """Leaving on an exception drops everything that was put."""
-        if exc_type is not None:
-            self.abort()
+    def _put_closure(self, directories: list[Directory]) -> None:
+        # directories come children first, so the last one is the root the server must answer.
+        stored = self._put_stream(directories)
+        root = directories[-1].digest()
+        if stored != root:
+            raise DataCorruption(f"{self._name}: server answered root {stored}, expected {root}")
