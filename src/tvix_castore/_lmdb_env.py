@@ -25,10 +25,13 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import lmdb
 
 from tvix_castore.errors import InvalidRequest, StorageError
+from tvix_castore.url import ServiceUrl
 
 TABLES = ("chunks", "blobs", "directories", "pathinfos", "narcache")
 
@@ -60,6 +63,22 @@ class LmdbStore:
             self.env.sync(True)
         except lmdb.Error as exc:
             raise StorageError(f"cannot sync LMDB store at {self.path}: {exc}") from exc
+
+
+@contextmanager
+def lmdb_errors(store: str, what: str) -> Iterator[None]:
+    """Translate py-lmdb's errors into StorageError naming the store and the operation."""
+    try:
+        yield
+    except lmdb.Error as exc:
+        raise StorageError(f"LMDB {store} store: {what}: {exc}") from exc
+
+
+def path_from_url(url: ServiceUrl) -> str:
+    """Check an ``lmdb:///abs/dir`` URL (no host, no options) and return its directory."""
+    url.require_no_host()
+    url.require_no_query()
+    return path_from_url_path(url.path)
 
 
 def path_from_url_path(url_path: str) -> str:

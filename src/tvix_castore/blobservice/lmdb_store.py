@@ -38,7 +38,7 @@ from typing import cast, final
 import blake3
 import lmdb
 
-from tvix_castore._lmdb_env import LmdbStore, open_env, path_from_url_path, release_env
+from tvix_castore._lmdb_env import LmdbStore, open_env, path_from_url, release_env
 from tvix_castore.blobservice import BlobReader, BlobService, BlobWriter, ChunkMeta
 from tvix_castore.blobservice.chunked_reader import BytesBlobReader, ChunkedReader
 from tvix_castore.chunker import MIN_SIZE, Chunker
@@ -118,9 +118,7 @@ class LmdbBlobService(BlobService):
     @classmethod
     def from_url(cls, url: ServiceUrl) -> LmdbBlobService:
         """Accept ``lmdb:///abs/dir``: no host, an absolute path other than ``/``, no options."""
-        url.require_no_host()
-        url.require_no_query()
-        return cls(path_from_url_path(url.path))
+        return cls(path_from_url(url))
 
     @property
     def path(self) -> str:

@@ -16,12 +16,11 @@ from __future__ import annotations
 import threading
 from collections import deque
 from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import cast, final
 
 import lmdb
 
-from tvix_castore._lmdb_env import LmdbStore, open_env, path_from_url_path, release_env
+from tvix_castore._lmdb_env import LmdbStore, lmdb_errors, open_env, path_from_url, release_env
 from tvix_castore.digests import B3Digest, blake3_digest
 from tvix_castore.directory import Directory
 from tvix_castore.directoryservice import DirectoryService
@@ -35,15 +34,6 @@ __all__ = ["LmdbDirectoryService"]
 # Directories fetched per read transaction in get_recursive: large enough that opening the
 # transaction costs nothing, small enough that a reader never pins old pages for long.
 _READ_BATCH = 512
-
-
-@contextmanager
-def _lmdb_errors(what: str) -> Iterator[None]:
-    """Translate py-lmdb's errors into StorageError naming the operation."""
-    try:
-        yield
-    except lmdb.Error as exc:
-        raise StorageError(f"LMDB directory store: {what}: {exc}") from exc
 
 
 @final
@@ -60,9 +50,7 @@ class LmdbDirectoryService(DirectoryService):
     @classmethod
     def from_url(cls, url: ServiceUrl) -> LmdbDirectoryService:
         """Accept ``lmdb:///abs/dir``: no host, an absolute path other than ``/``, no options."""
-        url.require_no_host()
-        url.require_no_query()
-        return cls(path_from_url_path(url.path))
+        return cls(path_from_url(url))
 
     @property
     def path(self) -> str:
@@ -78,7 +66,7 @@ class LmdbDirectoryService(DirectoryService):
 
     def get(self, digest: B3Digest) -> Directory | None:
         """The Directory with that digest, or None; raises DataCorruption for bad stored bytes."""
-        with _lmdb_errors(f"get {digest}"), self._env.begin(db=self._db) as txn:
+        with lmdb_errors("directory", f"get {digest}"), self._env.begin(db=self._db) as txn:
             data = txn.get(digest)
         return None if data is None else self._decode(digest, data)
 
@@ -105,7 +93,7 @@ class LmdbDirectoryService(DirectoryService):
         seen = {root}
         while queue:
             batch = [queue.popleft() for _ in range(min(len(queue), _READ_BATCH))]
-            with _lmdb_errors(f"get closure of {root}"), self._env.begin(db=self._db) as txn:
+            with lmdb_errors("directory", f"get closure of {root}"), self._env.begin(db=self._db) as txn:
                 found = [txn.get(digest) for digest in batch]
             # The transaction is over: decode, verify and yield outside of it.
             for digest, data in zip(batch, found, strict=True):
@@ -133,7 +121,7 @@ class LmdbDirectoryService(DirectoryService):
     def _write(self, directories: list[Directory]) -> None:
         if self._store is None:
             raise ClosedError("LMDB directory service is closed")
-        with _lmdb_errors("put"), self._env.begin(write=True, db=self._db) as txn:
+        with lmdb_errors("directory", "put"), self._env.begin(write=True, db=self._db) as txn:
             for directory in directories:
                 # NOOVERWRITE: a present Directory has the same bytes; don't rewrite its pages.
                 txn.put(directory.digest(), directory.encode(), overwrite=False)

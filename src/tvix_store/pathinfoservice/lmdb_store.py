@@ -18,15 +18,14 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import TYPE_CHECKING, cast, final
 
 import lmdb
 
-from tvix_castore._lmdb_env import LmdbStore, open_env, path_from_url_path, release_env
+from tvix_castore._lmdb_env import LmdbStore, lmdb_errors, open_env, path_from_url, release_env
 from tvix_castore.blobservice import BlobService
 from tvix_castore.directoryservice import DirectoryService
-from tvix_castore.errors import ClosedError, DataCorruption, StorageError
+from tvix_castore.errors import ClosedError, DataCorruption
 from tvix_castore.url import ServiceUrl
 from tvix_store.errors import PathInfoError
 from tvix_store.path_info import PathInfo
@@ -39,15 +38,6 @@ if TYPE_CHECKING:
 __all__ = ["LmdbPathInfoService"]
 
 _LIST_BATCH = 256
-
-
-@contextmanager
-def _lmdb_errors(what: str) -> Iterator[None]:
-    """Translate py-lmdb's errors into StorageError naming the operation."""
-    try:
-        yield
-    except lmdb.Error as exc:
-        raise StorageError(f"LMDB path info store: {what}: {exc}") from exc
 
 
 @final
@@ -67,9 +57,7 @@ class LmdbPathInfoService(PathInfoService):
         cls, url: ServiceUrl, blob_service: BlobService, directory_service: DirectoryService
     ) -> LmdbPathInfoService:
         """Accept ``lmdb:///abs/dir``: no host, an absolute path other than ``/``, no options."""
-        url.require_no_host()
-        url.require_no_query()
-        return cls(path_from_url_path(url.path))
+        return cls(path_from_url(url))
 
     @property
     def path(self) -> str:
@@ -88,7 +76,7 @@ class LmdbPathInfoService(PathInfoService):
 
     def get(self, digest: bytes) -> PathInfo | None:
         """The PathInfo of the store path with this 20-byte digest, or None."""
-        with _lmdb_errors("get"), self._env.begin(db=self._db) as txn:
+        with lmdb_errors("path info", "get"), self._env.begin(db=self._db) as txn:
             data = txn.get(bytes(digest))
         return None if data is None else self._decode(bytes(digest), data)
 
@@ -100,7 +88,7 @@ class LmdbPathInfoService(PathInfoService):
         value = encode_path_info(info)
         store.sync()
         with (
-            _lmdb_errors(f"put {info.store_path.basename()}"),
+            lmdb_errors("path info", f"put {info.store_path.basename()}"),
             self._env.begin(write=True, db=self._db) as txn,
         ):
             txn.put(info.store_path.digest, value)
@@ -112,7 +100,7 @@ class LmdbPathInfoService(PathInfoService):
         after: bytes | None = None
         while True:
             batch: list[tuple[bytes, bytes]] = []
-            with _lmdb_errors("list"), self._env.begin(db=self._db) as txn:
+            with lmdb_errors("path info", "list"), self._env.begin(db=self._db) as txn:
                 cursor = txn.cursor()
                 more = cursor.first() if after is None else cursor.set_range(after)
                 while more and len(batch) < _LIST_BATCH:
