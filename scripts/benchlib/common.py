@@ -136,16 +136,21 @@ def run(cmd: Sequence[str], **kw: object) -> subprocess.CompletedProcess[bytes]:
 
 def peak_rss_of(cmd: Sequence[str], env: dict[str, str] | None = None) -> tuple[float, bytes]:
     """Run cmd to completion; return (peak RSS of that child in MiB, its stdout)."""
-    pid = os.fork()
-    if pid == 0:  # child: exec with stdout to a pipe-less temp file
-        try:
-            os.execvpe(cmd[0], list(cmd), env or dict(os.environ))
-        finally:
-            os._exit(127)
-    _, status, usage = os.wait4(pid, 0)
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise RuntimeError(f"{cmd} failed with {status}")
-    return usage.ru_maxrss / 1024, b""
+    import tempfile
+
+    with tempfile.TemporaryFile() as out:
+        pid = os.fork()
+        if pid == 0:  # child: stdout into the temp file, so the table stays clean
+            try:
+                os.dup2(out.fileno(), 1)
+                os.execvpe(cmd[0], list(cmd), env or dict(os.environ))
+            finally:
+                os._exit(127)
+        _, status, usage = os.wait4(pid, 0)
+        if os.waitstatus_to_exitcode(status) != 0:
+            raise RuntimeError(f"{cmd} failed with {status}")
+        out.seek(0)
+        return usage.ru_maxrss / 1024, out.read()
 
 
 def drop_caches() -> bool:
