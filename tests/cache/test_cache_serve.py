@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
+import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -29,7 +31,12 @@ def filled_store(tmp_path, nix_closure) -> Path:
 
 
 def _nix(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*NIX, *args], capture_output=True, text=True, timeout=600)
+    # Nix remembers, per cache URL, which paths a binary cache has (~/.cache/nix narinfo cache,
+    # positive entries for 30 days). Our servers get fresh loopback ports that earlier servers
+    # used, so a shared cache would make `nix copy --to` skip uploads: give every call its own.
+    with tempfile.TemporaryDirectory(prefix="nix-xdg-cache-") as cache:
+        env = {**os.environ, "XDG_CACHE_HOME": cache}
+        return subprocess.run([*NIX, *args], capture_output=True, text=True, timeout=600, env=env)
 
 
 def _assert_root_matches(root: Path, nix_closure: dict) -> None:
