@@ -21,7 +21,7 @@ from tvix_castore.blobservice import BlobReader, ChunkMeta
 from tvix_castore.digests import B3Digest
 from tvix_castore.errors import ClosedError, InvalidRequest, StorageError
 
-__all__ = ["BytesBlobReader", "ChunkFetcher", "ChunkedReader", "resolve_seek"]
+__all__ = ["BytesBlobReader", "ChunkFetcher", "ChunkedReader", "PositionedBlobReader", "resolve_seek"]
 
 ChunkFetcher = Callable[[B3Digest], "bytes | memoryview | None"]
 """Returns a chunk's verified bytes, or None when the chunk is absent."""
@@ -50,8 +50,11 @@ def resolve_seek(pos: int, offset: int, whence: int, length: int) -> int:
     return target
 
 
-class _ReaderBase(BlobReader):
-    """Position bookkeeping and the io plumbing shared by both readers."""
+class PositionedBlobReader(BlobReader):
+    """Position bookkeeping and io plumbing for readers that implement only ``read``.
+
+    Subclasses set ``_length`` and ``_pos`` and provide ``read(size)``.
+    """
 
     _pos: int
     _length: int
@@ -87,7 +90,7 @@ class _ReaderBase(BlobReader):
             raise ClosedError("blob reader is closed")
 
 
-class BytesBlobReader(_ReaderBase):
+class BytesBlobReader(PositionedBlobReader):
     """A reader over a blob already in memory (and already verified by whoever built it)."""
 
     def __init__(self, data: bytes | bytearray | memoryview) -> None:
@@ -111,7 +114,7 @@ class BytesBlobReader(_ReaderBase):
         super().close()
 
 
-class ChunkedReader(_ReaderBase):
+class ChunkedReader(PositionedBlobReader):
     """A reader over an ordered, non-empty list of chunks fetched on demand.
 
     Random access costs one chunk fetch: the chunk holding a position is found by binary search

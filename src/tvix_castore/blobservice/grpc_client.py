@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import io
 import logging
 import queue
 import tempfile
@@ -40,7 +39,7 @@ import grpc
 from tvix.castore.protos import rpc_blobstore_pb2 as pb
 from tvix.castore.protos import rpc_blobstore_pb2_grpc as pb_grpc
 from tvix_castore.blobservice import BlobReader, BlobService, BlobWriter, ChunkMeta
-from tvix_castore.blobservice.chunked_reader import BytesBlobReader, ChunkedReader, resolve_seek
+from tvix_castore.blobservice.chunked_reader import BytesBlobReader, ChunkedReader, PositionedBlobReader
 from tvix_castore.digests import B3_LEN, B3Digest, blake3_digest
 from tvix_castore.errors import ClosedError, DataCorruption, StorageError, StoreError
 from tvix_castore.grpc.channel import CHANNEL_OPTIONS, channel_target, open_channel
@@ -488,7 +487,7 @@ class _Prefetcher:
             self._stream.stop()
 
 
-class _SpooledReader(BlobReader):
+class _SpooledReader(PositionedBlobReader):
     """A reader over a verified blob spooled to a temporary file."""
 
     def __init__(self, spool: IO[bytes], length: int) -> None:
@@ -496,21 +495,6 @@ class _SpooledReader(BlobReader):
         self._spool = spool
         self._length = length
         self._pos = 0
-
-    def size(self) -> int:
-        """Length of the blob."""
-        return self._length
-
-    def tell(self) -> int:
-        """Current position."""
-        self._check_open()
-        return self._pos
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        """Move within [0, size]."""
-        self._check_open()
-        self._pos = resolve_seek(self._pos, offset, whence, self._length)
-        return self._pos
 
     def read(self, size: int | None = -1) -> bytes:
         """Up to size bytes; b"" at the end."""
@@ -521,26 +505,11 @@ class _SpooledReader(BlobReader):
         self._pos += len(data)
         return data
 
-    def readinto(self, buffer: Any) -> int:
-        """Read into buffer."""
-        view = memoryview(buffer).cast("B")
-        data = self.read(len(view))
-        view[: len(data)] = data
-        return len(data)
-
-    def readall(self) -> bytes:
-        """Everything from the position on."""
-        return self.read(-1)
-
     def close(self) -> None:
         """Delete the spool file."""
         if not self.closed:
             self._spool.close()
         super().close()
-
-    def _check_open(self) -> None:
-        if self.closed:
-            raise ClosedError("blob reader is closed")
 
 
 class _SmallUploader:
