@@ -7,7 +7,7 @@ new entry here (the gRPC entries wrap memory and LMDB services behind a real ser
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
 
@@ -52,14 +52,6 @@ def register_path_info(name: str) -> Callable[[PathInfoFactory], PathInfoFactory
         return f
 
     return deco
-
-
-def closing_iter(service: BlobService | DirectoryService | PathInfoService) -> Iterator[object]:
-    """Helper for generator-based factories: yield the service, close it afterwards."""
-    try:
-        yield service
-    finally:
-        service.close()
 
 
 # Backend entries are added in the modules below (imported by tests/conftest.py):

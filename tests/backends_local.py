@@ -3,97 +3,56 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
-from backends import register_blob
+from backends import register_blob, register_directory, register_path_info
 
 from tvix_castore.blobservice import BlobService
 from tvix_castore.blobservice import from_addr as blob_from_addr
+from tvix_castore.directoryservice import DirectoryService
+from tvix_castore.directoryservice import from_addr as directory_from_addr
+from tvix_store.pathinfoservice import PathInfoService
+from tvix_store.pathinfoservice import from_addr as path_info_from_addr
 
-# ---- BlobService (helper H2a) -------------------------------------------------------------------
-
-
-@register_blob("memory")
-@contextmanager
-def _memory_blobs(tmp: Path) -> Iterator[BlobService]:
-    service = blob_from_addr("memory://")
-    try:
-        yield service
-    finally:
-        service.close()
+_URLS = {"memory": lambda tmp: "memory://", "lmdb": lambda tmp: f"lmdb://{tmp / 'store'}"}
 
 
-@register_blob("lmdb")
-@contextmanager
-def _lmdb_blobs(tmp: Path) -> Iterator[BlobService]:
-    service = blob_from_addr(f"lmdb://{tmp / 'store'}")
-    try:
-        yield service
-    finally:
-        service.close()
+def _register(name: str) -> None:
+    url_of = _URLS[name]
+
+    @register_blob(name)
+    @contextmanager
+    def blobs(tmp: Path) -> Iterator[BlobService]:
+        service = blob_from_addr(url_of(tmp))
+        try:
+            yield service
+        finally:
+            service.close()
+
+    @register_directory(name)
+    @contextmanager
+    def directories(tmp: Path) -> Iterator[DirectoryService]:
+        service = directory_from_addr(url_of(tmp))
+        try:
+            yield service
+        finally:
+            service.close()
+
+    @register_path_info(name)
+    @contextmanager
+    def path_infos(tmp: Path) -> Iterator[PathInfoService]:
+        # Closed in reverse order: the path-info service first, then the castore services.
+        with ExitStack() as stack:
+            url = url_of(tmp)
+            b = blob_from_addr(url)
+            stack.callback(b.close)
+            d = directory_from_addr(url)
+            stack.callback(d.close)
+            service = path_info_from_addr(url, b, d)
+            stack.callback(service.close)
+            yield service
 
 
-# ---- end BlobService ----------------------------------------------------------------------------
-
-
-# ---- DirectoryService and PathInfoService (helper H2b) ------------------------------------------
-
-from backends import register_directory, register_path_info  # noqa: E402
-
-from tvix_castore.directoryservice import DirectoryService  # noqa: E402
-from tvix_castore.directoryservice import from_addr as directory_from_addr  # noqa: E402
-from tvix_store.pathinfoservice import PathInfoService  # noqa: E402
-from tvix_store.pathinfoservice import from_addr as path_info_from_addr  # noqa: E402
-
-
-@register_directory("memory")
-@contextmanager
-def _memory_directories(tmp: Path) -> Iterator[DirectoryService]:
-    service = directory_from_addr("memory://")
-    try:
-        yield service
-    finally:
-        service.close()
-
-
-@register_directory("lmdb")
-@contextmanager
-def _lmdb_directories(tmp: Path) -> Iterator[DirectoryService]:
-    service = directory_from_addr(f"lmdb://{tmp / 'store'}")
-    try:
-        yield service
-    finally:
-        service.close()
-
-
-@register_path_info("memory")
-@contextmanager
-def _memory_path_infos(tmp: Path) -> Iterator[PathInfoService]:
-    blobs = blob_from_addr("memory://")
-    dirs = directory_from_addr("memory://")
-    service = path_info_from_addr("memory://", blobs, dirs)
-    try:
-        yield service
-    finally:
-        service.close()
-        dirs.close()
-        blobs.close()
-
-
-@register_path_info("lmdb")
-@contextmanager
-def _lmdb_path_infos(tmp: Path) -> Iterator[PathInfoService]:
-    url = f"lmdb://{tmp / 'store'}"
-    blobs = blob_from_addr(url)
-    dirs = directory_from_addr(url)
-    service = path_info_from_addr(url, blobs, dirs)
-    try:
-        yield service
-    finally:
-        service.close()
-        dirs.close()
-        blobs.close()
-
-
-# ---- end DirectoryService and PathInfoService ---------------------------------------------------
+for _name in _URLS:
+    _register(_name)
