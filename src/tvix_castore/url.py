@@ -6,13 +6,18 @@ The registry tag is the scheme up to the first ``+`` (``grpc+unix`` -> ``grpc``)
 from __future__ import annotations
 
 import importlib
+import re
 from dataclasses import dataclass
 from typing import Generic, TypeVar
-from urllib.parse import parse_qs, urlsplit
 
 from tvix_castore.errors import InvalidRequest
 
 T = TypeVar("T")
+
+# ``scheme:///path`` with nothing that urlsplit would strip, split on or decode: every command
+# with the default store parses one, and urllib.parse (with ipaddress) costs more to import
+# than such a split. Anything else goes through urlsplit.
+_PLAIN_PATH_URL = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*)://(/[\x21-\x22\x24-\x3e\x40-\x7e]*)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,13 +35,19 @@ class ServiceUrl:
     @classmethod
     def parse(cls, raw: str) -> ServiceUrl:
         """Split a URL; raises InvalidRequest when it has no scheme."""
-        parts = urlsplit(raw)
+        plain = _PLAIN_PATH_URL.fullmatch(raw)
+        if plain is not None:
+            scheme = plain.group(1).lower()
+            return cls(raw, scheme, scheme.split("+", 1)[0], "", None, plain.group(2), {})
+        from urllib.parse import parse_qs, urlsplit
+
+        try:
+            parts = urlsplit(raw)
+            port = parts.port
+        except ValueError as exc:  # e.g. "Invalid IPv6 URL", "Port out of range 0-65535"
+            raise InvalidRequest(f"invalid service address {raw!r}: {exc}") from exc
         if not parts.scheme or "://" not in raw:
             raise InvalidRequest(f"invalid service address {raw!r}: expected scheme://...")
-        try:
-            port = parts.port
-        except ValueError as exc:
-            raise InvalidRequest(f"invalid service address {raw!r}: {exc}") from exc
         return cls(
             raw=raw,
             scheme=parts.scheme,
@@ -50,6 +61,10 @@ class ServiceUrl:
     @property
     def netloc(self) -> str:
         """``host[:port]`` as written (IPv6 hosts keep their brackets)."""
+        if _PLAIN_PATH_URL.fullmatch(self.raw):
+            return ""
+        from urllib.parse import urlsplit
+
         return urlsplit(self.raw).netloc
 
     def require_no_host(self) -> None:
