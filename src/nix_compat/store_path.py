@@ -5,7 +5,6 @@ Vectors and rules: ../shared/spec/tvix-store.md §5.2 and §5.4.
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -117,6 +116,8 @@ def build_store_path_from_fingerprint(type_: str, inner_digest_hex: str, name: s
     """Store path for ``<type>:sha256:<hex>:/nix/store:<name>``."""
     validate_name(name)
     fingerprint = f"{type_}:sha256:{inner_digest_hex}:{STORE_DIR}:{name}"
+    import hashlib  # here, not at the top: reading commands (nar, path-info) never build paths
+
     return StorePath(compress_hash(hashlib.sha256(fingerprint.encode()).digest(), DIGEST_LEN), name)
 
 
@@ -139,5 +140,7 @@ def build_text_path(name: str, content_sha256: bytes, references: Iterable[Store
 def build_fixed_output_path(name: str, algo: str, digest: bytes, recursive: bool) -> StorePath:
     """The path of a fixed-output result other than NAR/sha256 (``output:out``)."""
     method = "r:" if recursive else ""
+    import hashlib
+
     inner = hashlib.sha256(f"fixed:out:{method}{algo}:{digest.hex()}:".encode()).hexdigest()
     return build_store_path_from_fingerprint("output:out", inner, name)
