@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -19,7 +20,7 @@ from tvix_castore.blobservice import from_addr
 from tvix_castore.blobservice.lmdb_store import LmdbBlobService, LmdbBlobWriter
 from tvix_castore.chunker import MAX_SIZE, MIN_SIZE
 from tvix_castore.digests import B3Digest
-from tvix_castore.errors import ClosedError, DataCorruption
+from tvix_castore.errors import ClosedError, DataCorruption, StorageError
 
 MiB = 1024 * 1024
 
@@ -293,3 +294,27 @@ def test_service_closed_during_write(store_dir: Path) -> None:
         assert _table_items(store_dir, "blobs") == {}
     finally:
         s2.close()
+
+
+def test_verify_chunk_in_place_and_join_ranges(service: LmdbBlobService, store_dir: Path) -> None:
+    """verify_chunk checks a chunk where it lies; join_chunk_ranges copies ranges of several."""
+    data = os.urandom(3 * MiB)
+    digest = service.put(data)
+    chunks = service.chunks(digest)
+    assert chunks is not None and len(chunks) >= 3
+    assert [service.verify_chunk(c.digest) for c in chunks] == [c.size for c in chunks]
+    starts = [sum(c.size for c in chunks[:i]) for i in range(len(chunks))]
+    ranges = [
+        (chunks[0].digest, 7, chunks[0].size),
+        (chunks[1].digest, 0, chunks[1].size),
+        (chunks[2].digest, 0, 9),
+    ]
+    assert service.join_chunk_ranges(ranges) == data[7 : starts[2] + 9]
+    assert service.verify_chunk(B3Digest(bytes(32))) is None
+    with pytest.raises(StorageError, match="missing"):
+        service.join_chunk_ranges([(B3Digest(bytes(32)), 0, 1)])
+    rotten = bytearray(data[starts[1] : starts[1] + chunks[1].size])
+    rotten[-1] ^= 0x80
+    _overwrite_chunk(store_dir, chunks[1].digest, bytes(rotten))
+    with pytest.raises(DataCorruption, match=re.escape(str(chunks[1].digest))):
+        service.verify_chunk(chunks[1].digest)

@@ -364,18 +364,21 @@ def test_concurrent_readers_threads(lmdb_vfs: tuple[Vfs, bytes, int]) -> None:
 
 
 def test_missing_chunk_is_eio(tmp_path: Path) -> None:
+    """A chunk gone from the LMDB store: bytes before it are served, a read touching it is EIO."""
+    from tvix_castore._lmdb_env import open_env, release_env
     from tvix_castore.blobservice import ChunkMeta
     from tvix_castore.blobservice.lmdb_store import LmdbBlobService
 
-    class DroppingBlobs(LmdbBlobService):
-        def read_chunk(self, digest: B3Digest) -> bytes | None:
-            return None if digest == dropped else super().read_chunk(digest)
-
-    blobs = DroppingBlobs(str(tmp_path / "s"))
+    blobs = LmdbBlobService(str(tmp_path / "s"))
     data = random.Random(3).randbytes(3 * 1024 * 1024)
     digest = blobs.put(data)
     chunks: list[ChunkMeta] = blobs.chunks(digest) or []
-    dropped = chunks[1].digest
+    store = open_env(str(tmp_path / "s"))
+    try:
+        with store.env.begin(write=True) as txn:
+            assert txn.delete(chunks[1].digest, db=store.table("chunks"))
+    finally:
+        release_env(store)
     v = Vfs(DictRootNodes({A: FileNode(digest, len(data))}), blobs, MemoryDirectoryService())
     try:
         a = v.lookup(ROOT_INO, A)
@@ -383,6 +386,42 @@ def test_missing_chunk_is_eio(tmp_path: Path) -> None:
         fh = v.open(a.ino)
         assert bytes(v.read(fh, 0, 1000)) == data[:1000]
         assert errno_of(v.read, fh, chunks[0].size + 5, 10) == errno.EIO
+        # The mount keeps serving what is there.
+        assert bytes(v.read(fh, 10, 20)) == data[10:30]
+        v.release(fh)
+    finally:
+        v.close()
+        blobs.close()
+
+
+def test_corrupt_chunk_is_eio_and_never_served(tmp_path: Path) -> None:
+    """A chunk whose stored bytes no longer hash to its digest is refused (decision 6)."""
+    from tvix_castore._lmdb_env import open_env, release_env
+    from tvix_castore.blobservice import ChunkMeta
+    from tvix_castore.blobservice.lmdb_store import LmdbBlobService
+
+    blobs = LmdbBlobService(str(tmp_path / "s"))
+    data = random.Random(4).randbytes(3 * 1024 * 1024)
+    digest = blobs.put(data)
+    chunks: list[ChunkMeta] = blobs.chunks(digest) or []
+    victim = chunks[1]
+    start = chunks[0].size
+    store = open_env(str(tmp_path / "s"))
+    try:
+        with store.env.begin(write=True) as txn:
+            rotten = bytearray(data[start : start + victim.size])
+            rotten[100] ^= 1
+            txn.put(victim.digest, bytes(rotten), db=store.table("chunks"))
+    finally:
+        release_env(store)
+    v = Vfs(DictRootNodes({A: FileNode(digest, len(data))}), blobs, MemoryDirectoryService())
+    try:
+        a = v.lookup(ROOT_INO, A)
+        assert a is not None
+        fh = v.open(a.ino)
+        assert errno_of(v.read, fh, start, 4096) == errno.EIO
+        assert errno_of(v.read, fh, start - 10, 4096) == errno.EIO  # straddling into it
+        assert bytes(v.read(fh, 0, 1000)) == data[:1000]
         v.release(fh)
     finally:
         v.close()

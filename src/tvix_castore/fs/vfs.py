@@ -15,10 +15,15 @@ Errors are ``VfsError(errno)``. The errno choices (spec §7.3 and decision 7):
 Anything else that escapes is a bug; the adapter logs it and answers EIO.
 
 File contents are read chunk by chunk. An open file keeps its blob's chunk index (offsets by
-prefix sums), so a random read fetches only the chunks it touches. Decoded chunks sit in one
-bounded LRU cache shared by all open files, and sequential reads fetch the next chunks ahead
-on a small thread pool, so the kernel's next READ usually finds its bytes in memory
-(``read_nowait``, which never does IO, lets the adapter answer it without a thread hop).
+prefix sums), so a random read fetches only the chunks it touches. Sequential reads fetch the
+next chunks ahead on a small thread pool, so the kernel's next READ usually finds them ready
+(``read_nowait``, which never waits for a fetch, lets the adapter answer it without a thread
+hop). Two ways to hold what was fetched:
+  - any backend: decoded chunks sit in one bounded LRU cache shared by all open files;
+  - a backend whose chunks can be checked in place (LMDB: ``verify_chunk`` and
+    ``join_chunk_ranges``): prefetching only verifies them in the map, off the GIL, and a READ
+    copies its bytes out of the map once, straight into its reply. A bounded LRU set remembers
+    which chunks were verified.
 """
 
 from __future__ import annotations
@@ -65,10 +70,12 @@ _DEFAULT_CACHE_BYTES = 64 * 1024 * 1024
 # How far past a sequential read the prefetchers fetch: several 1 MiB kernel READs, so that
 # fetching and verifying the next chunks overlaps with serving this one.
 _READAHEAD_BYTES = 4 * 1024 * 1024
-# Fetching a chunk is mostly BLAKE3 verification (without the GIL) and copying out of the LMDB
-# map (with it). Two fetchers beside the FUSE thread keep both cores busy; four lost ~25% on
-# the two-core machine to handing the GIL around.
+# Fetching a chunk is mostly BLAKE3 verification (without the GIL). Two fetchers beside the
+# FUSE thread keep both cores busy; four lost ~25% on the two-core machine to handing the GIL
+# around.
 _PREFETCH_THREADS = 2
+# How many verified chunk digests are remembered (32 bytes each; ~20 GiB of chunks).
+_VERIFIED_MAX = 65536
 
 
 class VfsError(Exception):
@@ -157,6 +164,30 @@ class ChunkCache:
         return self._bytes
 
 
+class VerifiedChunks:
+    """Digests of chunks checked in place, least recently used forgotten beyond max_count."""
+
+    def __init__(self, max_count: int) -> None:
+        self._max = max_count
+        self._lock = threading.Lock()
+        self._digests: OrderedDict[B3Digest, None] = OrderedDict()
+
+    def __contains__(self, digest: object) -> bool:
+        with self._lock:
+            if digest not in self._digests:
+                return False
+            self._digests.move_to_end(digest)  # type: ignore[arg-type]
+            return True
+
+    def add(self, digest: B3Digest) -> None:
+        """Remember digest as verified."""
+        with self._lock:
+            self._digests[digest] = None
+            self._digests.move_to_end(digest)
+            if len(self._digests) > self._max:
+                self._digests.popitem(last=False)
+
+
 class _OpenFile:
     """One open file: its chunk index, or a seekable reader for blobs read as one stream."""
 
@@ -210,6 +241,12 @@ class Vfs:
         self._prefetcher = ThreadPoolExecutor(_PREFETCH_THREADS, thread_name_prefix="tvix-fs-prefetch")
         # LMDB offers chunk reads without building a reader; other backends read chunks as blobs.
         self._read_chunk = getattr(blob_service, "read_chunk", None)
+        # LMDB can also check chunks where they lie and copy ranges of several in one go.
+        verify = getattr(blob_service, "verify_chunk", None)
+        join = getattr(blob_service, "join_chunk_ranges", None)
+        self._verify_chunk = verify if join is not None else None
+        self._join_ranges = join if verify is not None else None
+        self._verified = VerifiedChunks(_VERIFIED_MAX)
 
     def close(self) -> None:
         """Stop the prefetch threads and drop open files."""
@@ -413,7 +450,10 @@ class Vfs:
         return data
 
     def read_nowait(self, fh: int, offset: int, size: int) -> bytes | memoryview | None:
-        """Like ``read`` when every byte is already in memory, else None; never does IO."""
+        """Like ``read`` when every chunk it needs is fetched (or verified) already, else None.
+
+        Never waits for a fetch: the adapter calls it on its event-loop thread.
+        """
         of = self._file(fh)
         if of.chunks is None:
             return None
@@ -439,6 +479,8 @@ class Vfs:
             # Sequential: the prefetchers fetch this read's missing chunks side by side and
             # keep going well past its end, so the next READs find their bytes in memory.
             self._prefetch(of, first, last, end + _READAHEAD_BYTES)
+        if self._join_ranges is not None:
+            return self._read_in_place(of, offset, end, first, last, wait)
         parts: list[memoryview] = []
         for i in range(first, last + 1):
             meta = chunks[i]
@@ -453,6 +495,31 @@ class Vfs:
         if len(parts) == 1:
             return parts[0]
         return b"".join(parts)
+
+    def _read_in_place(
+        self, of: _OpenFile, offset: int, end: int, first: int, last: int, wait: bool
+    ) -> bytes | None:
+        """Bytes offset..end from chunks verified in the backend's map, copied out once."""
+        assert of.chunks is not None and self._join_ranges is not None
+        chunks, starts = of.chunks, of.starts
+        ranges: list[tuple[B3Digest, int, int]] = []
+        for i in range(first, last + 1):
+            meta = chunks[i]
+            if meta.digest not in self._verified:
+                if not wait:
+                    return None
+                self._load(meta)
+            start = starts[i]
+            ranges.append((meta.digest, max(offset - start, 0), min(end - start, meta.size)))
+        with self._service("read", of.digest):
+            data: bytes = self._join_ranges(ranges)
+        of.next_offset = end
+        return data
+
+    def _is_fetched(self, digest: B3Digest) -> bool:
+        if self._join_ranges is not None:
+            return digest in self._verified
+        return digest in self._cache
 
     def _prefetch(self, of: _OpenFile, first: int, last: int, until: int) -> None:
         """Fetch chunks first..last (this read's), then on up to offset until, in the background.
@@ -470,7 +537,7 @@ class Vfs:
                 budget -= meta.size
                 if budget < 0:
                     return
-            if meta.digest in self._cache:
+            if self._is_fetched(meta.digest):
                 continue
             with self._inflight_lock:
                 if meta.digest in self._inflight:
@@ -484,10 +551,17 @@ class Vfs:
                 return
 
     def _load(self, meta: ChunkMeta) -> bytes:
-        """A chunk's bytes: from the cache, from a fetch in flight, or fetched now."""
-        data = self._cache.get(meta.digest)
-        if data is not None:
-            return data
+        """A chunk's bytes: from the cache, from a fetch in flight, or fetched now.
+
+        When chunks are checked in place, only the check is waited for and b"" returned.
+        """
+        if self._join_ranges is not None:
+            if meta.digest in self._verified:
+                return b""
+        else:
+            data = self._cache.get(meta.digest)
+            if data is not None:
+                return data
         with self._inflight_lock:
             fut = self._inflight.get(meta.digest)
             owner = fut is None
@@ -507,7 +581,10 @@ class Vfs:
             if not isinstance(exc, Exception):
                 raise
         else:
-            self._cache.put(meta.digest, data)
+            if self._join_ranges is not None:
+                self._verified.add(meta.digest)
+            else:
+                self._cache.put(meta.digest, data)
             self._finish(meta.digest, fut, data, None)
 
     def _finish(
@@ -522,6 +599,16 @@ class Vfs:
             fut.set_result(data)
 
     def _fetch(self, meta: ChunkMeta) -> bytes:
+        if self._verify_chunk is not None:
+            with self._service("verify chunk", meta.digest):
+                size: int | None = self._verify_chunk(meta.digest)
+            if size is None:
+                log.warning("chunk %s is missing from the blob service", meta.digest)
+                raise VfsError(errno.EIO, f"chunk {meta.digest} not found")
+            if size != meta.size:
+                log.warning("chunk %s has %d bytes, expected %d", meta.digest, size, meta.size)
+                raise VfsError(errno.EIO, f"chunk {meta.digest} has the wrong size")
+            return b""
         with self._service("read chunk", meta.digest):
             if self._read_chunk is not None:
                 data: bytes | None = self._read_chunk(meta.digest)
