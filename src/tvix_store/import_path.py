@@ -234,7 +234,9 @@ def import_nar(
     """
     name = validate_name(name)
     inner = stream.read
-    decompress_errors = _decompression_errors()
+    from tvix_store.binary_cache.fetch import read_errors
+
+    decompress_errors = read_errors()
 
     def read(n: int) -> bytes:
         try:
@@ -258,18 +260,6 @@ def import_nar(
     if read(1):
         raise ImportError_(f"{source}: unexpected data after the end of the NAR (offset {nar_size})")
     return _put_path_info(services.path_info_service, name, root, nar_size, nar_sha256)
-
-
-def _decompression_errors() -> tuple[type[BaseException], ...]:
-    errors: list[type[BaseException]] = [OSError, EOFError]
-    # Only the decompressors open_nar_stream actually loaded can raise.
-    lzma = sys.modules.get("lzma")
-    if lzma is not None:
-        errors.append(lzma.LZMAError)
-    zstandard = sys.modules.get("zstandard")
-    if zstandard is not None:
-        errors.append(zstandard.ZstdError)
-    return tuple(errors)
 
 
 def _put_path_info(

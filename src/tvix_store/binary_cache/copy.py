@@ -34,7 +34,7 @@ from nix_compat.store_path import STORE_DIR_WITH_SLASH, StorePath
 from tvix_castore.blobservice import BlobService
 from tvix_castore.directoryservice import DirectoryService
 from tvix_store.binary_cache import BinaryCacheError
-from tvix_store.binary_cache.fetch import READ_ERRORS, decompressed_pieces, fetch_bytes, join_url, open_url
+from tvix_store.binary_cache.fetch import decompressed_pieces, fetch_bytes, join_url, open_url, read_errors
 from tvix_store.nar.ingest import ingest_nar
 from tvix_store.path_info import PathInfo
 from tvix_store.services import Services
@@ -222,7 +222,7 @@ def fetch_path_info(
             tee.read_rest()
         except NarError as exc:
             raise BinaryCacheError(f"{url}: NAR of {path}: {exc}") from exc
-        except READ_ERRORS as exc:
+        except read_errors() as exc:
             raise BinaryCacheError(f"{url}: NAR of {path}: download or decompression failed: {exc}") from exc
         finally:
             prefetch.close()

@@ -9,16 +9,10 @@ writes. Every failure becomes a ``BinaryCacheError`` naming the URL and, for HTT
 
 from __future__ import annotations
 
-import bz2
-import gzip
-import http.client
 import io
-import lzma
 import os
-import urllib.error
+import sys
 import urllib.parse
-import urllib.request
-import zlib
 from collections.abc import Callable, Iterator
 from typing import Any, BinaryIO, cast
 
@@ -26,13 +20,13 @@ from tvix_store.binary_cache import BinaryCacheError
 
 __all__ = [
     "COMPRESSIONS",
-    "READ_ERRORS",
     "cache_base_url",
     "decompress",
     "decompressed_pieces",
     "fetch_bytes",
     "join_url",
     "open_url",
+    "read_errors",
 ]
 
 TIMEOUT = 60.0
@@ -41,20 +35,29 @@ _NOT_FOUND = (403, 404, 410)
 COMPRESSIONS = ("none", "xz", "zstd", "bzip2", "gzip")
 
 
-def _zstd_error() -> type[BaseException]:
-    import zstandard
-
-    return cast(type[BaseException], zstandard.ZstdError)
-
-
-# What reading a (decompressed) response may raise besides our own errors.
-READ_ERRORS: tuple[type[BaseException], ...] = (
-    OSError,
-    EOFError,
-    lzma.LZMAError,
-    http.client.HTTPException,
-    _zstd_error(),
+# Decompressors and the HTTP client are imported where they are used: a copy from a file://
+# cache with xz never loads http.client (with the email package) or zstandard, which is a good
+# part of the command's start-up.
+_ERROR_CLASSES = (
+    ("lzma", "LZMAError"),
+    ("zlib", "error"),
+    ("http.client", "HTTPException"),
+    ("zstandard", "ZstdError"),
 )
+
+
+def read_errors() -> tuple[type[BaseException], ...]:
+    """What reading a (decompressed) NAR or response may raise besides our own errors.
+
+    OSError and EOFError, plus the errors of the decompressors and HTTP client loaded so far:
+    a module that was never imported cannot have raised.
+    """
+    errors: list[type[BaseException]] = [OSError, EOFError]
+    for module_name, class_name in _ERROR_CLASSES:
+        module = sys.modules.get(module_name)
+        if module is not None:
+            errors.append(getattr(module, class_name))
+    return tuple(errors)
 
 
 def cache_base_url(url: str) -> str:
@@ -93,16 +96,20 @@ def open_url(url: str) -> tuple[BinaryIO, int | None] | None:
         except OSError as exc:
             raise BinaryCacheError(f"GET {url}: {exc.strerror or exc}") from exc
         return cast(BinaryIO, f), os.fstat(f.fileno()).st_size
-    request = urllib.request.Request(url, headers={"User-Agent": "tvix-store"})
+    from http.client import HTTPException
+    from urllib.error import HTTPError, URLError
+    from urllib.request import Request, urlopen
+
+    request = Request(url, headers={"User-Agent": "tvix-store"})
     try:
-        response = urllib.request.urlopen(request, timeout=TIMEOUT)
-    except urllib.error.HTTPError as exc:
+        response = urlopen(request, timeout=TIMEOUT)
+    except HTTPError as exc:
         exc.close()
         if exc.code in _NOT_FOUND:
             return None
         raise BinaryCacheError(f"GET {url}: HTTP {exc.code} {exc.reason}") from exc
-    except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
-        reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+    except (URLError, OSError, HTTPException) as exc:
+        reason = exc.reason if isinstance(exc, URLError) else exc
         raise BinaryCacheError(f"GET {url}: {reason}") from exc
     length = response.headers.get("Content-Length")
     return cast(BinaryIO, response), int(length) if length and length.isdigit() else None
@@ -117,7 +124,7 @@ def fetch_bytes(url: str, limit: int) -> bytes | None:
     with stream:
         try:
             data = stream.read(limit + 1)
-        except READ_ERRORS as exc:
+        except read_errors() as exc:
             raise BinaryCacheError(f"GET {url}: read failed: {exc}") from exc
     if len(data) > limit:
         raise BinaryCacheError(f"GET {url}: response larger than {limit} bytes")
@@ -135,10 +142,16 @@ def decompressed_pieces(read: Callable[[int], bytes], compression: str, url: str
             yield data
         return
     if compression == "xz":
+        import lzma
+
         d: Any = lzma.LZMADecompressor()
     elif compression == "bzip2":
+        import bz2
+
         d = bz2.BZ2Decompressor()
     elif compression == "gzip":
+        import zlib
+
         d = zlib.decompressobj(wbits=31)
     elif compression == "zstd":
         import zstandard
@@ -194,10 +207,16 @@ def decompress(stream: BinaryIO, compression: str, url: str) -> BinaryIO:
         io.BufferedReader(cast(io.RawIOBase, stream), _BUFFER) if not hasattr(stream, "peek") else stream
     )
     if compression == "xz":
+        import lzma
+
         return cast(BinaryIO, lzma.LZMAFile(buffered, "rb"))
     if compression == "bzip2":
+        import bz2
+
         return cast(BinaryIO, bz2.BZ2File(buffered, "rb"))
     if compression == "gzip":
+        import gzip
+
         return cast(BinaryIO, gzip.GzipFile(fileobj=buffered, mode="rb"))
     if compression == "zstd":
         import zstandard

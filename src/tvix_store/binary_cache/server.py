@@ -50,7 +50,7 @@ from tvix.castore.protos import castore_pb2
 from tvix_castore.errors import StoreError
 from tvix_castore.nodes import Node
 from tvix_castore.proto_conv import anonymous_node_from_proto, node_to_proto
-from tvix_store.binary_cache.fetch import READ_ERRORS
+from tvix_store.binary_cache.fetch import read_errors
 from tvix_store.nar.ingest import ingest_nar
 from tvix_store.nar.renderer import write_nar
 from tvix_store.path_info import PathInfo
@@ -639,7 +639,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             body.drain()
         except NixCompatError as exc:
             raise _BadRequest(f"{name}: invalid NAR: {exc}") from exc
-        except READ_ERRORS as exc:
+        except read_errors() as exc:
             raise _BadRequest(f"{name}: cannot decompress: {exc}") from exc
         got = hashing.sha.digest()
         if got != file_hash:
