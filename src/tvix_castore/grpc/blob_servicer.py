@@ -3,7 +3,8 @@
 A thin adapter: Stat honours ``send_chunks``; Read streams the blob in ≤ 1 MiB messages (the
 backend's reader verified every byte); Put streams the client's messages into a backend writer
 and answers the digest the backend computed. A Put whose client goes away or fails midway
-aborts the writer, so nothing of it becomes visible.
+aborts the writer, so nothing of it becomes visible. ``put_batch`` answers many small Puts whose
+whole request already arrived with one ``put_many`` (one store transaction for all of them).
 """
 
 from __future__ import annotations
@@ -12,20 +13,25 @@ import logging
 from collections.abc import Iterator
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from tvix.castore.protos import rpc_blobstore_pb2 as pb
 from tvix.castore.protos import rpc_blobstore_pb2_grpc as pb_grpc
 from tvix_castore.blobservice import BlobService
 from tvix_castore.digests import B3_LEN, B3Digest
 from tvix_castore.errors import StoreError
-from tvix_castore.grpc.status import abort, abort_with, stream_was_cancelled
+from tvix_castore.grpc.h2server import Outcome
+from tvix_castore.grpc.status import abort, abort_with, status_of, stream_was_cancelled
 
-__all__ = ["READ_PIECE", "BlobServicer"]
+__all__ = ["BATCH_PUT_BYTES", "READ_PIECE", "BlobServicer"]
 
 log = logging.getLogger(__name__)
 
 READ_PIECE = 1024 * 1024
 """Bytes per BlobChunk message sent by Read: far below the 4 MiB limit, large enough to be fast."""
+
+BATCH_PUT_BYTES = 1024 * 1024
+"""Largest complete Put request answered by ``put_batch`` (larger ones stream through ``Put``)."""
 
 
 def _digest(context: grpc.ServicerContext, raw: bytes) -> B3Digest:
@@ -110,3 +116,26 @@ class BlobServicer(pb_grpc.BlobServiceServicer):
             abort(context, grpc.StatusCode.INTERNAL, f"error closing stream: {exc}")
         log.debug("stored blob %s", digest)
         return pb.PutBlobResponse(digest=digest)
+
+    def put_batch(self, calls: list[list[bytes]]) -> list[Outcome]:
+        """Complete Put requests (raw BlobChunk messages per call), stored by one ``put_many``."""
+        outcomes: list[Outcome | None] = []
+        blobs: list[bytes] = []
+        for messages in calls:
+            try:
+                chunks = [pb.BlobChunk.FromString(m) for m in messages]
+            except DecodeError:
+                outcomes.append(Outcome(grpc.StatusCode.INTERNAL, "Exception deserializing request!", None))
+                continue
+            outcomes.append(None)
+            blobs.append(chunks[0].data if len(chunks) == 1 else b"".join(c.data for c in chunks))
+        try:
+            digests = iter(self._blobs.put_many(blobs))
+        except StoreError as exc:
+            code, message = status_of(exc)
+            return [o or Outcome(code, message, None) for o in outcomes]
+        ok = grpc.StatusCode.OK
+        return [
+            o or Outcome(ok, "", pb.PutBlobResponse(digest=next(digests)).SerializeToString())
+            for o in outcomes
+        ]
