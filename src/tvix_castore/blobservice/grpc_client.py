@@ -43,7 +43,7 @@ from tvix_castore.blobservice.chunked_reader import BytesBlobReader, ChunkedRead
 from tvix_castore.digests import B3_LEN, B3Digest, blake3_digest
 from tvix_castore.errors import ClosedError, DataCorruption, StorageError, StoreError
 from tvix_castore.grpc.channel import CHANNEL_OPTIONS, channel_target, open_channel
-from tvix_castore.grpc.h2client import UnaryCaller
+from tvix_castore.grpc.h2client import StreamCall, UnaryCaller
 from tvix_castore.grpc.status import error_of, rpc_code
 from tvix_castore.proto_conv import varint
 from tvix_castore.url import ServiceUrl
@@ -534,6 +534,11 @@ class _SpooledReader(PositionedBlobReader):
         super().close()
 
 
+def _blob_chunk(data: bytes | memoryview) -> list[bytes | memoryview]:
+    """A BlobChunk{data} message as pieces: field 1, length-delimited; data itself not copied."""
+    return [b"\x0a" + varint(len(data)), data] if len(data) else []
+
+
 class _H2SmallUploader:
     """Sends whole small blobs (one message each) over our own HTTP/2 caller (cleartext targets).
 
@@ -548,9 +553,11 @@ class _H2SmallUploader:
 
     def put(self, data: bytes) -> Future[Any]:
         """Start the upload of one whole blob; the future gives the PutBlobResponse."""
-        # BlobChunk{data}: field 1, length-delimited; the data itself is sent uncopied.
-        header = b"\x0a" + varint(len(data)) if data else b""
-        return self._caller.call(self._PATH, [header, data], pb.PutBlobResponse.FromString)
+        return self._caller.call(self._PATH, [_blob_chunk(data)], pb.PutBlobResponse.FromString)
+
+    def open_stream(self) -> StreamCall:
+        """Start a streamed upload (``write`` BlobChunk messages, then ``close``)."""
+        return self._caller.open_stream(self._PATH, pb.PutBlobResponse.FromString)
 
     def close(self) -> None:
         """Close the connection."""
@@ -713,6 +720,7 @@ class _GrpcBlobWriter(BlobWriter):
         self._buf = bytearray()
         self._hasher = blake3.blake3()
         self._call: Any = None
+        self._stream: StreamCall | None = None  # the streamed Put over our HTTP/2 caller
         self._digest: B3Digest | None = None
         self._dead = False
 
@@ -732,15 +740,36 @@ class _GrpcBlobWriter(BlobWriter):
                 self._call = small.put(first[0])
             else:
                 self._call = self._stub.Put.future(iter([pb.BlobChunk(data=p) for p in first]))
-        else:
-            self._queue = queue.Queue(maxsize=_QUEUED_PIECES)
-            self._call = self._stub.Put.future(self._requests(self._queue))
+            return
+        small = self._small()
+        if isinstance(small, _H2SmallUploader):
+            # Written from this thread, message by message, as flow control lets it through.
+            try:
+                self._stream = small.open_stream()
+            except grpc.RpcError as exc:
+                self._uploads.cancel_begun()
+                self._dead = True
+                raise error_of(exc, f"{self._name}: blob upload") from exc
+            self._call = self._stream.future
+            return
+        self._queue = queue.Queue(maxsize=_QUEUED_PIECES)
+        self._call = self._stub.Put.future(self._requests(self._queue))
 
-    def _send(self, piece: bytes) -> None:
+    def _send(self, piece: bytes | memoryview) -> None:
         if self._call is None:
             self._start()
+        if self._stream is not None:
+            try:
+                self._stream.write(_blob_chunk(piece))
+            except grpc.RpcError as exc:
+                # The call ended early (a server error): surface it now.
+                self._dead = True
+                self._uploads.cancel_begun()
+                raise error_of(exc, f"{self._name}: blob upload") from exc
+            return
         pieces = self._queue
         assert pieces is not None  # _start made it
+        piece = bytes(piece)  # grpc's request thread sends it later
         while True:
             try:
                 pieces.put(piece, timeout=0.5)
@@ -762,12 +791,22 @@ class _GrpcBlobWriter(BlobWriter):
             raise ClosedError("blob writer is already closed")
         view = memoryview(data).cast("B")
         self._hasher.update(view)
-        self._buf += view
-        while len(self._buf) >= PUT_PIECE:
-            piece = bytes(self._buf[:PUT_PIECE])
-            del self._buf[:PUT_PIECE]
+        n = len(view)
+        if self._buf:
+            take = PUT_PIECE - len(self._buf)
+            self._buf += view[:take]
+            view = view[take:]
+            if len(self._buf) < PUT_PIECE:
+                return n
+            piece = bytes(self._buf)
+            self._buf = bytearray()
             self._send(piece)
-        return len(view)
+        while len(view) >= PUT_PIECE:
+            # Sent straight from the caller's buffer: _send copies only what it keeps.
+            self._send(view[:PUT_PIECE])
+            view = view[PUT_PIECE:]
+        self._buf += view
+        return n
 
     def close(self) -> B3Digest:
         """End the upload and return the blob's digest, computed here.
@@ -785,8 +824,11 @@ class _GrpcBlobWriter(BlobWriter):
         else:
             if self._buf:
                 self._send(bytes(self._buf))
-            assert self._queue is not None
-            self._queue.put(None)
+            if self._stream is not None:
+                self._stream.close()
+            else:
+                assert self._queue is not None
+                self._queue.put(None)
         self._buf = bytearray()
         self._uploads.track(digest, self._call, self._name)
         self._digest = digest
@@ -797,7 +839,10 @@ class _GrpcBlobWriter(BlobWriter):
         if self._digest is not None or self._dead:
             return
         self._dead = True
-        if self._call is not None:
+        if self._stream is not None:
+            self._stream.cancel()
+            self._uploads.cancel_begun()
+        elif self._call is not None:
             self._call.cancel()
             self._uploads.cancel_begun()
             # Unblock grpc's request thread, which may be waiting for the next piece.

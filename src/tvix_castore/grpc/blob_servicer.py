@@ -21,7 +21,7 @@ from tvix_castore.blobservice import BlobService
 from tvix_castore.digests import B3_LEN, B3Digest
 from tvix_castore.errors import StoreError
 from tvix_castore.grpc.h2server import Outcome
-from tvix_castore.grpc.status import abort, abort_with, status_of, stream_was_cancelled
+from tvix_castore.grpc.status import abort, abort_with, stream_was_cancelled
 
 __all__ = ["BATCH_PUT_BYTES", "READ_PIECE", "BlobServicer"]
 
@@ -130,12 +130,24 @@ class BlobServicer(pb_grpc.BlobServiceServicer):
             outcomes.append(None)
             blobs.append(chunks[0].data if len(chunks) == 1 else b"".join(c.data for c in chunks))
         try:
-            digests = iter(self._blobs.put_many(blobs))
-        except StoreError as exc:
-            code, message = status_of(exc)
-            return [o or Outcome(code, message, None) for o in outcomes]
-        ok = grpc.StatusCode.OK
-        return [
-            o or Outcome(ok, "", pb.PutBlobResponse(digest=next(digests)).SerializeToString())
-            for o in outcomes
-        ]
+            stored: list[B3Digest | StoreError] = list(self._blobs.put_many(blobs))
+        except StoreError:
+            # Some blob failed: store them one by one, so that only its own call fails.
+            stored = []
+            for data in blobs:
+                try:
+                    stored.append(self._blobs.put(data))
+                except StoreError as exc:
+                    stored.append(exc)
+        results = iter(stored)
+        out = []
+        for outcome in outcomes:
+            if outcome is None:
+                result = next(results)
+                if isinstance(result, StoreError):
+                    outcome = Outcome(grpc.StatusCode.INTERNAL, f"error closing stream: {result}", None)
+                else:
+                    response = pb.PutBlobResponse(digest=result).SerializeToString()
+                    outcome = Outcome(grpc.StatusCode.OK, "", response)
+            out.append(outcome)
+        return out

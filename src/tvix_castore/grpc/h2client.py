@@ -19,7 +19,7 @@ import contextlib
 import logging
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from typing import Any
 
@@ -28,7 +28,7 @@ import grpc
 from tvix_castore.grpc import http2 as h2
 from tvix_castore.grpc.hpack import Decoder, HpackError, encode
 
-__all__ = ["CallError", "UnaryCaller"]
+__all__ = ["CallError", "StreamCall", "UnaryCaller"]
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +69,7 @@ class _Call:
         "pending",
         "rbuf",
         "sid",
+        "streaming",
         "window",
         "written",
     )
@@ -87,6 +88,7 @@ class _Call:
         self.pending = pending  # request bytes (message framing included) not yet sent
         self.window = window
         self.written = False  # its first frames went to the socket
+        self.streaming = False  # the request is written piece by piece (``StreamCall``)
         self.rbuf = bytearray()
         self.headers: list[tuple[bytes, bytes]] = []
         self.message: bytes | None = None
@@ -171,6 +173,77 @@ class _Connection:
             if not self._written_open or self._held_bytes >= _HOLD_BYTES:
                 self._send([])
             return True
+
+    def open_stream(
+        self, header_block: bytes, future: Future[Any], parse: Callable[[bytes], Any] | None
+    ) -> _Call | None:
+        """Open a stream whose request is written later (``write``); None if this connection is done."""
+        with self._lock:
+            while self.usable and len(self._calls) >= self._max_streams:
+                self._room.wait()
+            if not self.usable or self._next_sid >= 2**31:
+                self.usable = False
+                return None
+            sid = self._next_sid
+            self._next_sid += 2
+            call = _Call(sid, future, parse, memoryview(b""), self._peer_window)
+            call.streaming = True
+            self._calls[sid] = call
+            self._held.append(h2.headers_frames(sid, header_block, self._peer_max_frame, end_stream=False))
+            self._held_calls.append(call)
+            return call
+
+    def write(self, call: _Call, parts: list[bytes | memoryview], end: bool) -> bool:
+        """Send parts on an open stream, waiting for flow control; False if the call has ended."""
+        views = [memoryview(p).cast("B") for p in parts if len(p)]
+        with self._lock:
+            out: list[bytes | memoryview] = []
+            sid = call.sid.to_bytes(4, "big")
+            ended = False
+            while views:
+                if call.sid not in self._calls:
+                    return False
+                n = min(sum(len(v) for v in views), call.window, self._send_window, self._peer_max_frame)
+                if n <= 0:
+                    self._send(out)
+                    out = []
+                    self._room.wait()
+                    continue
+                call.window -= n
+                self._send_window -= n
+                last = n == sum(len(v) for v in views)
+                ended = last and end
+                out.append(
+                    n.to_bytes(3, "big") + bytes((h2.DATA, h2.END_STREAM if last and end else 0)) + sid
+                )
+                while n:
+                    v = views[0]
+                    if len(v) <= n:
+                        out.append(v)
+                        n -= len(v)
+                        views.pop(0)
+                    else:
+                        out.append(v[:n])
+                        views[0] = v[n:]
+                        n = 0
+            if end and not ended:
+                out.append(h2.frame(h2.DATA, h2.END_STREAM, call.sid))
+            if end:
+                call.window = -1
+            self._send(out)
+            return call.sid in self._calls
+
+    def reset(self, call: _Call) -> None:
+        """Cancel a call (RST_STREAM CANCEL); its future fails with CANCELLED."""
+        with self._lock:
+            if self._calls.pop(call.sid, None) is None:
+                return
+            if call.written:
+                self._written_open -= 1
+            self._room.notify_all()
+            self._send([h2.rst_stream(call.sid, h2.CANCEL)])
+        if not call.future.done():
+            call.future.set_exception(CallError(Code.CANCELLED, "cancelled by the client"))
 
     def _fill(self, call: _Call, out: list[bytes | memoryview]) -> None:
         """Append the DATA frames of call's pending request that the windows allow."""
@@ -264,7 +337,9 @@ class _Connection:
                         call = self._calls.get(sid)
                         if call is not None and call.window >= 0:
                             call.window += increment
-                            self._fill(call, out)
+                            if call.pending:
+                                self._fill(call, out)
+                    self._room.notify_all()
                 elif kind == h2.RST_STREAM:
                     call = self._calls.get(sid)
                     if call is not None:
@@ -299,6 +374,7 @@ class _Connection:
                 for call in self._calls.values():
                     if call.window >= 0:
                         call.window += delta
+                self._room.notify_all()
             elif key == h2.SETTINGS_MAX_FRAME_SIZE:
                 self._peer_max_frame = max(h2.DEFAULT_MAX_FRAME, min(value, h2.MAX_FRAME_LIMIT))
             elif key == h2.SETTINGS_MAX_CONCURRENT_STREAMS:
@@ -355,7 +431,7 @@ class _Connection:
         self._calls.pop(call.sid, None)
         if call.written:
             self._written_open -= 1
-        self._room.notify()
+        self._room.notify_all()
         if error is None:
             fields = dict(call.headers)
             status = h2.status_code(fields.get(b"grpc-status"))
@@ -423,6 +499,44 @@ def _send_all(sock: socket.socket, parts: list[bytes | memoryview]) -> None:
         views = rest + views[512:]
 
 
+class StreamCall:
+    """A call whose request is sent message by message; ``future`` gives the response."""
+
+    def __init__(self, conn: _Connection, call: _Call, future: Future[Any]) -> None:
+        self._conn = conn
+        self._call = call
+        self.future = future
+
+    def write(self, message: Sequence[bytes | memoryview]) -> None:
+        """Send one message (given as pieces), waiting while flow control holds it back.
+
+        Raises:
+            CallError: the call already ended (the future says how).
+
+        """
+        prefix = b"\x00" + sum(len(p) for p in message).to_bytes(4, "big")
+        if not self._conn.write(self._call, [prefix, *message], end=False):
+            self._raise_ended()
+
+    def close(self) -> Future[Any]:
+        """End the request; returns the future of the response."""
+        self._conn.write(self._call, [], end=True)
+        return self.future
+
+    def cancel(self) -> None:
+        """Reset the call: the server drops it; the future fails with CANCELLED."""
+        self._conn.reset(self._call)
+
+    def _raise_ended(self) -> None:
+        try:
+            self.future.result(timeout=30)
+        except CallError:
+            raise
+        except Exception as exc:
+            raise CallError(Code.UNKNOWN, f"call ended: {exc!r}") from exc
+        raise CallError(Code.INTERNAL, "the server answered before the request ended")
+
+
 class UnaryCaller:
     """Calls to one server whose request is complete up front; thread-safe."""
 
@@ -468,10 +582,33 @@ class UnaryCaller:
             )
         return block
 
+    def _connection(self) -> _Connection:
+        """The open connection, (re)connected if needed.
+
+        Raises:
+            CallError: UNAVAILABLE when the server cannot be reached, CANCELLED after close.
+
+        """
+        with self._lock:
+            if self._closed:
+                raise CallError(Code.CANCELLED, "client closed")
+            conn = self._conn
+            if conn is None or not conn.usable:
+                if conn is not None:
+                    conn.close()
+                try:
+                    conn = self._conn = self._connect()
+                except OSError as exc:
+                    raise CallError(Code.UNAVAILABLE, f"{self._target}: cannot connect: {exc}") from exc
+            return conn
+
     def call(
-        self, path: str, message: list[bytes | memoryview], parse: Callable[[bytes], Any] | None = None
+        self,
+        path: str,
+        messages: Sequence[Sequence[bytes | memoryview]],
+        parse: Callable[[bytes], Any] | None = None,
     ) -> Future[Any]:
-        """Start a call of one request message, given as pieces; the future gives the response.
+        """Start a call with these request messages (each given as pieces); the future answers.
 
         With parse, the future gives ``parse(response message)`` (run on the reader thread). It
         fails with a ``CallError`` (a ``grpc.RpcError``) for any status but OK. The pieces must
@@ -479,22 +616,14 @@ class UnaryCaller:
         """
         future: Future[Any] = Future()
         future.set_running_or_notify_cancel()
-        size = sum(len(p) for p in message)
-        request = [b"\x00" + size.to_bytes(4, "big"), *message]
+        request: list[bytes | memoryview] = []
+        for message in messages:
+            request.append(b"\x00" + sum(len(p) for p in message).to_bytes(4, "big"))
+            request.extend(message)
         block = self._header_block(path)
         for _ in range(2):
             try:
-                with self._lock:
-                    if self._closed:
-                        raise CallError(Code.CANCELLED, "client closed")
-                    conn = self._conn
-                    if conn is None or not conn.usable:
-                        if conn is not None:
-                            conn.close()
-                        conn = self._conn = self._connect()
-            except OSError as exc:
-                future.set_exception(CallError(Code.UNAVAILABLE, f"{self._target}: cannot connect: {exc}"))
-                return future
+                conn = self._connection()
             except CallError as exc:
                 future.set_exception(exc)
                 return future
@@ -502,6 +631,23 @@ class UnaryCaller:
                 return future
         future.set_exception(CallError(Code.UNAVAILABLE, f"{self._target}: connection not usable"))
         return future
+
+    def open_stream(self, path: str, parse: Callable[[bytes], Any] | None = None) -> StreamCall:
+        """Start a call whose request messages are written one by one (``StreamCall``).
+
+        Raises:
+            CallError: the server cannot be reached.
+
+        """
+        future: Future[Any] = Future()
+        future.set_running_or_notify_cancel()
+        block = self._header_block(path)
+        for _ in range(2):
+            conn = self._connection()
+            call = conn.open_stream(block, future, parse)
+            if call is not None:
+                return StreamCall(conn, call, future)
+        raise CallError(Code.UNAVAILABLE, f"{self._target}: connection not usable")
 
     def close(self) -> None:
         """Close the connection (calls still open fail with UNAVAILABLE)."""

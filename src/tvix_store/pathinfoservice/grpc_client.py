@@ -1,6 +1,7 @@
 """``grpc+unix:///sock`` / ``grpc+http(s)://host:port``: a PathInfoService on a remote daemon.
 
-Put first waits for this process's blob uploads to the same server (they are write-behind).
+Put first waits for this process's blob uploads to the same server (they are write-behind); on
+cleartext targets it goes through our own HTTP/2 caller (``tvix_castore.grpc.h2client``).
 Get maps NOT_FOUND to None; every PathInfo received is validated (spec §4.3) before it is
 returned. ``nar_calculation_service()`` forwards to the daemon's ``CalculateNAR`` (sending the
 anonymous node), which renders next to the data and caches the result (decision 8).
@@ -14,6 +15,7 @@ from typing import final
 
 import grpc
 
+from tvix.store.protos import pathinfo_pb2 as pb
 from tvix.store.protos import rpc_pathinfo_pb2 as rpc_pb
 from tvix.store.protos import rpc_pathinfo_pb2_grpc as pb_grpc
 from tvix_castore.blobservice import BlobService
@@ -21,6 +23,7 @@ from tvix_castore.blobservice.grpc_client import Uploads, uploads_for
 from tvix_castore.directoryservice import DirectoryService
 from tvix_castore.errors import InvalidRequest, StorageError
 from tvix_castore.grpc.channel import channel_target, open_channel
+from tvix_castore.grpc.h2client import UnaryCaller
 from tvix_castore.grpc.status import error_of, rpc_code
 from tvix_castore.nodes import Node
 from tvix_castore.proto_conv import node_to_proto
@@ -28,20 +31,29 @@ from tvix_castore.url import ServiceUrl
 from tvix_store.errors import PathInfoError
 from tvix_store.path_info import PathInfo
 from tvix_store.pathinfoservice import NarCalculationService, PathInfoService
-from tvix_store.proto_conv import path_info_from_proto, path_info_to_proto
+from tvix_store.proto_conv import encode_path_info, path_info_from_proto, path_info_to_proto
 
 __all__ = ["GrpcNarCalculationService", "GrpcPathInfoService"]
 
 log = logging.getLogger(__name__)
+
+_PUT = "/tvix.store.v1.PathInfoService/Put"
 
 
 @final
 class GrpcPathInfoService(PathInfoService):
     """A PathInfoService backed by a remote ``tvix.store.v1.PathInfoService``; thread-safe."""
 
-    def __init__(self, channel: grpc.Channel, name: str = "grpc", target: str | None = None) -> None:
+    def __init__(
+        self,
+        channel: grpc.Channel,
+        name: str = "grpc",
+        target: str | None = None,
+        caller: UnaryCaller | None = None,
+    ) -> None:
         self._name = name
         self._channel = channel
+        self._caller = caller
         self._uploads = uploads_for(target or name)
         self._stub = pb_grpc.PathInfoServiceStub(channel)
 
@@ -50,11 +62,14 @@ class GrpcPathInfoService(PathInfoService):
         cls, url: ServiceUrl, blob_service: BlobService, directory_service: DirectoryService
     ) -> GrpcPathInfoService:
         """Connect to ``grpc+unix:///sock`` or ``grpc+http(s)://host:port``."""
-        return cls(open_channel(url), url.raw, channel_target(url)[0])
+        target, tls = channel_target(url)
+        return cls(open_channel(url), url.raw, target, None if tls else UnaryCaller(target))
 
     def close(self) -> None:
         """Close the channel."""
         self._channel.close()
+        if self._caller is not None:
+            self._caller.close()
 
     def _validated(self, msg: object) -> PathInfo:
         try:
@@ -83,7 +98,10 @@ class GrpcPathInfoService(PathInfoService):
         """
         self._uploads.wait()
         try:
-            msg = self._stub.Put(path_info_to_proto(info))
+            if self._caller is not None:
+                msg = self._caller.call(_PUT, [[encode_path_info(info)]], pb.PathInfo.FromString).result()
+            else:
+                msg = self._stub.Put(path_info_to_proto(info))
         except grpc.RpcError as exc:
             raise error_of(exc, f"{self._name}: put of {info.store_path.absolute()}") from exc
         return self._validated(msg)
