@@ -21,7 +21,6 @@ server and fails if any failed, so a PathInfo never refers to a blob that did no
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import queue
@@ -31,22 +30,32 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import IO, Any, final
+from typing import IO, TYPE_CHECKING, Any, NamedTuple, final
 
 import blake3
-import grpc
 
-from tvix.castore.protos import rpc_blobstore_pb2 as pb
-from tvix.castore.protos import rpc_blobstore_pb2_grpc as pb_grpc
 from tvix_castore.blobservice import BlobReader, BlobService, BlobWriter, ChunkMeta
 from tvix_castore.blobservice.chunked_reader import BytesBlobReader, ChunkedReader, PositionedBlobReader
 from tvix_castore.digests import B3_LEN, B3Digest, blake3_digest
 from tvix_castore.errors import ClosedError, DataCorruption, StorageError, StoreError
-from tvix_castore.grpc.channel import CHANNEL_OPTIONS, channel_target, open_channel
-from tvix_castore.grpc.h2client import StreamCall, UnaryCaller
-from tvix_castore.grpc.status import error_of, rpc_code
+from tvix_castore.grpc.channel import CHANNEL_OPTIONS, LazyChannel, channel_target
+from tvix_castore.grpc.h2client import CallError, StreamCall, UnaryCaller, bytes_field
+from tvix_castore.grpc.lazy import LazyModule
 from tvix_castore.proto_conv import varint
 from tvix_castore.url import ServiceUrl
+
+if TYPE_CHECKING:
+    import grpc
+
+    from tvix.castore.protos import rpc_blobstore_pb2 as pb
+    from tvix.castore.protos import rpc_blobstore_pb2_grpc as pb_grpc
+    from tvix_castore.grpc import status
+else:
+    # Only reads, Stats and TLS targets go through grpcio (see tvix_castore.grpc.lazy).
+    grpc = LazyModule("grpc")
+    pb = LazyModule("tvix.castore.protos.rpc_blobstore_pb2")
+    pb_grpc = LazyModule("tvix.castore.protos.rpc_blobstore_pb2_grpc")
+    status = LazyModule("tvix_castore.grpc.status")
 
 __all__ = ["GrpcBlobService", "Uploads", "uploads_for"]
 
@@ -99,10 +108,11 @@ class GrpcBlobService(BlobService):
     """A BlobService backed by a remote ``tvix.castore.v1.BlobService``; thread-safe."""
 
     def __init__(
-        self, channel: grpc.Channel, name: str = "grpc", target: str | None = None, tls: bool = False
+        self, channel: LazyChannel, name: str = "grpc", target: str | None = None, tls: bool = False
     ) -> None:
         self._name = name
         self._channel = channel
+        self._stub_obj: pb_grpc.BlobServiceStub | None = None
         self._uploads = uploads_for(target or name)
         self._small: _SmallUploader | _H2SmallUploader | None = None
         self._known: OrderedDict[B3Digest, _Prefetcher] = OrderedDict()
@@ -111,7 +121,6 @@ class GrpcBlobService(BlobService):
         self._small_lock = threading.Lock()
         self._target = target
         self._tls = tls
-        self._stub = pb_grpc.BlobServiceStub(channel)
         self._cache = _ChunkCache(_CACHE_BYTES)
         self._pool = ThreadPoolExecutor(max_workers=_PREFETCH + 2, thread_name_prefix="grpc-blob-fetch")
         self._inflight: dict[B3Digest, Future[bytes | None]] = {}
@@ -121,7 +130,15 @@ class GrpcBlobService(BlobService):
     def from_url(cls, url: ServiceUrl) -> GrpcBlobService:
         """Connect to ``grpc+unix:///sock`` or ``grpc+http(s)://host:port`` (lazily by default)."""
         target, tls = channel_target(url)
-        return cls(open_channel(url), url.raw, target, tls)
+        return cls(LazyChannel(url), url.raw, target, tls)
+
+    @property
+    def _stub(self) -> pb_grpc.BlobServiceStub:
+        """The grpcio stub (channel opened, grpcio imported, on first use)."""
+        stub = self._stub_obj
+        if stub is None:
+            stub = self._stub_obj = pb_grpc.BlobServiceStub(self._channel.get())
+        return stub
 
     def flush(self) -> None:
         """Wait for every upload to this server; raises if one failed."""
@@ -160,9 +177,9 @@ class GrpcBlobService(BlobService):
             )
             return response
         except grpc.RpcError as exc:
-            if rpc_code(exc) == grpc.StatusCode.NOT_FOUND:
+            if status.rpc_code(exc) == grpc.StatusCode.NOT_FOUND:
                 return None
-            raise error_of(exc, f"{self._name}: stat of blob {digest}") from exc
+            raise status.error_of(exc, f"{self._name}: stat of blob {digest}") from exc
 
     def has(self, digest: B3Digest) -> bool:
         """Whether the server has the blob (or a chunk of that digest)."""
@@ -192,9 +209,9 @@ class GrpcBlobService(BlobService):
         try:
             first = next(call, None)
         except grpc.RpcError as exc:
-            if rpc_code(exc) == grpc.StatusCode.NOT_FOUND:
+            if status.rpc_code(exc) == grpc.StatusCode.NOT_FOUND:
                 return None
-            raise error_of(exc, f"{self._name}: read of blob {digest}") from exc
+            raise status.error_of(exc, f"{self._name}: read of blob {digest}") from exc
 
         def rest() -> Iterator[bytes]:
             try:
@@ -203,7 +220,7 @@ class GrpcBlobService(BlobService):
                 for msg in call:
                     yield msg.data
             except grpc.RpcError as exc:
-                raise error_of(exc, f"{self._name}: read of blob {digest}") from exc
+                raise status.error_of(exc, f"{self._name}: read of blob {digest}") from exc
             finally:
                 call.cancel()
 
@@ -343,7 +360,7 @@ class GrpcBlobService(BlobService):
 
     def open_write(self) -> BlobWriter:
         """A writer streaming to one Put call."""
-        return _GrpcBlobWriter(self._stub, self._name, self._uploads, self._small_uploader)
+        return _GrpcBlobWriter(lambda: self._stub, self._name, self._uploads, self._small_uploader)
 
 
 class _BlobStream:
@@ -405,7 +422,7 @@ class _BlobStream:
         except grpc.RpcError as exc:
             with self._cond:
                 if not self._stopped:
-                    self._error = error_of(exc, f"{self._service._name}: read of blob {self._blob}")
+                    self._error = status.error_of(exc, f"{self._service._name}: read of blob {self._blob}")
         except BaseException as exc:
             with self._cond:
                 self._error = exc
@@ -534,6 +551,16 @@ class _SpooledReader(PositionedBlobReader):
         super().close()
 
 
+class _PutAnswer(NamedTuple):
+    """A PutBlobResponse, read without protobuf."""
+
+    digest: bytes
+
+    @classmethod
+    def parse(cls, message: bytes) -> _PutAnswer:
+        return cls(bytes_field(message, 1))
+
+
 def _blob_chunk(data: bytes | memoryview) -> list[bytes | memoryview]:
     """A BlobChunk{data} message as pieces: field 1, length-delimited; data itself not copied."""
     return [b"\x0a" + varint(len(data)), data] if len(data) else []
@@ -553,11 +580,11 @@ class _H2SmallUploader:
 
     def put(self, data: bytes) -> Future[Any]:
         """Start the upload of one whole blob; the future gives the PutBlobResponse."""
-        return self._caller.call(self._PATH, [_blob_chunk(data)], pb.PutBlobResponse.FromString)
+        return self._caller.call(self._PATH, [_blob_chunk(data)], _PutAnswer.parse)
 
     def open_stream(self) -> StreamCall:
         """Start a streamed upload (``write`` BlobChunk messages, then ``close``)."""
-        return self._caller.open_stream(self._PATH, pb.PutBlobResponse.FromString)
+        return self._caller.open_stream(self._PATH, _PutAnswer.parse)
 
     def close(self) -> None:
         """Close the connection."""
@@ -574,6 +601,9 @@ class _SmallUploader:
     """
 
     def __init__(self, target: str, tls: bool) -> None:
+        import asyncio  # only TLS targets need it (~25 ms to import)
+
+        self._asyncio = asyncio
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="grpc-blob-upload", daemon=True)
         self._thread.start()
@@ -593,12 +623,12 @@ class _SmallUploader:
         async def go() -> Any:
             return await self._stub.Put(iter([pb.BlobChunk(data=data)]))
 
-        return asyncio.run_coroutine_threadsafe(go(), self._loop)
+        return self._asyncio.run_coroutine_threadsafe(go(), self._loop)
 
     def close(self) -> None:
         """Close the channel and end the thread."""
         with contextlib.suppress(BaseException):
-            asyncio.run_coroutine_threadsafe(self._channel.close(), self._loop).result(timeout=5)
+            self._asyncio.run_coroutine_threadsafe(self._channel.close(), self._loop).result(timeout=5)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=5)
         if not self._thread.is_alive():
@@ -640,8 +670,8 @@ class Uploads:
                         if len(response.digest) == B3_LEN
                         else f"{name}: invalid root digest length {len(response.digest)} in response"
                     )
-            except grpc.RpcError as exc:
-                failure = error_of(exc, f"{name}: upload of blob {digest}")
+            except (CallError, grpc.RpcError) as exc:
+                failure = status.error_of(exc, f"{name}: upload of blob {digest}")
             except BaseException as exc:  # cancelled future, or anything else: report, don't lose
                 failure = StorageError(f"{name}: upload of blob {digest} failed: {exc!r}")
             with self._lock:
@@ -706,7 +736,7 @@ class _GrpcBlobWriter(BlobWriter):
 
     def __init__(
         self,
-        stub: pb_grpc.BlobServiceStub,
+        stub: Callable[[], pb_grpc.BlobServiceStub],
         name: str,
         uploads: Uploads,
         small: Callable[[], _SmallUploader | _H2SmallUploader | None],
@@ -739,21 +769,21 @@ class _GrpcBlobWriter(BlobWriter):
             if small is not None:
                 self._call = small.put(first[0])
             else:
-                self._call = self._stub.Put.future(iter([pb.BlobChunk(data=p) for p in first]))
+                self._call = self._stub().Put.future(iter([pb.BlobChunk(data=p) for p in first]))
             return
         small = self._small()
         if isinstance(small, _H2SmallUploader):
             # Written from this thread, message by message, as flow control lets it through.
             try:
                 self._stream = small.open_stream()
-            except grpc.RpcError as exc:
+            except CallError as exc:
                 self._uploads.cancel_begun()
                 self._dead = True
-                raise error_of(exc, f"{self._name}: blob upload") from exc
+                raise status.error_of(exc, f"{self._name}: blob upload") from exc
             self._call = self._stream.future
             return
         self._queue = queue.Queue(maxsize=_QUEUED_PIECES)
-        self._call = self._stub.Put.future(self._requests(self._queue))
+        self._call = self._stub().Put.future(self._requests(self._queue))
 
     def _send(self, piece: bytes | memoryview) -> None:
         if self._call is None:
@@ -761,11 +791,11 @@ class _GrpcBlobWriter(BlobWriter):
         if self._stream is not None:
             try:
                 self._stream.write(_blob_chunk(piece))
-            except grpc.RpcError as exc:
+            except CallError as exc:
                 # The call ended early (a server error): surface it now.
                 self._dead = True
                 self._uploads.cancel_begun()
-                raise error_of(exc, f"{self._name}: blob upload") from exc
+                raise status.error_of(exc, f"{self._name}: blob upload") from exc
             return
         pieces = self._queue
         assert pieces is not None  # _start made it
@@ -782,7 +812,7 @@ class _GrpcBlobWriter(BlobWriter):
                     try:
                         self._call.result()
                     except grpc.RpcError as exc:
-                        raise error_of(exc, f"{self._name}: blob upload") from exc
+                        raise status.error_of(exc, f"{self._name}: blob upload") from exc
                     raise StorageError(f"{self._name}: blob upload ended early") from None
 
     def write(self, data: bytes | bytearray | memoryview) -> int:

@@ -18,12 +18,8 @@ import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Generator, Iterator
-from typing import final
+from typing import TYPE_CHECKING, final
 
-import grpc
-
-from tvix.castore.protos import rpc_directory_pb2 as pb
-from tvix.castore.protos import rpc_directory_pb2_grpc as pb_grpc
 from tvix_castore.digests import B3_LEN, B3Digest
 from tvix_castore.directory import Directory
 from tvix_castore.directory_graph import RootToLeavesValidator
@@ -36,11 +32,24 @@ from tvix_castore.errors import (
     StoreError,
     ValidationError,
 )
-from tvix_castore.grpc.channel import channel_target, open_channel
-from tvix_castore.grpc.h2client import UnaryCaller
-from tvix_castore.grpc.status import error_of, rpc_code
+from tvix_castore.grpc.channel import LazyChannel, channel_target
+from tvix_castore.grpc.h2client import CallError, UnaryCaller, bytes_field
+from tvix_castore.grpc.lazy import LazyModule
 from tvix_castore.proto_conv import directory_from_proto, directory_to_proto, encode_directory
 from tvix_castore.url import ServiceUrl
+
+if TYPE_CHECKING:
+    import grpc
+
+    from tvix.castore.protos import rpc_directory_pb2 as pb
+    from tvix.castore.protos import rpc_directory_pb2_grpc as pb_grpc
+    from tvix_castore.grpc import status
+else:
+    # Only reads and TLS targets go through grpcio (see tvix_castore.grpc.lazy).
+    grpc = LazyModule("grpc")
+    pb = LazyModule("tvix.castore.protos.rpc_directory_pb2")
+    pb_grpc = LazyModule("tvix.castore.protos.rpc_directory_pb2_grpc")
+    status = LazyModule("tvix_castore.grpc.status")
 
 __all__ = ["GrpcDirectoryService"]
 
@@ -56,11 +65,11 @@ _PUT = "/tvix.castore.v1.DirectoryService/Put"
 class GrpcDirectoryService(DirectoryService):
     """A DirectoryService backed by a remote ``tvix.castore.v1.DirectoryService``; thread-safe."""
 
-    def __init__(self, channel: grpc.Channel, name: str = "grpc", caller: UnaryCaller | None = None) -> None:
+    def __init__(self, channel: LazyChannel, name: str = "grpc", caller: UnaryCaller | None = None) -> None:
         self._name = name
         self._channel = channel
         self._caller = caller
-        self._stub = pb_grpc.DirectoryServiceStub(channel)
+        self._stub_obj: pb_grpc.DirectoryServiceStub | None = None
         self._cache: OrderedDict[B3Digest, Directory] = OrderedDict()
         self._cache_lock = threading.Lock()
 
@@ -68,7 +77,15 @@ class GrpcDirectoryService(DirectoryService):
     def from_url(cls, url: ServiceUrl) -> GrpcDirectoryService:
         """Connect to ``grpc+unix:///sock`` or ``grpc+http(s)://host:port``."""
         target, tls = channel_target(url)
-        return cls(open_channel(url), url.raw, None if tls else UnaryCaller(target))
+        return cls(LazyChannel(url), url.raw, None if tls else UnaryCaller(target))
+
+    @property
+    def _stub(self) -> pb_grpc.DirectoryServiceStub:
+        """The grpcio stub (channel opened, grpcio imported, on first use)."""
+        stub = self._stub_obj
+        if stub is None:
+            stub = self._stub_obj = pb_grpc.DirectoryServiceStub(self._channel.get())
+        return stub
 
     def close(self) -> None:
         """Close the channel."""
@@ -119,9 +136,9 @@ class GrpcDirectoryService(DirectoryService):
         try:
             msgs = list(self._stub.Get(pb.GetDirectoryRequest(digest=digest, recursive=False)))
         except grpc.RpcError as exc:
-            if rpc_code(exc) == grpc.StatusCode.NOT_FOUND:
+            if status.rpc_code(exc) == grpc.StatusCode.NOT_FOUND:
                 return None
-            raise error_of(exc, f"{self._name}: get of directory {digest}") from exc
+            raise status.error_of(exc, f"{self._name}: get of directory {digest}") from exc
         if not msgs:
             return None
         if len(msgs) > 1:
@@ -148,9 +165,9 @@ class GrpcDirectoryService(DirectoryService):
                 if fresh:
                     yield directory
         except grpc.RpcError as exc:
-            if rpc_code(exc) == grpc.StatusCode.NOT_FOUND and not len(validator):
+            if status.rpc_code(exc) == grpc.StatusCode.NOT_FOUND and not len(validator):
                 return
-            raise error_of(exc, f"{self._name}: recursive get of directory {root}") from exc
+            raise status.error_of(exc, f"{self._name}: recursive get of directory {root}") from exc
         finally:
             call.cancel()
         if len(validator) and validator.missing():
@@ -169,21 +186,22 @@ class GrpcDirectoryService(DirectoryService):
 
     def _put_stream(self, directories: list[Directory]) -> B3Digest:
         try:
-            response: pb.PutDirectoryResponse
+            root: bytes
             if self._caller is not None:
                 messages = [[encode_directory(d)] for d in directories]
-                response = self._caller.call(_PUT, messages, pb.PutDirectoryResponse.FromString).result()
+                # PutDirectoryResponse{root_digest = 1}, read without protobuf.
+                root = self._caller.call(_PUT, messages, lambda m: bytes_field(m, 1)).result()
             else:
-                response = self._stub.Put(directory_to_proto(d) for d in directories)
-        except grpc.RpcError as exc:
-            code = rpc_code(exc)
+                root = self._stub.Put(directory_to_proto(d) for d in directories).root_digest
+        except (CallError, grpc.RpcError) as exc:
+            code = status.rpc_code(exc)
             if code == grpc.StatusCode.INTERNAL:
                 # Our servers (and tvix's) answer INTERNAL for a stream that fails validation.
                 raise DirectoryError(f"{self._name}: directory upload refused: {exc.details()}") from exc
-            raise error_of(exc, f"{self._name}: directory upload") from exc
-        if len(response.root_digest) != B3_LEN:
-            raise StorageError(f"{self._name}: invalid root digest length {len(response.root_digest)}")
-        return B3Digest(response.root_digest)
+            raise status.error_of(exc, f"{self._name}: directory upload") from exc
+        if len(root) != B3_LEN:
+            raise StorageError(f"{self._name}: invalid root digest length {len(root)}")
+        return B3Digest(root)
 
     def put_multiple_start(self) -> DirectoryPutter:
         """A putter that checks the closure locally and sends it in one Put on close."""

@@ -1,6 +1,7 @@
 """gRPC channels from service URLs (spec §9.3): ``grpc+unix:///sock``, ``grpc+http(s)://host:port``.
 
-Channels connect lazily unless the URL asks ``?wait-connect=1``. Reconnect backoff is kept short
+Channels connect lazily unless the URL asks ``?wait-connect=1``; ``LazyChannel`` does not even
+create one (nor import grpcio) until a call needs it. Reconnect backoff is kept short
 (≤ 1 s) so a client, a mount in particular, is usable again soon after a daemon restarts; calls
 made while the server is down fail at once with UNAVAILABLE instead of waiting.
 """
@@ -8,13 +9,18 @@ made while the server is down fail at once with UNAVAILABLE instead of waiting.
 from __future__ import annotations
 
 import threading
-
-import grpc
+from typing import TYPE_CHECKING
 
 from tvix_castore.errors import InvalidRequest, StorageError
+from tvix_castore.grpc.lazy import LazyModule
 from tvix_castore.url import ServiceUrl
 
-__all__ = ["CHANNEL_OPTIONS", "MAX_MESSAGE", "channel_target", "open_channel"]
+if TYPE_CHECKING:
+    import grpc
+else:
+    grpc = LazyModule("grpc")
+
+__all__ = ["CHANNEL_OPTIONS", "MAX_MESSAGE", "LazyChannel", "channel_target", "open_channel"]
 
 MAX_MESSAGE = 4 * 1024 * 1024
 """What a server accepts per message (tonic's and grpcio's default); we send ≤ 1 MiB pieces."""
@@ -100,3 +106,29 @@ def _wait_connected(channel: grpc.Channel, url: ServiceUrl) -> None:
     if not states or states[-1] != grpc.ChannelConnectivity.READY:
         channel.close()
         raise StorageError(f"cannot connect to {url.raw}")
+
+
+class LazyChannel:
+    """The channel to a URL, opened on first ``get`` (at once with ``wait-connect=1``)."""
+
+    def __init__(self, url: ServiceUrl) -> None:
+        self._url = url
+        self._lock = threading.Lock()
+        self._channel: grpc.Channel | None = None
+        channel_target(url)  # a malformed URL fails here, as open_channel would
+        if url.query.get("wait-connect", ["0"])[-1] in ("1", "true"):
+            self._channel = open_channel(url)
+
+    def get(self) -> grpc.Channel:
+        """The channel (opened now if it was not yet)."""
+        with self._lock:
+            if self._channel is None:
+                self._channel = open_channel(self._url)
+            return self._channel
+
+    def close(self) -> None:
+        """Close the channel if it was opened."""
+        with self._lock:
+            channel, self._channel = self._channel, None
+        if channel is not None:
+            channel.close()

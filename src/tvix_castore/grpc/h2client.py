@@ -8,9 +8,10 @@ thread hop per call); this costs a few tens of µs. The wire protocol is the ord
 any gRPC server (grpcio, tonic, ours) answers it.
 
 Flow control and the server's SETTINGS are honoured (data waits for window updates; at most
-MAX_CONCURRENT_STREAMS calls are open). A call fails with a ``grpc.RpcError`` carrying the
-status the server sent, or UNAVAILABLE when the connection broke or the server went away
-(GOAWAY) before answering; the next call opens a new connection.
+MAX_CONCURRENT_STREAMS calls are open). A call fails with a ``CallError`` carrying the status
+the server sent (``code()`` and ``details()`` as a grpcio error has), or UNAVAILABLE when the
+connection broke or the server went away (GOAWAY) before answering; the next call opens a new
+connection. Nothing here imports grpcio (see ``tvix_castore.grpc.lazy``).
 """
 
 from __future__ import annotations
@@ -21,18 +22,31 @@ import socket
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from typing import Any
-
-import grpc
+from typing import TYPE_CHECKING, Any
 
 from tvix_castore.grpc import http2 as h2
 from tvix_castore.grpc.hpack import Decoder, HpackError, encode
+from tvix_castore.grpc.lazy import LazyModule
 
-__all__ = ["CallError", "StreamCall", "UnaryCaller"]
+if TYPE_CHECKING:
+    import grpc
+else:
+    grpc = LazyModule("grpc")
+
+__all__ = ["CallError", "StreamCall", "UnaryCaller", "bytes_field"]
 
 log = logging.getLogger(__name__)
 
-Code = grpc.StatusCode
+
+class Code:
+    """The gRPC status numbers this module uses."""
+
+    OK = 0
+    CANCELLED = 1
+    UNKNOWN = 2
+    INTERNAL = 13
+    UNAVAILABLE = 14
+
 
 _RECV_WINDOW = 16 * 1024 * 1024
 _CONNECT_TIMEOUT = 10.0
@@ -42,17 +56,23 @@ less than this much is waiting: Nagle's idea at the call level. Fewer writes her
 server finds many whole calls per read, which it answers together."""
 
 
-class CallError(grpc.RpcError):  # type: ignore[misc]
-    """A call that ended with a status other than OK (``code()``, ``details()`` as grpcio's)."""
+class CallError(Exception):
+    """A call that ended with a status other than OK (``code()``, ``details()`` as grpcio's).
 
-    def __init__(self, code: grpc.StatusCode, details: str) -> None:
-        super().__init__(f"{code.name}: {details}")
-        self._code = code
+    Not a ``grpc.RpcError``: that would import grpcio. Callers catch both.
+    """
+
+    def __init__(self, status: int, details: str) -> None:
+        super().__init__(f"status {status}: {details}")
+        self.status = status
         self._details = details
 
     def code(self) -> grpc.StatusCode:
-        """The status code."""
-        return self._code
+        """The status code (grpcio's enum)."""
+        for code in grpc.StatusCode:
+            if code.value[0] == self.status:
+                return code
+        return grpc.StatusCode.UNKNOWN
 
     def details(self) -> str:
         """The status message."""
@@ -481,6 +501,55 @@ class _Connection:
             self._sock.close()
         if self._thread is not threading.current_thread():
             self._thread.join(timeout=5)
+
+
+def bytes_field(message: bytes, number: int) -> bytes:
+    """The last value of a bytes field in a protobuf message (b"" if absent); others skipped.
+
+    Answers such as PutBlobResponse are read this way, without loading protobuf.
+
+    Raises:
+        ValueError: a malformed message.
+
+    """
+    value = b""
+    pos = 0
+    end = len(message)
+
+    def varint() -> int:
+        nonlocal pos
+        result = shift = 0
+        while True:
+            if pos >= end or shift > 63:
+                raise ValueError("truncated varint")
+            b = message[pos]
+            pos += 1
+            result |= (b & 0x7F) << shift
+            if b < 0x80:
+                return result
+            shift += 7
+
+    while pos < end:
+        key = varint()
+        wire = key & 7
+        if wire == 0:
+            varint()
+        elif wire == 1:
+            pos += 8
+        elif wire == 5:
+            pos += 4
+        elif wire == 2:
+            length = varint()
+            if pos + length > end:
+                raise ValueError("truncated field")
+            if key >> 3 == number:
+                value = message[pos : pos + length]
+            pos += length
+        else:
+            raise ValueError(f"unsupported wire type {wire}")
+        if pos > end:
+            raise ValueError("truncated field")
+    return value
 
 
 def _send_all(sock: socket.socket, parts: list[bytes | memoryview]) -> None:

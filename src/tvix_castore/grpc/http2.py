@@ -7,8 +7,6 @@ reader; gRPC's length-prefixed messages, ``grpc-timeout`` and the percent-encode
 
 from __future__ import annotations
 
-import grpc
-
 __all__ = [
     "PREFACE",
     "FrameReader",
@@ -226,16 +224,17 @@ class FrameReader:
 
 # ---- gRPC conventions ---------------------------------------------------------------------------
 
-_CODES = {c.value[0]: c for c in grpc.StatusCode}
-
 _TIMEOUT_UNITS = {b"H": 3600.0, b"M": 60.0, b"S": 1.0, b"m": 1e-3, b"u": 1e-6, b"n": 1e-9}
 
 
-def status_code(value: bytes | None) -> grpc.StatusCode:
-    """The StatusCode of a ``grpc-status`` value (UNKNOWN for anything unparsable)."""
-    if value is None or not value.isdigit():
-        return grpc.StatusCode.UNKNOWN
-    return _CODES.get(int(value), grpc.StatusCode.UNKNOWN)
+UNKNOWN_STATUS = 2
+
+
+def status_code(value: bytes | None) -> int:
+    """The number of a ``grpc-status`` value (2, UNKNOWN, for anything unparsable)."""
+    if value is None or not value.isdigit() or len(value) > 2:
+        return UNKNOWN_STATUS
+    return int(value)
 
 
 def parse_timeout(value: bytes) -> float | None:
