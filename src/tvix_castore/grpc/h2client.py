@@ -50,6 +50,7 @@ class Code:
 
 _RECV_WINDOW = 16 * 1024 * 1024
 _CONNECT_TIMEOUT = 10.0
+_SEND_BUFFER = 4 * 1024 * 1024
 _HOLD_BYTES = 256 * 1024
 """Requests are held back (and then written together) while some answer is outstanding and
 less than this much is waiting: Nagle's idea at the call level. Fewer writes here, and the
@@ -633,6 +634,10 @@ class UnaryCaller:
             sock = socket.create_connection((host, int(port)), timeout=_CONNECT_TIMEOUT)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.settimeout(None)
+        # A large send buffer lets a streamed blob run ahead of the server's reads (which take
+        # up to this much at once, see h2server._READ_SIZE).
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _SEND_BUFFER)
         return _Connection(sock, target)
 
     def _header_block(self, path: str) -> bytes:
