@@ -32,7 +32,7 @@ from tvix.castore.protos import rpc_directory_pb2_grpc as directory_grpc
 from tvix.store.protos import rpc_pathinfo_pb2
 from tvix.store.protos import rpc_pathinfo_pb2_grpc as pathinfo_grpc
 from tvix_castore.errors import InvalidRequest
-from tvix_castore.grpc.blob_servicer import BATCH_PUT_BYTES, BlobServicer
+from tvix_castore.grpc.blob_servicer import BATCH_PUT_BYTES, BlobServicer, blob_chunk_pieces
 from tvix_castore.grpc.channel import MAX_MESSAGE
 from tvix_castore.grpc.directory_servicer import DirectoryServicer
 from tvix_castore.grpc.h2server import Server
@@ -122,6 +122,12 @@ class Daemon:
         blobs = BlobServicer(services.blob_service)
         blob_grpc.add_BlobServiceServicer_to_server(blobs, self._server)
         self._server.add_batch_handler(f"/{SERVICE_NAMES[0]}/Put", blobs.put_batch, BATCH_PUT_BYTES)
+        read = grpc.unary_stream_rpc_method_handler(
+            blobs.read_pieces,
+            request_deserializer=rpc_blobstore_pb2.ReadBlobRequest.FromString,
+            response_serializer=blob_chunk_pieces,
+        )
+        self._server.add_registered_method_handlers(SERVICE_NAMES[0], {"Read": read})
         directory_grpc.add_DirectoryServiceServicer_to_server(
             DirectoryServicer(services.directory_service),
             self._server,

@@ -22,8 +22,9 @@ from tvix_castore.digests import B3_LEN, B3Digest
 from tvix_castore.errors import StoreError
 from tvix_castore.grpc.h2server import Outcome
 from tvix_castore.grpc.status import abort, abort_with, stream_was_cancelled
+from tvix_castore.proto_conv import varint
 
-__all__ = ["BATCH_PUT_BYTES", "READ_PIECE", "BlobServicer"]
+__all__ = ["BATCH_PUT_BYTES", "READ_PIECE", "BlobServicer", "blob_chunk_pieces"]
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +33,11 @@ READ_PIECE = 1024 * 1024
 
 BATCH_PUT_BYTES = 1024 * 1024
 """Largest complete Put request answered by ``put_batch`` (larger ones stream through ``Put``)."""
+
+
+def blob_chunk_pieces(data: bytes) -> tuple[bytes, bytes]:
+    """The serialized BlobChunk{data} as (field header, data): protobuf's bytes, unjoined."""
+    return (b"\x0a" + varint(len(data)), data) if data else (b"", b"")
 
 
 def _digest(context: grpc.ServicerContext, raw: bytes) -> B3Digest:
@@ -63,6 +69,15 @@ class BlobServicer(pb_grpc.BlobServiceServicer):
 
     def Read(self, request: pb.ReadBlobRequest, context: grpc.ServicerContext) -> Iterator[pb.BlobChunk]:
         """The blob's bytes in ≤ 1 MiB messages."""
+        for data in self.read_pieces(request, context):
+            yield pb.BlobChunk(data=data)
+
+    def read_pieces(self, request: pb.ReadBlobRequest, context: grpc.ServicerContext) -> Iterator[bytes]:
+        """Read's data, one ≤ 1 MiB piece per message, to be framed by ``blob_chunk_pieces``.
+
+        Our own server serves Read this way: the data is never copied into a BlobChunk and then
+        into its serialization (two copies of every byte read).
+        """
         digest = _digest(context, request.digest)
         try:
             reader = self._blobs.open_read(digest)
@@ -79,7 +94,7 @@ class BlobServicer(pb_grpc.BlobServiceServicer):
                     abort_with(context, exc)
                 if not data:
                     return
-                yield pb.BlobChunk(data=data)
+                yield data
 
     def Put(
         self, request_iterator: Iterator[pb.BlobChunk], context: grpc.ServicerContext

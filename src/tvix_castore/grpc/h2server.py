@@ -55,6 +55,10 @@ class Outcome(NamedTuple):
     response: bytes | None
 
 
+Payload = bytes | tuple[bytes | memoryview, ...]
+"""A serialized message: bytes, or pieces to be sent one after the other (not joined: a
+response serializer may return a tuple so that large data is never copied into one buffer)."""
+
 BatchHandler = Callable[[list[list[bytes]]], list[Outcome]]
 """Takes the raw request messages of several complete calls, returns one Outcome per call."""
 
@@ -367,6 +371,8 @@ class _Connection(asyncio.Protocol):
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _READ_SIZE)
+                # Blob reads go out in 1 MiB messages: let the socket take them whole.
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _READ_SIZE)
         self.server.connections.add(self)
         name = transport.get_extra_info("peername")
         if isinstance(name, tuple) and len(name) >= 2:
@@ -426,7 +432,22 @@ class _Connection(asyncio.Protocol):
         if self._out and self._transport is not None and not self._closed:
             out = self._out
             self._out = []
-            self._transport.write(out[0] if len(out) == 1 else b"".join(out))
+            if len(out) == 1:
+                self._transport.write(out[0])
+                return
+            # Large pieces (blob data) go to the transport as they are, which sends them
+            # straight from our buffer when the socket takes them; small ones are joined.
+            small: list[bytes | memoryview] = []
+            for piece in out:
+                if len(piece) < 65536:
+                    small.append(piece)
+                    continue
+                if small:
+                    self._transport.write(b"".join(small))
+                    small = []
+                self._transport.write(piece)
+            if small:
+                self._transport.write(b"".join(small))
         else:
             self._out.clear()
 
@@ -793,17 +814,23 @@ class _Connection(asyncio.Protocol):
 
     # ---- answering ------------------------------------------------------------------------------
 
-    def send_message(self, stream: _Stream, payload: bytes) -> None:
+    def send_message(self, stream: _Stream, payload: Payload) -> None:
         """Queue one response message (loop thread; ``out_pending`` was raised by the caller)."""
         if stream.finished:
             return
-        prefix = b"\x00" + len(payload).to_bytes(4, "big")
         if not stream.headers_sent:
             stream.headers_sent = True
             self._out.append(h2.frame(h2.HEADERS, h2.END_HEADERS, stream.sid, _RESPONSE_HEADERS))
-        stream.outq.append(memoryview(prefix + payload) if len(payload) < 65536 else memoryview(prefix))
-        if len(payload) >= 65536:
-            stream.outq.append(memoryview(payload))
+        if isinstance(payload, bytes):
+            size = len(payload)
+            if size < 65536:
+                stream.outq.append(memoryview(b"\x00" + size.to_bytes(4, "big") + payload))
+            else:
+                stream.outq.append(memoryview(b"\x00" + size.to_bytes(4, "big")))
+                stream.outq.append(memoryview(payload))
+        else:
+            stream.outq.append(memoryview(b"\x00" + _size(payload).to_bytes(4, "big")))
+            stream.outq.extend(memoryview(p).cast("B") for p in payload if len(p))
         self._pump(stream)
 
     def finish(self, stream: _Stream, code: grpc.StatusCode, details: str, payload: bytes | None) -> None:
@@ -1023,6 +1050,10 @@ class _Requests(Iterator[Any]):
         return _deserialize(self._deserialize, message)
 
 
+def _size(payload: Payload) -> int:
+    return len(payload) if isinstance(payload, bytes) else sum(len(p) for p in payload)
+
+
 def _deserialize(deserializer: Callable[[bytes], Any] | None, message: bytes) -> Any:
     if deserializer is None:
         return message
@@ -1061,7 +1092,7 @@ def _run_call(stream: _Stream) -> None:
                         stream.cond.wait()
                     if stream.finished:
                         break
-                    stream.out_pending += len(data) + 5
+                    stream.out_pending += _size(data) + 5
                 conn.call_soon(conn.send_message, stream, data)
         else:
             behavior = handler.stream_unary if handler.request_streaming else handler.unary_unary
