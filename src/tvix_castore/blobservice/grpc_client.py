@@ -130,7 +130,10 @@ class GrpcBlobService(BlobService):
     def from_url(cls, url: ServiceUrl) -> GrpcBlobService:
         """Connect to ``grpc+unix:///sock`` or ``grpc+http(s)://host:port`` (lazily by default)."""
         target, tls = channel_target(url)
-        return cls(LazyChannel(url), url.raw, target, tls)
+        service = cls(LazyChannel(url), url.raw, target, tls)
+        channel = service._channel
+        channel.warm_up(lambda: service._stub)
+        return service
 
     @property
     def _stub(self) -> pb_grpc.BlobServiceStub:

@@ -77,7 +77,10 @@ class GrpcDirectoryService(DirectoryService):
     def from_url(cls, url: ServiceUrl) -> GrpcDirectoryService:
         """Connect to ``grpc+unix:///sock`` or ``grpc+http(s)://host:port``."""
         target, tls = channel_target(url)
-        return cls(LazyChannel(url), url.raw, None if tls else UnaryCaller(target))
+        service = cls(LazyChannel(url), url.raw, None if tls else UnaryCaller(target))
+        channel = service._channel
+        channel.warm_up(lambda: service._stub)
+        return service
 
     @property
     def _stub(self) -> pb_grpc.DirectoryServiceStub:

@@ -8,10 +8,13 @@ made while the server is down fail at once with UNAVAILABLE instead of waiting.
 
 from __future__ import annotations
 
+import contextlib
 import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from tvix_castore.errors import InvalidRequest, StorageError
+from tvix_castore.grpc.h2client import calls_made
 from tvix_castore.grpc.lazy import LazyModule
 from tvix_castore.url import ServiceUrl
 
@@ -37,6 +40,7 @@ CHANNEL_OPTIONS: list[tuple[str, int | str]] = [
 ]
 
 _CONNECT_TIMEOUT = 10.0
+_WARM_UP_DELAY = 0.05
 
 
 def channel_target(url: ServiceUrl) -> tuple[str, bool]:
@@ -116,8 +120,29 @@ class LazyChannel:
         self._lock = threading.Lock()
         self._channel: grpc.Channel | None = None
         channel_target(url)  # a malformed URL fails here, as open_channel would
+        self._timer: threading.Timer | None = None
         if url.query.get("wait-connect", ["0"])[-1] in ("1", "true"):
             self._channel = open_channel(url)
+
+    def warm_up(self, prepare: Callable[[], object], delay: float = _WARM_UP_DELAY) -> None:
+        """Run prepare (opening the channel) in the background after delay, unless writing began.
+
+        Writing means a call through our HTTP/2 caller in this process. A reader (a mount)
+        would otherwise import grpcio at its first read, ~0.1 s into the first ``ls``; a writer
+        (an ``import``) starts its Puts within milliseconds and never needs grpcio, so it is
+        spared that work on its critical path.
+        """
+
+        def run() -> None:
+            if not calls_made():
+                with contextlib.suppress(Exception):  # a real call reports real problems
+                    prepare()
+
+        timer = threading.Timer(delay, run)
+        timer.daemon = True
+        timer.name = "grpc-warm-up"
+        self._timer = timer
+        timer.start()
 
     def get(self) -> grpc.Channel:
         """The channel (opened now if it was not yet)."""
@@ -128,6 +153,8 @@ class LazyChannel:
 
     def close(self) -> None:
         """Close the channel if it was opened."""
+        if self._timer is not None:
+            self._timer.cancel()
         with self._lock:
             channel, self._channel = self._channel, None
         if channel is not None:

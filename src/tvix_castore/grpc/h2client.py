@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 else:
     grpc = LazyModule("grpc")
 
-__all__ = ["CallError", "StreamCall", "UnaryCaller", "bytes_field"]
+__all__ = ["CallError", "StreamCall", "UnaryCaller", "bytes_field", "calls_made"]
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +51,14 @@ class Code:
 _RECV_WINDOW = 16 * 1024 * 1024
 _CONNECT_TIMEOUT = 10.0
 _SEND_BUFFER = 4 * 1024 * 1024
+_calls_made = threading.Event()
+
+
+def calls_made() -> bool:
+    """Whether this process has started a call through a ``UnaryCaller`` (it is writing)."""
+    return _calls_made.is_set()
+
+
 _HOLD_BYTES = 256 * 1024
 """Requests are held back (and then written together) while some answer is outstanding and
 less than this much is waiting: Nagle's idea at the call level. Fewer writes here, and the
@@ -688,6 +696,7 @@ class UnaryCaller:
         fails with a ``CallError`` (a ``grpc.RpcError``) for any status but OK. The pieces must
         not change until the future is done.
         """
+        _calls_made.set()
         future: Future[Any] = Future()
         future.set_running_or_notify_cancel()
         request: list[bytes | memoryview] = []
@@ -713,6 +722,7 @@ class UnaryCaller:
             CallError: the server cannot be reached.
 
         """
+        _calls_made.set()
         future: Future[Any] = Future()
         future.set_running_or_notify_cancel()
         block = self._header_block(path)

@@ -71,7 +71,10 @@ class GrpcPathInfoService(PathInfoService):
     ) -> GrpcPathInfoService:
         """Connect to ``grpc+unix:///sock`` or ``grpc+http(s)://host:port``."""
         target, tls = channel_target(url)
-        return cls(LazyChannel(url), url.raw, target, None if tls else UnaryCaller(target))
+        service = cls(LazyChannel(url), url.raw, target, None if tls else UnaryCaller(target))
+        channel = service._channel
+        channel.warm_up(lambda: service._stub)
+        return service
 
     @property
     def _stub(self) -> pb_grpc.PathInfoServiceStub:
