@@ -113,6 +113,7 @@ class GrpcBlobService(BlobService):
         self._name = name
         self._channel = channel
         self._stub_obj: pb_grpc.BlobServiceStub | None = None
+        self._read_raw: Any = None
         self._uploads = uploads_for(target or name)
         self._small: _SmallUploader | _H2SmallUploader | None = None
         self._known: OrderedDict[B3Digest, _Prefetcher] = OrderedDict()
@@ -206,9 +207,20 @@ class GrpcBlobService(BlobService):
 
     # ---- Read ----------------------------------------------------------------------------------
 
-    def _read_stream(self, digest: B3Digest) -> Iterator[bytes] | None:
-        """The messages of one Read; None when the server says NOT_FOUND before any data."""
-        call = self._stub.Read(pb.ReadBlobRequest(digest=digest))
+    def _read(self, digest: B3Digest) -> Any:
+        """A Read call whose messages come as views of their data (see ``_chunk_data``)."""
+        read = self._read_raw
+        if read is None:
+            read = self._read_raw = self._channel.get().unary_stream(
+                "/tvix.castore.v1.BlobService/Read",
+                request_serializer=pb.ReadBlobRequest.SerializeToString,
+                response_deserializer=_chunk_data,
+            )
+        return read(pb.ReadBlobRequest(digest=digest))
+
+    def _read_stream(self, digest: B3Digest) -> Iterator[memoryview] | None:
+        """The data of one Read's messages; None when the server says NOT_FOUND before any."""
+        call = self._read(digest)
         try:
             first = next(call, None)
         except grpc.RpcError as exc:
@@ -216,12 +228,11 @@ class GrpcBlobService(BlobService):
                 return None
             raise status.error_of(exc, f"{self._name}: read of blob {digest}") from exc
 
-        def rest() -> Iterator[bytes]:
+        def rest() -> Iterator[memoryview]:
             try:
                 if first is not None:
-                    yield first.data
-                for msg in call:
-                    yield msg.data
+                    yield first
+                yield from call
             except grpc.RpcError as exc:
                 raise status.error_of(exc, f"{self._name}: read of blob {digest}") from exc
             finally:
@@ -317,10 +328,10 @@ class GrpcBlobService(BlobService):
         try:
             hasher = blake3.blake3()
             length = 0
-            for data in stream:
-                hasher.update(data)
-                spool.write(data)
-                length += len(data)
+            for piece in stream:
+                hasher.update(piece)
+                spool.write(piece)
+                length += len(piece)
             if hasher.digest() != digest:
                 raise DataCorruption(f"{self._name}: blob {digest} arrived with other contents")
         except BaseException:
@@ -391,18 +402,26 @@ class _BlobStream:
 
     def _run(self) -> None:
         try:
-            self._call = self._service._stub.Read(pb.ReadBlobRequest(digest=self._blob))
-            buf = bytearray()
-            for msg in self._call:
-                buf += msg.data
-                # Cut whole chunks off the front with one copy each; the remainder (less than a
-                # chunk) is moved to the front once per message.
-                start = 0
-                while self._next < len(self._chunks) and len(buf) - start >= self._chunks[self._next].size:
+            self._call = self._service._read(self._blob)
+            # The chunk being assembled from the end of one message and the start of the next.
+            partial: list[memoryview] = []
+            partial_size = 0
+            for data in self._call:
+                pos = 0
+                while self._next < len(self._chunks):
                     meta = self._chunks[self._next]
-                    with memoryview(buf) as view:
-                        piece = bytes(view[start : start + meta.size])
-                    start += meta.size
+                    need = meta.size - partial_size
+                    if len(data) - pos < need:
+                        if len(data) > pos:
+                            partial.append(data[pos:])
+                            partial_size += len(data) - pos
+                        break
+                    # One copy per chunk, straight out of the message(s).
+                    part = data[pos : pos + need]
+                    piece = b"".join([*partial, part]) if partial else bytes(part)
+                    pos += need
+                    partial = []
+                    partial_size = 0
                     if blake3_digest(piece) != meta.digest:
                         raise DataCorruption(
                             f"{self._service._name}: chunk {meta.digest} of blob {self._blob} "
@@ -420,8 +439,6 @@ class _BlobStream:
                             self._cond.wait(1.0)
                         if self._stopped:
                             return
-                if start:
-                    del buf[:start]
         except grpc.RpcError as exc:
             with self._cond:
                 if not self._stopped:
@@ -552,6 +569,31 @@ class _SpooledReader(PositionedBlobReader):
         if not self.closed:
             self._spool.close()
         super().close()
+
+
+def _chunk_data(message: bytes) -> memoryview:
+    """A BlobChunk's data as a view into the received message (no copy, no protobuf object).
+
+    Anything but the plain encoding (one data field, as every server sends) is parsed by
+    protobuf.
+    """
+    view = memoryview(message)
+    if not message:
+        return view
+    if message[0] == 0x0A:
+        length = 0
+        shift = 0
+        pos = 1
+        while pos < len(message) and pos <= 10:
+            b = message[pos]
+            pos += 1
+            length |= (b & 0x7F) << shift
+            if b < 0x80:
+                if pos + length == len(message):
+                    return view[pos:]
+                break
+            shift += 7
+    return memoryview(pb.BlobChunk.FromString(message).data)
 
 
 class _PutAnswer(NamedTuple):
