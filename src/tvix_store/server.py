@@ -1,12 +1,8 @@
 """The gRPC server behind ``tvix-store daemon``: three services, reflection and health.
 
-Our own HTTP/2 server (``tvix_castore.grpc.h2server``: grpcio's handler API on a thread pool,
-a fraction of grpcio's per-call cost) with the Blob, Directory and PathInfo servicers (plus NAR
+``grpc.server`` on a thread pool with the Blob, Directory and PathInfo servicers (plus NAR
 calculation), server reflection v1alpha and v1 (the same messages under two package names),
-and health reporting SERVING for "" and each service. Small blob Puts that arrive whole are
-stored together (``BlobServicer.put_batch``). A local LMDB store's data file is flushed to disk
-in the background while the daemon runs (as ``import`` does locally), so the sync before each
-PathInfo put finds little left to write. Listens on ``host:port``, ``[v6]:port``
+and health reporting SERVING for "" and each service. Listens on ``host:port``, ``[v6]:port``
 or a unix socket path (``/…`` or ``./…``). ``serve`` blocks until SIGINT/SIGTERM, then stops
 taking calls, lets the ones in flight finish, and returns.
 """
@@ -19,6 +15,7 @@ import os
 import signal
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from types import FrameType
 
 import grpc
@@ -32,12 +29,10 @@ from tvix.castore.protos import rpc_directory_pb2_grpc as directory_grpc
 from tvix.store.protos import rpc_pathinfo_pb2
 from tvix.store.protos import rpc_pathinfo_pb2_grpc as pathinfo_grpc
 from tvix_castore.errors import InvalidRequest
-from tvix_castore.grpc.blob_servicer import BATCH_PUT_BYTES, BlobServicer, blob_chunk_pieces
+from tvix_castore.grpc.blob_servicer import BlobServicer
 from tvix_castore.grpc.channel import MAX_MESSAGE
 from tvix_castore.grpc.directory_servicer import DirectoryServicer
-from tvix_castore.grpc.h2server import Server
 from tvix_store.grpc.pathinfo_servicer import PathInfoServicer
-from tvix_store.import_path import _BackgroundWriteback
 from tvix_store.services import Services
 
 __all__ = ["DEFAULT_LISTEN", "SERVICE_NAMES", "Daemon", "grpc_target", "serve"]
@@ -118,19 +113,17 @@ class Daemon:
 
     def __init__(self, services: Services, listen: str, max_workers: int = 64) -> None:
         self.listen = listen
-        self._server = Server(max_workers=max_workers, max_receive_message_length=MAX_MESSAGE)
-        blobs = BlobServicer(services.blob_service)
-        blob_grpc.add_BlobServiceServicer_to_server(blobs, self._server)
-        self._server.add_batch_handler(f"/{SERVICE_NAMES[0]}/Put", blobs.put_batch, BATCH_PUT_BYTES)
-        read = grpc.unary_stream_rpc_method_handler(
-            blobs.read_pieces,
-            request_deserializer=rpc_blobstore_pb2.ReadBlobRequest.FromString,
-            response_serializer=blob_chunk_pieces,
+        self._server = grpc.server(
+            ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc-server"),
+            options=[
+                ("grpc.max_receive_message_length", MAX_MESSAGE),
+                ("grpc.max_send_message_length", 256 * 1024 * 1024),
+                ("grpc.so_reuseport", 0),
+            ],
         )
-        self._server.add_registered_method_handlers(SERVICE_NAMES[0], {"Read": read})
+        blob_grpc.add_BlobServiceServicer_to_server(BlobServicer(services.blob_service), self._server)
         directory_grpc.add_DirectoryServiceServicer_to_server(
-            DirectoryServicer(services.directory_service),
-            self._server,
+            DirectoryServicer(services.directory_service), self._server
         )
         pathinfo_grpc.add_PathInfoServiceServicer_to_server(
             PathInfoServicer(services.path_info_service, services.blob_service, services.directory_service),
@@ -152,16 +145,12 @@ class Daemon:
         if self.port == 0:
             raise InvalidRequest(f"cannot listen on {listen}")
         self._server.start()
-        # Without it the sync before a PathInfo put wrote back a whole import at once: ~0.1 s
-        # of the stdlib tree's ~0.75 s through the daemon (locally the import overlaps it).
-        self._writeback = _BackgroundWriteback(services.blob_service)
         log.info("starting daemon listen_address=%s", listen)
 
     def stop(self, grace: float = GRACE_SECONDS) -> None:
         """Refuse new calls, wait up to grace seconds for those in flight, then close."""
         self._health.enter_graceful_shutdown()
         self._server.stop(grace).wait()
-        self._writeback.close()
         if self.listen.startswith(("/", ".")):
             # grpcio leaves the socket file behind; a restart would unlink it anyway.
             with contextlib.suppress(OSError):
@@ -182,9 +171,6 @@ def serve(services: Services, listen: str, on_ready: Callable[[Daemon], None] | 
         stop.set()
 
     previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-    # The CLI restores SIGPIPE's default for `nar | head`; a daemon writing to a socket whose
-    # client went away must get EPIPE instead of dying.
-    previous[signal.SIGPIPE] = signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     try:
         daemon = Daemon(services, listen)
         if on_ready is not None:

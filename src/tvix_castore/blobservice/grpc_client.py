@@ -21,6 +21,7 @@ server and fails if any failed, so a PathInfo never refers to a blob that did no
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import queue
@@ -30,32 +31,20 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import IO, TYPE_CHECKING, Any, NamedTuple, final
+from typing import IO, Any, final
 
 import blake3
+import grpc
 
+from tvix.castore.protos import rpc_blobstore_pb2 as pb
+from tvix.castore.protos import rpc_blobstore_pb2_grpc as pb_grpc
 from tvix_castore.blobservice import BlobReader, BlobService, BlobWriter, ChunkMeta
 from tvix_castore.blobservice.chunked_reader import BytesBlobReader, ChunkedReader, PositionedBlobReader
 from tvix_castore.digests import B3_LEN, B3Digest, blake3_digest
 from tvix_castore.errors import ClosedError, DataCorruption, StorageError, StoreError
-from tvix_castore.grpc.channel import CHANNEL_OPTIONS, LazyChannel, channel_target
-from tvix_castore.grpc.h2client import CallError, StreamCall, UnaryCaller, bytes_field
-from tvix_castore.grpc.lazy import LazyModule
-from tvix_castore.proto_conv import varint
+from tvix_castore.grpc.channel import CHANNEL_OPTIONS, channel_target, open_channel
+from tvix_castore.grpc.status import error_of, rpc_code
 from tvix_castore.url import ServiceUrl
-
-if TYPE_CHECKING:
-    import grpc
-
-    from tvix.castore.protos import rpc_blobstore_pb2 as pb
-    from tvix.castore.protos import rpc_blobstore_pb2_grpc as pb_grpc
-    from tvix_castore.grpc import status
-else:
-    # Only reads, Stats and TLS targets go through grpcio (see tvix_castore.grpc.lazy).
-    grpc = LazyModule("grpc")
-    pb = LazyModule("tvix.castore.protos.rpc_blobstore_pb2")
-    pb_grpc = LazyModule("tvix.castore.protos.rpc_blobstore_pb2_grpc")
-    status = LazyModule("tvix_castore.grpc.status")
 
 __all__ = ["GrpcBlobService", "Uploads", "uploads_for"]
 
@@ -68,7 +57,7 @@ _CACHE_BYTES = 64 * 1024 * 1024
 _PREFETCH = 6
 _SPOOL_IN_MEMORY = 8 * 1024 * 1024
 _QUEUED_PIECES = 8
-_UPLOADS_IN_FLIGHT = 64
+_UPLOADS_IN_FLIGHT = 16
 _STREAM_WINDOW = 16
 _KNOWN_BLOBS = 8
 _STREAM_IDLE = 30.0
@@ -108,20 +97,19 @@ class GrpcBlobService(BlobService):
     """A BlobService backed by a remote ``tvix.castore.v1.BlobService``; thread-safe."""
 
     def __init__(
-        self, channel: LazyChannel, name: str = "grpc", target: str | None = None, tls: bool = False
+        self, channel: grpc.Channel, name: str = "grpc", target: str | None = None, tls: bool = False
     ) -> None:
         self._name = name
         self._channel = channel
-        self._stub_obj: pb_grpc.BlobServiceStub | None = None
-        self._read_raw: Any = None
         self._uploads = uploads_for(target or name)
-        self._small: _SmallUploader | _H2SmallUploader | None = None
+        self._small: _SmallUploader | None = None
         self._known: OrderedDict[B3Digest, _Prefetcher] = OrderedDict()
         self._chunk_owner: dict[B3Digest, B3Digest] = {}
         self._known_lock = threading.Lock()
         self._small_lock = threading.Lock()
         self._target = target
         self._tls = tls
+        self._stub = pb_grpc.BlobServiceStub(channel)
         self._cache = _ChunkCache(_CACHE_BYTES)
         self._pool = ThreadPoolExecutor(max_workers=_PREFETCH + 2, thread_name_prefix="grpc-blob-fetch")
         self._inflight: dict[B3Digest, Future[bytes | None]] = {}
@@ -131,18 +119,7 @@ class GrpcBlobService(BlobService):
     def from_url(cls, url: ServiceUrl) -> GrpcBlobService:
         """Connect to ``grpc+unix:///sock`` or ``grpc+http(s)://host:port`` (lazily by default)."""
         target, tls = channel_target(url)
-        service = cls(LazyChannel(url), url.raw, target, tls)
-        channel = service._channel
-        channel.warm_up(lambda: service._stub)
-        return service
-
-    @property
-    def _stub(self) -> pb_grpc.BlobServiceStub:
-        """The grpcio stub (channel opened, grpcio imported, on first use)."""
-        stub = self._stub_obj
-        if stub is None:
-            stub = self._stub_obj = pb_grpc.BlobServiceStub(self._channel.get())
-        return stub
+        return cls(open_channel(url), url.raw, target, tls)
 
     def flush(self) -> None:
         """Wait for every upload to this server; raises if one failed."""
@@ -160,15 +137,13 @@ class GrpcBlobService(BlobService):
                     self._small.close()
                     self._small = None
 
-    def _small_uploader(self) -> _SmallUploader | _H2SmallUploader | None:
-        """The uploader for whole small blobs (None without a target to connect to)."""
+    def _small_uploader(self) -> _SmallUploader | None:
+        """The asyncio uploader for whole small blobs (None without a target to connect to)."""
         if self._target is None:
             return None
         with self._small_lock:
             if self._small is None:
-                self._small = (
-                    _SmallUploader(self._target, self._tls) if self._tls else _H2SmallUploader(self._target)
-                )
+                self._small = _SmallUploader(self._target, self._tls)
             return self._small
 
     # ---- Stat ----------------------------------------------------------------------------------
@@ -181,9 +156,9 @@ class GrpcBlobService(BlobService):
             )
             return response
         except grpc.RpcError as exc:
-            if status.rpc_code(exc) == grpc.StatusCode.NOT_FOUND:
+            if rpc_code(exc) == grpc.StatusCode.NOT_FOUND:
                 return None
-            raise status.error_of(exc, f"{self._name}: stat of blob {digest}") from exc
+            raise error_of(exc, f"{self._name}: stat of blob {digest}") from exc
 
     def has(self, digest: B3Digest) -> bool:
         """Whether the server has the blob (or a chunk of that digest)."""
@@ -207,34 +182,24 @@ class GrpcBlobService(BlobService):
 
     # ---- Read ----------------------------------------------------------------------------------
 
-    def _read(self, digest: B3Digest) -> Any:
-        """A Read call whose messages come as views of their data (see ``_chunk_data``)."""
-        read = self._read_raw
-        if read is None:
-            read = self._read_raw = self._channel.get().unary_stream(
-                "/tvix.castore.v1.BlobService/Read",
-                request_serializer=pb.ReadBlobRequest.SerializeToString,
-                response_deserializer=_chunk_data,
-            )
-        return read(pb.ReadBlobRequest(digest=digest))
-
-    def _read_stream(self, digest: B3Digest) -> Iterator[memoryview] | None:
-        """The data of one Read's messages; None when the server says NOT_FOUND before any."""
-        call = self._read(digest)
+    def _read_stream(self, digest: B3Digest) -> Iterator[bytes] | None:
+        """The messages of one Read; None when the server says NOT_FOUND before any data."""
+        call = self._stub.Read(pb.ReadBlobRequest(digest=digest))
         try:
             first = next(call, None)
         except grpc.RpcError as exc:
-            if status.rpc_code(exc) == grpc.StatusCode.NOT_FOUND:
+            if rpc_code(exc) == grpc.StatusCode.NOT_FOUND:
                 return None
-            raise status.error_of(exc, f"{self._name}: read of blob {digest}") from exc
+            raise error_of(exc, f"{self._name}: read of blob {digest}") from exc
 
-        def rest() -> Iterator[memoryview]:
+        def rest() -> Iterator[bytes]:
             try:
                 if first is not None:
-                    yield first
-                yield from call
+                    yield first.data
+                for msg in call:
+                    yield msg.data
             except grpc.RpcError as exc:
-                raise status.error_of(exc, f"{self._name}: read of blob {digest}") from exc
+                raise error_of(exc, f"{self._name}: read of blob {digest}") from exc
             finally:
                 call.cancel()
 
@@ -328,10 +293,10 @@ class GrpcBlobService(BlobService):
         try:
             hasher = blake3.blake3()
             length = 0
-            for piece in stream:
-                hasher.update(piece)
-                spool.write(piece)
-                length += len(piece)
+            for data in stream:
+                hasher.update(data)
+                spool.write(data)
+                length += len(data)
             if hasher.digest() != digest:
                 raise DataCorruption(f"{self._name}: blob {digest} arrived with other contents")
         except BaseException:
@@ -347,34 +312,16 @@ class GrpcBlobService(BlobService):
 
     # ---- Put -----------------------------------------------------------------------------------
 
-    def put(self, data: bytes) -> B3Digest:
-        """Upload one blob, write-behind (see the module doc); returns its digest, computed here."""
-        small = self._small_uploader() if len(data) < PUT_PIECE else None
-        if small is None:
-            return super().put(data)
-        data = bytes(data)  # held until the upload ends: never a view of the caller's buffer
-        digest = B3Digest(blake3_digest(data))
-        self._uploads.begin()
-        try:
-            call = small.put(data)
-        except BaseException:
-            self._uploads.cancel_begun()
-            raise
-        self._uploads.track(digest, call, self._name)
-        return digest
-
     def put_many(self, blobs: Sequence[bytes]) -> list[B3Digest]:
-        """Upload several blobs, write-behind like ``put``: all go in flight, none is waited for.
-
-        Readable through this client at once (its every operation on a digest waits for that
-        digest's upload); the next PathInfo put to the server waits for them all. Waiting here
-        would stall an import at every batch of small files for a round trip.
-        """
-        return [self.put(data) for data in blobs]
+        """Upload several blobs at once (all in flight together); each is stored on return."""
+        digests = [self.put(data) for data in blobs]
+        for digest in dict.fromkeys(digests):
+            self._uploads.wait(digest)
+        return digests
 
     def open_write(self) -> BlobWriter:
         """A writer streaming to one Put call."""
-        return _GrpcBlobWriter(lambda: self._stub, self._name, self._uploads, self._small_uploader)
+        return _GrpcBlobWriter(self._stub, self._name, self._uploads, self._small_uploader)
 
 
 class _BlobStream:
@@ -402,26 +349,18 @@ class _BlobStream:
 
     def _run(self) -> None:
         try:
-            self._call = self._service._read(self._blob)
-            # The chunk being assembled from the end of one message and the start of the next.
-            partial: list[memoryview] = []
-            partial_size = 0
-            for data in self._call:
-                pos = 0
-                while self._next < len(self._chunks):
+            self._call = self._service._stub.Read(pb.ReadBlobRequest(digest=self._blob))
+            buf = bytearray()
+            for msg in self._call:
+                buf += msg.data
+                # Cut whole chunks off the front with one copy each; the remainder (less than a
+                # chunk) is moved to the front once per message.
+                start = 0
+                while self._next < len(self._chunks) and len(buf) - start >= self._chunks[self._next].size:
                     meta = self._chunks[self._next]
-                    need = meta.size - partial_size
-                    if len(data) - pos < need:
-                        if len(data) > pos:
-                            partial.append(data[pos:])
-                            partial_size += len(data) - pos
-                        break
-                    # One copy per chunk, straight out of the message(s).
-                    part = data[pos : pos + need]
-                    piece = b"".join([*partial, part]) if partial else bytes(part)
-                    pos += need
-                    partial = []
-                    partial_size = 0
+                    with memoryview(buf) as view:
+                        piece = bytes(view[start : start + meta.size])
+                    start += meta.size
                     if blake3_digest(piece) != meta.digest:
                         raise DataCorruption(
                             f"{self._service._name}: chunk {meta.digest} of blob {self._blob} "
@@ -439,10 +378,12 @@ class _BlobStream:
                             self._cond.wait(1.0)
                         if self._stopped:
                             return
+                if start:
+                    del buf[:start]
         except grpc.RpcError as exc:
             with self._cond:
                 if not self._stopped:
-                    self._error = status.error_of(exc, f"{self._service._name}: read of blob {self._blob}")
+                    self._error = error_of(exc, f"{self._service._name}: read of blob {self._blob}")
         except BaseException as exc:
             with self._cond:
                 self._error = exc
@@ -571,73 +512,8 @@ class _SpooledReader(PositionedBlobReader):
         super().close()
 
 
-def _chunk_data(message: bytes) -> memoryview:
-    """A BlobChunk's data as a view into the received message (no copy, no protobuf object).
-
-    Anything but the plain encoding (one data field, as every server sends) is parsed by
-    protobuf.
-    """
-    view = memoryview(message)
-    if not message:
-        return view
-    if message[0] == 0x0A:
-        length = 0
-        shift = 0
-        pos = 1
-        while pos < len(message) and pos <= 10:
-            b = message[pos]
-            pos += 1
-            length |= (b & 0x7F) << shift
-            if b < 0x80:
-                if pos + length == len(message):
-                    return view[pos:]
-                break
-            shift += 7
-    return memoryview(pb.BlobChunk.FromString(message).data)
-
-
-class _PutAnswer(NamedTuple):
-    """A PutBlobResponse, read without protobuf."""
-
-    digest: bytes
-
-    @classmethod
-    def parse(cls, message: bytes) -> _PutAnswer:
-        return cls(bytes_field(message, 1))
-
-
-def _blob_chunk(data: bytes | memoryview) -> list[bytes | memoryview]:
-    """A BlobChunk{data} message as pieces: field 1, length-delimited; data itself not copied."""
-    return [b"\x0a" + varint(len(data)), data] if len(data) else []
-
-
-class _H2SmallUploader:
-    """Sends whole small blobs (one message each) over our own HTTP/2 caller (cleartext targets).
-
-    The calling thread writes each Put's frames itself; one reader thread per connection takes
-    the answers. Costs a small fraction of a grpcio call (see ``tvix_castore.grpc.h2client``).
-    """
-
-    _PATH = "/tvix.castore.v1.BlobService/Put"
-
-    def __init__(self, target: str) -> None:
-        self._caller = UnaryCaller(target)
-
-    def put(self, data: bytes) -> Future[Any]:
-        """Start the upload of one whole blob; the future gives the PutBlobResponse."""
-        return self._caller.call(self._PATH, [_blob_chunk(data)], _PutAnswer.parse)
-
-    def open_stream(self) -> StreamCall:
-        """Start a streamed upload (``write`` BlobChunk messages, then ``close``)."""
-        return self._caller.open_stream(self._PATH, _PutAnswer.parse)
-
-    def close(self) -> None:
-        """Close the connection."""
-        self._caller.close()
-
-
 class _SmallUploader:
-    """Sends whole small blobs (one message each) from one background asyncio thread (TLS).
+    """Sends whole small blobs (one message each) from one background asyncio thread.
 
     A sync stream-unary call made with ``.future()`` starts a thread to feed its requests:
     ~2 ms per call, which made importing a tree of small files three times slower than local.
@@ -646,9 +522,6 @@ class _SmallUploader:
     """
 
     def __init__(self, target: str, tls: bool) -> None:
-        import asyncio  # only TLS targets need it (~25 ms to import)
-
-        self._asyncio = asyncio
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="grpc-blob-upload", daemon=True)
         self._thread.start()
@@ -668,12 +541,12 @@ class _SmallUploader:
         async def go() -> Any:
             return await self._stub.Put(iter([pb.BlobChunk(data=data)]))
 
-        return self._asyncio.run_coroutine_threadsafe(go(), self._loop)
+        return asyncio.run_coroutine_threadsafe(go(), self._loop)
 
     def close(self) -> None:
         """Close the channel and end the thread."""
         with contextlib.suppress(BaseException):
-            self._asyncio.run_coroutine_threadsafe(self._channel.close(), self._loop).result(timeout=5)
+            asyncio.run_coroutine_threadsafe(self._channel.close(), self._loop).result(timeout=5)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=5)
         if not self._thread.is_alive():
@@ -715,8 +588,8 @@ class Uploads:
                         if len(response.digest) == B3_LEN
                         else f"{name}: invalid root digest length {len(response.digest)} in response"
                     )
-            except (CallError, grpc.RpcError) as exc:
-                failure = status.error_of(exc, f"{name}: upload of blob {digest}")
+            except grpc.RpcError as exc:
+                failure = error_of(exc, f"{name}: upload of blob {digest}")
             except BaseException as exc:  # cancelled future, or anything else: report, don't lose
                 failure = StorageError(f"{name}: upload of blob {digest} failed: {exc!r}")
             with self._lock:
@@ -781,27 +654,25 @@ class _GrpcBlobWriter(BlobWriter):
 
     def __init__(
         self,
-        stub: Callable[[], pb_grpc.BlobServiceStub],
+        stub: pb_grpc.BlobServiceStub,
         name: str,
         uploads: Uploads,
-        small: Callable[[], _SmallUploader | _H2SmallUploader | None],
+        small: Callable[[], _SmallUploader | None],
     ) -> None:
         self._stub = stub
         self._small = small
         self._name = name
         self._uploads = uploads
-        # Made with the streaming call: most blobs are small and sent whole, without one.
-        self._queue: queue.Queue[bytes | None] | None = None
+        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=_QUEUED_PIECES)
         self._buf = bytearray()
         self._hasher = blake3.blake3()
         self._call: Any = None
-        self._stream: StreamCall | None = None  # the streamed Put over our HTTP/2 caller
         self._digest: B3Digest | None = None
         self._dead = False
 
-    def _requests(self, pieces: queue.Queue[bytes | None]) -> Iterator[pb.BlobChunk]:
+    def _requests(self) -> Iterator[pb.BlobChunk]:
         while True:
-            piece = pieces.get()
+            piece = self._queue.get()
             if piece is None:
                 return
             yield pb.BlobChunk(data=piece)
@@ -814,40 +685,16 @@ class _GrpcBlobWriter(BlobWriter):
             if small is not None:
                 self._call = small.put(first[0])
             else:
-                self._call = self._stub().Put.future(iter([pb.BlobChunk(data=p) for p in first]))
-            return
-        small = self._small()
-        if isinstance(small, _H2SmallUploader):
-            # Written from this thread, message by message, as flow control lets it through.
-            try:
-                self._stream = small.open_stream()
-            except CallError as exc:
-                self._uploads.cancel_begun()
-                self._dead = True
-                raise status.error_of(exc, f"{self._name}: blob upload") from exc
-            self._call = self._stream.future
-            return
-        self._queue = queue.Queue(maxsize=_QUEUED_PIECES)
-        self._call = self._stub().Put.future(self._requests(self._queue))
+                self._call = self._stub.Put.future(iter([pb.BlobChunk(data=p) for p in first]))
+        else:
+            self._call = self._stub.Put.future(self._requests())
 
-    def _send(self, piece: bytes | memoryview) -> None:
+    def _send(self, piece: bytes) -> None:
         if self._call is None:
             self._start()
-        if self._stream is not None:
-            try:
-                self._stream.write(_blob_chunk(piece))
-            except CallError as exc:
-                # The call ended early (a server error): surface it now.
-                self._dead = True
-                self._uploads.cancel_begun()
-                raise status.error_of(exc, f"{self._name}: blob upload") from exc
-            return
-        pieces = self._queue
-        assert pieces is not None  # _start made it
-        piece = bytes(piece)  # grpc's request thread sends it later
         while True:
             try:
-                pieces.put(piece, timeout=0.5)
+                self._queue.put(piece, timeout=0.5)
                 return
             except queue.Full:
                 if self._call.done():
@@ -857,7 +704,7 @@ class _GrpcBlobWriter(BlobWriter):
                     try:
                         self._call.result()
                     except grpc.RpcError as exc:
-                        raise status.error_of(exc, f"{self._name}: blob upload") from exc
+                        raise error_of(exc, f"{self._name}: blob upload") from exc
                     raise StorageError(f"{self._name}: blob upload ended early") from None
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
@@ -866,22 +713,12 @@ class _GrpcBlobWriter(BlobWriter):
             raise ClosedError("blob writer is already closed")
         view = memoryview(data).cast("B")
         self._hasher.update(view)
-        n = len(view)
-        if self._buf:
-            take = PUT_PIECE - len(self._buf)
-            self._buf += view[:take]
-            view = view[take:]
-            if len(self._buf) < PUT_PIECE:
-                return n
-            piece = bytes(self._buf)
-            self._buf = bytearray()
-            self._send(piece)
-        while len(view) >= PUT_PIECE:
-            # Sent straight from the caller's buffer: _send copies only what it keeps.
-            self._send(view[:PUT_PIECE])
-            view = view[PUT_PIECE:]
         self._buf += view
-        return n
+        while len(self._buf) >= PUT_PIECE:
+            piece = bytes(self._buf[:PUT_PIECE])
+            del self._buf[:PUT_PIECE]
+            self._send(piece)
+        return len(view)
 
     def close(self) -> B3Digest:
         """End the upload and return the blob's digest, computed here.
@@ -899,11 +736,7 @@ class _GrpcBlobWriter(BlobWriter):
         else:
             if self._buf:
                 self._send(bytes(self._buf))
-            if self._stream is not None:
-                self._stream.close()
-            else:
-                assert self._queue is not None
-                self._queue.put(None)
+            self._queue.put(None)
         self._buf = bytearray()
         self._uploads.track(digest, self._call, self._name)
         self._digest = digest
@@ -914,16 +747,12 @@ class _GrpcBlobWriter(BlobWriter):
         if self._digest is not None or self._dead:
             return
         self._dead = True
-        if self._stream is not None:
-            self._stream.cancel()
-            self._uploads.cancel_begun()
-        elif self._call is not None:
+        if self._call is not None:
             self._call.cancel()
             self._uploads.cancel_begun()
             # Unblock grpc's request thread, which may be waiting for the next piece.
-            if self._queue is not None:
-                with contextlib.suppress(queue.Full):
-                    self._queue.put_nowait(None)
+            with contextlib.suppress(queue.Full):
+                self._queue.put_nowait(None)
 
     def __del__(self) -> None:
         if self._digest is None and not self._dead:

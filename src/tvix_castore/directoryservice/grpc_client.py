@@ -7,9 +7,7 @@ Directory. Every Directory is keyed by the digest computed from its bytes, so th
 holds what hashes right. ``get_recursive`` streams the closure, checked the same way.
 The putter validates leaves to root locally (so a bad Directory fails at ``put``, as with every
 backend) and sends the whole closure as one client-streaming ``Put`` on ``close``; until then
-nothing reaches the server, so an aborted putter stores nothing. On cleartext targets that Put
-goes through our own HTTP/2 caller (``tvix_castore.grpc.h2client``): the closure is at hand,
-and a grpcio stream-unary call costs a thread and ~1 ms.
+nothing reaches the server, so an aborted putter stores nothing.
 """
 
 from __future__ import annotations
@@ -18,8 +16,12 @@ import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Generator, Iterator
-from typing import TYPE_CHECKING, final
+from typing import final
 
+import grpc
+
+from tvix.castore.protos import rpc_directory_pb2 as pb
+from tvix.castore.protos import rpc_directory_pb2_grpc as pb_grpc
 from tvix_castore.digests import B3_LEN, B3Digest
 from tvix_castore.directory import Directory
 from tvix_castore.directory_graph import RootToLeavesValidator
@@ -32,24 +34,10 @@ from tvix_castore.errors import (
     StoreError,
     ValidationError,
 )
-from tvix_castore.grpc.channel import LazyChannel, channel_target
-from tvix_castore.grpc.h2client import CallError, UnaryCaller, bytes_field
-from tvix_castore.grpc.lazy import LazyModule
-from tvix_castore.proto_conv import directory_from_proto, directory_to_proto, encode_directory
+from tvix_castore.grpc.channel import open_channel
+from tvix_castore.grpc.status import error_of, rpc_code
+from tvix_castore.proto_conv import directory_from_proto, directory_to_proto
 from tvix_castore.url import ServiceUrl
-
-if TYPE_CHECKING:
-    import grpc
-
-    from tvix.castore.protos import rpc_directory_pb2 as pb
-    from tvix.castore.protos import rpc_directory_pb2_grpc as pb_grpc
-    from tvix_castore.grpc import status
-else:
-    # Only reads and TLS targets go through grpcio (see tvix_castore.grpc.lazy).
-    grpc = LazyModule("grpc")
-    pb = LazyModule("tvix.castore.protos.rpc_directory_pb2")
-    pb_grpc = LazyModule("tvix.castore.protos.rpc_directory_pb2_grpc")
-    status = LazyModule("tvix_castore.grpc.status")
 
 __all__ = ["GrpcDirectoryService"]
 
@@ -58,43 +46,27 @@ log = logging.getLogger(__name__)
 _GET_AHEAD = 2048
 """At most this many Directories of a subtree are fetched by one ``get``."""
 _CACHE_DIRS = 65536
-_PUT = "/tvix.castore.v1.DirectoryService/Put"
 
 
 @final
 class GrpcDirectoryService(DirectoryService):
     """A DirectoryService backed by a remote ``tvix.castore.v1.DirectoryService``; thread-safe."""
 
-    def __init__(self, channel: LazyChannel, name: str = "grpc", caller: UnaryCaller | None = None) -> None:
+    def __init__(self, channel: grpc.Channel, name: str = "grpc") -> None:
         self._name = name
         self._channel = channel
-        self._caller = caller
-        self._stub_obj: pb_grpc.DirectoryServiceStub | None = None
+        self._stub = pb_grpc.DirectoryServiceStub(channel)
         self._cache: OrderedDict[B3Digest, Directory] = OrderedDict()
         self._cache_lock = threading.Lock()
 
     @classmethod
     def from_url(cls, url: ServiceUrl) -> GrpcDirectoryService:
         """Connect to ``grpc+unix:///sock`` or ``grpc+http(s)://host:port``."""
-        target, tls = channel_target(url)
-        service = cls(LazyChannel(url), url.raw, None if tls else UnaryCaller(target))
-        channel = service._channel
-        channel.warm_up(lambda: service._stub)
-        return service
-
-    @property
-    def _stub(self) -> pb_grpc.DirectoryServiceStub:
-        """The grpcio stub (channel opened, grpcio imported, on first use)."""
-        stub = self._stub_obj
-        if stub is None:
-            stub = self._stub_obj = pb_grpc.DirectoryServiceStub(self._channel.get())
-        return stub
+        return cls(open_channel(url), url.raw)
 
     def close(self) -> None:
         """Close the channel."""
         self._channel.close()
-        if self._caller is not None:
-            self._caller.close()
 
     def _decode(self, msg: object) -> Directory:
         try:
@@ -139,9 +111,9 @@ class GrpcDirectoryService(DirectoryService):
         try:
             msgs = list(self._stub.Get(pb.GetDirectoryRequest(digest=digest, recursive=False)))
         except grpc.RpcError as exc:
-            if status.rpc_code(exc) == grpc.StatusCode.NOT_FOUND:
+            if rpc_code(exc) == grpc.StatusCode.NOT_FOUND:
                 return None
-            raise status.error_of(exc, f"{self._name}: get of directory {digest}") from exc
+            raise error_of(exc, f"{self._name}: get of directory {digest}") from exc
         if not msgs:
             return None
         if len(msgs) > 1:
@@ -168,9 +140,9 @@ class GrpcDirectoryService(DirectoryService):
                 if fresh:
                     yield directory
         except grpc.RpcError as exc:
-            if status.rpc_code(exc) == grpc.StatusCode.NOT_FOUND and not len(validator):
+            if rpc_code(exc) == grpc.StatusCode.NOT_FOUND and not len(validator):
                 return
-            raise status.error_of(exc, f"{self._name}: recursive get of directory {root}") from exc
+            raise error_of(exc, f"{self._name}: recursive get of directory {root}") from exc
         finally:
             call.cancel()
         if len(validator) and validator.missing():
@@ -189,22 +161,16 @@ class GrpcDirectoryService(DirectoryService):
 
     def _put_stream(self, directories: list[Directory]) -> B3Digest:
         try:
-            root: bytes
-            if self._caller is not None:
-                messages = [[encode_directory(d)] for d in directories]
-                # PutDirectoryResponse{root_digest = 1}, read without protobuf.
-                root = self._caller.call(_PUT, messages, lambda m: bytes_field(m, 1)).result()
-            else:
-                root = self._stub.Put(directory_to_proto(d) for d in directories).root_digest
-        except (CallError, grpc.RpcError) as exc:
-            code = status.rpc_code(exc)
+            response: pb.PutDirectoryResponse = self._stub.Put(directory_to_proto(d) for d in directories)
+        except grpc.RpcError as exc:
+            code = rpc_code(exc)
             if code == grpc.StatusCode.INTERNAL:
                 # Our servers (and tvix's) answer INTERNAL for a stream that fails validation.
                 raise DirectoryError(f"{self._name}: directory upload refused: {exc.details()}") from exc
-            raise status.error_of(exc, f"{self._name}: directory upload") from exc
-        if len(root) != B3_LEN:
-            raise StorageError(f"{self._name}: invalid root digest length {len(root)}")
-        return B3Digest(root)
+            raise error_of(exc, f"{self._name}: directory upload") from exc
+        if len(response.root_digest) != B3_LEN:
+            raise StorageError(f"{self._name}: invalid root digest length {len(response.root_digest)}")
+        return B3Digest(response.root_digest)
 
     def put_multiple_start(self) -> DirectoryPutter:
         """A putter that checks the closure locally and sends it in one Put on close."""

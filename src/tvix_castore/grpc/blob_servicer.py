@@ -3,8 +3,7 @@
 A thin adapter: Stat honours ``send_chunks``; Read streams the blob in ≤ 1 MiB messages (the
 backend's reader verified every byte); Put streams the client's messages into a backend writer
 and answers the digest the backend computed. A Put whose client goes away or fails midway
-aborts the writer, so nothing of it becomes visible. ``put_batch`` answers many small Puts whose
-whole request already arrived with one ``put_many`` (one store transaction for all of them).
+aborts the writer, so nothing of it becomes visible.
 """
 
 from __future__ import annotations
@@ -13,31 +12,20 @@ import logging
 from collections.abc import Iterator
 
 import grpc
-from google.protobuf.message import DecodeError
 
 from tvix.castore.protos import rpc_blobstore_pb2 as pb
 from tvix.castore.protos import rpc_blobstore_pb2_grpc as pb_grpc
 from tvix_castore.blobservice import BlobService
 from tvix_castore.digests import B3_LEN, B3Digest
 from tvix_castore.errors import StoreError
-from tvix_castore.grpc.h2server import Outcome
 from tvix_castore.grpc.status import abort, abort_with, stream_was_cancelled
-from tvix_castore.proto_conv import varint
 
-__all__ = ["BATCH_PUT_BYTES", "READ_PIECE", "BlobServicer", "blob_chunk_pieces"]
+__all__ = ["READ_PIECE", "BlobServicer"]
 
 log = logging.getLogger(__name__)
 
 READ_PIECE = 1024 * 1024
 """Bytes per BlobChunk message sent by Read: far below the 4 MiB limit, large enough to be fast."""
-
-BATCH_PUT_BYTES = 1024 * 1024
-"""Largest complete Put request answered by ``put_batch`` (larger ones stream through ``Put``)."""
-
-
-def blob_chunk_pieces(data: bytes) -> tuple[bytes, bytes]:
-    """The serialized BlobChunk{data} as (field header, data): protobuf's bytes, unjoined."""
-    return (b"\x0a" + varint(len(data)), data) if data else (b"", b"")
 
 
 def _digest(context: grpc.ServicerContext, raw: bytes) -> B3Digest:
@@ -69,15 +57,6 @@ class BlobServicer(pb_grpc.BlobServiceServicer):
 
     def Read(self, request: pb.ReadBlobRequest, context: grpc.ServicerContext) -> Iterator[pb.BlobChunk]:
         """The blob's bytes in ≤ 1 MiB messages."""
-        for data in self.read_pieces(request, context):
-            yield pb.BlobChunk(data=data)
-
-    def read_pieces(self, request: pb.ReadBlobRequest, context: grpc.ServicerContext) -> Iterator[bytes]:
-        """Read's data, one ≤ 1 MiB piece per message, to be framed by ``blob_chunk_pieces``.
-
-        Our own server serves Read this way: the data is never copied into a BlobChunk and then
-        into its serialization (two copies of every byte read).
-        """
         digest = _digest(context, request.digest)
         try:
             reader = self._blobs.open_read(digest)
@@ -94,7 +73,7 @@ class BlobServicer(pb_grpc.BlobServiceServicer):
                     abort_with(context, exc)
                 if not data:
                     return
-                yield data
+                yield pb.BlobChunk(data=data)
 
     def Put(
         self, request_iterator: Iterator[pb.BlobChunk], context: grpc.ServicerContext
@@ -131,38 +110,3 @@ class BlobServicer(pb_grpc.BlobServiceServicer):
             abort(context, grpc.StatusCode.INTERNAL, f"error closing stream: {exc}")
         log.debug("stored blob %s", digest)
         return pb.PutBlobResponse(digest=digest)
-
-    def put_batch(self, calls: list[list[bytes]]) -> list[Outcome]:
-        """Complete Put requests (raw BlobChunk messages per call), stored by one ``put_many``."""
-        outcomes: list[Outcome | None] = []
-        blobs: list[bytes] = []
-        for messages in calls:
-            try:
-                chunks = [pb.BlobChunk.FromString(m) for m in messages]
-            except DecodeError:
-                outcomes.append(Outcome(grpc.StatusCode.INTERNAL, "Exception deserializing request!", None))
-                continue
-            outcomes.append(None)
-            blobs.append(chunks[0].data if len(chunks) == 1 else b"".join(c.data for c in chunks))
-        try:
-            stored: list[B3Digest | StoreError] = list(self._blobs.put_many(blobs))
-        except StoreError:
-            # Some blob failed: store them one by one, so that only its own call fails.
-            stored = []
-            for data in blobs:
-                try:
-                    stored.append(self._blobs.put(data))
-                except StoreError as exc:
-                    stored.append(exc)
-        results = iter(stored)
-        out = []
-        for outcome in outcomes:
-            if outcome is None:
-                result = next(results)
-                if isinstance(result, StoreError):
-                    outcome = Outcome(grpc.StatusCode.INTERNAL, f"error closing stream: {result}", None)
-                else:
-                    response = pb.PutBlobResponse(digest=result).SerializeToString()
-                    outcome = Outcome(grpc.StatusCode.OK, "", response)
-            out.append(outcome)
-        return out

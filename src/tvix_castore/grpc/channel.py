@@ -1,29 +1,20 @@
 """gRPC channels from service URLs (spec §9.3): ``grpc+unix:///sock``, ``grpc+http(s)://host:port``.
 
-Channels connect lazily unless the URL asks ``?wait-connect=1``; ``LazyChannel`` does not even
-create one (nor import grpcio) until a call needs it. Reconnect backoff is kept short
+Channels connect lazily unless the URL asks ``?wait-connect=1``. Reconnect backoff is kept short
 (≤ 1 s) so a client, a mount in particular, is usable again soon after a daemon restarts; calls
 made while the server is down fail at once with UNAVAILABLE instead of waiting.
 """
 
 from __future__ import annotations
 
-import contextlib
 import threading
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+
+import grpc
 
 from tvix_castore.errors import InvalidRequest, StorageError
-from tvix_castore.grpc.h2client import calls_made
-from tvix_castore.grpc.lazy import LazyModule
 from tvix_castore.url import ServiceUrl
 
-if TYPE_CHECKING:
-    import grpc
-else:
-    grpc = LazyModule("grpc")
-
-__all__ = ["CHANNEL_OPTIONS", "MAX_MESSAGE", "LazyChannel", "channel_target", "open_channel"]
+__all__ = ["CHANNEL_OPTIONS", "MAX_MESSAGE", "channel_target", "open_channel"]
 
 MAX_MESSAGE = 4 * 1024 * 1024
 """What a server accepts per message (tonic's and grpcio's default); we send ≤ 1 MiB pieces."""
@@ -40,7 +31,6 @@ CHANNEL_OPTIONS: list[tuple[str, int | str]] = [
 ]
 
 _CONNECT_TIMEOUT = 10.0
-_WARM_UP_DELAY = 0.05
 
 
 def channel_target(url: ServiceUrl) -> tuple[str, bool]:
@@ -110,52 +100,3 @@ def _wait_connected(channel: grpc.Channel, url: ServiceUrl) -> None:
     if not states or states[-1] != grpc.ChannelConnectivity.READY:
         channel.close()
         raise StorageError(f"cannot connect to {url.raw}")
-
-
-class LazyChannel:
-    """The channel to a URL, opened on first ``get`` (at once with ``wait-connect=1``)."""
-
-    def __init__(self, url: ServiceUrl) -> None:
-        self._url = url
-        self._lock = threading.Lock()
-        self._channel: grpc.Channel | None = None
-        channel_target(url)  # a malformed URL fails here, as open_channel would
-        self._timer: threading.Timer | None = None
-        if url.query.get("wait-connect", ["0"])[-1] in ("1", "true"):
-            self._channel = open_channel(url)
-
-    def warm_up(self, prepare: Callable[[], object], delay: float = _WARM_UP_DELAY) -> None:
-        """Run prepare (opening the channel) in the background after delay, unless writing began.
-
-        Writing means a call through our HTTP/2 caller in this process. A reader (a mount)
-        would otherwise import grpcio at its first read, ~0.1 s into the first ``ls``; a writer
-        (an ``import``) starts its Puts within milliseconds and never needs grpcio, so it is
-        spared that work on its critical path.
-        """
-
-        def run() -> None:
-            if not calls_made():
-                with contextlib.suppress(Exception):  # a real call reports real problems
-                    prepare()
-
-        timer = threading.Timer(delay, run)
-        timer.daemon = True
-        timer.name = "grpc-warm-up"
-        self._timer = timer
-        timer.start()
-
-    def get(self) -> grpc.Channel:
-        """The channel (opened now if it was not yet)."""
-        with self._lock:
-            if self._channel is None:
-                self._channel = open_channel(self._url)
-            return self._channel
-
-    def close(self) -> None:
-        """Close the channel if it was opened."""
-        if self._timer is not None:
-            self._timer.cancel()
-        with self._lock:
-            channel, self._channel = self._channel, None
-        if channel is not None:
-            channel.close()

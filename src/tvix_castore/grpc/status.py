@@ -113,8 +113,8 @@ def abort_with(context: grpc.ServicerContext, exc: StoreError) -> NoReturn:
     abort(context, code, message)
 
 
-# How long a server waits, after a client stream ended, for a cancellation to show. grpcio's
-# server reports a client's RST_STREAM to the handler first as a plain end of stream, and the
+# How long a server waits, after a client stream ended, for a cancellation to show. grpcio
+# reports a client's RST_STREAM to the handler first as a plain end of stream, and the
 # cancellation itself a moment later; committing in between would store a truncated upload.
 _CANCEL_SETTLE = 0.005
 
@@ -127,8 +127,7 @@ def stream_was_cancelled(context: grpc.ServicerContext, settle: bool) -> bool:
     """
     if not context.is_active():
         return True
-    if not settle or getattr(context, "ends_reliably", False):
-        # Our own server (``h2server``) sees a reset before the end of the stream it cancels.
+    if not settle:
         return False
     done = threading.Event()
     if not context.add_callback(done.set):

@@ -1,7 +1,6 @@
 """``grpc+unix:///sock`` / ``grpc+http(s)://host:port``: a PathInfoService on a remote daemon.
 
-Put first waits for this process's blob uploads to the same server (they are write-behind); on
-cleartext targets it goes through our own HTTP/2 caller (``tvix_castore.grpc.h2client``).
+Put first waits for this process's blob uploads to the same server (they are write-behind).
 Get maps NOT_FOUND to None; every PathInfo received is validated (spec §4.3) before it is
 returned. ``nar_calculation_service()`` forwards to the daemon's ``CalculateNAR`` (sending the
 anonymous node), which renders next to the data and caches the result (decision 8).
@@ -10,85 +9,52 @@ anonymous node), which renders next to the data and caches the result (decision 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, final
+from collections.abc import Iterator
+from typing import final
 
+import grpc
+
+from tvix.store.protos import rpc_pathinfo_pb2 as rpc_pb
+from tvix.store.protos import rpc_pathinfo_pb2_grpc as pb_grpc
 from tvix_castore.blobservice import BlobService
 from tvix_castore.blobservice.grpc_client import Uploads, uploads_for
 from tvix_castore.directoryservice import DirectoryService
 from tvix_castore.errors import InvalidRequest, StorageError
-from tvix_castore.grpc.channel import LazyChannel, channel_target
-from tvix_castore.grpc.h2client import CallError, UnaryCaller
-from tvix_castore.grpc.lazy import LazyModule
+from tvix_castore.grpc.channel import channel_target, open_channel
+from tvix_castore.grpc.status import error_of, rpc_code
 from tvix_castore.nodes import Node
 from tvix_castore.proto_conv import node_to_proto
 from tvix_castore.url import ServiceUrl
 from tvix_store.errors import PathInfoError
 from tvix_store.path_info import PathInfo
 from tvix_store.pathinfoservice import NarCalculationService, PathInfoService
-from tvix_store.proto_conv import decode_path_info, encode_path_info, path_info_from_proto, path_info_to_proto
-
-if TYPE_CHECKING:
-    import grpc
-
-    from tvix.store.protos import rpc_pathinfo_pb2 as rpc_pb
-    from tvix.store.protos import rpc_pathinfo_pb2_grpc as pb_grpc
-    from tvix_castore.grpc import status
-else:
-    # Only Get, List, CalculateNAR and TLS targets go through grpcio (see tvix_castore.grpc.lazy).
-    grpc = LazyModule("grpc")
-    rpc_pb = LazyModule("tvix.store.protos.rpc_pathinfo_pb2")
-    pb_grpc = LazyModule("tvix.store.protos.rpc_pathinfo_pb2_grpc")
-    status = LazyModule("tvix_castore.grpc.status")
+from tvix_store.proto_conv import path_info_from_proto, path_info_to_proto
 
 __all__ = ["GrpcNarCalculationService", "GrpcPathInfoService"]
 
 log = logging.getLogger(__name__)
-
-_PUT = "/tvix.store.v1.PathInfoService/Put"
 
 
 @final
 class GrpcPathInfoService(PathInfoService):
     """A PathInfoService backed by a remote ``tvix.store.v1.PathInfoService``; thread-safe."""
 
-    def __init__(
-        self,
-        channel: LazyChannel,
-        name: str = "grpc",
-        target: str | None = None,
-        caller: UnaryCaller | None = None,
-    ) -> None:
+    def __init__(self, channel: grpc.Channel, name: str = "grpc", target: str | None = None) -> None:
         self._name = name
         self._channel = channel
-        self._caller = caller
         self._uploads = uploads_for(target or name)
-        self._stub_obj: pb_grpc.PathInfoServiceStub | None = None
+        self._stub = pb_grpc.PathInfoServiceStub(channel)
 
     @classmethod
     def from_url(
         cls, url: ServiceUrl, blob_service: BlobService, directory_service: DirectoryService
     ) -> GrpcPathInfoService:
         """Connect to ``grpc+unix:///sock`` or ``grpc+http(s)://host:port``."""
-        target, tls = channel_target(url)
-        service = cls(LazyChannel(url), url.raw, target, None if tls else UnaryCaller(target))
-        channel = service._channel
-        channel.warm_up(lambda: service._stub)
-        return service
-
-    @property
-    def _stub(self) -> pb_grpc.PathInfoServiceStub:
-        """The grpcio stub (channel opened, grpcio imported, on first use)."""
-        stub = self._stub_obj
-        if stub is None:
-            stub = self._stub_obj = pb_grpc.PathInfoServiceStub(self._channel.get())
-        return stub
+        return cls(open_channel(url), url.raw, channel_target(url)[0])
 
     def close(self) -> None:
         """Close the channel."""
         self._channel.close()
-        if self._caller is not None:
-            self._caller.close()
 
     def _validated(self, msg: object) -> PathInfo:
         try:
@@ -103,9 +69,9 @@ class GrpcPathInfoService(PathInfoService):
         try:
             msg = self._stub.Get(rpc_pb.GetPathInfoRequest(by_output_hash=bytes(digest)))
         except grpc.RpcError as exc:
-            if status.rpc_code(exc) == grpc.StatusCode.NOT_FOUND:
+            if rpc_code(exc) == grpc.StatusCode.NOT_FOUND:
                 return None
-            raise status.error_of(exc, f"{self._name}: get of path info") from exc
+            raise error_of(exc, f"{self._name}: get of path info") from exc
         return self._validated(msg)
 
     def put(self, info: PathInfo) -> PathInfo:
@@ -117,18 +83,10 @@ class GrpcPathInfoService(PathInfoService):
         """
         self._uploads.wait()
         try:
-            if self._caller is None:
-                return self._validated(self._stub.Put(path_info_to_proto(info)))
-            sent = encode_path_info(info)
-            answer: bytes = self._caller.call(_PUT, [[sent]]).result()
-        except (CallError, grpc.RpcError) as exc:
-            raise status.error_of(exc, f"{self._name}: put of {info.store_path.absolute()}") from exc
-        if answer == sent:
-            return info  # stored as sent (the usual answer): nothing new to validate
-        try:
-            return decode_path_info(answer)
-        except PathInfoError as exc:
-            raise StorageError(f"{self._name}: server sent an invalid PathInfo: {exc}") from exc
+            msg = self._stub.Put(path_info_to_proto(info))
+        except grpc.RpcError as exc:
+            raise error_of(exc, f"{self._name}: put of {info.store_path.absolute()}") from exc
+        return self._validated(msg)
 
     def list(self) -> Iterator[PathInfo]:
         """Every PathInfo, streamed."""
@@ -137,20 +95,20 @@ class GrpcPathInfoService(PathInfoService):
             for msg in call:
                 yield self._validated(msg)
         except grpc.RpcError as exc:
-            raise status.error_of(exc, f"{self._name}: list of path infos") from exc
+            raise error_of(exc, f"{self._name}: list of path infos") from exc
         finally:
             call.cancel()
 
     def nar_calculation_service(self) -> NarCalculationService:
         """The daemon's CalculateNAR."""
-        return GrpcNarCalculationService(lambda: self._stub, self._name, self._uploads)
+        return GrpcNarCalculationService(self._stub, self._name, self._uploads)
 
 
 @final
 class GrpcNarCalculationService:
     """NAR size and SHA-256 computed by the daemon (``CalculateNAR``)."""
 
-    def __init__(self, stub: Callable[[], pb_grpc.PathInfoServiceStub], name: str, uploads: Uploads) -> None:
+    def __init__(self, stub: pb_grpc.PathInfoServiceStub, name: str, uploads: Uploads) -> None:
         self._stub = stub
         self._name = name
         self._uploads = uploads
@@ -159,9 +117,9 @@ class GrpcNarCalculationService:
         """Ask the daemon to render and hash node's NAR (once this process's uploads arrived)."""
         self._uploads.wait()
         try:
-            response: rpc_pb.CalculateNARResponse = self._stub().CalculateNAR(node_to_proto(b"", node))
+            response: rpc_pb.CalculateNARResponse = self._stub.CalculateNAR(node_to_proto(b"", node))
         except grpc.RpcError as exc:
-            raise status.error_of(exc, f"{self._name}: NAR calculation") from exc
+            raise error_of(exc, f"{self._name}: NAR calculation") from exc
         if len(response.nar_sha256) != 32:
             raise StorageError(f"{self._name}: invalid nar_sha256 length {len(response.nar_sha256)}")
         return response.nar_size, bytes(response.nar_sha256)
