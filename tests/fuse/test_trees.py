@@ -96,7 +96,8 @@ def test_stdlib_tree_mounted(tmp_path: Path, mount: MountFactory) -> None:
         ignore=shutil.ignore_patterns("__pycache__", "site-packages", "*.pyc"),
     )
     mounted = import_and_mount(tmp_path, mount, src)
-    assert compare_tree(src, mounted) > 1000
+    # Debian's stdlib (the one our venv uses) has ~790 entries in ~40 MB; a source build ~2,700.
+    assert compare_tree(src, mounted) > 500
 
 
 @pytest.mark.slow
