@@ -57,7 +57,7 @@ _CACHE_BYTES = 64 * 1024 * 1024
 _PREFETCH = 6
 _SPOOL_IN_MEMORY = 8 * 1024 * 1024
 _QUEUED_PIECES = 8
-_UPLOADS_IN_FLIGHT = 16
+_UPLOADS_IN_FLIGHT = 64
 _STREAM_WINDOW = 16
 _KNOWN_BLOBS = 8
 _STREAM_IDLE = 30.0
@@ -110,6 +110,12 @@ class GrpcBlobService(BlobService):
         self._target = target
         self._tls = tls
         self._stub = pb_grpc.BlobServiceStub(channel)
+        # Read with the data of each message as a view of it (see _chunk_data).
+        self._read = channel.unary_stream(
+            "/tvix.castore.v1.BlobService/Read",
+            request_serializer=pb.ReadBlobRequest.SerializeToString,
+            response_deserializer=_chunk_data,
+        )
         self._cache = _ChunkCache(_CACHE_BYTES)
         self._pool = ThreadPoolExecutor(max_workers=_PREFETCH + 2, thread_name_prefix="grpc-blob-fetch")
         self._inflight: dict[B3Digest, Future[bytes | None]] = {}
@@ -182,9 +188,9 @@ class GrpcBlobService(BlobService):
 
     # ---- Read ----------------------------------------------------------------------------------
 
-    def _read_stream(self, digest: B3Digest) -> Iterator[bytes] | None:
-        """The messages of one Read; None when the server says NOT_FOUND before any data."""
-        call = self._stub.Read(pb.ReadBlobRequest(digest=digest))
+    def _read_stream(self, digest: B3Digest) -> Iterator[memoryview] | None:
+        """The data of one Read's messages; None when the server says NOT_FOUND before any."""
+        call = self._read(pb.ReadBlobRequest(digest=digest))
         try:
             first = next(call, None)
         except grpc.RpcError as exc:
@@ -192,12 +198,11 @@ class GrpcBlobService(BlobService):
                 return None
             raise error_of(exc, f"{self._name}: read of blob {digest}") from exc
 
-        def rest() -> Iterator[bytes]:
+        def rest() -> Iterator[memoryview]:
             try:
                 if first is not None:
-                    yield first.data
-                for msg in call:
-                    yield msg.data
+                    yield first
+                yield from call
             except grpc.RpcError as exc:
                 raise error_of(exc, f"{self._name}: read of blob {digest}") from exc
             finally:
@@ -293,10 +298,10 @@ class GrpcBlobService(BlobService):
         try:
             hasher = blake3.blake3()
             length = 0
-            for data in stream:
-                hasher.update(data)
-                spool.write(data)
-                length += len(data)
+            for piece in stream:
+                hasher.update(piece)
+                spool.write(piece)
+                length += len(piece)
             if hasher.digest() != digest:
                 raise DataCorruption(f"{self._name}: blob {digest} arrived with other contents")
         except BaseException:
@@ -313,11 +318,13 @@ class GrpcBlobService(BlobService):
     # ---- Put -----------------------------------------------------------------------------------
 
     def put_many(self, blobs: Sequence[bytes]) -> list[B3Digest]:
-        """Upload several blobs at once (all in flight together); each is stored on return."""
-        digests = [self.put(data) for data in blobs]
-        for digest in dict.fromkeys(digests):
-            self._uploads.wait(digest)
-        return digests
+        """Upload several blobs, write-behind like ``put``: all go in flight, none is waited for.
+
+        Readable through this client at once (its every operation on a digest waits for that
+        digest's upload); the next PathInfo put to the server waits for them all. Waiting here
+        stalled an import for a round trip at every batch of small files.
+        """
+        return [self.put(data) for data in blobs]
 
     def open_write(self) -> BlobWriter:
         """A writer streaming to one Put call."""
@@ -349,18 +356,26 @@ class _BlobStream:
 
     def _run(self) -> None:
         try:
-            self._call = self._service._stub.Read(pb.ReadBlobRequest(digest=self._blob))
-            buf = bytearray()
-            for msg in self._call:
-                buf += msg.data
-                # Cut whole chunks off the front with one copy each; the remainder (less than a
-                # chunk) is moved to the front once per message.
-                start = 0
-                while self._next < len(self._chunks) and len(buf) - start >= self._chunks[self._next].size:
+            self._call = self._service._read(pb.ReadBlobRequest(digest=self._blob))
+            # The chunk being assembled from the end of one message and the start of the next.
+            partial: list[memoryview] = []
+            partial_size = 0
+            for data in self._call:
+                pos = 0
+                while self._next < len(self._chunks):
                     meta = self._chunks[self._next]
-                    with memoryview(buf) as view:
-                        piece = bytes(view[start : start + meta.size])
-                    start += meta.size
+                    need = meta.size - partial_size
+                    if len(data) - pos < need:
+                        if len(data) > pos:
+                            partial.append(data[pos:])
+                            partial_size += len(data) - pos
+                        break
+                    # One copy per chunk, straight out of the message(s).
+                    part = data[pos : pos + need]
+                    piece = b"".join([*partial, part]) if partial else bytes(part)
+                    pos += need
+                    partial = []
+                    partial_size = 0
                     if blake3_digest(piece) != meta.digest:
                         raise DataCorruption(
                             f"{self._service._name}: chunk {meta.digest} of blob {self._blob} "
@@ -378,8 +393,6 @@ class _BlobStream:
                             self._cond.wait(1.0)
                         if self._stopped:
                             return
-                if start:
-                    del buf[:start]
         except grpc.RpcError as exc:
             with self._cond:
                 if not self._stopped:
@@ -510,6 +523,30 @@ class _SpooledReader(PositionedBlobReader):
         if not self.closed:
             self._spool.close()
         super().close()
+
+
+def _chunk_data(message: bytes) -> memoryview:
+    """A BlobChunk's data as a view into the received message (no copy, no protobuf object).
+
+    Anything but the plain encoding (one data field, as servers send it) goes through protobuf.
+    """
+    view = memoryview(message)
+    if not message:
+        return view
+    if message[0] == 0x0A:
+        length = 0
+        shift = 0
+        pos = 1
+        while pos < len(message) and pos <= 10:
+            b = message[pos]
+            pos += 1
+            length |= (b & 0x7F) << shift
+            if b < 0x80:
+                if pos + length == len(message):
+                    return view[pos:]
+                break
+            shift += 7
+    return memoryview(pb.BlobChunk.FromString(message).data)
 
 
 class _SmallUploader:
