@@ -39,6 +39,7 @@ from tvix_store.progress import Progress
 from tvix_store.services import Services
 
 __all__ = [
+    "BackgroundWriteback",
     "ThreadedSha256",
     "import_nar",
     "import_path",
@@ -100,7 +101,7 @@ class ThreadedSha256:
             self._thread.join()
 
 
-class _BackgroundWriteback:
+class BackgroundWriteback:
     """Flushes a local store's data file to disk in a helper thread while an import runs.
 
     The path-info service makes every blob durable (fsync) before it puts a PathInfo; left to
@@ -195,7 +196,7 @@ def import_path(services: Services, path: str, progress: Progress | None = None)
     name = validate_name(nix_basename(path))
     # Nix reads the path made absolute and lexically normalised, without resolving symlinks.
     fs_path = os.path.abspath(path)
-    writeback = _BackgroundWriteback(services.blob_service)
+    writeback = BackgroundWriteback(services.blob_service)
     hasher = ThreadedSha256()
     try:
         writer = NarWriter(hasher)
@@ -248,7 +249,7 @@ def import_nar(
         return data
 
     on_file = None if progress is None else (lambda _size: progress.add_file())
-    writeback = _BackgroundWriteback(services.blob_service)
+    writeback = BackgroundWriteback(services.blob_service)
     try:
         root, nar_sha256, nar_size = ingest_nar(
             services.blob_service, services.directory_service, read, on_file

@@ -35,7 +35,7 @@ from tvix_castore.grpc.blob_servicer import BlobServicer
 from tvix_castore.grpc.channel import MAX_MESSAGE
 from tvix_castore.grpc.directory_servicer import DirectoryServicer
 from tvix_store.grpc.pathinfo_servicer import PathInfoServicer
-from tvix_store.import_path import _BackgroundWriteback
+from tvix_store.import_path import BackgroundWriteback
 from tvix_store.services import Services
 
 __all__ = ["DEFAULT_LISTEN", "SERVICE_NAMES", "Daemon", "grpc_target", "serve"]
@@ -150,7 +150,7 @@ class Daemon:
         self._server.start()
         # Without it the sync before a PathInfo put wrote back a whole import at once (~0.1 s
         # for the stdlib tree); a local import overlaps that write-back with its own work.
-        self._writeback = _BackgroundWriteback(services.blob_service)
+        self._writeback = BackgroundWriteback(services.blob_service)
         log.info("starting daemon listen_address=%s", listen)
 
     def stop(self, grace: float = GRACE_SECONDS) -> None:
