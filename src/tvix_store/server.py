@@ -35,8 +35,8 @@ from tvix_castore.grpc.blob_servicer import BlobServicer
 from tvix_castore.grpc.channel import MAX_MESSAGE
 from tvix_castore.grpc.directory_servicer import DirectoryServicer
 from tvix_store.grpc.pathinfo_servicer import PathInfoServicer
-from tvix_store.import_path import BackgroundWriteback
 from tvix_store.services import Services
+from tvix_store.writeback import BackgroundWriteback
 
 __all__ = ["DEFAULT_LISTEN", "SERVICE_NAMES", "Daemon", "grpc_target", "serve"]
 

@@ -38,6 +38,7 @@ from tvix_store.binary_cache.fetch import decompressed_pieces, fetch_bytes, join
 from tvix_store.nar.ingest import ingest_nar
 from tvix_store.path_info import PathInfo
 from tvix_store.services import Services
+from tvix_store.writeback import BackgroundWriteback
 
 __all__ = [
     "ClosureEntry",
@@ -356,7 +357,12 @@ def copy_closure(
 
         # Biggest NARs first, so that one big path does not start last.
         order = sorted(narinfos.values(), key=lambda n: n.nar_size, reverse=True)
-        _run_all(pool, [pool.submit(fetch, n) for n in order])
+        writeback = BackgroundWriteback(services.blob_service) if order else None
+        try:
+            _run_all(pool, [pool.submit(fetch, n) for n in order])
+        finally:
+            if writeback is not None:
+                writeback.close()
 
     for info in _references_first(infos):
         services.path_info_service.put(info)
@@ -493,8 +499,13 @@ def copy_local_closure(
         with lock:
             infos[entry.path.digest] = info
 
-    with ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="ingest") as pool:
-        _run_all(pool, [pool.submit(ingest, e) for e in todo])
+    writeback = BackgroundWriteback(services.blob_service) if todo else None
+    try:
+        with ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="ingest") as pool:
+            _run_all(pool, [pool.submit(ingest, e) for e in todo])
+    finally:
+        if writeback is not None:
+            writeback.close()
     for info in _references_first(infos):
         services.path_info_service.put(info)
         result.copied.append(info)
