@@ -26,7 +26,6 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from tvix.castore.protos import rpc_blobstore_pb2, rpc_directory_pb2
-from tvix.castore.protos import rpc_blobstore_pb2_grpc as blob_grpc
 from tvix.castore.protos import rpc_directory_pb2_grpc as directory_grpc
 from tvix.store.protos import rpc_pathinfo_pb2
 from tvix.store.protos import rpc_pathinfo_pb2_grpc as pathinfo_grpc
@@ -124,7 +123,7 @@ class Daemon:
                 ("grpc.so_reuseport", 0),
             ],
         )
-        blob_grpc.add_BlobServiceServicer_to_server(BlobServicer(services.blob_service), self._server)
+        BlobServicer(services.blob_service).add_to_server(self._server)
         directory_grpc.add_DirectoryServiceServicer_to_server(
             DirectoryServicer(services.directory_service), self._server
         )

@@ -7,6 +7,7 @@ import os
 import random
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from daemon_helpers import Served
@@ -127,3 +128,75 @@ def test_lying_server_is_caught(liar: tuple[str, _LyingBlobs]) -> None:
             fresh.open_read(blobs.meta[1].digest)
     finally:
         fresh.close()
+
+
+def _raw_read(served: Served, digest: B3Digest) -> list[bytes]:
+    """The data of each BlobService/Read message, parsed by protobuf itself."""
+    from tvix.castore.protos import rpc_blobstore_pb2 as pb
+
+    with served.channel() as channel:
+        read = channel.unary_stream(
+            "/tvix.castore.v1.BlobService/Read",
+            request_serializer=pb.ReadBlobRequest.SerializeToString,
+            response_deserializer=pb.BlobChunk.FromString,
+        )
+        return [m.data for m in read(pb.ReadBlobRequest(digest=digest))]
+
+
+def test_read_sends_whole_chunks_in_messages_up_to_1_mib(served: Served) -> None:
+    """From LMDB, Read packs whole chunks into messages of at most 1 MiB (boundaries fall on
+    chunk boundaries); a single-chunk blob is one message and the empty blob has no data."""
+    from tvix_castore.grpc.blob_servicer import READ_PIECE
+
+    blobs = served.services.blob_service
+    data = os.urandom(5 * MiB + 7)
+    digest = blobs.put(data)
+    chunks = blobs.chunks(digest)
+    assert chunks is not None and len(chunks) > 8
+    messages = _raw_read(served, digest)
+    assert b"".join(messages) == data
+    assert all(0 < len(m) <= READ_PIECE for m in messages)
+    chunk_ends = set()
+    pos = 0
+    for c in chunks:
+        pos += c.size
+        chunk_ends.add(pos)
+    ends = []
+    pos = 0
+    for m in messages:
+        pos += len(m)
+        ends.append(pos)
+    assert set(ends) <= chunk_ends
+    assert len(messages) < len(chunks)  # several chunks per message
+
+    small = os.urandom(1000)
+    assert _raw_read(served, blobs.put(small)) == [small]
+    assert b"".join(_raw_read(served, blobs.put(b""))) == b""
+
+
+def test_read_of_corrupt_chunk_is_data_loss_and_daemon_keeps_serving(served: Served) -> None:
+    """A stored chunk whose bytes were altered is never sent: Read fails with DATA_LOSS after
+    the good messages before it, and the daemon still answers other reads."""
+    import grpc
+
+    from tvix_castore.blobservice.lmdb_store import LmdbBlobService
+
+    blobs = served.services.blob_service
+    assert isinstance(blobs, LmdbBlobService)
+    data = os.urandom(4 * MiB)
+    digest = blobs.put(data)
+    chunks = blobs.chunks(digest)
+    assert chunks is not None and len(chunks) > 6
+    victim = chunks[-1]
+    env: Any = blobs._env
+    table: Any = blobs._store.table("chunks") if blobs._store is not None else None
+    with env.begin(write=True, db=table) as txn:
+        stored = bytearray(txn.get(victim.digest))
+        stored[0] ^= 1
+        txn.put(victim.digest, bytes(stored))
+    with pytest.raises(grpc.RpcError) as info:
+        _raw_read(served, digest)
+    assert info.value.code() == grpc.StatusCode.DATA_LOSS
+    assert str(victim.digest) in (info.value.details() or "")
+    other = os.urandom(2 * MiB)
+    assert b"".join(_raw_read(served, blobs.put(other))) == other

@@ -42,6 +42,7 @@ from tvix_castore.blobservice import BlobReader, BlobService, BlobWriter, ChunkM
 from tvix_castore.blobservice.chunked_reader import BytesBlobReader, ChunkedReader, PositionedBlobReader
 from tvix_castore.digests import B3_LEN, B3Digest, blake3_digest
 from tvix_castore.errors import ClosedError, DataCorruption, StorageError, StoreError
+from tvix_castore.grpc import blob_chunk
 from tvix_castore.grpc.channel import CHANNEL_OPTIONS, channel_target, open_channel
 from tvix_castore.grpc.status import error_of, rpc_code
 from tvix_castore.url import ServiceUrl
@@ -52,6 +53,9 @@ log = logging.getLogger(__name__)
 
 PUT_PIECE = 1024 * 1024
 """Largest BlobChunk message we send (the server's limit is 4 MiB per message)."""
+
+Chunk = bytes | memoryview
+"""A verified chunk: bytes, or a read-only view into the message it arrived in."""
 
 _CACHE_BYTES = 64 * 1024 * 1024
 _PREFETCH = 6
@@ -69,17 +73,17 @@ class _ChunkCache:
     def __init__(self, capacity: int) -> None:
         self._capacity = capacity
         self._size = 0
-        self._entries: OrderedDict[B3Digest, bytes] = OrderedDict()
+        self._entries: OrderedDict[B3Digest, Chunk] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, digest: B3Digest) -> bytes | None:
+    def get(self, digest: B3Digest) -> Chunk | None:
         with self._lock:
             data = self._entries.get(digest)
             if data is not None:
                 self._entries.move_to_end(digest)
             return data
 
-    def put(self, digest: B3Digest, data: bytes) -> None:
+    def put(self, digest: B3Digest, data: Chunk) -> None:
         if len(data) > self._capacity // 4:
             return
         with self._lock:
@@ -110,15 +114,15 @@ class GrpcBlobService(BlobService):
         self._target = target
         self._tls = tls
         self._stub = pb_grpc.BlobServiceStub(channel)
-        # Read with the data of each message as a view of it (see _chunk_data).
+        # Read with the data of each message as a view of it.
         self._read = channel.unary_stream(
             "/tvix.castore.v1.BlobService/Read",
             request_serializer=pb.ReadBlobRequest.SerializeToString,
-            response_deserializer=_chunk_data,
+            response_deserializer=blob_chunk.data_view,
         )
         self._cache = _ChunkCache(_CACHE_BYTES)
         self._pool = ThreadPoolExecutor(max_workers=_PREFETCH + 2, thread_name_prefix="grpc-blob-fetch")
-        self._inflight: dict[B3Digest, Future[bytes | None]] = {}
+        self._inflight: dict[B3Digest, Future[Chunk | None]] = {}
         self._inflight_lock = threading.Lock()
 
     @classmethod
@@ -210,7 +214,7 @@ class GrpcBlobService(BlobService):
 
         return rest()
 
-    def _fetch_chunk(self, digest: B3Digest) -> bytes | None:
+    def _fetch_chunk(self, digest: B3Digest) -> Chunk | None:
         """One chunk by its own Read, verified; None if the server lacks it."""
         cached = self._cache.get(digest)
         if cached is not None:
@@ -218,13 +222,14 @@ class GrpcBlobService(BlobService):
         stream = self._read_stream(digest)
         if stream is None:
             return None
-        data = b"".join(stream)
+        pieces = list(stream)
+        data: Chunk = pieces[0] if len(pieces) == 1 else b"".join(pieces)
         if blake3_digest(data) != digest:
             raise DataCorruption(f"{self._name}: chunk {digest} arrived with other contents")
         self._cache.put(digest, data)
         return data
 
-    def read_chunk(self, digest: B3Digest) -> bytes | None:
+    def read_chunk(self, digest: B3Digest) -> Chunk | None:
         """One chunk's verified bytes by a single Read (no Stat); None if the server lacks it.
 
         For callers that already know the chunk list (the FUSE layer reads chunks this way).
@@ -261,7 +266,7 @@ class GrpcBlobService(BlobService):
                         del self._chunk_owner[c.digest]
                 old.stop()
 
-    def _fetch_async(self, digest: B3Digest) -> Future[bytes | None]:
+    def _fetch_async(self, digest: B3Digest) -> Future[Chunk | None]:
         """A future for the chunk, shared with any fetch of it already under way."""
         with self._inflight_lock:
             fut = self._inflight.get(digest)
@@ -270,7 +275,7 @@ class GrpcBlobService(BlobService):
             fut = self._pool.submit(self._fetch_chunk, digest)
             self._inflight[digest] = fut
 
-        def done(_: Future[bytes | None]) -> None:
+        def done(_: Future[Chunk | None]) -> None:
             with self._inflight_lock:
                 if self._inflight.get(digest) is fut:
                     del self._inflight[digest]
@@ -345,7 +350,7 @@ class _BlobStream:
         self._blob = blob
         self._chunks = chunks
         self._cond = threading.Condition()
-        self._ready: dict[int, bytes] = {}
+        self._ready: dict[int, Chunk] = {}
         self._next = 0  # index of the next chunk to arrive
         self._wanted = 0  # highest index the reader asked for
         self._error: BaseException | None = None
@@ -370,9 +375,10 @@ class _BlobStream:
                             partial.append(data[pos:])
                             partial_size += len(data) - pos
                         break
-                    # One copy per chunk, straight out of the message(s).
+                    # A chunk inside one message stays a view of it (the cache's views keep
+                    # their messages alive); one that spans messages is joined.
                     part = data[pos : pos + need]
-                    piece = b"".join([*partial, part]) if partial else bytes(part)
+                    piece = b"".join([*partial, part]) if partial else part
                     pos += need
                     partial = []
                     partial_size = 0
@@ -407,7 +413,7 @@ class _BlobStream:
             if self._call is not None:
                 self._call.cancel()
 
-    def get(self, index: int) -> bytes | None:
+    def get(self, index: int) -> Chunk | None:
         """Chunk index from the stream; None if the stream cannot deliver it (fetch it singly)."""
         with self._cond:
             self._wanted = max(self._wanted, index)
@@ -448,7 +454,7 @@ class _Prefetcher:
         self._chunks = chunks
         self._digests = [c.digest for c in chunks]
         self._index = {d: i for i, d in reversed(list(enumerate(self._digests)))}
-        self._ahead: dict[B3Digest, Future[bytes | None]] = {}
+        self._ahead: dict[B3Digest, Future[Chunk | None]] = {}
         self._last = -1
         self._stream: _BlobStream | None = None
         self.chunks = chunks
@@ -461,7 +467,7 @@ class _Prefetcher:
                 return i
         return self._index.get(digest, 0)
 
-    def fetch(self, digest: B3Digest) -> bytes | None:
+    def fetch(self, digest: B3Digest) -> Chunk | None:
         i = self._position(digest)
         self._last = i
         if i == 0 and self._stream is None and len(self._digests) > 2:
@@ -523,30 +529,6 @@ class _SpooledReader(PositionedBlobReader):
         if not self.closed:
             self._spool.close()
         super().close()
-
-
-def _chunk_data(message: bytes) -> memoryview:
-    """A BlobChunk's data as a view into the received message (no copy, no protobuf object).
-
-    Anything but the plain encoding (one data field, as servers send it) goes through protobuf.
-    """
-    view = memoryview(message)
-    if not message:
-        return view
-    if message[0] == 0x0A:
-        length = 0
-        shift = 0
-        pos = 1
-        while pos < len(message) and pos <= 10:
-            b = message[pos]
-            pos += 1
-            length |= (b & 0x7F) << shift
-            if b < 0x80:
-                if pos + length == len(message):
-                    return view[pos:]
-                break
-            shift += 7
-    return memoryview(pb.BlobChunk.FromString(message).data)
 
 
 class _SmallUploader:

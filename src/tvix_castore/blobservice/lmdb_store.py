@@ -213,8 +213,10 @@ class LmdbBlobService(BlobService):
                 )
             return len(view)
 
-    def join_chunk_ranges(self, ranges: Sequence[tuple[B3Digest, int, int]]) -> bytes:
+    def join_chunk_ranges(self, ranges: Sequence[tuple[B3Digest, int, int]], prefix: bytes = b"") -> bytes:
         """Bytes ``[start, end)`` of each chunk, concatenated: one copy out of one read txn.
+
+        prefix goes in front (a message header, say) in the same copy.
 
         Nothing is hashed here: this is for callers that passed each chunk through
         ``verify_chunk`` first. That check stays valid, because a stored chunk is never rewritten
@@ -225,7 +227,7 @@ class LmdbBlobService(BlobService):
 
         """
         with self._op("read chunks"), self._env.begin(buffers=True) as txn:
-            parts = []
+            parts: list[bytes | memoryview] = [prefix]
             for digest, start, end in ranges:
                 view = txn.get(digest, db=self._chunks_db)
                 if view is None:

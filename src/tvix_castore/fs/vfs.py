@@ -63,6 +63,9 @@ log = logging.getLogger(__name__)
 XATTR_DIRECTORY_DIGEST = b"user.tvix.castore.directory.digest"
 XATTR_BLOB_DIGEST = b"user.tvix.castore.blob.digest"
 
+ChunkData = bytes | memoryview
+"""A chunk's verified bytes; a remote blob service may hand out read-only views of its messages."""
+
 # A blob the backend does not split (memory backend, single-chunk blobs) is read whole into
 # the chunk cache when it is at most this big; larger ones are served through a seekable reader.
 _WHOLE_BLOB_MAX = 8 * 1024 * 1024
@@ -130,10 +133,10 @@ class ChunkCache:
     def __init__(self, max_bytes: int) -> None:
         self._max = max_bytes
         self._lock = threading.Lock()
-        self._data: OrderedDict[B3Digest, bytes] = OrderedDict()
+        self._data: OrderedDict[B3Digest, ChunkData] = OrderedDict()
         self._bytes = 0
 
-    def get(self, digest: B3Digest) -> bytes | None:
+    def get(self, digest: B3Digest) -> ChunkData | None:
         """The chunk, or None; a hit becomes the most recently used."""
         with self._lock:
             data = self._data.get(digest)
@@ -145,7 +148,7 @@ class ChunkCache:
         with self._lock:
             return digest in self._data
 
-    def put(self, digest: B3Digest, data: bytes) -> None:
+    def put(self, digest: B3Digest, data: ChunkData) -> None:
         """Add a chunk (a chunk larger than the whole cache is not kept)."""
         if len(data) > self._max:
             return
@@ -236,7 +239,7 @@ class Vfs:
         self._cache = ChunkCache(cache_bytes)
         # Prefetched chunks must survive in the cache until the reader gets to them.
         self._readahead_bytes = cache_bytes // 4
-        self._inflight: dict[B3Digest, Future[bytes]] = {}
+        self._inflight: dict[B3Digest, Future[ChunkData]] = {}
         self._inflight_lock = threading.Lock()
         self._prefetcher = ThreadPoolExecutor(_PREFETCH_THREADS, thread_name_prefix="tvix-fs-prefetch")
         # LMDB offers chunk reads without building a reader; other backends read chunks as blobs.
@@ -542,7 +545,7 @@ class Vfs:
             with self._inflight_lock:
                 if meta.digest in self._inflight:
                     continue
-                fut: Future[bytes] = Future()
+                fut: Future[ChunkData] = Future()
                 self._inflight[meta.digest] = fut
             try:
                 self._prefetcher.submit(self._fill, meta, fut)
@@ -550,7 +553,7 @@ class Vfs:
                 self._finish(meta.digest, fut, None, VfsError(errno.EIO))
                 return
 
-    def _load(self, meta: ChunkMeta) -> bytes:
+    def _load(self, meta: ChunkMeta) -> ChunkData:
         """A chunk's bytes: from the cache, from a fetch in flight, or fetched now.
 
         When chunks are checked in place, only the check is waited for and b"" returned.
@@ -572,7 +575,7 @@ class Vfs:
             self._fill(meta, fut)
         return fut.result()
 
-    def _fill(self, meta: ChunkMeta, fut: Future[bytes]) -> None:
+    def _fill(self, meta: ChunkMeta, fut: Future[ChunkData]) -> None:
         """Fetch one chunk into the cache and resolve fut with it (or with the error)."""
         try:
             data = self._fetch(meta)
@@ -588,7 +591,7 @@ class Vfs:
             self._finish(meta.digest, fut, data, None)
 
     def _finish(
-        self, digest: B3Digest, fut: Future[bytes], data: bytes | None, exc: BaseException | None
+        self, digest: B3Digest, fut: Future[ChunkData], data: ChunkData | None, exc: BaseException | None
     ) -> None:
         with self._inflight_lock:
             self._inflight.pop(digest, None)
@@ -598,7 +601,7 @@ class Vfs:
             assert data is not None
             fut.set_result(data)
 
-    def _fetch(self, meta: ChunkMeta) -> bytes:
+    def _fetch(self, meta: ChunkMeta) -> ChunkData:
         if self._verify_chunk is not None:
             with self._service("verify chunk", meta.digest):
                 size: int | None = self._verify_chunk(meta.digest)
@@ -611,7 +614,7 @@ class Vfs:
             return b""
         with self._service("read chunk", meta.digest):
             if self._read_chunk is not None:
-                data: bytes | None = self._read_chunk(meta.digest)
+                data: ChunkData | None = self._read_chunk(meta.digest)
             else:
                 reader = self._blobs.open_read(meta.digest)
                 data = None
@@ -624,7 +627,7 @@ class Vfs:
         if len(data) != meta.size:
             log.warning("chunk %s has %d bytes, expected %d", meta.digest, len(data), meta.size)
             raise VfsError(errno.EIO, f"chunk {meta.digest} has the wrong size")
-        return bytes(data)
+        return data
 
     # -- helpers --------------------------------------------------------------------------
 
