@@ -209,3 +209,25 @@ def test_kept_alive_small_responses_are_not_delayed(server):
     finally:
         conn.close()
     assert elapsed < 1.0, f"50 kept-alive requests took {elapsed:.2f} s"
+
+
+def test_nar_of_a_root_not_in_the_store_is_404(server):
+    """A well-formed NAR URL whose root directory or file blob the store lacks answers 404 (GET,
+    HEAD and zstd) rather than headers followed by a cut-off body; the server keeps serving."""
+    import base64
+
+    from tvix_castore.digests import B3Digest
+    from tvix_castore.nodes import DirectoryNode, FileNode
+    from tvix_castore.proto_conv import node_to_proto
+
+    srv, services = server
+    missing = B3Digest.of(b"not stored anywhere")
+    for node in (DirectoryNode(missing, 1), FileNode(missing, 19, False)):
+        b64 = base64.urlsafe_b64encode(node_to_proto(b"", node).SerializeToString()).rstrip(b"=").decode()
+        for method, suffix in (("GET", ""), ("HEAD", ""), ("GET", "&compression=zstd")):
+            resp, body = _request(srv, method, f"/nar/tvix-castore/{b64}?narsize=120{suffix}")
+            assert resp.status == 404, (node, method, suffix, body)
+    present = FileNode(services.blob_service.put(b"x" * 19), 19, False)
+    b64 = base64.urlsafe_b64encode(node_to_proto(b"", present).SerializeToString()).rstrip(b"=").decode()
+    resp, body = _request(srv, "GET", f"/nar/tvix-castore/{b64}?narsize=136")
+    assert resp.status == 200 and len(body) == 136

@@ -48,7 +48,7 @@ from nix_compat.narinfo import NarInfo
 from nix_compat.signing import SigningKey
 from tvix.castore.protos import castore_pb2
 from tvix_castore.errors import StoreError
-from tvix_castore.nodes import Node
+from tvix_castore.nodes import DirectoryNode, FileNode, Node
 from tvix_castore.proto_conv import anonymous_node_from_proto, node_to_proto
 from tvix_store.binary_cache.fetch import read_errors
 from tvix_store.nar.ingest import ingest_nar
@@ -491,6 +491,16 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             raise _BadRequest(f"NAR URL: unsupported compression {compression!r}")
         headers = {"Cache-Control": "max-age=31536000, immutable"}
         services = self.server.services
+        # Once the headers are out, a render failure can only cut the body short; a root that is
+        # not in the store at all is answered 404 before anything is sent.
+        absent = (
+            services.directory_service.get(node.digest) is None
+            if isinstance(node, DirectoryNode)
+            else isinstance(node, FileNode) and not services.blob_service.has(node.digest)
+        )
+        if absent:
+            self._error(404, f"NAR of {node}: not in this store")
+            return
         if compression == "zstd":
             self._send_zstd(node, headers)
             return
