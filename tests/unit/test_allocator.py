@@ -6,7 +6,7 @@ import ctypes
 import subprocess
 import sys
 
-from tvix_store.allocator import keep_large_buffers
+from tvix_castore.allocator import keep_large_buffers
 
 
 def test_glibc_takes_the_thresholds() -> None:
@@ -22,7 +22,7 @@ def test_flush_buffers_in_a_thread_stop_faulting_in() -> None:
     defaults, and none once the thresholds are set."""
     probe = """
 import resource, sys, threading
-from tvix_store.allocator import keep_large_buffers
+from tvix_castore.allocator import keep_large_buffers
 if sys.argv[1] == "tuned":
     keep_large_buffers()
 piece = b"x" * 3000

@@ -8,12 +8,11 @@ for our mount is raised to 1 MiB when permitted: the kernel then sends 1 MiB REA
 128 KiB ones, the largest single speed-up there is for a Python filesystem (see perf-notes).
 ``max_read`` must not be passed (libfuse 3.14 aborts the mount). Every 1 MiB READ reply is a
 fresh 1 MiB buffer, so glibc's malloc is told to keep such buffers on its heap (see
-``_keep_large_buffers_on_heap``).
+``tvix_castore.allocator``).
 """
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import logging
 import os
@@ -25,6 +24,7 @@ from pathlib import Path
 import pyfuse3
 import trio
 
+from tvix_castore.allocator import keep_large_buffers
 from tvix_castore.errors import StoreError
 from tvix_castore.fs.fuse import FuseOperations
 from tvix_castore.fs.vfs import Vfs
@@ -34,11 +34,6 @@ __all__ = ["READAHEAD_KB", "MountError", "mount"]
 log = logging.getLogger(__name__)
 
 READAHEAD_KB = 1024
-# glibc mallopt parameters (malloc.h) and the values the mount sets.
-_M_TRIM_THRESHOLD = -1
-_M_MMAP_THRESHOLD = -3
-_MMAP_THRESHOLD_BYTES = 32 * 1024 * 1024
-_TRIM_THRESHOLD_BYTES = 128 * 1024 * 1024
 
 
 class MountError(StoreError):
@@ -59,7 +54,7 @@ def mount(vfs: Vfs, mountpoint: str, *, threads: int = 4, allow_other: bool = Fa
     if allow_other:
         options.add("allow_other")
     ops = FuseOperations(vfs, threads)
-    _keep_large_buffers_on_heap()
+    keep_large_buffers()
     log.info("mounting (mount_path=%s)", path)
     try:
         pyfuse3.init(ops, path, options)
@@ -78,27 +73,6 @@ def mount(vfs: Vfs, mountpoint: str, *, threads: int = 4, allow_other: bool = Fa
         pyfuse3.close(unmount=unmount)
         vfs.close()
     log.info("unmount occurred, terminating")
-
-
-def _keep_large_buffers_on_heap() -> None:
-    """Stop glibc from giving each large buffer its own mmap() (and munmap() when freed).
-
-    By default an allocation above 128 KiB (a threshold glibc then adapts) gets fresh pages
-    from the kernel, and every one of them faults and is zeroed on first touch: for the 1 MiB
-    reply buffers of a sequential read that cost ~10% of the mount's throughput. Raising the
-    mmap threshold, and the trim threshold with it so freed heap memory is kept for the next
-    buffer, makes the buffers reuse warm heap memory. Memory use stays bounded by what is
-    alive at once. Elsewhere than glibc this does nothing.
-    """
-    try:
-        libc = ctypes.CDLL(None)
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return
-    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
-    mallopt.restype = ctypes.c_int
-    mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_BYTES)
-    mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD_BYTES)
 
 
 async def _serve(ops: FuseOperations, path: str, threads: int) -> bool:

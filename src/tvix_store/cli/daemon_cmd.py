@@ -38,7 +38,7 @@ def register(
 
 def run(args: argparse.Namespace) -> int:
     """Serve until a signal arrives."""
-    from tvix_store.allocator import keep_large_buffers
+    from tvix_castore.allocator import keep_large_buffers
     from tvix_store.server import DEFAULT_LISTEN, serve
     from tvix_store.services import construct_services
 

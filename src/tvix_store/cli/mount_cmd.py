@@ -59,7 +59,6 @@ def run(args: argparse.Namespace) -> int:
     """Mount and serve until unmounted."""
     from tvix_castore.fs.mount import mount
     from tvix_castore.fs.vfs import Vfs
-    from tvix_store.allocator import keep_large_buffers
     from tvix_store.root_nodes import PathInfoRootNodes
     from tvix_store.services import construct_services
 
@@ -72,7 +71,6 @@ def run(args: argparse.Namespace) -> int:
             from tvix_castore.errors import InvalidRequest
 
             raise InvalidRequest(f"THREADS: {exc}") from None
-    keep_large_buffers()
     services = construct_services(
         args.blob_service_addr, args.directory_service_addr, args.path_info_service_addr
     )

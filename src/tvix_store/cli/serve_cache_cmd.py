@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
         parser.error("--nar-cache-size must not be negative")
 
     from nix_compat.signing import SigningKey
-    from tvix_store.allocator import keep_large_buffers
+    from tvix_castore.allocator import keep_large_buffers
     from tvix_store.binary_cache.server import BinaryCacheServer, RenderedNarCache, parse_listen_address
     from tvix_store.services import construct_services
 
