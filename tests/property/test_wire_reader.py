@@ -1,8 +1,9 @@
 """castore's small protobuf wire reader agrees with the generated code on every input.
 
-``decode_directory`` and ``decode_path_info`` read stored bytes with ``parse_message`` and hand
-anything unusual to protobuf; whatever the input, the outcome (the domain object, or the error
-type and message) must be the one the generated code alone gives.
+``decode_directory`` (in a process without the generated code: ``decode_directory_wire_first``)
+and ``decode_path_info`` read stored bytes with ``parse_message`` and hand anything unusual to
+protobuf; whatever the input, the outcome (the domain object, or the error type and message) must
+be the one the generated code alone gives.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from tvix.store.protos import pathinfo_pb2
 from tvix_castore.digests import B3Digest
 from tvix_castore.directory import Directory
 from tvix_castore.nodes import DirectoryNode, FileNode, Node, SymlinkNode
-from tvix_castore.proto_conv import decode_directory, directory_from_proto
+from tvix_castore.proto_conv import decode_directory, decode_directory_wire_first, directory_from_proto
 from tvix_store.path_info import PathInfo
 from tvix_store.proto_conv import _CA_TO_PROTO, decode_path_info, encode_path_info, path_info_from_proto
 
@@ -99,8 +100,10 @@ def _mutated(base: st.SearchStrategy[bytes]) -> st.SearchStrategy[bytes]:
 @example(b"\x0a\x00\x0a\x00")
 @example(b"\x12\x02\x20\x01")  # a file node with executable=true only
 def test_directory_decoding_matches_protobuf(data: bytes) -> None:
-    """Same Directory, or the same error, as the generated code."""
-    assert _outcome(decode_directory, data) == _outcome(_directory_by_protobuf, data)
+    """Same Directory, or the same error, as the generated code (both ways of decoding)."""
+    expected = _outcome(_directory_by_protobuf, data)
+    assert _outcome(decode_directory_wire_first, data) == expected
+    assert _outcome(decode_directory, data) == expected
 
 
 @st.composite
