@@ -26,6 +26,7 @@ class BackgroundWriteback:
     """
 
     _INTERVAL = 0.05
+    _IDLE_INTERVAL = 1.6
 
     def __init__(self, blob_service: BlobService) -> None:
         self._stop = threading.Event()
@@ -42,11 +43,26 @@ class BackgroundWriteback:
         self._thread.start()
 
     def _run(self) -> None:
-        while not self._stop.wait(self._INTERVAL):
+        # Only a file that changed since the last flush is flushed, and while nothing changes the
+        # checks slow down to one every _IDLE_INTERVAL: an idle daemon does not wake 20 times a
+        # second for nothing.
+        interval = self._INTERVAL
+        flushed: tuple[int, int] | None = None
+        while not self._stop.wait(interval):
             try:
-                os.fdatasync(self._fd)
+                st = os.fstat(self._fd)
+                stamp = (st.st_mtime_ns, st.st_size)
+                if stamp == flushed:
+                    interval = min(interval * 2, self._IDLE_INTERVAL)
+                    continue
+                interval = self._INTERVAL
+                self._flush()
+                flushed = stamp
             except OSError:
                 return  # the final sync reports real problems; this is only a head start
+
+    def _flush(self) -> None:
+        os.fdatasync(self._fd)
 
     def close(self) -> None:
         """Stop the helper thread."""
