@@ -270,18 +270,19 @@ class LmdbBlobService(BlobService):
 
         """
         with self._op("open", digest), self._env.begin(buffers=True) as txn:
-            value = txn.get(digest, db=self._blobs_db)
-            if value is not None:
-                chunk_list = decode_chunk_list(digest, value)
-            else:
-                view = txn.get(digest, db=self._chunks_db)
-                if view is None:
-                    return None
+            # Most blobs are one chunk, stored under their own digest: look there first.
+            view = txn.get(digest, db=self._chunks_db)
+            if view is not None:
                 if len(view) < _COPY_SMALL:
                     # A small blob is copied out of this transaction rather than read again in
                     # a second one (a NAR writer copies small pieces into its buffer anyway).
                     return len(view), self._checked_copy(digest, bytes(view))
                 chunk_list = [ChunkMeta(digest, len(view))]
+            else:
+                value = txn.get(digest, db=self._blobs_db)
+                if value is None:
+                    return None
+                chunk_list = decode_chunk_list(digest, value)
         return sum(c.size for c in chunk_list), self._views(digest, chunk_list)
 
     def _checked_copy(self, digest: B3Digest, data: bytes) -> Iterator[memoryview]:
@@ -348,7 +349,8 @@ class _Operation:
         service = self._service
         with service._gate:
             service._active -= 1
-            if not service._active:
+            # Only close() ever waits on the gate, and only after setting _closed.
+            if not service._active and service._closed:
                 service._gate.notify_all()
         if isinstance(exc, lmdb.Error):
             target = f" {self._digest}" if self._digest is not None else ""
