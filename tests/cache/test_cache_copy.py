@@ -156,3 +156,51 @@ def test_reference_404(tmp_path, nix_closure):
     leaf = _leaf(nix_closure)
     _narinfo_of(cache, leaf).unlink()
     _check_refused(tmp_path, cache, nix_closure, leaf, "referenced by", "not in the binary cache")
+
+
+def test_downloads_started_early_are_used_or_abandoned(tmp_path, nix_closure):
+    """``copy`` starts the NARs it was asked for before it opens the store: copy_closure ingests
+    from such a download (which ends closed, its helper gone), and abandons one whose path turns
+    out to be present (its helper stops); the dict of started downloads is emptied either way."""
+    from tvix_store.binary_cache.copy import copy_closure
+    from tvix_store.binary_cache.download import parse_wanted_path, start_downloads
+    from tvix_store.services import construct_services
+
+    cache = f"file://{nix_closure['caches']['xz']}"
+    top = parse_wanted_path(nix_closure["top"])
+    url = f"lmdb://{tmp_path / 'store'}"
+    services = construct_services(url, url, url)
+    try:
+        started = start_downloads(cache, [top])
+        assert list(started) == [top.digest]
+        first = started[top.digest]
+        result = copy_closure(services, cache, [top], started=started)
+        assert started == {}
+        assert sorted(i.store_path.absolute() for i in result.copied) == nix_closure["paths"]
+        assert not first._thread.is_alive()
+
+        again = start_downloads(cache, [top])
+        second = again[top.digest]
+        result = copy_closure(services, cache, [top], started=again)
+        assert again == {} and result.copied == [] and result.present == [top]
+        second._thread.join(10)
+        assert not second._thread.is_alive()
+    finally:
+        services.close()
+    assert stored_paths(tmp_path / "store") == nix_closure["paths"]
+
+
+def test_early_start_skips_what_the_walk_then_reports(tmp_path, nix_closure):
+    """A narinfo that fails verification is not started early; the copy's walk reports it."""
+    from tvix_store.binary_cache.download import parse_trusted_keys, parse_wanted_path, start_downloads
+
+    cache = f"file://{nix_closure['caches']['signed']}"
+    top = parse_wanted_path(nix_closure["top"])
+    other_key = "other-1:" + "A" * 43 + "="
+    untrusted = start_downloads(cache, [top], ())
+    assert list(untrusted) == [top.digest]
+    for download in untrusted.values():
+        download.close()
+
+    assert start_downloads(cache, [top], parse_trusted_keys(other_key)) == {}
+    assert start_downloads(f"file://{tmp_path}/gone", [top]) == {}

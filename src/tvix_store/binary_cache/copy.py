@@ -16,25 +16,22 @@ PathInfoService.
 
 from __future__ import annotations
 
-import hashlib
-import io
 import logging
-import queue
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from typing import BinaryIO
 
 from nix_compat import nixbase32
-from nix_compat.errors import NarError, NixCompatError
+from nix_compat.errors import NarError
 from nix_compat.narinfo import NarInfo
 from nix_compat.signing import VerifyingKey
-from nix_compat.store_path import STORE_DIR_WITH_SLASH, StorePath
+from nix_compat.store_path import StorePath
 from tvix_castore.blobservice import BlobService
 from tvix_castore.directoryservice import DirectoryService
 from tvix_store.binary_cache import BinaryCacheError
-from tvix_store.binary_cache.fetch import decompressed_pieces, fetch_bytes, join_url, open_url, read_errors
+from tvix_store.binary_cache.download import NarDownload, fetch_narinfo
+from tvix_store.binary_cache.fetch import read_errors
 from tvix_store.nar.ingest import ingest_nar
 from tvix_store.path_info import PathInfo
 from tvix_store.services import Services
@@ -45,151 +42,14 @@ __all__ = [
     "CopyResult",
     "copy_closure",
     "copy_local_closure",
-    "fetch_narinfo",
     "fetch_path_info",
     "parse_closure_json",
-    "parse_trusted_keys",
-    "parse_wanted_path",
 ]
 
 log = logging.getLogger(__name__)
 
-NARINFO_LIMIT = 2 << 20
 DEFAULT_JOBS = 4
 _NARINFO_JOBS = 16
-
-
-def parse_trusted_keys(text: str | Iterable[str]) -> tuple[VerifyingKey, ...]:
-    """``name:base64`` public keys, whitespace-separated (or already split)."""
-    items = text.split() if isinstance(text, str) else [w for t in text for w in t.split()]
-    return tuple(VerifyingKey.parse(item) for item in items)
-
-
-def parse_wanted_path(text: str) -> StorePath:
-    """A store path given as ``/nix/store/<hash>-<name>`` (anything below it is ignored) or basename."""
-    if text.startswith(STORE_DIR_WITH_SLASH):
-        return StorePath.from_absolute_path_full(text)[0]
-    return StorePath.from_bytes(text)
-
-
-def fetch_narinfo(base_url: str, digest: bytes, trusted_keys: Sequence[VerifyingKey] = ()) -> NarInfo | None:
-    """The narinfo of the store path with this digest, or None if the cache does not have it.
-
-    Raises:
-        BinaryCacheError: unreadable or malformed narinfo, a StorePath of another digest, or
-            (with trusted keys) no signature that verifies under one of them.
-
-    """
-    url = join_url(base_url, f"{nixbase32.encode(digest)}.narinfo")
-    data = fetch_bytes(url, NARINFO_LIMIT)
-    if data is None:
-        return None
-    try:
-        narinfo = NarInfo.parse(data)
-    except NixCompatError as exc:
-        raise BinaryCacheError(f"{url}: invalid narinfo: {exc}") from exc
-    if narinfo.store_path.digest != digest:
-        raise BinaryCacheError(f"{url}: narinfo is for another store path: {narinfo.store_path.absolute()}")
-    if trusted_keys and not narinfo.verify(trusted_keys):
-        names = ", ".join(sorted({k.name for k in trusted_keys}))
-        signers = ", ".join(s.name for s in narinfo.signatures) or "none"
-        raise BinaryCacheError(
-            f"{url}: no valid signature for {narinfo.store_path.absolute()} by a trusted key "
-            f"({names}); signatures present: {signers}"
-        )
-    return narinfo
-
-
-class _Tee(io.RawIOBase):
-    """Counts (and optionally hashes) the raw bytes read from a download."""
-
-    def __init__(self, inner: BinaryIO, hash_it: bool, on_bytes: Callable[[int], object] | None) -> None:
-        self._inner = inner
-        self._sha = hashlib.sha256() if hash_it else None
-        self._on_bytes = on_bytes
-        self.count = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
-        data = self._inner.read(len(buffer))
-        n = len(data)
-        buffer[:n] = data
-        self.count += n
-        if self._sha is not None:
-            self._sha.update(data)
-        if self._on_bytes is not None:
-            self._on_bytes(n)
-        return n
-
-    def read_rest(self) -> None:
-        while self.readinto(memoryview(bytearray(1 << 16))):
-            pass
-
-    def digest(self) -> bytes | None:
-        return None if self._sha is None else self._sha.digest()
-
-
-class _Prefetcher:
-    """Reads ahead from read(n) in a helper thread; read() hands out the pieces in order.
-
-    An exception of the helper is re-raised by the read() that reaches it.
-    """
-
-    _DEPTH = 8
-
-    def __init__(self, pieces: Iterator[bytes]) -> None:
-        self._source = pieces
-        self._queue: queue.Queue[bytes | BaseException] = queue.Queue(self._DEPTH)
-        self._stop = threading.Event()
-        self._buffer = b""
-        self._offset = 0
-        self._done = False
-        self._thread = threading.Thread(target=self._run, name="decompress", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        try:
-            for data in self._source:
-                if self._stop.is_set():
-                    return
-                self._put(data)
-            self._put(b"")
-        except BaseException as exc:
-            self._put(exc)
-
-    def _put(self, item: bytes | BaseException) -> None:
-        while not self._stop.is_set():
-            try:
-                self._queue.put(item, timeout=0.1)
-                return
-            except queue.Full:
-                continue
-
-    def read(self, n: int) -> bytes:
-        """Up to n bytes; b"" at the end."""
-        if self._offset >= len(self._buffer):
-            if self._done:
-                return b""
-            item = self._queue.get()
-            if isinstance(item, BaseException):
-                self._done = True
-                raise item
-            if not item:
-                self._done = True
-                return b""
-            self._buffer, self._offset = item, 0
-        start = self._offset
-        self._offset = min(start + n, len(self._buffer))
-        if start == 0 and self._offset == len(self._buffer):
-            return self._buffer
-        return self._buffer[start : self._offset]
-
-    def close(self) -> None:
-        """Stop the helper thread and wait for it."""
-        self._stop.set()
-        self._thread.join()
 
 
 def fetch_path_info(
@@ -198,8 +58,11 @@ def fetch_path_info(
     blob_service: BlobService,
     directory_service: DirectoryService,
     on_bytes: Callable[[int], object] | None = None,
+    download: NarDownload | None = None,
 ) -> PathInfo:
     """Fetch, decompress, verify and ingest narinfo's NAR; return the PathInfo (not yet put).
+
+    download: the NAR's download, if it was already started (and is closed here).
 
     Raises:
         BinaryCacheError: the NAR is missing, unreadable, malformed or truncated, or its size or
@@ -207,26 +70,22 @@ def fetch_path_info(
 
     """
     path = narinfo.store_path.absolute()
-    url = join_url(base_url, narinfo.url)
-    opened = open_url(url)
-    if opened is None:
-        raise BinaryCacheError(f"{url}: NAR of {path} not found")
-    raw, _ = opened
-    with raw:
-        tee = _Tee(raw, narinfo.file_hash is not None, on_bytes)
-        # Download and decompression (which release the GIL) run in a thread beside ingestion.
-        prefetch = _Prefetcher(decompressed_pieces(tee.read, narinfo.effective_compression, url))
-        read = prefetch.read
-        try:
-            root, nar_sha256, nar_size = ingest_nar(blob_service, directory_service, read)
-            trailing = read(1)
-            tee.read_rest()
-        except NarError as exc:
-            raise BinaryCacheError(f"{url}: NAR of {path}: {exc}") from exc
-        except read_errors() as exc:
-            raise BinaryCacheError(f"{url}: NAR of {path}: download or decompression failed: {exc}") from exc
-        finally:
-            prefetch.close()
+    if download is None:
+        download = NarDownload(base_url, narinfo)
+    url = download.url
+    tee = download.tee
+    # Download and decompression (which release the GIL) run in a thread beside ingestion.
+    download.set_on_bytes(on_bytes)
+    read = download.read
+    try:
+        root, nar_sha256, nar_size = ingest_nar(blob_service, directory_service, read)
+        trailing = read(1)
+    except NarError as exc:
+        raise BinaryCacheError(f"{url}: NAR of {path}: {exc}") from exc
+    except read_errors() as exc:
+        raise BinaryCacheError(f"{url}: NAR of {path}: download or decompression failed: {exc}") from exc
+    finally:
+        download.close()
     if trailing:
         raise BinaryCacheError(f"{url}: NAR of {path}: unexpected data after the end of the NAR")
     if nar_size != narinfo.nar_size:
@@ -291,14 +150,38 @@ def copy_closure(
     jobs: int = DEFAULT_JOBS,
     on_bytes: Callable[[int], object] | None = None,
     on_path: Callable[[PathInfo], object] | None = None,
+    started: dict[bytes, NarDownload] | None = None,
 ) -> CopyResult:
     """Copy paths and their closure from the cache at base_url; paths already present are skipped.
+
+    started: downloads begun before the store was opened (``download.start_downloads``), by store
+    path digest; they are used, or closed when their path is present. The dict is emptied.
 
     Raises:
         BinaryCacheError: a path of the closure is missing from the cache, or its narinfo or
             NAR fails verification. Nothing is put then.
 
     """
+    early = started if started is not None else {}
+    try:
+        return _copy_closure(services, base_url, paths, trusted_keys, jobs, on_bytes, on_path, early)
+    finally:
+        # Downloads of paths found present, or left over by a failure.
+        for download in early.values():
+            download.abandon()
+        early.clear()
+
+
+def _copy_closure(
+    services: Services,
+    base_url: str,
+    paths: Sequence[StorePath],
+    trusted_keys: Sequence[VerifyingKey],
+    jobs: int,
+    on_bytes: Callable[[int], object] | None,
+    on_path: Callable[[PathInfo], object] | None,
+    early_downloads: dict[bytes, NarDownload],
+) -> CopyResult:
     result = CopyResult()
     narinfos: dict[bytes, NarInfo] = {}
     lock = threading.Lock()
@@ -308,11 +191,18 @@ def copy_closure(
     with ThreadPoolExecutor(max_workers=_NARINFO_JOBS, thread_name_prefix="narinfo") as pool:
 
         def visit(path: StorePath, referrer: StorePath | None) -> None:
+            with lock:
+                early = early_downloads.get(path.digest)
             if services.path_info_service.get(path.digest) is not None:
                 with lock:
                     result.present.append(path)
+                    early_downloads.pop(path.digest, None)
+                if early is not None:
+                    early.abandon()
                 return
-            narinfo = fetch_narinfo(base_url, path.digest, trusted_keys)
+            narinfo = (
+                early.narinfo if early is not None else fetch_narinfo(base_url, path.digest, trusted_keys)
+            )
             if narinfo is None:
                 via = f" (referenced by {referrer.absolute()})" if referrer is not None else ""
                 raise BinaryCacheError(f"{path.absolute()}{via} is not in the binary cache {base_url}")
@@ -348,8 +238,10 @@ def copy_closure(
     with ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="nar") as pool:
 
         def fetch(narinfo: NarInfo) -> None:
+            with lock:
+                download = early_downloads.pop(narinfo.store_path.digest, None)
             info = fetch_path_info(
-                base_url, narinfo, services.blob_service, services.directory_service, on_bytes
+                base_url, narinfo, services.blob_service, services.directory_service, on_bytes, download
             )
             with lock:
                 infos[narinfo.store_path.digest] = info

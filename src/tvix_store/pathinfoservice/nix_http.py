@@ -19,7 +19,8 @@ from tvix_castore.blobservice import BlobService
 from tvix_castore.directoryservice import DirectoryService
 from tvix_castore.errors import InvalidRequest
 from tvix_castore.url import ServiceUrl
-from tvix_store.binary_cache.copy import fetch_narinfo, fetch_path_info, parse_trusted_keys
+from tvix_store.binary_cache.copy import fetch_path_info
+from tvix_store.binary_cache.download import fetch_narinfo, parse_trusted_keys
 from tvix_store.path_info import PathInfo
 from tvix_store.pathinfoservice import PathInfoService
 
