@@ -161,7 +161,9 @@ def decompressed_pieces(read: Callable[[int], bytes], compression: str, url: str
         raise BinaryCacheError(
             f"{url}: unsupported compression {compression!r} (supported: {', '.join(COMPRESSIONS)})"
         )
-    limit = 8 * _BUFFER
+    # Small output pieces keep the consumer close behind: when decompression ends, little is
+    # left to ingest (8 MiB pieces left ~40 ms of ingesting after the last byte was out).
+    limit = 2 * _BUFFER
     zlib_like = compression == "gzip"
     while True:
         raw = read(_BUFFER)
