@@ -1,11 +1,13 @@
-"""Process-wide malloc settings for the long-running commands (mount, daemon, serve-cache).
+"""Process-wide malloc settings for every ``tvix-store`` command (and any mount).
 
-These processes allocate and free buffers of 128 KiB to a few MiB at a high rate: FUSE replies,
-NAR flushes, decoded chunks, gRPC messages. glibc's malloc gives such a buffer a fresh ``mmap``
-and returns it with ``munmap`` (or trims a thread's arena with ``MADV_DONTNEED``) until its
-adaptive thresholds catch up, and in threads they keep falling back: the same pages fault in and
-are zeroed again and again. On our VMs a page fault costs several microseconds: ~10% of the
-mount's sequential read, and ~2,000 faults (~20 ms) per stdlib NAR rendered over HTTP.
+They all allocate and free buffers of 128 KiB to a few MiB at a high rate: file reads and
+chunks on import, FUSE replies, NAR flushes, decoded chunks, gRPC messages. glibc's malloc
+gives such a buffer a fresh ``mmap`` and returns it with ``munmap`` (or trims a thread's arena
+with ``MADV_DONTNEED``) until its adaptive thresholds catch up, and in threads they keep
+falling back: the same pages fault in and are zeroed again and again. On our VMs a page fault
+costs several microseconds: ~10% of the mount's sequential read, ~2,000 faults (~20 ms) per
+stdlib NAR rendered over HTTP, and 26,000 instead of 10,000 faults (0.91 instead of 0.73 s)
+for importing a 256 MiB file.
 
 Fixed thresholds keep buffers up to ``MMAP_THRESHOLD`` in the heap and let up to
 ``TRIM_THRESHOLD`` of free heap stay mapped for the next buffer; memory use stays bounded by

@@ -163,6 +163,7 @@ def _plain_arguments(argv: Sequence[str]) -> Any:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script."""
     from nix_compat.errors import NixCompatError
+    from tvix_castore.allocator import keep_large_buffers
     from tvix_castore.errors import StoreError
     from tvix_store.log import LogConfigError, setup_logging
 
@@ -177,6 +178,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     # Restore default SIGPIPE behaviour so `tvix-store nar … | head` ends quietly.
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    # Every command reads, writes or sends buffers of 128 KiB and more (see the module).
+    keep_large_buffers()
     func: CommandFunc = args.func
     try:
         status = func(args)

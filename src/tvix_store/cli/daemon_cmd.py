@@ -38,11 +38,9 @@ def register(
 
 def run(args: argparse.Namespace) -> int:
     """Serve until a signal arrives."""
-    from tvix_castore.allocator import keep_large_buffers
     from tvix_store.server import DEFAULT_LISTEN, serve
     from tvix_store.services import construct_services
 
-    keep_large_buffers()
     services = construct_services(
         args.blob_service_addr, args.directory_service_addr, args.path_info_service_addr
     )

@@ -67,7 +67,6 @@ def run(args: argparse.Namespace) -> int:
         parser.error("--nar-cache-size must not be negative")
 
     from nix_compat.signing import SigningKey
-    from tvix_castore.allocator import keep_large_buffers
     from tvix_store.binary_cache.server import BinaryCacheServer, RenderedNarCache, parse_listen_address
     from tvix_store.services import construct_services
 
@@ -79,7 +78,6 @@ def run(args: argparse.Namespace) -> int:
     if args.sign_key_file is not None:
         with open(args.sign_key_file, encoding="utf-8") as f:
             key = SigningKey.parse(f.read().strip())
-    keep_large_buffers()
     services = construct_services(
         args.blob_service_addr, args.directory_service_addr, args.path_info_service_addr
     )
