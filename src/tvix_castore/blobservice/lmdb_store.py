@@ -29,11 +29,11 @@ from __future__ import annotations
 import os
 import struct
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import suppress
 from types import TracebackType
-from typing import cast, final
+from typing import Any, cast, final
 
 import blake3
 import lmdb
@@ -60,31 +60,44 @@ _FEED_PIECE = 1024 * 1024
 # of opening a second one: small pieces are copied by a NAR writer anyway.
 _COPY_SMALL = 64 * 1024
 
-_committer_lock = threading.Lock()
-_committer_pool: ThreadPoolExecutor | None = None
 
+class _Worker:
+    """One background thread per process running tasks in submission order (made on first use).
 
-def _forget_committer_after_fork() -> None:
-    # A forked child has no copy of the pool's thread: it must start its own.
-    global _committer_pool
-    _committer_pool = None
-
-
-os.register_at_fork(after_in_child=_forget_committer_after_fork)
-
-
-def _committer() -> ThreadPoolExecutor:
-    """One thread that commits the chunk batches of large blobs, in submission order.
-
-    A writer hands a full batch to it and goes on chunking and hashing the next one meanwhile
-    (py-lmdb releases the GIL while it copies and writes pages). LMDB admits one write
-    transaction at a time anyway, so one thread for all writers loses nothing.
+    A forked child has no copy of the parent's thread: it starts its own.
     """
-    global _committer_pool
-    with _committer_lock:
-        if _committer_pool is None:
-            _committer_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lmdb-blob-commit")
-        return _committer_pool
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._lock = threading.Lock()
+        self._pool: ThreadPoolExecutor | None = None
+        os.register_at_fork(after_in_child=self._forget)
+
+    def _forget(self) -> None:
+        self._lock = threading.Lock()
+        self._pool = None
+
+    def submit(self, fn: Callable[..., None], *args: object) -> Future[None]:
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=self._name)
+            pool = self._pool
+        return pool.submit(fn, *args)
+
+
+# Commits the chunk batches of large blobs. A writer hands a full batch to it and goes on
+# chunking the next one meanwhile (py-lmdb releases the GIL while it copies and writes pages).
+# LMDB admits one write transaction at a time anyway, so one thread for all writers loses nothing.
+_COMMITTER = _Worker("lmdb-blob-commit")
+# Feeds the whole-blob BLAKE3 of multi-chunk blobs, off the writer's thread: chunks are at least
+# MIN_SIZE, and for inputs that large blake3 releases the GIL. (A Python thread, not blake3's
+# own pool: that one hangs a forked child that hashes again.)
+_HASHER = _Worker("lmdb-blob-hash")
+
+
+def _update_all(hasher: Any, chunks: list[bytes]) -> None:
+    for chunk in chunks:
+        hasher.update(chunk)
 
 
 def encode_chunk_list(chunks: list[ChunkMeta]) -> bytes:
@@ -365,10 +378,10 @@ class LmdbBlobWriter(BlobWriter):
         self._service = service
         self._chunker: Chunker | None = Chunker()
         # The blob hash is fed from the chunks, and only once a second chunk shows up: for a
-        # single-chunk blob (most files) the chunk digest already is the blob digest.
-        # Single-threaded on purpose: blake3's thread pool hangs a forked child that hashes
-        # again, and the commit thread already keeps the second core busy.
+        # single-chunk blob (most files) the chunk digest already is the blob digest. It is fed
+        # on the _HASHER thread; _hashed is the last update handed to it.
         self._hasher = blake3.blake3()
+        self._hashed: Future[None] | None = None
         self._first_chunk: bytes | None = None
         self._chunk_list: list[ChunkMeta] = []
         self._pending: list[tuple[B3Digest, bytes]] = []
@@ -398,7 +411,7 @@ class LmdbBlobWriter(BlobWriter):
 
     def _flush_in_background(self) -> None:
         self._wait_inflight()
-        self._inflight = _committer().submit(self._service._commit, self._pending, None)
+        self._inflight = _COMMITTER.submit(self._service._commit, self._pending, None)
         self._inflight_bytes = self._pending_bytes
         self._pending = []
         self._pending_bytes = 0
@@ -413,18 +426,22 @@ class LmdbBlobWriter(BlobWriter):
         inflight.result()
 
     def _add(self, chunks: list[bytes]) -> None:
+        to_hash: list[bytes] = []
         for chunk in chunks:
             digest = B3Digest(blake3_digest(chunk))
             if not self._chunk_list:
                 self._first_chunk = chunk
             else:
                 if self._first_chunk is not None:
-                    self._hasher.update(self._first_chunk)
+                    to_hash.append(self._first_chunk)
                     self._first_chunk = None
-                self._hasher.update(chunk)
+                to_hash.append(chunk)
             self._chunk_list.append(ChunkMeta(digest, len(chunk)))
             self._pending.append((digest, chunk))
             self._pending_bytes += len(chunk)
+        if to_hash:
+            # One worker, tasks in order: this writer's updates stay in chunk order.
+            self._hashed = _HASHER.submit(_update_all, self._hasher, to_hash)
 
     def close(self) -> B3Digest:
         """Commit the rest and the chunk list; return the blob's digest (again on a 2nd call)."""
@@ -446,6 +463,8 @@ class LmdbBlobWriter(BlobWriter):
             digest = self._chunk_list[0].digest
             index = None
         else:
+            if self._hashed is not None:
+                self._hashed.result()
             digest = B3Digest(self._hasher.digest())
             index = (digest, encode_chunk_list(self._chunk_list))
         self._first_chunk = None
