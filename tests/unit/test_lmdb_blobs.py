@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 import textwrap
+import time
 import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
@@ -318,3 +319,33 @@ def test_verify_chunk_in_place_and_join_ranges(service: LmdbBlobService, store_d
     _overwrite_chunk(store_dir, chunks[1].digest, bytes(rotten))
     with pytest.raises(DataCorruption, match=re.escape(str(chunks[1].digest))):
         service.verify_chunk(chunks[1].digest)
+
+
+def test_multi_chunk_writes_work_in_a_forked_child(store_dir: Path) -> None:
+    """The writer's helper threads (commit, whole-blob hash) are per process: a child forked
+    after the parent used them starts its own, and its multi-chunk blob gets the right digest."""
+    parent = LmdbBlobService(str(store_dir / "parent"))
+    data = os.urandom(3 * MiB)
+    assert parent.put(data) == B3Digest(blake3.blake3(data).digest())
+    parent.close()
+    pid = os.fork()
+    if pid == 0:  # the child: a store of its own (an LMDB environment must not cross a fork)
+        code = 1
+        try:
+            child = LmdbBlobService(str(store_dir / "child"))
+            other = os.urandom(3 * MiB)
+            ok = child.put(other) == B3Digest(blake3.blake3(other).digest())
+            child.close()
+            code = 0 if ok else 2
+        finally:
+            os._exit(code)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            assert os.waitstatus_to_exitcode(status) == 0
+            return
+        time.sleep(0.05)
+    os.kill(pid, 9)
+    os.waitpid(pid, 0)
+    raise AssertionError("the forked child hung writing a multi-chunk blob")
