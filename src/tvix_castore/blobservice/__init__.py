@@ -25,6 +25,10 @@ class ChunkMeta:
     size: int
 
 
+ChunkData = bytes | memoryview
+"""A chunk's verified bytes: a backend may hand out read-only views (of a received message)."""
+
+
 class BlobReader(io.RawIOBase):
     """A seekable, read-only view of one blob's bytes. Not thread-safe: one user at a time.
 

@@ -38,7 +38,7 @@ import grpc
 
 from tvix.castore.protos import rpc_blobstore_pb2 as pb
 from tvix.castore.protos import rpc_blobstore_pb2_grpc as pb_grpc
-from tvix_castore.blobservice import BlobReader, BlobService, BlobWriter, ChunkMeta
+from tvix_castore.blobservice import BlobReader, BlobService, BlobWriter, ChunkData, ChunkMeta
 from tvix_castore.blobservice.chunked_reader import BytesBlobReader, ChunkedReader, PositionedBlobReader
 from tvix_castore.digests import B3_LEN, B3Digest, blake3_digest
 from tvix_castore.errors import ClosedError, DataCorruption, StorageError, StoreError
@@ -53,9 +53,6 @@ log = logging.getLogger(__name__)
 
 PUT_PIECE = 1024 * 1024
 """Largest BlobChunk message we send (the server's limit is 4 MiB per message)."""
-
-Chunk = bytes | memoryview
-"""A verified chunk: bytes, or a read-only view into the message it arrived in."""
 
 _CACHE_BYTES = 64 * 1024 * 1024
 _PREFETCH = 6
@@ -73,17 +70,17 @@ class _ChunkCache:
     def __init__(self, capacity: int) -> None:
         self._capacity = capacity
         self._size = 0
-        self._entries: OrderedDict[B3Digest, Chunk] = OrderedDict()
+        self._entries: OrderedDict[B3Digest, ChunkData] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, digest: B3Digest) -> Chunk | None:
+    def get(self, digest: B3Digest) -> ChunkData | None:
         with self._lock:
             data = self._entries.get(digest)
             if data is not None:
                 self._entries.move_to_end(digest)
             return data
 
-    def put(self, digest: B3Digest, data: Chunk) -> None:
+    def put(self, digest: B3Digest, data: ChunkData) -> None:
         if len(data) > self._capacity // 4:
             return
         with self._lock:
@@ -122,7 +119,7 @@ class GrpcBlobService(BlobService):
         )
         self._cache = _ChunkCache(_CACHE_BYTES)
         self._pool = ThreadPoolExecutor(max_workers=_PREFETCH + 2, thread_name_prefix="grpc-blob-fetch")
-        self._inflight: dict[B3Digest, Future[Chunk | None]] = {}
+        self._inflight: dict[B3Digest, Future[ChunkData | None]] = {}
         self._inflight_lock = threading.Lock()
 
     @classmethod
@@ -214,7 +211,7 @@ class GrpcBlobService(BlobService):
 
         return rest()
 
-    def _fetch_chunk(self, digest: B3Digest) -> Chunk | None:
+    def _fetch_chunk(self, digest: B3Digest) -> ChunkData | None:
         """One chunk by its own Read, verified; None if the server lacks it."""
         cached = self._cache.get(digest)
         if cached is not None:
@@ -223,13 +220,13 @@ class GrpcBlobService(BlobService):
         if stream is None:
             return None
         pieces = list(stream)
-        data: Chunk = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+        data: ChunkData = pieces[0] if len(pieces) == 1 else b"".join(pieces)
         if blake3_digest(data) != digest:
             raise DataCorruption(f"{self._name}: chunk {digest} arrived with other contents")
         self._cache.put(digest, data)
         return data
 
-    def read_chunk(self, digest: B3Digest) -> Chunk | None:
+    def read_chunk(self, digest: B3Digest) -> ChunkData | None:
         """One chunk's verified bytes by a single Read (no Stat); None if the server lacks it.
 
         For callers that already know the chunk list (the FUSE layer reads chunks this way).
@@ -266,7 +263,7 @@ class GrpcBlobService(BlobService):
                         del self._chunk_owner[c.digest]
                 old.stop()
 
-    def _fetch_async(self, digest: B3Digest) -> Future[Chunk | None]:
+    def _fetch_async(self, digest: B3Digest) -> Future[ChunkData | None]:
         """A future for the chunk, shared with any fetch of it already under way."""
         with self._inflight_lock:
             fut = self._inflight.get(digest)
@@ -275,7 +272,7 @@ class GrpcBlobService(BlobService):
             fut = self._pool.submit(self._fetch_chunk, digest)
             self._inflight[digest] = fut
 
-        def done(_: Future[Chunk | None]) -> None:
+        def done(_: Future[ChunkData | None]) -> None:
             with self._inflight_lock:
                 if self._inflight.get(digest) is fut:
                     del self._inflight[digest]
@@ -350,7 +347,7 @@ class _BlobStream:
         self._blob = blob
         self._chunks = chunks
         self._cond = threading.Condition()
-        self._ready: dict[int, Chunk] = {}
+        self._ready: dict[int, ChunkData] = {}
         self._next = 0  # index of the next chunk to arrive
         self._wanted = 0  # highest index the reader asked for
         self._error: BaseException | None = None
@@ -413,7 +410,7 @@ class _BlobStream:
             if self._call is not None:
                 self._call.cancel()
 
-    def get(self, index: int) -> Chunk | None:
+    def get(self, index: int) -> ChunkData | None:
         """Chunk index from the stream; None if the stream cannot deliver it (fetch it singly)."""
         with self._cond:
             self._wanted = max(self._wanted, index)
@@ -454,7 +451,7 @@ class _Prefetcher:
         self._chunks = chunks
         self._digests = [c.digest for c in chunks]
         self._index = {d: i for i, d in reversed(list(enumerate(self._digests)))}
-        self._ahead: dict[B3Digest, Future[Chunk | None]] = {}
+        self._ahead: dict[B3Digest, Future[ChunkData | None]] = {}
         self._last = -1
         self._stream: _BlobStream | None = None
         self.chunks = chunks
@@ -467,7 +464,7 @@ class _Prefetcher:
                 return i
         return self._index.get(digest, 0)
 
-    def fetch(self, digest: B3Digest) -> Chunk | None:
+    def fetch(self, digest: B3Digest) -> ChunkData | None:
         i = self._position(digest)
         self._last = i
         if i == 0 and self._stream is None and len(self._digests) > 2:

@@ -40,7 +40,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from tvix_castore.blobservice import BlobReader, BlobService, ChunkMeta
+from tvix_castore.blobservice import BlobReader, BlobService, ChunkData, ChunkMeta
 from tvix_castore.digests import B3Digest
 from tvix_castore.directoryservice import DirectoryService
 from tvix_castore.errors import StoreError
@@ -62,9 +62,6 @@ log = logging.getLogger(__name__)
 
 XATTR_DIRECTORY_DIGEST = b"user.tvix.castore.directory.digest"
 XATTR_BLOB_DIGEST = b"user.tvix.castore.blob.digest"
-
-ChunkData = bytes | memoryview
-"""A chunk's verified bytes; a remote blob service may hand out read-only views of its messages."""
 
 # A blob the backend does not split (memory backend, single-chunk blobs) is read whole into
 # the chunk cache when it is at most this big; larger ones are served through a seekable reader.
