@@ -50,6 +50,7 @@ from tvix.castore.protos import castore_pb2
 from tvix_castore.errors import StoreError
 from tvix_castore.nodes import DirectoryNode, FileNode, Node
 from tvix_castore.proto_conv import anonymous_node_from_proto, node_to_proto
+from tvix_store.binary_cache.download import NARINFO_LIMIT
 from tvix_store.binary_cache.fetch import read_errors
 from tvix_store.nar.ingest import ingest_nar
 from tvix_store.nar.renderer import write_nar
@@ -60,7 +61,6 @@ __all__ = ["BinaryCacheServer", "RenderedNarCache", "nar_url", "parse_listen_add
 
 log = logging.getLogger(__name__)
 
-NARINFO_LIMIT = 2 << 20
 MAX_NODE_B64 = 4096
 PENDING_CAPACITY = 1000
 _COPY_CHUNK = 1 << 20
