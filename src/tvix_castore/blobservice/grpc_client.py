@@ -9,7 +9,10 @@ temporary file past a few MiB and verified before any byte is handed out: a larg
 held whole in memory.
 
 Writes stream ≤ 1 MiB ``BlobChunk`` messages on one client-streaming ``Put``; ``write`` blocks
-when a few MiB are queued. Uploads are write-behind: ``close`` ends the stream and returns the
+when a few MiB are queued. A blob that fits in one message (most files) goes as a ``Put`` call
+made through a unary stub: on the wire a client stream of one message and a unary request are
+the same HTTP/2 frames, and grpcio's sync stream calls start a thread per call to feed their
+requests, which its unary calls do not. Uploads are write-behind: ``close`` ends the stream and returns the
 digest computed locally without waiting for the answer, so many files can be in flight at once
 (one round trip per blob would make importing many small files ten times slower than local).
 The answers are collected by ``Uploads``, one per server: each must name the digest computed
@@ -21,7 +24,6 @@ server and fails if any failed, so a PathInfo never refers to a blob that did no
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import queue
@@ -29,7 +31,7 @@ import tempfile
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import IO, Any, final
 
@@ -43,7 +45,7 @@ from tvix_castore.blobservice.chunked_reader import BytesBlobReader, ChunkedRead
 from tvix_castore.digests import B3_LEN, B3Digest, blake3_digest
 from tvix_castore.errors import ClosedError, DataCorruption, StorageError, StoreError
 from tvix_castore.grpc import blob_chunk
-from tvix_castore.grpc.channel import CHANNEL_OPTIONS, channel_target, open_channel
+from tvix_castore.grpc.channel import channel_target, open_channel
 from tvix_castore.grpc.status import error_of, rpc_code
 from tvix_castore.url import ServiceUrl
 
@@ -97,25 +99,25 @@ class _ChunkCache:
 class GrpcBlobService(BlobService):
     """A BlobService backed by a remote ``tvix.castore.v1.BlobService``; thread-safe."""
 
-    def __init__(
-        self, channel: grpc.Channel, name: str = "grpc", target: str | None = None, tls: bool = False
-    ) -> None:
+    def __init__(self, channel: grpc.Channel, name: str = "grpc", target: str | None = None) -> None:
         self._name = name
         self._channel = channel
         self._uploads = uploads_for(target or name)
-        self._small: _SmallUploader | None = None
         self._known: OrderedDict[B3Digest, _Prefetcher] = OrderedDict()
         self._chunk_owner: dict[B3Digest, B3Digest] = {}
         self._known_lock = threading.Lock()
-        self._small_lock = threading.Lock()
-        self._target = target
-        self._tls = tls
         self._stub = pb_grpc.BlobServiceStub(channel)
         # Read with the data of each message as a view of it.
         self._read = channel.unary_stream(
             "/tvix.castore.v1.BlobService/Read",
             request_serializer=pb.ReadBlobRequest.SerializeToString,
             response_deserializer=blob_chunk.data_view,
+        )
+        # Put of a blob that fits in one message (see the module docstring).
+        self._put_one = channel.unary_unary(
+            "/tvix.castore.v1.BlobService/Put",
+            request_serializer=blob_chunk.encode,
+            response_deserializer=pb.PutBlobResponse.FromString,
         )
         self._cache = _ChunkCache(_CACHE_BYTES)
         self._pool = ThreadPoolExecutor(max_workers=_PREFETCH + 2, thread_name_prefix="grpc-blob-fetch")
@@ -125,8 +127,8 @@ class GrpcBlobService(BlobService):
     @classmethod
     def from_url(cls, url: ServiceUrl) -> GrpcBlobService:
         """Connect to ``grpc+unix:///sock`` or ``grpc+http(s)://host:port`` (lazily by default)."""
-        target, tls = channel_target(url)
-        return cls(open_channel(url), url.raw, target, tls)
+        target, _ = channel_target(url)
+        return cls(open_channel(url), url.raw, target)
 
     def flush(self) -> None:
         """Wait for every upload to this server; raises if one failed."""
@@ -139,19 +141,6 @@ class GrpcBlobService(BlobService):
         finally:
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._channel.close()
-            with self._small_lock:
-                if self._small is not None:
-                    self._small.close()
-                    self._small = None
-
-    def _small_uploader(self) -> _SmallUploader | None:
-        """The asyncio uploader for whole small blobs (None without a target to connect to)."""
-        if self._target is None:
-            return None
-        with self._small_lock:
-            if self._small is None:
-                self._small = _SmallUploader(self._target, self._tls)
-            return self._small
 
     # ---- Stat ----------------------------------------------------------------------------------
 
@@ -330,7 +319,7 @@ class GrpcBlobService(BlobService):
 
     def open_write(self) -> BlobWriter:
         """A writer streaming to one Put call."""
-        return _GrpcBlobWriter(self._stub, self._name, self._uploads, self._small_uploader)
+        return _GrpcBlobWriter(self._stub, self._put_one, self._name, self._uploads)
 
 
 class _BlobStream:
@@ -528,47 +517,6 @@ class _SpooledReader(PositionedBlobReader):
         super().close()
 
 
-class _SmallUploader:
-    """Sends whole small blobs (one message each) from one background asyncio thread.
-
-    A sync stream-unary call made with ``.future()`` starts a thread to feed its requests:
-    ~2 ms per call, which made importing a tree of small files three times slower than local.
-    grpc.aio needs no thread per call. It is confined to this private thread and channel;
-    callers only see ``concurrent.futures.Future`` objects, so nothing else runs asyncio.
-    """
-
-    def __init__(self, target: str, tls: bool) -> None:
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="grpc-blob-upload", daemon=True)
-        self._thread.start()
-
-        async def connect() -> tuple[Any, pb_grpc.BlobServiceStub]:
-            if tls:
-                ch = grpc.aio.secure_channel(target, grpc.ssl_channel_credentials(), options=CHANNEL_OPTIONS)
-            else:
-                ch = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
-            return ch, pb_grpc.BlobServiceStub(ch)
-
-        self._channel, self._stub = asyncio.run_coroutine_threadsafe(connect(), self._loop).result()
-
-    def put(self, data: bytes) -> Future[Any]:
-        """Start the upload of one whole blob; the future gives the PutBlobResponse."""
-
-        async def go() -> Any:
-            return await self._stub.Put(iter([pb.BlobChunk(data=data)]))
-
-        return asyncio.run_coroutine_threadsafe(go(), self._loop)
-
-    def close(self) -> None:
-        """Close the channel and end the thread."""
-        with contextlib.suppress(BaseException):
-            asyncio.run_coroutine_threadsafe(self._channel.close(), self._loop).result(timeout=5)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(timeout=5)
-        if not self._thread.is_alive():
-            self._loop.close()
-
-
 class Uploads:
     """Blob uploads still in flight to one server, and the failures not yet reported; thread-safe.
 
@@ -671,12 +619,12 @@ class _GrpcBlobWriter(BlobWriter):
     def __init__(
         self,
         stub: pb_grpc.BlobServiceStub,
+        put_one: grpc.UnaryUnaryMultiCallable,
         name: str,
         uploads: Uploads,
-        small: Callable[[], _SmallUploader | None],
     ) -> None:
         self._stub = stub
-        self._small = small
+        self._put_one = put_one
         self._name = name
         self._uploads = uploads
         self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=_QUEUED_PIECES)
@@ -693,15 +641,11 @@ class _GrpcBlobWriter(BlobWriter):
                 return
             yield pb.BlobChunk(data=piece)
 
-    def _start(self, first: list[bytes] | None = None) -> None:
+    def _start(self, whole: bytes | bytearray | None = None) -> None:
         self._uploads.begin()
-        if first is not None:
-            # The whole blob is at hand: one message, sent without a thread of its own.
-            small = self._small()
-            if small is not None:
-                self._call = small.put(first[0])
-            else:
-                self._call = self._stub.Put.future(iter([pb.BlobChunk(data=p) for p in first]))
+        if whole is not None:
+            # The whole blob is at hand and fits in one message: no request thread needed.
+            self._call = self._put_one.future(whole)
         else:
             self._call = self._stub.Put.future(self._requests())
 
@@ -748,7 +692,7 @@ class _GrpcBlobWriter(BlobWriter):
             raise ClosedError("blob writer was aborted")
         digest = B3Digest(self._hasher.digest())
         if self._call is None:
-            self._start([bytes(self._buf)])
+            self._start(self._buf)
         else:
             if self._buf:
                 self._send(bytes(self._buf))

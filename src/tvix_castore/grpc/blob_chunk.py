@@ -28,7 +28,7 @@ def header(size: int) -> bytes:
     return bytes(out)
 
 
-def encode(data: bytes | memoryview) -> bytes:
+def encode(data: bytes | bytearray | memoryview) -> bytes:
     """The serialized BlobChunk carrying data (empty data: the empty message, as protobuf)."""
     return b"".join((header(len(data)), data))
 
