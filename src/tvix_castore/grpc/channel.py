@@ -28,6 +28,11 @@ CHANNEL_OPTIONS: list[tuple[str, int | str]] = [
     ("grpc.min_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 1000),
     ("grpc.enable_retries", 0),
+    # grpc.experimental.ChannelOptions.SingleThreadedUnaryStream: a server stream (Read, Get,
+    # List) is received by the thread that iterates it, which polls the call itself, instead
+    # of grpcio's channel thread taking every message and handing it over. A remote mount
+    # reading at full speed spent ~15% less CPU.
+    ("SingleThreadedUnaryStream", 1),
 ]
 
 _CONNECT_TIMEOUT = 10.0
