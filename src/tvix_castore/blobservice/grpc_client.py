@@ -12,9 +12,10 @@ Writes stream ≤ 1 MiB ``BlobChunk`` messages on one client-streaming ``Put``; 
 when a few MiB are queued. A blob that fits in one message (most files) goes as a ``Put`` call
 made through a unary stub: on the wire a client stream of one message and a unary request are
 the same HTTP/2 frames, and grpcio's sync stream calls start a thread per call to feed their
-requests, which its unary calls do not. Uploads are write-behind: ``close`` ends the stream and returns the
-digest computed locally without waiting for the answer, so many files can be in flight at once
-(one round trip per blob would make importing many small files ten times slower than local).
+requests, which its unary calls do not. Uploads are write-behind: ``close`` ends the stream
+and returns the digest computed locally without waiting for the answer, so many files can be
+in flight at once (one round trip per blob would make importing many small files ten times
+slower than local).
 The answers are collected by ``Uploads``, one per server: each must name the digest computed
 locally. Every operation of this client on a digest waits for that digest's upload first, and
 ``GrpcPathInfoService.put`` (the commit point of an import) waits for all uploads to the same
