@@ -114,7 +114,13 @@ class GrpcBlobService(BlobService):
             request_serializer=pb.ReadBlobRequest.SerializeToString,
             response_deserializer=blob_chunk.data_view,
         )
-        # Put of a blob that fits in one message (see the module docstring).
+        # Put with the BlobChunk codec: streamed, and for a blob that fits in one message
+        # through a unary stub (see the module docstring).
+        self._put_stream = channel.stream_unary(
+            "/tvix.castore.v1.BlobService/Put",
+            request_serializer=blob_chunk.encode,
+            response_deserializer=pb.PutBlobResponse.FromString,
+        )
         self._put_one = channel.unary_unary(
             "/tvix.castore.v1.BlobService/Put",
             request_serializer=blob_chunk.encode,
@@ -320,7 +326,7 @@ class GrpcBlobService(BlobService):
 
     def open_write(self) -> BlobWriter:
         """A writer streaming to one Put call."""
-        return _GrpcBlobWriter(self._stub, self._put_one, self._name, self._uploads)
+        return _GrpcBlobWriter(self._put_stream, self._put_one, self._name, self._uploads)
 
 
 class _BlobStream:
@@ -619,12 +625,12 @@ class _GrpcBlobWriter(BlobWriter):
 
     def __init__(
         self,
-        stub: pb_grpc.BlobServiceStub,
+        put_stream: grpc.StreamUnaryMultiCallable,
         put_one: grpc.UnaryUnaryMultiCallable,
         name: str,
         uploads: Uploads,
     ) -> None:
-        self._stub = stub
+        self._put_stream = put_stream
         self._put_one = put_one
         self._name = name
         self._uploads = uploads
@@ -635,12 +641,12 @@ class _GrpcBlobWriter(BlobWriter):
         self._digest: B3Digest | None = None
         self._dead = False
 
-    def _requests(self) -> Iterator[pb.BlobChunk]:
+    def _requests(self) -> Iterator[bytes]:
         while True:
             piece = self._queue.get()
             if piece is None:
                 return
-            yield pb.BlobChunk(data=piece)
+            yield piece
 
     def _start(self, whole: bytes | bytearray | None = None) -> None:
         self._uploads.begin()
@@ -648,7 +654,7 @@ class _GrpcBlobWriter(BlobWriter):
             # The whole blob is at hand and fits in one message: no request thread needed.
             self._call = self._put_one.future(whole)
         else:
-            self._call = self._stub.Put.future(self._requests())
+            self._call = self._put_stream.future(self._requests())
 
     def _send(self, piece: bytes) -> None:
         if self._call is None:
