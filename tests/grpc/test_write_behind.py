@@ -1,5 +1,6 @@
 """Write-behind blob uploads: a failed upload surfaces at the next use of its digest and at the
-next PathInfo put to the same server, which then stores nothing."""
+next PathInfo put to the same server, which then stores nothing; a blob already sent is not sent
+again until that commit point."""
 
 from __future__ import annotations
 
@@ -25,10 +26,14 @@ from tvix_store.services import Services
 
 
 class _RefusingBlobs(BlobService):
-    """A blob service whose writers fail on close for blobs containing b"refuse"."""
+    """A blob service whose writers fail on close for blobs containing b"refuse".
+
+    ``received`` lists the contents of every upload that reached close, in order.
+    """
 
     def __init__(self) -> None:
         self.inner = MemoryBlobService()
+        self.received: list[bytes] = []
 
     def has(self, digest: B3Digest) -> bool:
         return self.inner.has(digest)
@@ -39,6 +44,7 @@ class _RefusingBlobs(BlobService):
     def open_write(self) -> BlobWriter:
         inner = self.inner.open_write()
         seen = bytearray()
+        received = self.received
 
         class W(BlobWriter):
             def write(self, data: bytes | bytearray | memoryview) -> int:
@@ -46,6 +52,7 @@ class _RefusingBlobs(BlobService):
                 return inner.write(data)
 
             def close(self) -> B3Digest:
+                received.append(bytes(seen))
                 if b"refuse" in seen:
                     raise StorageError("disk full")
                 return inner.close()
@@ -57,14 +64,20 @@ class _RefusingBlobs(BlobService):
 
 
 @pytest.fixture
-def refusing(short_dir: Path) -> Iterator[str]:
-    services = Services(_RefusingBlobs(), MemoryDirectoryService(), MemoryPathInfoService())
+def refusing_server(short_dir: Path) -> Iterator[tuple[str, _RefusingBlobs]]:
+    blobs = _RefusingBlobs()
+    services = Services(blobs, MemoryDirectoryService(), MemoryPathInfoService())
     sock = str(short_dir / "w.sock")
     daemon = Daemon(services, sock, max_workers=8)
     try:
-        yield f"grpc+unix://{sock}"
+        yield f"grpc+unix://{sock}", blobs
     finally:
         daemon.stop(grace=1.0)
+
+
+@pytest.fixture
+def refusing(refusing_server: tuple[str, _RefusingBlobs]) -> str:
+    return refusing_server[0]
 
 
 def test_failed_upload_blocks_path_info_put(refusing: str) -> None:
@@ -130,6 +143,78 @@ def test_calculate_nar_after_upload_and_cached(served: Served) -> None:
         cache = nar_cache_for(served.services.path_info_service)
         assert cache.get_nar_cache(CASTORE_NODE_HELLOWORLD) == expected
         assert calc.calculate_nar(CASTORE_NODE_HELLOWORLD) == expected
+    finally:
+        infos.close()
+        dirs.close()
+        blobs.close()
+
+
+def test_repeated_blob_is_sent_once_until_commit(refusing_server: tuple[str, _RefusingBlobs]) -> None:
+    """The same bytes put many times reach the server once; after a wait for all uploads (the
+    commit point of an import) they are sent again, so a server that lost them gets them back."""
+    url, server = refusing_server
+    blobs = blob_from_addr(url)
+    try:
+        empty = B3Digest.of(b"")
+        assert blobs.put_many([b"", b"same", b"", b"same", b"other"]) == [
+            empty,
+            B3Digest.of(b"same"),
+            empty,
+            B3Digest.of(b"same"),
+            B3Digest.of(b"other"),
+        ]
+        for _ in range(20):
+            assert blobs.put(b"same") == B3Digest.of(b"same")
+        blobs.flush()
+        assert sorted(server.received) == [b"", b"other", b"same"]
+        assert blobs.has(B3Digest.of(b"same"))
+        assert blobs.put(b"same") == B3Digest.of(b"same")
+        blobs.flush()
+        assert sorted(server.received) == [b"", b"other", b"same", b"same"]
+    finally:
+        blobs.close()
+
+
+def test_failed_upload_is_sent_again(refusing_server: tuple[str, _RefusingBlobs]) -> None:
+    """A repeat of a blob whose upload failed is sent again, and fails again, visibly."""
+    url, server = refusing_server
+    blobs = blob_from_addr(url)
+    try:
+        digest = blobs.put(b"refuse twice")
+        with pytest.raises(StorageError, match="disk full"):
+            blobs.has(digest)
+        assert blobs.put(b"refuse twice") == digest
+        with pytest.raises(StorageError, match="disk full"):
+            blobs.flush()
+        assert server.received == [b"refuse twice", b"refuse twice"]
+    finally:
+        blobs.close()
+
+
+def test_import_of_repeated_files_through_daemon(
+    refusing_server: tuple[str, _RefusingBlobs], tmp_path: Path
+) -> None:
+    """A tree of many identical files imports as locally, each distinct content uploaded once."""
+    from tvix_store.import_path import import_path
+
+    url, server = refusing_server
+    tree = tmp_path / "tree"
+    for d in range(10):
+        (tree / f"pkg{d}").mkdir(parents=True)
+        (tree / f"pkg{d}" / "__init__.py").write_bytes(b"")
+        (tree / f"pkg{d}" / "LICENSE").write_bytes(b"same licence text\n" * 100)
+        (tree / f"pkg{d}" / "own.py").write_bytes(f"value = {d}\n".encode())
+    blobs = blob_from_addr(url)
+    dirs = directory_from_addr(url)
+    infos = path_info_from_addr(url, blobs, dirs)
+    local = Services(MemoryBlobService(), MemoryDirectoryService(), MemoryPathInfoService())
+    try:
+        remote_info = import_path(Services(blobs, dirs, infos), str(tree))
+        assert remote_info == import_path(local, str(tree))
+        assert infos.get(remote_info.store_path.digest) == remote_info
+        assert sorted(server.received) == sorted(
+            [b"", b"same licence text\n" * 100] + [f"value = {d}\n".encode() for d in range(10)]
+        )
     finally:
         infos.close()
         dirs.close()

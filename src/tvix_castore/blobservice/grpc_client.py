@@ -17,7 +17,10 @@ and returns the digest computed locally without waiting for the answer, so many 
 in flight at once (one round trip per blob would make importing many small files ten times
 slower than local).
 The answers are collected by ``Uploads``, one per server: each must name the digest computed
-locally. Every operation of this client on a digest waits for that digest's upload first, and
+locally. A single-message blob whose bytes this process already sent to the server (the upload
+is in flight or was answered with its digest) is not sent again: Put is idempotent, and trees
+repeat files (empty ``__init__.py``, licences), each repeat otherwise costing a whole call.
+Every operation of this client on a digest waits for that digest's upload first, and
 ``GrpcPathInfoService.put`` (the commit point of an import) waits for all uploads to the same
 server and fails if any failed, so a PathInfo never refers to a blob that did not arrive.
 ``abort`` cancels the call, and the server stores nothing.
@@ -62,6 +65,8 @@ _PREFETCH = 6
 _SPOOL_IN_MEMORY = 8 * 1024 * 1024
 _QUEUED_PIECES = 8
 _UPLOADS_IN_FLIGHT = 64
+# How many digests of answered uploads each server's tracker remembers (~100 bytes each).
+_STORED_REMEMBERED = 100_000
 _STREAM_WINDOW = 16
 _KNOWN_BLOBS = 8
 _STREAM_IDLE = 30.0
@@ -530,11 +535,22 @@ class Uploads:
     At most ``limit`` uploads run at once (``begin`` blocks beyond that).
     """
 
-    def __init__(self, limit: int = _UPLOADS_IN_FLIGHT) -> None:
+    def __init__(self, limit: int = _UPLOADS_IN_FLIGHT, remembered: int = _STORED_REMEMBERED) -> None:
         self._slots = threading.BoundedSemaphore(limit)
         self._lock = threading.Lock()
         self._pending: dict[B3Digest, list[Future[Any]]] = {}
         self._failures: list[StoreError] = []
+        # Digests the server answered for, oldest first (a dict keeps insertion order).
+        self._stored: dict[B3Digest, None] = {}
+        self._remembered = remembered
+
+    def sent(self, digest: B3Digest) -> bool:
+        """Whether an upload of digest is in flight, or was answered with digest (not failed).
+
+        A failed upload is forgotten here once it ends, so the blob is sent again next time.
+        """
+        with self._lock:
+            return digest in self._pending or digest in self._stored
 
     def begin(self) -> None:
         """Take a slot for a new upload (waits while ``limit`` are running)."""
@@ -571,12 +587,20 @@ class Uploads:
                     self._pending.pop(digest, None)
                 if failure is not None:
                     self._failures.append(failure)
+                else:
+                    self._stored[digest] = None
+                    if len(self._stored) > self._remembered:
+                        del self._stored[next(iter(self._stored))]
             self._slots.release()
 
         call.add_done_callback(done)
 
     def wait(self, digest: B3Digest | None = None) -> None:
         """Wait for the uploads of digest (or all), then raise the first failure not yet reported.
+
+        Waiting for all (a PathInfo put, the commit point of an import) also ends the record of
+        answered uploads that ``sent`` consults: a long-lived process sends each blob again after
+        that, so a server that lost data meanwhile (a restarted memory store) gets it back.
 
         Raises:
             StoreError: an upload failed (the error names the blob and the server's status).
@@ -600,6 +624,8 @@ class Uploads:
             if remaining:
                 time.sleep(0.001)
         with self._lock:
+            if digest is None:
+                self._stored.clear()
             if self._failures:
                 first = self._failures[0]
                 self._failures.clear()
@@ -699,6 +725,12 @@ class _GrpcBlobWriter(BlobWriter):
             raise ClosedError("blob writer was aborted")
         digest = B3Digest(self._hasher.digest())
         if self._call is None:
+            if self._uploads.sent(digest):
+                # The same bytes already went to this server (or are on their way): the Put
+                # would store nothing new, and a failure of the first one is reported anyway.
+                self._buf = bytearray()
+                self._digest = digest
+                return digest
             self._start(self._buf)
         else:
             if self._buf:
