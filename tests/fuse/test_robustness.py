@@ -1,7 +1,8 @@
 """A mount people can run programs from, that survives its users and ends cleanly.
 
 Programs (a shell script and a copied ELF executable) run from the mount; 8 reader processes
-at once get the right bytes; a reader killed mid-read leaves the mount healthy; SIGTERM,
+at once get the right bytes; a reader killed mid-read leaves the mount healthy; a path
+imported meanwhile shows up in the mount; SIGTERM,
 SIGINT and an external umount all end the process with status 0 and leave no mount behind;
 a stale mount from a killed process is cleaned up; bad mount points get clear errors.
 """
@@ -88,6 +89,34 @@ def test_reader_killed_mid_read(program: tuple[Path, Path, str], mount: MountFac
     assert m.proc.poll() is None
     assert (root / "data" / "big3").read_bytes() == (src / "data" / "big3").read_bytes()
     assert (root / "data" / "small").read_bytes() == b"small\n"
+
+
+def test_path_imported_while_mounted_appears(tmp_path: Path, mount: MountFactory) -> None:
+    """An import while the store is mounted shows up in the mount: the root listing at once, a
+    path never looked up at once, and one whose lookup failed just before within about a second
+    (the root remembers a miss for a second, other directories never change)."""
+    trees = {}
+    for label in ("looked-up", "fresh"):
+        src = tmp_path / label
+        src.mkdir()
+        (src / "f").write_bytes(f"contents of {label}\n".encode())
+        # The same import into another store gives the name it will have.
+        printed = tvix(tmp_path / "names", "import", str(src)).stdout.decode().strip()
+        trees[label] = (src, os.path.basename(printed))
+    store = tmp_path / "store"
+    tvix(store, "import", str(tmp_path / "names"))  # a store that is not empty
+    root = mount(store, "--list-root").path
+    looked_up = root / trees["looked-up"][1]
+    assert not looked_up.exists()
+    for src, _ in trees.values():
+        tvix(store, "import", str(src))
+    assert {trees["looked-up"][1], trees["fresh"][1]} <= set(os.listdir(root))
+    assert (root / trees["fresh"][1] / "f").read_bytes() == b"contents of fresh\n"
+    deadline = time.monotonic() + 10
+    while not looked_up.exists():
+        assert time.monotonic() < deadline, "a path imported after a failed lookup never appeared"
+        time.sleep(0.1)
+    assert (looked_up / "f").read_bytes() == b"contents of looked-up\n"
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
