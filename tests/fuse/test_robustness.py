@@ -2,9 +2,9 @@
 
 Programs (a shell script and a copied ELF executable) run from the mount; 8 reader processes
 at once get the right bytes; a reader killed mid-read leaves the mount healthy; a path
-imported meanwhile shows up in the mount; SIGTERM,
-SIGINT and an external umount all end the process with status 0 and leave no mount behind;
-a stale mount from a killed process is cleaned up; bad mount points get clear errors.
+imported meanwhile shows up in the mount; SIGTERM, SIGINT and an external umount all end the
+process with status 0 and leave no mount behind; a stale mount from a killed process is
+cleaned up; bad mount points get clear errors.
 """
 
 from __future__ import annotations
