@@ -535,14 +535,13 @@ class Uploads:
     At most ``limit`` uploads run at once (``begin`` blocks beyond that).
     """
 
-    def __init__(self, limit: int = _UPLOADS_IN_FLIGHT, remembered: int = _STORED_REMEMBERED) -> None:
+    def __init__(self, limit: int = _UPLOADS_IN_FLIGHT) -> None:
         self._slots = threading.BoundedSemaphore(limit)
         self._lock = threading.Lock()
         self._pending: dict[B3Digest, list[Future[Any]]] = {}
         self._failures: list[StoreError] = []
         # Digests the server answered for, oldest first (a dict keeps insertion order).
         self._stored: dict[B3Digest, None] = {}
-        self._remembered = remembered
 
     def sent(self, digest: B3Digest) -> bool:
         """Whether an upload of digest is in flight, or was answered with digest (not failed).
@@ -589,7 +588,7 @@ class Uploads:
                     self._failures.append(failure)
                 else:
                     self._stored[digest] = None
-                    if len(self._stored) > self._remembered:
+                    if len(self._stored) > _STORED_REMEMBERED:
                         del self._stored[next(iter(self._stored))]
             self._slots.release()
 
