@@ -3,10 +3,16 @@ subtree missing on the server does not spoil the get of the Directory above it."
 
 from __future__ import annotations
 
+import pytest
 from daemon_helpers import Served
-from fixtures import DIRECTORY_A, DIRECTORY_B, DIRECTORY_COMPLICATED, DIRECTORY_D
+from fixtures import DIRECTORY_A, DIRECTORY_B, DIRECTORY_COMPLICATED, DIRECTORY_D, DUMMY_DIGEST
 
+from tvix_castore.directory import Directory
 from tvix_castore.directoryservice import from_addr as directory_from_addr
+from tvix_castore.errors import StoreError
+from tvix_castore.grpc.channel import MAX_MESSAGE
+from tvix_castore.nodes import FileNode
+from tvix_castore.proto_conv import directory_to_proto
 
 
 def test_get_reads_subtree_ahead(served: Served) -> None:
@@ -31,5 +37,22 @@ def test_get_with_missing_subtree(served: Served) -> None:
     dirs = directory_from_addr(served.url)
     try:
         assert dirs.get(DIRECTORY_COMPLICATED.digest()) == DIRECTORY_COMPLICATED
+    finally:
+        dirs.close()
+
+
+def test_directory_over_the_message_limit(served: Served) -> None:
+    """A Directory too big for one message fails with an error naming it and its encoded size."""
+    big = Directory({f"file-{i:06d}".encode(): FileNode(DUMMY_DIGEST, i) for i in range(90_000)})
+    encoded = len(directory_to_proto(big).SerializeToString())
+    assert encoded > MAX_MESSAGE  # the premise: more than the daemon accepts in one message
+    dirs = directory_from_addr(served.url)
+    try:
+        with pytest.raises(StoreError) as raised:
+            dirs.put(big)
+        message = str(raised.value)
+        assert "directory upload: RESOURCE_EXHAUSTED" in message
+        assert f"directory {big.digest()} with 90000 entries is {encoded} bytes as one message" in message
+        assert served.services.directory_service.get(big.digest()) is None
     finally:
         dirs.close()

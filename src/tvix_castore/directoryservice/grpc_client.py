@@ -167,7 +167,16 @@ class GrpcDirectoryService(DirectoryService):
             if code == grpc.StatusCode.INTERNAL:
                 # Our servers (and tvix's) answer INTERNAL for a stream that fails validation.
                 raise DirectoryError(f"{self._name}: directory upload refused: {exc.details()}") from exc
-            raise error_of(exc, f"{self._name}: directory upload") from exc
+            error = error_of(exc, f"{self._name}: directory upload")
+            if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                # The status names only sizes; say which Directory is too big for one message.
+                # (A Directory's canonical encoding is its message, and digest() keeps it.)
+                largest = max(directories, key=lambda d: len(d.encode()))
+                raise type(error)(
+                    f"{error} (directory {largest.digest()} with {len(largest)} entries is "
+                    f"{len(largest.encode())} bytes as one message)"
+                ) from exc
+            raise error from exc
         if len(response.root_digest) != B3_LEN:
             raise StorageError(f"{self._name}: invalid root digest length {len(response.root_digest)}")
         return B3Digest(response.root_digest)
