@@ -15,6 +15,8 @@ import contextlib
 import logging
 import os
 import signal
+import socket
+import stat
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -51,6 +53,30 @@ SERVICE_NAMES = (
 )
 
 _REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
+
+
+def _refuse_live_socket(listen: str, path: str) -> None:
+    """Refuse a socket path another server still answers on.
+
+    grpcio replaces a socket file at the path (TCP ports get EADDRINUSE instead): the server
+    there would lose its address without noticing, and its shutdown would later unlink ours.
+    A file no one accepts on is what a killed daemon leaves behind, and is replaced.
+
+    Raises:
+        InvalidRequest: a server accepts connections at path.
+
+    """
+    try:
+        if not stat.S_ISSOCK(os.stat(path).st_mode):
+            return  # not a socket: grpcio's bind fails and leaves the file alone
+    except OSError:
+        return
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(path)
+        except OSError:
+            return
+    raise InvalidRequest(f"cannot listen on {listen}: another process is listening there")
 
 
 def grpc_target(listen: str) -> str:
@@ -140,6 +166,8 @@ class Daemon:
         reflection.enable_server_reflection(names, self._server)
         self._server.add_generic_rpc_handlers((_reflection_v1_handler(reflection.ReflectionServicer(names)),))
         target = grpc_target(listen)
+        if target.startswith("unix:"):
+            _refuse_live_socket(listen, target.removeprefix("unix:"))
         try:
             self.port = self._server.add_insecure_port(target)
         except RuntimeError as exc:

@@ -182,6 +182,29 @@ def test_stale_socket_file_is_replaced(tmp_path: Path, short_dir: Path) -> None:
     assert d2.stop() == 0
 
 
+def test_socket_of_a_running_daemon_is_refused(daemon_proc: DaemonProc, tmp_path: Path) -> None:
+    """A second daemon on the socket path of a running one exits 1; the first keeps serving."""
+    try:
+        res = subprocess.run(
+            [TVIX_STORE, "daemon", "-l", daemon_proc.sock],
+            env=cli_env(tmp_path / "second"),
+            capture_output=True,
+            timeout=60,
+        )
+    except subprocess.TimeoutExpired:  # run() has killed it
+        pytest.fail("a second daemon took over the socket of a running one")
+    assert res.returncode == 1
+    assert res.stderr.decode().splitlines()[-1] == (
+        f"error: cannot listen on {daemon_proc.sock}: another process is listening there"
+    )
+    with grpc.insecure_channel(f"unix:{daemon_proc.sock}") as ch:
+        stub = health_pb2_grpc.HealthStub(ch)
+        resp = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
+        assert resp.status == health_pb2.HealthCheckResponse.SERVING
+    assert daemon_proc.stop() == 0
+    assert not os.path.exists(daemon_proc.sock)
+
+
 def test_default_store_is_embedded_lmdb(daemon_proc: DaemonProc, tmp_path: Path) -> None:
     """With no address flags the daemon serves the embedded store: what it was sent is on disk."""
     with grpc.insecure_channel(f"unix:{daemon_proc.sock}") as ch:
