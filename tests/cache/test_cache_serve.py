@@ -201,3 +201,16 @@ def test_bad_requests_get_400_and_nothing_is_stored(tmp_path, nix_closure):
         status, text = _get(_narinfo_url(url, note))
         assert status == 200 and NarInfo.parse(text).nar_hash == hashlib.sha256(nar).digest()
     assert stored_paths(store) == [note]
+
+
+def test_port_in_use_is_one_error_naming_the_address(tmp_path):
+    """A second server on a busy port exits 1 with one line naming the address."""
+    with serve_cache(tmp_path / "first") as url:
+        address = url.removeprefix("http://").rstrip("/")
+        res = tvix(tmp_path / "second", "serve-cache", "-l", address, check=False)
+        assert res.returncode == 1
+        assert res.stderr.decode().splitlines()[-1] == (
+            f"error: cannot listen on {address}: Address already in use"
+        )
+        with urllib.request.urlopen(f"{url}/nix-cache-info", timeout=10) as r:
+            assert r.status == 200

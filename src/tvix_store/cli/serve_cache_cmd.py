@@ -67,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
         parser.error("--nar-cache-size must not be negative")
 
     from nix_compat.signing import SigningKey
+    from tvix_castore.errors import InvalidRequest
     from tvix_store.binary_cache.server import BinaryCacheServer, RenderedNarCache, parse_listen_address
     from tvix_store.services import construct_services
 
@@ -93,9 +94,12 @@ def run(args: argparse.Namespace) -> int:
             compression=args.compression,
             nar_cache=nar_cache,
         )
-    except BaseException:
+    except BaseException as exc:
         services.close()
         cache_dir.cleanup()
+        if isinstance(exc, OSError):
+            # As the daemon says it: the address at fault, not only the errno.
+            raise InvalidRequest(f"cannot listen on {args.listen_address}: {exc.strerror}") from exc
         raise
 
     def stop(signum: int, _frame: FrameType | None) -> None:
