@@ -183,3 +183,16 @@ def test_bad_mount_points(program: tuple[Path, Path, str], tmp_path: Path) -> No
         assert res.returncode == 1
         assert message in res.stderr.decode(), res.stderr
         assert not is_mounted(path)
+
+
+def test_live_mount_point_is_refused(program: tuple[Path, Path, str], mount: MountFactory) -> None:
+    """A second mount on a live one exits 1 with a clear error; the first keeps serving."""
+    store, _, name = program
+    for args, message in (((), "is already mounted"), (("--list-root",), "another filesystem is mounted")):
+        live = mount(store, *args).path
+        res = subprocess.run(
+            [TVIX_STORE, "mount", str(live)], capture_output=True, env=cli_env(store), timeout=60
+        )
+        assert res.returncode == 1
+        assert message in res.stderr.decode().splitlines()[-1], res.stderr
+        assert (live / name / "data" / "small").read_bytes() == b"small\n"

@@ -44,8 +44,8 @@ def mount(vfs: Vfs, mountpoint: str, *, threads: int = 4, allow_other: bool = Fa
     """Mount vfs read-only at mountpoint and serve requests until unmounted or signalled.
 
     Raises:
-        MountError: the mount point is missing, not a directory, not empty, or the kernel
-            refused the mount.
+        MountError: the mount point is missing, not a directory, not empty, already a live
+            mount, or the kernel refused the mount.
 
     """
     path = os.path.abspath(mountpoint)
@@ -122,8 +122,18 @@ def _prepare_mountpoint(path: str) -> None:
             ) from again
     if not os.path.isdir(path):
         raise MountError(f"mount point {path} is not a directory")
-    if os.listdir(path):
-        raise MountError(f"mount point {path} is not empty")
+    try:
+        entries = os.listdir(path)
+    except OSError as exc:
+        # A live mount of ours without --list-root refuses to be listed (EPERM).
+        if os.path.ismount(path):
+            raise MountError(
+                f"mount point {path} is already mounted (listing it fails: {exc.strerror}); unmount it first"
+            ) from exc
+        raise MountError(f"mount point {path} cannot be listed: {exc.strerror}") from exc
+    if entries:
+        mounted = " (another filesystem is mounted there)" if os.path.ismount(path) else ""
+        raise MountError(f"mount point {path} is not empty{mounted}")
 
 
 def _lazy_unmount(path: str) -> None:
