@@ -39,6 +39,9 @@ TABLES = ("chunks", "blobs", "directories", "pathinfos", "narcache")
 _MAP_SIZE = 1 << 40
 _MAX_READERS = 1024
 
+# A failing write on a filesystem with less room than this says how much room is left.
+_LOW_SPACE = 64 * 1024 * 1024
+
 _lock = threading.Lock()
 _envs: dict[str, tuple[lmdb.Environment, dict[str, object], int]] = {}
 
@@ -62,16 +65,32 @@ class LmdbStore:
         try:
             self.env.sync(True)
         except lmdb.Error as exc:
-            raise StorageError(f"cannot sync LMDB store at {self.path}: {exc}") from exc
+            raise StorageError(f"cannot sync LMDB store at {self.path}: {explain(self.path, exc)}") from exc
+
+
+def explain(path: str, exc: lmdb.Error) -> str:
+    """py-lmdb's message, plus the room left when the store's filesystem is nearly full.
+
+    A write that runs out of space surfaces from LMDB as a bare "Input/output error".
+    """
+    text = str(exc)
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return text
+    free = st.f_bavail * st.f_frsize
+    if free < _LOW_SPACE:
+        text += f" ({path}: only {free} bytes left on its filesystem)"
+    return text
 
 
 @contextmanager
-def lmdb_errors(store: str, what: str) -> Iterator[None]:
+def lmdb_errors(path: str, kind: str, what: str) -> Iterator[None]:
     """Translate py-lmdb's errors into StorageError naming the store and the operation."""
     try:
         yield
     except lmdb.Error as exc:
-        raise StorageError(f"LMDB {store} store: {what}: {exc}") from exc
+        raise StorageError(f"LMDB {kind} store: {what}: {explain(path, exc)}") from exc
 
 
 def path_from_url(url: ServiceUrl) -> str:

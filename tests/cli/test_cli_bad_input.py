@@ -179,3 +179,34 @@ def test_invalid_name(tmp_path: Path) -> None:
     p.write_bytes(b"x")
     assert "has space" in one_line_error(tvix(store, "import", p, check=False))
     assert all_paths(store) == b""
+
+
+@pytest.fixture
+def small_filesystem(tmp_path: Path) -> Iterator[Path]:
+    """An 8 MiB tmpfs (mounting needs root, as CI is); unmounted afterwards."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mnt)], capture_output=True)
+    if res.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {res.stderr.decode().strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_full_disk(tmp_path: Path, small_filesystem: Path) -> None:
+    """A store on a full filesystem: the error says how little room is left, nothing is stored,
+    and once a smaller import fits, it goes in."""
+    store = small_filesystem / "store"
+    big = tmp_path / "big"
+    big.write_bytes(os.urandom(16 * 1024 * 1024))
+    line = one_line_error(tvix(store, "import", str(big), check=False))
+    assert line.startswith("error: LMDB "), line
+    assert f"({store}: only " in line and " bytes left on its filesystem)" in line, line
+    assert all_paths(store) == b""
+    small = tmp_path / "small-file"
+    small.write_bytes(b"fits\n")
+    printed = tvix(store, "import", str(small)).stdout.decode().strip()
+    assert all_paths(store).decode().count("StorePath: ") == 1
+    assert printed.endswith("-small-file")

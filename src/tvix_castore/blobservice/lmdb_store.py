@@ -38,7 +38,7 @@ from typing import Any, cast, final
 import blake3
 import lmdb
 
-from tvix_castore._lmdb_env import LmdbStore, open_env, path_from_url, release_env
+from tvix_castore._lmdb_env import LmdbStore, explain, open_env, path_from_url, release_env
 from tvix_castore.blobservice import BlobReader, BlobService, BlobWriter, ChunkMeta
 from tvix_castore.blobservice.chunked_reader import BytesBlobReader, ChunkedReader
 from tvix_castore.chunker import MIN_SIZE, Chunker
@@ -367,7 +367,8 @@ class _Operation:
                 service._gate.notify_all()
         if isinstance(exc, lmdb.Error):
             target = f" {self._digest}" if self._digest is not None else ""
-            raise StorageError(f"LMDB blob store: {self._what}{target}: {exc}") from exc
+            reason = explain(service.path, exc)
+            raise StorageError(f"LMDB blob store: {self._what}{target}: {reason}") from exc
 
 
 @final

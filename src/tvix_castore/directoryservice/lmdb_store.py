@@ -66,7 +66,7 @@ class LmdbDirectoryService(DirectoryService):
 
     def get(self, digest: B3Digest) -> Directory | None:
         """The Directory with that digest, or None; raises DataCorruption for bad stored bytes."""
-        with lmdb_errors("directory", f"get {digest}"), self._env.begin(db=self._db) as txn:
+        with lmdb_errors(self.path, "directory", f"get {digest}"), self._env.begin(db=self._db) as txn:
             data = txn.get(digest)
         return None if data is None else self._decode(digest, data)
 
@@ -93,7 +93,10 @@ class LmdbDirectoryService(DirectoryService):
         seen = {root}
         while queue:
             batch = [queue.popleft() for _ in range(min(len(queue), _READ_BATCH))]
-            with lmdb_errors("directory", f"get closure of {root}"), self._env.begin(db=self._db) as txn:
+            with (
+                lmdb_errors(self.path, "directory", f"get closure of {root}"),
+                self._env.begin(db=self._db) as txn,
+            ):
                 found = [txn.get(digest) for digest in batch]
             # The transaction is over: decode, verify and yield outside of it.
             for digest, data in zip(batch, found, strict=True):
@@ -121,7 +124,7 @@ class LmdbDirectoryService(DirectoryService):
     def _write(self, directories: list[Directory]) -> None:
         if self._store is None:
             raise ClosedError("LMDB directory service is closed")
-        with lmdb_errors("directory", "put"), self._env.begin(write=True, db=self._db) as txn:
+        with lmdb_errors(self.path, "directory", "put"), self._env.begin(write=True, db=self._db) as txn:
             for directory in directories:
                 # NOOVERWRITE: a present Directory has the same bytes; don't rewrite its pages.
                 txn.put(directory.digest(), directory.encode(), overwrite=False)

@@ -76,7 +76,7 @@ class LmdbPathInfoService(PathInfoService):
 
     def get(self, digest: bytes) -> PathInfo | None:
         """The PathInfo of the store path with this 20-byte digest, or None."""
-        with lmdb_errors("path info", "get"), self._env.begin(db=self._db) as txn:
+        with lmdb_errors(self.path, "path info", "get"), self._env.begin(db=self._db) as txn:
             data = txn.get(bytes(digest))
         return None if data is None else self._decode(bytes(digest), data)
 
@@ -88,7 +88,7 @@ class LmdbPathInfoService(PathInfoService):
         value = encode_path_info(info)
         store.sync()
         with (
-            lmdb_errors("path info", f"put {info.store_path.basename()}"),
+            lmdb_errors(self.path, "path info", f"put {info.store_path.basename()}"),
             self._env.begin(write=True, db=self._db) as txn,
         ):
             txn.put(info.store_path.digest, value)
@@ -100,7 +100,7 @@ class LmdbPathInfoService(PathInfoService):
         after: bytes | None = None
         while True:
             batch: list[tuple[bytes, bytes]] = []
-            with lmdb_errors("path info", "list"), self._env.begin(db=self._db) as txn:
+            with lmdb_errors(self.path, "path info", "list"), self._env.begin(db=self._db) as txn:
                 cursor = txn.cursor()
                 more = cursor.first() if after is None else cursor.set_range(after)
                 while more and len(batch) < _LIST_BATCH:
