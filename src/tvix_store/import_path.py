@@ -33,7 +33,6 @@ from tvix_castore.nodes import Node
 from tvix_store.errors import ImportError_
 from tvix_store.nar.ingest import ingest_nar
 from tvix_store.path_info import PathInfo
-from tvix_store.pathinfoservice import PathInfoService
 from tvix_store.progress import Progress
 from tvix_store.services import Services
 from tvix_store.writeback import BackgroundWriteback
@@ -167,7 +166,7 @@ def import_path(services: Services, path: str, progress: Progress | None = None)
     finally:
         writeback.close()
     nar_size, nar_sha256 = hasher.finish()
-    return _put_path_info(services.path_info_service, name, root, nar_size, nar_sha256)
+    return _put_path_info(services, name, root, nar_size, nar_sha256)
 
 
 def import_nar(
@@ -214,12 +213,10 @@ def import_nar(
         writeback.close()
     if read(1):
         raise ImportError_(f"{source}: unexpected data after the end of the NAR (offset {nar_size})")
-    return _put_path_info(services.path_info_service, name, root, nar_size, nar_sha256)
+    return _put_path_info(services, name, root, nar_size, nar_sha256)
 
 
-def _put_path_info(
-    path_info_service: PathInfoService, name: str, root: Node, nar_size: int, nar_sha256: bytes
-) -> PathInfo:
+def _put_path_info(services: Services, name: str, root: Node, nar_size: int, nar_sha256: bytes) -> PathInfo:
     # Last step on purpose: everything the PathInfo refers to is stored by now.
     log.debug("putting PathInfo for %s: root %s, NAR %d bytes", name, root, nar_size)
     info = PathInfo(
@@ -229,7 +226,7 @@ def _put_path_info(
         nar_sha256=nar_sha256,
         ca=CAHash("nar", NixHash("sha256", nar_sha256)),
     )
-    return path_info_service.put(info)
+    return services.put_path_info(info)
 
 
 # -- NAR input streams -----------------------------------------------------------------------------

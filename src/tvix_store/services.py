@@ -13,6 +13,7 @@ from tvix_castore import blobservice, directoryservice
 from tvix_castore.blobservice import BlobService
 from tvix_castore.directoryservice import DirectoryService
 from tvix_store import pathinfoservice
+from tvix_store.path_info import PathInfo
 from tvix_store.pathinfoservice import NarCalculationService, PathInfoService
 
 BLOB_ENV = "BLOB_SERVICE_ADDR"
@@ -53,6 +54,16 @@ class Services:
         from tvix_store.nar.calculation import LocalNarCalculationService
 
         return LocalNarCalculationService(self.blob_service, self.directory_service)
+
+    def put_path_info(self, info: PathInfo) -> PathInfo:
+        """Commit info once every blob it may refer to is stored; returns what was stored.
+
+        The blob service may still be uploading (the gRPC client writes behind), and the
+        PathInfos may live elsewhere (a local store in front of a remote blob service): the
+        blob service is flushed first, so a PathInfo never points at blobs that never arrived.
+        """
+        self.blob_service.flush()
+        return self.path_info_service.put(info)
 
     def close(self) -> None:
         """Close all three services."""

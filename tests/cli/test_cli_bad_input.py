@@ -210,3 +210,19 @@ def test_full_disk(tmp_path: Path, small_filesystem: Path) -> None:
     printed = tvix(store, "import", str(small)).stdout.decode().strip()
     assert all_paths(store).decode().count("StorePath: ") == 1
     assert printed.endswith("-small-file")
+
+
+def test_blobs_that_never_arrived_leave_no_path_info(tmp_path: Path, short_dir: Path) -> None:
+    """Blobs written behind to a daemon that is not there, PathInfos in a local store: the
+    import fails and the local store gets no PathInfo pointing at the missing blobs."""
+    store = tmp_path / "store"
+    flags = [
+        f"--blob-service-addr=grpc+unix://{short_dir / 'nobody.sock'}",
+        "--directory-service-addr=memory://",
+        f"--path-info-service-addr=lmdb://{store}",
+    ]
+    res = tvix(tmp_path / "unused", *flags, "import", str(_dir_with_ok_file(tmp_path)), check=False)
+    assert "UNAVAILABLE" in one_line_error(res)
+    assert res.stdout == b""
+    listed = tvix(tmp_path / "unused", f"--path-info-service-addr=lmdb://{store}", "path-info", "--all")
+    assert listed.stdout == b""

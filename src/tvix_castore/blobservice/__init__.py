@@ -101,6 +101,18 @@ class BlobService(abc.ABC):
         """The blob's chunks: None if absent; [] if it is not split further (the default)."""
         return [] if self.has(digest) else None
 
+    def flush(self) -> None:
+        """Return once every blob written so far is stored; raise if one was not.
+
+        A commit point (a PathInfo put) calls it first, whichever service holds PathInfos.
+        Most backends store a blob before ``close`` returns and have nothing to do here; the
+        gRPC client uploads behind the writer and waits for its uploads.
+
+        Raises:
+            StoreError: a blob written earlier did not arrive.
+
+        """
+
     def put(self, data: bytes) -> B3Digest:
         """Store data as one blob and return its digest (convenience over open_write)."""
         with self.open_write() as w:

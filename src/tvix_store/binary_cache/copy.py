@@ -257,7 +257,7 @@ def _copy_closure(
                 writeback.close()
 
     for info in _references_first(infos):
-        services.path_info_service.put(info)
+        services.put_path_info(info)
         result.copied.append(info)
         if on_path is not None:
             on_path(info)
@@ -399,7 +399,7 @@ def copy_local_closure(
         if writeback is not None:
             writeback.close()
     for info in _references_first(infos):
-        services.path_info_service.put(info)
+        services.put_path_info(info)
         result.copied.append(info)
         if on_path is not None:
             on_path(info)

@@ -696,6 +696,6 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             )
         except StoreError as exc:
             raise _BadRequest(f"{name}: invalid path info: {exc}") from exc
-        self.server.services.path_info_service.put(info)
+        self.server.services.put_path_info(info)
         log.info("stored %s", narinfo.store_path.absolute())
         self._send(200)

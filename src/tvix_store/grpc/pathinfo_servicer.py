@@ -40,6 +40,7 @@ class PathInfoServicer(pb_grpc.PathInfoServiceServicer):
         directory_service: DirectoryService,
     ) -> None:
         self._infos = path_info_service
+        self._blobs = blob_service
         self._nar_calc = self._nar_calculator(path_info_service, blob_service, directory_service)
 
     @staticmethod
@@ -76,6 +77,8 @@ class PathInfoServicer(pb_grpc.PathInfoServiceServicer):
         except PathInfoError as exc:
             abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"Invalid path info: {exc}")
         try:
+            # Blobs this daemon still forwards to another one must arrive first.
+            self._blobs.flush()
             stored = self._infos.put(info)
         except StoreError as exc:
             abort_with(context, exc)
