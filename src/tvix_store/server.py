@@ -153,10 +153,7 @@ class Daemon:
         directory_grpc.add_DirectoryServiceServicer_to_server(
             DirectoryServicer(services.directory_service), self._server
         )
-        pathinfo_grpc.add_PathInfoServiceServicer_to_server(
-            PathInfoServicer(services.path_info_service, services.blob_service, services.directory_service),
-            self._server,
-        )
+        pathinfo_grpc.add_PathInfoServiceServicer_to_server(PathInfoServicer(services), self._server)
         self._health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         for name in ("", *SERVICE_NAMES):

@@ -24,6 +24,7 @@ from tvix_castore.proto_conv import anonymous_node_from_proto
 from tvix_store.errors import NarRenderError, PathInfoError
 from tvix_store.pathinfoservice import NarCalculationService, PathInfoService
 from tvix_store.proto_conv import path_info_from_proto, path_info_to_proto
+from tvix_store.services import Services
 
 __all__ = ["PathInfoServicer"]
 
@@ -33,15 +34,12 @@ log = logging.getLogger(__name__)
 class PathInfoServicer(pb_grpc.PathInfoServiceServicer):
     """Serves a PathInfoService plus NAR calculation; every method runs on a worker thread."""
 
-    def __init__(
-        self,
-        path_info_service: PathInfoService,
-        blob_service: BlobService,
-        directory_service: DirectoryService,
-    ) -> None:
-        self._infos = path_info_service
-        self._blobs = blob_service
-        self._nar_calc = self._nar_calculator(path_info_service, blob_service, directory_service)
+    def __init__(self, services: Services) -> None:
+        self._services = services
+        self._infos = services.path_info_service
+        self._nar_calc = self._nar_calculator(
+            services.path_info_service, services.blob_service, services.directory_service
+        )
 
     @staticmethod
     def _nar_calculator(
@@ -77,9 +75,8 @@ class PathInfoServicer(pb_grpc.PathInfoServiceServicer):
         except PathInfoError as exc:
             abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"Invalid path info: {exc}")
         try:
-            # Blobs this daemon still forwards to another one must arrive first.
-            self._blobs.flush()
-            stored = self._infos.put(info)
+            # Blobs this daemon still forwards to another daemon arrive first.
+            stored = self._services.put_path_info(info)
         except StoreError as exc:
             abort_with(context, exc)
         log.debug("stored path info %s", stored.store_path.absolute())
