@@ -255,6 +255,19 @@ def test_20_disallow_writes(mnt: Path) -> None:
         assert info.value.errno == errno.EROFS
 
 
+def test_20b_opens_that_write_nothing(mnt: Path) -> None:
+    """O_APPEND on a read-only open writes nothing: it opens, as on any read-only filesystem."""
+    fd = os.open(mnt / BLOB_A_NAME, os.O_RDONLY | os.O_APPEND)
+    try:
+        assert os.read(fd, len(BLOB_A) + 1) == BLOB_A
+    finally:
+        os.close(fd)
+    for flags in (os.O_WRONLY | os.O_APPEND, os.O_RDONLY | os.O_TRUNC):
+        with pytest.raises(OSError) as info:
+            os.close(os.open(mnt / BLOB_A_NAME, flags))
+        assert info.value.errno == errno.EROFS
+
+
 def test_21_missing_directory(mnt: Path) -> None:
     """stat works, listing and lookups inside fail with EIO, and the mount keeps serving."""
     d = mnt / MISSING_DIRECTORY_NAME

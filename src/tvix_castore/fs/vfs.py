@@ -402,7 +402,9 @@ class Vfs:
                 root; EIO when the blob is missing.
 
         """
-        if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND):
+        # O_APPEND alone writes nothing: a read-only open with it succeeds, as on any
+        # read-only filesystem.
+        if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC):
             raise VfsError(errno.EROFS)
         if ino == ROOT_INO:
             raise VfsError(errno.EISDIR)
