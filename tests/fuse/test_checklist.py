@@ -291,6 +291,9 @@ def test_22_missing_blob(mnt: Path) -> None:
 def test_statfs(mnt: Path) -> None:
     st = os.statvfs(mnt)
     assert st.f_bfree == 0 and st.f_flag & os.ST_RDONLY
+    # Mounted as tvix mounts: MS_RDONLY|MS_NOSUID|MS_NODEV|MS_NOATIME.
+    assert st.f_flag & os.ST_NOSUID and st.f_flag & os.ST_NODEV and st.f_flag & os.ST_NOATIME
     with open("/proc/self/mountinfo") as f:
         line = next(ln for ln in f if ln.split()[4] == str(mnt))
     assert "tvix-store" in line
+    assert set(line.split()[5].split(",")) >= {"ro", "nosuid", "nodev", "noatime"}

@@ -50,7 +50,16 @@ def mount(vfs: Vfs, mountpoint: str, *, threads: int = 4, allow_other: bool = Fa
     """
     path = os.path.abspath(mountpoint)
     _prepare_mountpoint(path)
-    options = {"fsname=tvix-store", "subtype=tvix-store", "ro", "default_permissions", "nosuid", "nodev"}
+    # tvix mounts with MS_NOSUID|MS_NODEV|MS_NOATIME|MS_RDONLY; atimes would never change anyway.
+    options = {
+        "fsname=tvix-store",
+        "subtype=tvix-store",
+        "ro",
+        "default_permissions",
+        "nosuid",
+        "nodev",
+        "noatime",
+    }
     if allow_other:
         options.add("allow_other")
     ops = FuseOperations(vfs, threads)
@@ -72,7 +81,7 @@ def mount(vfs: Vfs, mountpoint: str, *, threads: int = 4, allow_other: bool = Fa
     finally:
         pyfuse3.close(unmount=unmount)
         vfs.close()
-    log.info("unmount occurred, terminating")
+    log.info("unmount occurred, terminating…")
 
 
 async def _serve(ops: FuseOperations, path: str, threads: int) -> bool:
@@ -89,7 +98,9 @@ async def _serve(ops: FuseOperations, path: str, threads: int) -> bool:
             nonlocal stopped
             with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
                 async for signum in signals:
-                    log.info("%s received, unmounting", signal.Signals(signum).name)
+                    # tvix's words for Ctrl-C, so that log watchers see what they know.
+                    what = "interrupt" if signum == signal.SIGINT else "terminate signal"
+                    log.info("%s received, unmounting…", what)
                     stopped = True
                     pyfuse3.terminate()
                     return
