@@ -32,15 +32,22 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 @pytest.fixture
 def mount(tmp_path: Path) -> Iterator[MountFactory]:
-    """A factory ``mount(store, *args, mnt=None)``; every mount is torn down after the test."""
+    """A factory ``mount(store, *args, mnt=None, env_extra=None)``; every mount is torn down after
+    the test."""
     started: list[Mount] = []
     counter = iter(range(1000))
 
-    def factory(store: Path, *args: str, mnt: Path | None = None, wait: bool = True) -> Mount:
+    def factory(
+        store: Path,
+        *args: str,
+        mnt: Path | None = None,
+        wait: bool = True,
+        env_extra: dict[str, str] | None = None,
+    ) -> Mount:
         if mnt is None:
             mnt = tmp_path / f"mnt{next(counter)}"
             mnt.mkdir()
-        m = start_mount(store, mnt, *args, wait=wait)
+        m = start_mount(store, mnt, *args, wait=wait, env_extra=env_extra)
         started.append(m)
         return m
 

@@ -188,6 +188,29 @@ def test_bad_mount_points(program: tuple[Path, Path, str], tmp_path: Path) -> No
         assert not is_mounted(path)
 
 
+def _super_options(path: Path) -> set[str]:
+    with open("/proc/self/mountinfo") as f:
+        fields = next(ln for ln in f if ln.split()[4] == str(path)).split()
+    return set(fields[fields.index("-") + 3].split(","))
+
+
+def test_allow_other_from_the_environment(
+    program: tuple[Path, Path, str], mount: MountFactory, tmp_path: Path
+) -> None:
+    """ALLOW_OTHER (tvix's env var for --allow-other) takes tvix's boolean words."""
+    store, _, _ = program
+    assert "allow_other" in _super_options(mount(store, env_extra={"ALLOW_OTHER": "true"}).path)
+    assert "allow_other" not in _super_options(mount(store, env_extra={"ALLOW_OTHER": "false"}).path)
+    assert "allow_other" in _super_options(mount(store, "--allow-other").path)
+    mnt = tmp_path / "refused"
+    mnt.mkdir()
+    env = cli_env(store, ALLOW_OTHER="maybe")
+    res = subprocess.run([TVIX_STORE, "mount", str(mnt)], capture_output=True, env=env, timeout=60)
+    assert res.returncode == 1
+    assert "ALLOW_OTHER: not a boolean: 'maybe'" in res.stderr.decode(), res.stderr
+    assert not is_mounted(mnt)
+
+
 def test_live_mount_point_is_refused(program: tuple[Path, Path, str], mount: MountFactory) -> None:
     """A second mount on a live one exits 1 with a clear error; the first keeps serving."""
     store, _, name = program

@@ -22,6 +22,22 @@ def _positive(text: str) -> int:
     return value
 
 
+_TRUE = frozenset({"true", "1", "yes", "on"})
+_FALSE = frozenset({"false", "0", "no", "off", ""})
+
+
+def _env_flag(name: str) -> bool:
+    """A boolean environment variable as tvix's flags read them (true/false, 1/0, yes/no, on/off)."""
+    value = os.environ.get(name, "").strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    from tvix_castore.errors import InvalidRequest
+
+    raise InvalidRequest(f"{name}: not a boolean: {os.environ[name]!r} (use true or false)")
+
+
 def register(
     subparsers: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
 ) -> None:
@@ -37,7 +53,9 @@ def register(
     p.add_argument(
         "--allow-other",
         action="store_true",
-        help="let other users access the mount (non-root users need user_allow_other in /etc/fuse.conf)",
+        default=None,
+        help="let other users access the mount (env ALLOW_OTHER=true; non-root users need "
+        "user_allow_other in /etc/fuse.conf)",
     )
     p.add_argument(
         "--show-xattr",
@@ -71,6 +89,7 @@ def run(args: argparse.Namespace) -> int:
             from tvix_castore.errors import InvalidRequest
 
             raise InvalidRequest(f"THREADS: {exc}") from None
+    allow_other = args.allow_other if args.allow_other is not None else _env_flag("ALLOW_OTHER")
     services = construct_services(
         args.blob_service_addr, args.directory_service_addr, args.path_info_service_addr
     )
@@ -82,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
             list_root=args.list_root,
             show_xattr=args.show_xattr,
         )
-        mount(vfs, args.mountpoint, threads=threads, allow_other=args.allow_other)
+        mount(vfs, args.mountpoint, threads=threads, allow_other=allow_other)
     finally:
         services.close()
     return 0
