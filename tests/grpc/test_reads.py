@@ -197,6 +197,18 @@ def test_read_of_corrupt_chunk_is_data_loss_and_daemon_keeps_serving(served: Ser
     with pytest.raises(grpc.RpcError) as info:
         _raw_read(served, digest)
     assert info.value.code() == grpc.StatusCode.DATA_LOSS
+    # tvix's mapping of a storage error, the corruption named after it.
+    assert (info.value.details() or "").startswith("storage error: chunk ")
+    assert str(victim.digest) in (info.value.details() or "")
+    # CalculateNAR over the same blob fails as tvix says a render failure does.
+    from tvix.store.protos import rpc_pathinfo_pb2_grpc as pgrpc
+    from tvix_castore.nodes import FileNode
+    from tvix_castore.proto_conv import node_to_proto
+
+    with served.channel() as ch, pytest.raises(grpc.RpcError) as info:
+        pgrpc.PathInfoServiceStub(ch).CalculateNAR(node_to_proto(b"", FileNode(digest, len(data))))
+    assert info.value.code() == grpc.StatusCode.DATA_LOSS
+    assert (info.value.details() or "").startswith("storage error: failed rendering nar: ")
     assert str(victim.digest) in (info.value.details() or "")
     other = os.urandom(2 * MiB)
     assert b"".join(_raw_read(served, blobs.put(other))) == other

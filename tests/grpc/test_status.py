@@ -31,7 +31,7 @@ Code = grpc.StatusCode
     [
         (InvalidRequest("bad"), Code.INVALID_ARGUMENT, "bad"),
         (StorageError("disk"), Code.DATA_LOSS, "storage error: disk"),
-        (DataCorruption("rot"), Code.DATA_LOSS, "rot"),
+        (DataCorruption("rot"), Code.DATA_LOSS, "storage error: rot"),
         (DirectoryError("'a' is not sorted"), Code.INVALID_ARGUMENT, "'a' is not sorted"),
         (NodeError("invalid digest length: 3"), Code.INVALID_ARGUMENT, "invalid digest length: 3"),
         (PathInfoError("No node present"), Code.INVALID_ARGUMENT, "No node present"),

@@ -66,7 +66,7 @@ def status_of(exc: StoreError) -> tuple[grpc.StatusCode, str]:
     """The status code and message a server answers for exc (tvix's ``From<Error> for Status``)."""
     for klass, code in ERROR_TO_STATUS:
         if isinstance(exc, klass):
-            if isinstance(exc, StorageError) and not isinstance(exc, DataCorruption):
+            if isinstance(exc, StorageError):
                 return code, f"storage error: {exc}"
             return code, str(exc)
     raise AssertionError("unreachable: StoreError is the last table entry")

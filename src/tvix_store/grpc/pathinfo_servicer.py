@@ -21,7 +21,7 @@ from tvix_castore.directoryservice import DirectoryService
 from tvix_castore.errors import NodeError, StoreError
 from tvix_castore.grpc.status import abort, abort_with
 from tvix_castore.proto_conv import anonymous_node_from_proto
-from tvix_store.errors import NarRenderError, PathInfoError
+from tvix_store.errors import PathInfoError
 from tvix_store.pathinfoservice import NarCalculationService, PathInfoService
 from tvix_store.proto_conv import path_info_from_proto, path_info_to_proto
 from tvix_store.services import Services
@@ -92,10 +92,9 @@ class PathInfoServicer(pb_grpc.PathInfoServiceServicer):
             abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"invalid root node: {exc}")
         try:
             size, sha256 = self._nar_calc.calculate_nar(node)
-        except NarRenderError as exc:
-            abort(context, grpc.StatusCode.DATA_LOSS, f"storage error: failed rendering nar: {exc}")
         except StoreError as exc:
-            abort_with(context, exc)
+            # Whatever stopped the rendering (missing or corrupt data, a failing backend).
+            abort(context, grpc.StatusCode.DATA_LOSS, f"storage error: failed rendering nar: {exc}")
         return rpc_pb.CalculateNARResponse(nar_size=size, nar_sha256=sha256)
 
     def List(
