@@ -19,9 +19,9 @@ from typing import TYPE_CHECKING, Any
 
 from tvix_castore.digests import B3_LEN, B3Digest
 from tvix_castore.directory import Directory
-from tvix_castore.errors import DirectoryError, NodeError
+from tvix_castore.errors import DirectoryError, NodeError, ValidationError
 from tvix_castore.nodes import U64_MAX, DirectoryNode, FileNode, Node, SymlinkNode
-from tvix_castore.path import name_problem, validate_symlink_target
+from tvix_castore.path import name_problem, quoted, validate_symlink_target
 
 if TYPE_CHECKING:
     from tvix.castore.protos import castore_pb2 as pb
@@ -235,57 +235,69 @@ def _check_sorted(kind: str, names: list[bytes]) -> None:
     prev = b""
     for name in names:
         if name < prev:
-            raise DirectoryError(f"{name!r} is not sorted")
+            raise DirectoryError(f"{quoted(name)} is not sorted")
         if name == prev:
-            problem = name_problem(name)
-            if problem is not None:
-                raise DirectoryError(f"invalid node name {name!r}: {problem}")
-            raise DirectoryError(f"{name!r} is a duplicate name")
+            _check_name(name)
+            raise DirectoryError(f"{quoted(name)} is a duplicate name")
         prev = name
+
+
+def _check_name(name: bytes) -> None:
+    problem = name_problem(name)
+    if problem is not None:
+        raise DirectoryError(f"Invalid name {quoted(name)}: {problem}")
+
+
+def _invalid_node(name: bytes, problem: str) -> str:
+    """The text tvix gives a node that fails validation: its name, then the problem, quoted."""
+    return f"invalid node with name {name.decode(errors='replace')}: {quoted(problem.encode())}"
 
 
 def _digest(name: bytes, raw: bytes) -> B3Digest:
     if len(raw) != B3_LEN:
-        raise DirectoryError(f"invalid node with name {name!r}: invalid digest length: {len(raw)}")
+        raise DirectoryError(_invalid_node(name, f"invalid digest length: {len(raw)}"))
     return B3Digest(raw)
+
+
+def _target(name: bytes, target: bytes, error: type[ValidationError]) -> bytes:
+    try:
+        return validate_symlink_target(target)
+    except NodeError as exc:
+        raise error(_invalid_node(name, str(exc))) from exc
 
 
 def directory_from_proto(msg: pb.Directory) -> Directory:
     """Validate a wire Directory (spec §1.6) and turn it into the domain type.
 
-    Order as in tvix: sorting of each list; then node by node (directories, files, symlinks)
-    its digest or target, then its name; then inserting it (duplicates across lists, overflow).
+    Order as in tvix: sorting of each list; then every node (directories, files, symlinks) is
+    converted, its digest or target checked before its name; then the nodes are inserted one by
+    one (duplicates across lists, size overflow).
     """
     _check_sorted("directories", [d.name for d in msg.directories])
     _check_sorted("files", [f.name for f in msg.files])
     _check_sorted("symlinks", [s.name for s in msg.symlinks])
     entries: list[tuple[bytes, Node]] = []
+    for d in msg.directories:
+        node: Node = DirectoryNode(_digest(d.name, d.digest), d.size)
+        _check_name(d.name)
+        entries.append((d.name, node))
+    for f in msg.files:
+        node = FileNode(_digest(f.name, f.digest), f.size, f.executable)
+        _check_name(f.name)
+        entries.append((f.name, node))
+    for s in msg.symlinks:
+        node = SymlinkNode(_target(s.name, s.target, DirectoryError))
+        _check_name(s.name)
+        entries.append((s.name, node))
     seen: set[bytes] = set()
     total = 0
-
-    def insert(name: bytes, node: Node) -> None:
-        nonlocal total
-        problem = name_problem(name)
-        if problem is not None:
-            raise DirectoryError(f"invalid node name {name!r}: {problem}")
+    for name, node in entries:
         if name in seen:
-            raise DirectoryError(f"{name!r} is a duplicate name")
+            raise DirectoryError(f"{quoted(name)} is a duplicate name")
+        seen.add(name)
         total += 1 + (1 + node.size if isinstance(node, DirectoryNode) else 1)
         if total > U64_MAX:
             raise DirectoryError("Total size exceeds u64::MAX")
-        seen.add(name)
-        entries.append((name, node))
-
-    for d in msg.directories:
-        insert(d.name, DirectoryNode(_digest(d.name, d.digest), d.size))
-    for f in msg.files:
-        insert(f.name, FileNode(_digest(f.name, f.digest), f.size, f.executable))
-    for s in msg.symlinks:
-        try:
-            target = validate_symlink_target(s.target)
-        except NodeError as exc:
-            raise DirectoryError(f"invalid node with name {s.name!r}: {exc}") from exc
-        insert(s.name, SymlinkNode(target))
     # Every rule of the domain constructor was enforced above, with the same size arithmetic.
     return Directory._validated(entries, total)
 
@@ -347,15 +359,12 @@ def node_from_proto(msg: pb.Node) -> tuple[bytes, Node]:
         f = msg.file
         return f.name, FileNode(_node_digest(f.name, f.digest), f.size, f.executable)
     s = msg.symlink
-    try:
-        return s.name, SymlinkNode(validate_symlink_target(s.target))
-    except NodeError as exc:
-        raise NodeError(f"invalid node with name {s.name!r}: {exc}") from exc
+    return s.name, SymlinkNode(_target(s.name, s.target, NodeError))
 
 
 def _node_digest(name: bytes, raw: bytes) -> B3Digest:
     if len(raw) != B3_LEN:
-        raise NodeError(f"invalid node with name {name!r}: invalid digest length: {len(raw)}")
+        raise NodeError(_invalid_node(name, f"invalid digest length: {len(raw)}"))
     return B3Digest(raw)
 
 
@@ -372,5 +381,5 @@ def named_node_from_proto(msg: pb.Node) -> tuple[bytes, Node]:
     name, node = node_from_proto(msg)
     problem = name_problem(name)
     if problem is not None:
-        raise NodeError(f"invalid node name {name!r}: {problem}")
+        raise NodeError(f"Invalid name {quoted(name)}: {problem}")
     return name, node

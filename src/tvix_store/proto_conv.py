@@ -10,10 +10,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from nix_compat.errors import NixCompatError
-from nix_compat.nixhash import CAHash, NixHash
+from nix_compat.nixhash import DIGEST_LENGTHS, CAHash, NixHash
 from nix_compat.signing import Signature
 from nix_compat.store_path import StorePath
 from tvix_castore.errors import NodeError
+from tvix_castore.path import quoted
 from tvix_castore.proto_conv import (
     NODE_SCHEMA,
     Fallback,
@@ -104,7 +105,7 @@ def path_info_from_proto(msg: pb.PathInfo) -> PathInfo:
     try:
         store_path = StorePath.from_bytes(name)
     except NixCompatError as exc:
-        raise PathInfoError(f"Failed to parse {name!r} as StorePath: {exc}") from exc
+        raise PathInfoError(f"Failed to parse {quoted(name)} as StorePath: {exc}") from exc
     if len(ni.nar_sha256) != 32:
         raise PathInfoError(f"Invalid narinfo.nar_sha256 length: expected 32, got {len(ni.nar_sha256)}")
     deriver = None
@@ -124,8 +125,14 @@ def path_info_from_proto(msg: pb.PathInfo) -> PathInfo:
         kind_algo = _CA_FROM_PROTO.get(ni.ca.type)
         if kind_algo is None:
             raise PathInfoError(f"The ca field is invalid: Unknown hash type: {ni.ca.type}")
+        kind, algo = kind_algo
+        if len(ni.ca.digest) != DIGEST_LENGTHS[algo]:
+            raise PathInfoError(
+                f"The ca field is invalid: Invalid digest length '{len(ni.ca.digest)}' "
+                f"for type {kind.capitalize()}{algo.capitalize()}"
+            )
         try:
-            ca = CAHash(kind_algo[0], NixHash(kind_algo[1], ni.ca.digest))  # type: ignore[arg-type]
+            ca = CAHash(kind, NixHash(algo, ni.ca.digest))  # type: ignore[arg-type]
         except NixCompatError as exc:
             raise PathInfoError(f"The ca field is invalid: {exc}") from exc
     return PathInfo(

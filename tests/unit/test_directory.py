@@ -194,9 +194,9 @@ D = bytes(DUMMY_DIGEST)
         (_dir(dirs=[(b"foo", b"\x00\x01", 0)]), "invalid digest length: 2"),
         (_dir(files=[(b"foo", b"", 0)]), "invalid digest length: 0"),
         (_dir(files=[(b"foo", D + b"\x00", 0)]), "invalid digest length: 33"),
-        (_dir(symlinks=[(b"foo", b"")]), "invalid symlink target"),
-        (_dir(symlinks=[(b"foo", b"a\x00b")]), "invalid symlink target"),
-        (_dir(symlinks=[(b"foo", b"a" * 4096)]), "invalid symlink target"),
+        (_dir(symlinks=[(b"foo", b"")]), "Invalid symlink target"),
+        (_dir(symlinks=[(b"foo", b"a\x00b")]), "Invalid symlink target"),
+        (_dir(symlinks=[(b"foo", b"a" * 4096)]), "Invalid symlink target"),
         (_dir(dirs=[(b"b", D, 0), (b"a", D, 0)]), "is not sorted"),
         (_dir(files=[(b"b", D, 0), (b"a", D, 0)]), "is not sorted"),
         (_dir(symlinks=[(b"b", b"x"), (b"a", b"x")]), "is not sorted"),
@@ -233,6 +233,38 @@ def test_validation_order() -> None:
     msg = _dir(dirs=[(b".", b"", 0)])
     with pytest.raises(DirectoryError, match="invalid digest length: 0"):
         directory_from_proto(msg)
+    # Every node is converted before any is inserted: a bad symlink target later on is found
+    # before a name used both as a directory and as a file.
+    msg = _dir(dirs=[(b"a", D, 0)], files=[(b"a", D, 0)], symlinks=[(b"s", b"")])
+    with pytest.raises(DirectoryError, match="Invalid symlink target"):
+        directory_from_proto(msg)
+    # … and a bad digest later on before a size overflow.
+    msg = _dir(dirs=[(b"a", D, 2**64 - 1)], files=[(b"b", b"\x01", 0)])
+    with pytest.raises(DirectoryError, match="invalid digest length: 1"):
+        directory_from_proto(msg)
+
+
+@pytest.mark.parametrize(
+    ("msg", "message"),
+    [
+        (_dir(files=[(b"a", D, 0), (b"a", D, 0)]), '"a" is a duplicate name'),
+        (_dir(files=[(b"a", D, 0)], symlinks=[(b"a", b"x")]), '"a" is a duplicate name'),
+        (_dir(files=[(b"b", D, 0), (b"a", D, 0)]), '"a" is not sorted'),
+        (_dir(files=[(b"b", D, 0), (b"a\xff\"", D, 0)]), '"a\\xFF\\"" is not sorted'),
+        (_dir(dirs=[(b"a", b"\x00\x01", 0)]), 'invalid node with name a: "invalid digest length: 2"'),
+        (
+            _dir(symlinks=[(b"l", b"")]),
+            'invalid node with name l: "Invalid symlink target: cannot be empty"',
+        ),
+        (_dir(dirs=[(b"a/b", D, 0)]), 'Invalid name "a/b": cannot contain slashes'),
+        (_dir(dirs=[(b"a", D, 2**64 - 2)]), "Total size exceeds u64::MAX"),
+    ],
+)
+def test_error_texts(msg: pb.Directory, message: str) -> None:
+    """tvix's texts, byte strings shown as Rust shows them (quoted, escaped)."""
+    with pytest.raises(DirectoryError) as info:
+        directory_from_proto(msg)
+    assert str(info.value) == message
 
 
 @pytest.mark.parametrize(
