@@ -46,7 +46,9 @@ class ServiceUrl:
             port = parts.port
         except ValueError as exc:  # e.g. "Invalid IPv6 URL", "Port out of range 0-65535"
             raise InvalidRequest(f"invalid service address {raw!r}: {exc}") from exc
-        if not parts.scheme or "://" not in raw:
+        # ``scheme:/path`` (no authority) is a URL too, as tvix's parser reads it:
+        # ``grpc+unix:/run/tvix.sock``.
+        if not parts.scheme or not raw[len(parts.scheme) + 1 :].startswith("/"):
             raise InvalidRequest(f"invalid service address {raw!r}: expected scheme://...")
         return cls(
             raw=raw,

@@ -135,6 +135,17 @@ def test_good_urls(url: str) -> None:
     blob_from_addr(url).close()
 
 
+def test_unix_url_without_authority(served: Served) -> None:
+    """``grpc+unix:/path`` (no ``//``) names the same socket, as tvix's URL parser reads it."""
+    url = served.url.replace("grpc+unix://", "grpc+unix:", 1)
+    assert url.startswith("grpc+unix:/") and not url.startswith("grpc+unix://")
+    blobs = blob_from_addr(url)
+    try:
+        assert blobs.put(b"x86_64-linux") == B3Digest.of(b"x86_64-linux")
+    finally:
+        blobs.close()
+
+
 def test_wait_connect_succeeds(served: Served) -> None:
     """``?wait-connect=1`` to a running daemon connects and works."""
     blobs = blob_from_addr(served.url + "?wait-connect=1")

@@ -24,8 +24,8 @@ def _reference(raw: str) -> tuple[object, ...] | None:
         port = parts.port
     except ValueError:
         return None
-    if not parts.scheme or "://" not in raw:
-        return None
+    if not parts.scheme or not raw[len(parts.scheme) + 1 :].startswith("/"):
+        return None  # neither scheme://… nor scheme:/path
     query = parse_qs(parts.query, keep_blank_values=True)
     return (
         parts.scheme,

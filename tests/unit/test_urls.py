@@ -55,6 +55,8 @@ REJECTED = [
     "http://foo.example/test",
     "foo://",
     "memory",
+    "memory:",
+    "lmdb:relative/dir",
     "",
 ]
 
@@ -73,6 +75,13 @@ def test_lmdb_accepted(service: str, tmp_path: Path) -> None:
     target = tmp_path / "a" / "store"
     assert isinstance(build(f"lmdb://{target}"), lmdb_cls)
     assert target.is_dir()
+
+
+@pytest.mark.parametrize("service", sorted(SERVICES))
+def test_lmdb_accepted_without_authority(service: str, tmp_path: Path) -> None:
+    """``lmdb:/abs/dir`` (no ``//``) is the same URL to tvix's parser, and to ours."""
+    build, _, lmdb_cls = SERVICES[service]
+    assert isinstance(build(f"lmdb:{tmp_path / 'store'}"), lmdb_cls)
 
 
 @pytest.mark.parametrize("url", REJECTED)
