@@ -2,8 +2,13 @@
 
 A thin adapter: Stat honours ``send_chunks``; Read streams the blob in ≤ 1 MiB messages (the
 backend verified every byte); Put streams the client's messages into a backend writer and
-answers the digest the backend computed. A Put whose client goes away or fails midway aborts
-the writer, so nothing of it becomes visible.
+answers the digest the backend computed. A Put whose client cancels or fails midway aborts
+the writer: no blob appears, neither the whole nor the part received. Two leftovers are possible,
+both correct under their own digests and referenced by nothing: the chunks a chunking backend
+already committed (as tvix's chunking backends keep them), and, rarely, the part received of an
+upload under 1 MiB whose client process died, since grpcio can report that death as a normal end
+of stream a moment before the cancellation (see ``stream_was_cancelled``; waiting for it on
+every small Put would cost each one ~5 ms).
 
 Read and Put carry every byte of every blob, so ``add_to_server`` registers them with the
 BlobChunk codec of ``blob_chunk`` instead of protobuf objects. From a store whose chunks can be
@@ -197,8 +202,8 @@ class BlobServicer:
         except BaseException:
             writer.abort()
             raise
-        # A stream of one small message cannot have been cut short in a way that matters; for
-        # anything larger, make sure the end was a real half-close before committing.
+        # For anything of 1 MiB or more, make sure the end was a real half-close before
+        # committing; below that the wait would dominate the call (see the module docstring).
         if stream_was_cancelled(context, settle=received >= READ_PIECE):
             writer.abort()
             abort(context, grpc.StatusCode.CANCELLED, "upload cancelled")
