@@ -242,6 +242,16 @@ def test_19_wrong_paths_in_root(mnt: Path) -> None:
     assert (mnt / BLOB_A_NAME).exists()
 
 
+def test_19b_overlong_names(mnt: Path) -> None:
+    """A name over 255 bytes is ENAMETOOLONG, at the top and inside a directory, as natively."""
+    for parent in (mnt, mnt / DIRECTORY_COMPLICATED_NAME):
+        with pytest.raises(OSError) as info:
+            os.lstat(parent / ("x" * 256))
+        assert info.value.errno == errno.ENAMETOOLONG
+        with pytest.raises(FileNotFoundError):
+            os.lstat(parent / ("x" * 255))
+
+
 def test_20_disallow_writes(mnt: Path) -> None:
     for attempt in (
         lambda: (mnt / "new-file").write_bytes(b"x"),

@@ -26,6 +26,7 @@ import trio
 
 from tvix_castore.fs.inodes import MTIME, ROOT_INO, Attr
 from tvix_castore.fs.vfs import Listing, Vfs, VfsError
+from tvix_castore.path import MAX_NAME_LEN
 
 __all__ = ["FuseOperations"]
 
@@ -147,6 +148,9 @@ class FuseOperations(pyfuse3.Operations):
         self, parent_inode: pyfuse3.InodeT, name: pyfuse3.FileNameT, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
         """Find name in a directory; misses are answered as cacheable negative entries."""
+        if len(name) > MAX_NAME_LEN:
+            # No entry can have such a name; say so as native filesystems do.
+            raise pyfuse3.FUSEError(errno.ENAMETOOLONG)
         if parent_inode == ROOT_INO:
             found = self._root_entries.get(name)
             if found is None:
