@@ -104,6 +104,23 @@ class StorePath:
         return (self.digest[::-1], self.name) < (other.digest[::-1], other.name)
 
 
+def canon_path(path: str) -> str:
+    """The path with repeated slashes, ``.`` and ``..`` resolved lexically (Nix's ``canonPath``).
+
+    The trailing slash goes too; symlinks are not looked at. path must be absolute.
+    """
+    if not path.startswith("/"):
+        raise StorePathError(f"{path!r} is not an absolute path")
+    parts: list[str] = []
+    for component in path.split("/"):
+        if component == "..":
+            if parts:
+                parts.pop()
+        elif component and component != ".":
+            parts.append(component)
+    return "/" + "/".join(parts)
+
+
 def compress_hash(digest: bytes, size: int) -> bytes:
     """XOR-fold a digest down to ``size`` bytes, as Nix does for store path digests."""
     out = bytearray(size)

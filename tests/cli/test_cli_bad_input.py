@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import stat
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -226,3 +228,45 @@ def test_blobs_that_never_arrived_leave_no_path_info(tmp_path: Path, short_dir: 
     assert res.stdout == b""
     listed = tvix(tmp_path / "unused", f"--path-info-service-addr=lmdb://{store}", "path-info", "--all")
     assert listed.stdout == b""
+
+
+def _big_store_path(tmp_path: Path) -> tuple[Path, str]:
+    store = tmp_path / "store"
+    tree = tmp_path / "big"
+    tree.mkdir()
+    (tree / "f").write_bytes(os.urandom(3 * 1024 * 1024))  # several chunks, read as views
+    return store, tvix(store, "import", tree).stdout.decode().strip()
+
+
+def test_nar_to_a_full_disk(tmp_path: Path) -> None:
+    """nar into /dev/full is one error line and exit 1, not a hang (a read of the store must
+    not outlive the failed write)."""
+    store, store_path = _big_store_path(tmp_path)
+    with open("/dev/full", "wb") as full:
+        res = subprocess.run(
+            [TVIX_STORE, "nar", store_path],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            env=cli_env(store),
+            timeout=60,
+        )
+    assert res.returncode == 1
+    assert res.stderr.decode() == "error: cannot write the NAR to stdout: No space left on device\n"
+
+
+def test_nar_interrupted_while_blocked_on_its_reader(tmp_path: Path) -> None:
+    """Ctrl-C while nar waits on a pipe nobody reads ends it (status 130), not a hang."""
+    store, store_path = _big_store_path(tmp_path)
+    proc = subprocess.Popen(
+        [TVIX_STORE, "nar", store_path], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cli_env(store)
+    )
+    try:
+        assert proc.stdout is not None
+        assert len(proc.stdout.read(1024)) == 1024  # it is writing: now leave the pipe full
+        time.sleep(1)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(30) == 130
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)

@@ -16,6 +16,7 @@ from nix_compat.store_path import (
     build_nar_sha256_path,
     build_store_path_from_fingerprint,
     build_text_path,
+    canon_path,
     compress_hash,
     validate_name,
 )
@@ -177,3 +178,25 @@ def test_all_comparisons():
     assert not (b < a) and a != b
     with pytest.raises(TypeError):
         _ = a < "00bgd045z0d4icpbc2yyz4gx48ak44la-x"
+
+
+@pytest.mark.parametrize(
+    ("path", "canonical"),
+    [
+        ("/nix/store/x", "/nix/store/x"),
+        ("/nix/store/x/", "/nix/store/x"),
+        ("//nix///store/./x/.", "/nix/store/x"),
+        ("/nix/store/x/a/../b", "/nix/store/x/b"),
+        ("/nix/../nix/store", "/nix/store"),
+        ("/..", "/"),
+        ("/", "/"),
+    ],
+)
+def test_canon_path(path: str, canonical: str) -> None:
+    """Nix's canonPath: lexical, and '..' at the top stays at the top."""
+    assert canon_path(path) == canonical
+
+
+def test_canon_path_wants_an_absolute_path() -> None:
+    with pytest.raises(StorePathError, match="not an absolute path"):
+        canon_path("nix/store")

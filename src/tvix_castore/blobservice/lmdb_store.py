@@ -29,7 +29,7 @@ from __future__ import annotations
 import os
 import struct
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import suppress
 from types import TracebackType
@@ -268,14 +268,16 @@ class LmdbBlobService(BlobService):
             self._commit(small, None)
         return digests
 
-    def open_views(self, digest: B3Digest) -> tuple[int, Iterator[memoryview]] | None:
+    def open_views(self, digest: B3Digest) -> tuple[int, Generator[memoryview, None, None]] | None:
         """The blob's size and its bytes as zero-copy views into the map; None when absent.
 
         Each view is checked against its chunk's BLAKE3 digest before it is yielded, and lives
         in a read transaction that ends when the next view is requested: the iterating thread
         must consume each view (write, hash or copy it) before asking for the next one, and
-        never keep it. One chunk per transaction, so each transaction is short. A single-chunk
-        blob under 64 KiB is copied instead (checked as well), saving its second transaction.
+        never keep it, and must close the generator when it stops early (an error while
+        writing, say): ``close()`` of this service waits for its open transaction. One chunk per
+        transaction, so each transaction is short. A single-chunk blob under 64 KiB is copied
+        instead (checked as well), saving its second transaction.
 
         Raises (while iterating):
             DataCorruption: a chunk's bytes do not hash to its digest.
@@ -298,7 +300,7 @@ class LmdbBlobService(BlobService):
                 chunk_list = decode_chunk_list(digest, value)
         return sum(c.size for c in chunk_list), self._views(digest, chunk_list)
 
-    def _checked_copy(self, digest: B3Digest, data: bytes) -> Iterator[memoryview]:
+    def _checked_copy(self, digest: B3Digest, data: bytes) -> Generator[memoryview, None, None]:
         actual = blake3_digest(data)
         if actual != digest:
             raise DataCorruption(
@@ -306,7 +308,7 @@ class LmdbBlobService(BlobService):
             )
         yield memoryview(data)
 
-    def _views(self, blob: B3Digest, chunk_list: list[ChunkMeta]) -> Iterator[memoryview]:
+    def _views(self, blob: B3Digest, chunk_list: list[ChunkMeta]) -> Generator[memoryview, None, None]:
         for chunk in chunk_list:
             digest = chunk.digest
             with self._op("read chunk", digest), self._env.begin(buffers=True) as txn:

@@ -1,10 +1,13 @@
 """``tvix-store nar STORE_PATH``: write the store path's NAR to stdout, streamed.
 
-The bytes are those ``nix-store --dump`` writes for the original tree.
+The bytes are those ``nix-store --dump`` writes for the original tree. As with Nix, the
+argument may name a path inside a store path (its NAR is that entry's) or a symlink such as
+``./result`` that leads into the store.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import TYPE_CHECKING
 
@@ -24,17 +27,18 @@ def register(
         help="write the NAR of a store path to stdout",
         description="Write the NAR serialisation of STORE_PATH to stdout (as nix-store --dump does).",
     )
-    p.add_argument("store_path", metavar="STORE_PATH", help="/nix/store/<hash>-<name>")
+    p.add_argument("store_path", metavar="STORE_PATH", help="/nix/store/<hash>-<name>[/path/inside]")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Render the NAR."""
-    from nix_compat.store_path import StorePath
+    from tvix_castore.directoryservice.traverse import descend_to
+    from tvix_store.cli.store_path_args import store_path_argument
     from tvix_store.nar.renderer import write_nar
     from tvix_store.services import construct_services
 
-    store_path = StorePath.from_absolute_path(args.store_path.rstrip("/"))
+    store_path, inside = store_path_argument(args.store_path)
     services = construct_services(
         args.blob_service_addr, args.directory_service_addr, args.path_info_service_addr
     )
@@ -43,10 +47,41 @@ def run(args: argparse.Namespace) -> int:
         if info is None or info.store_path != store_path:
             print(f"error: path '{store_path.absolute()}' is not in the store", file=sys.stderr)
             return 1
+        node = info.node
+        if inside:
+            # Like nix-store --dump of a path inside a store path: the NAR of that entry.
+            found = descend_to(services.directory_service, node, os.fsencode(inside))
+            if found is None:
+                where = f"{store_path.absolute()}/{inside}"
+                print(f"error: path '{where}' does not exist in the store", file=sys.stderr)
+                return 1
+            node = found
         out = sys.stdout.buffer
+
+        def write(piece: bytes | memoryview) -> object:
+            try:
+                return out.write(piece)
+            except OSError as exc:
+                raise _OutputError(exc) from exc
+
         # stdout's write copies or writes out each piece before returning: views are safe.
-        write_nar(out.write, info.node, services.blob_service, services.directory_service, zero_copy=True)
-        out.flush()
+        try:
+            write_nar(write, node, services.blob_service, services.directory_service, zero_copy=True)
+            try:
+                out.flush()
+            except OSError as exc:
+                raise _OutputError(exc) from exc
+        except _OutputError as exc:
+            print(f"error: cannot write the NAR to stdout: {exc.cause.strerror}", file=sys.stderr)
+            return 1
         return 0
     finally:
         services.close()
+
+
+class _OutputError(Exception):
+    """Writing to stdout failed (a full disk, say); not a store error."""
+
+    def __init__(self, cause: OSError) -> None:
+        super().__init__(str(cause))
+        self.cause = cause

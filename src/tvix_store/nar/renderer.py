@@ -9,7 +9,7 @@ message names the digest and the entry). The root node's name plays no part.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 
 from nix_compat.errors import NarError
 from nix_compat.nar import NarWriter
@@ -27,7 +27,7 @@ READ_CHUNK = 1 << 20
 
 Write = Callable[[bytes | memoryview], object]
 # A blob service's optional zero-copy read: (size, verified views) or None when absent.
-_OpenViews = Callable[[B3Digest], "tuple[int, Iterator[memoryview]] | None"]
+_OpenViews = Callable[[B3Digest], "tuple[int, Generator[memoryview, None, None]] | None"]
 
 
 def write_nar(
@@ -107,12 +107,17 @@ def _file_views(writer: NarWriter, path: EntryPath, node: FileNode, open_views: 
     if opened is None:
         raise NarRenderError(f"blob {node.digest} not found (entry {format_path(path)!r})")
     size, views = opened
-    if size != node.size:
-        raise _size_error(node, path, size)
     try:
-        writer.file(node.executable, node.size, views)
-    except NarError as exc:
-        raise NarRenderError(f"blob {node.digest} (entry {format_path(path)!r}): {exc}") from exc
+        if size != node.size:
+            raise _size_error(node, path, size)
+        try:
+            writer.file(node.executable, node.size, views)
+        except NarError as exc:
+            raise NarRenderError(f"blob {node.digest} (entry {format_path(path)!r}): {exc}") from exc
+    finally:
+        # A view lives in a read transaction that the store's close() waits for: end it now,
+        # also when writing failed (a full disk, a closed pipe), not when the traceback goes.
+        views.close()
 
 
 def _file(writer: NarWriter, path: EntryPath, node: FileNode, blob_service: BlobService) -> None:
