@@ -9,12 +9,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 import sysconfig
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from tvix_cli import needs_nix, nix_dump, nix_store, tvix
+from tvix_cli import needs_nix, nix_dump, nix_store, one_line_error, tvix
 
 pytestmark = [pytest.mark.nix, needs_nix]
 
@@ -189,3 +190,55 @@ def test_import_stdlib_tree(tmp_path: Path) -> None:
         ignore=shutil.ignore_patterns("__pycache__", "site-packages", "*.pyc"),
     )
     check_against_nix(tmp_path, src)
+
+
+def test_store_path_arguments_as_nix_takes_them(tmp_path: Path) -> None:
+    """nar and path-info take what Nix takes: a path inside a store path, redundant slashes,
+    '.' and '..', a symlink into the store (./result); path-info prints each store path once,
+    in order, and ``--json`` lists an unknown path as not valid (exit 0), as ``nix path-info``."""
+    (tmp_path / "src").mkdir()
+    src = make_nested(tmp_path / "src")
+    store = tmp_path / "tvix"
+    store_path = tvix(store, "import", src).stdout.decode().strip()
+    # nar of an entry inside the store path: nix-store --dump of the same entry.
+    for inside in ("a", "a/script.sh", "a/relative-link", "big.bin", "empty-dir"):
+        assert tvix(store, "nar", f"{store_path}/{inside}").stdout == nix_dump(src / inside), inside
+    missing_inside = tvix(store, "nar", f"{store_path}/a/nope", check=False)
+    assert f"{store_path}/a/nope" in one_line_error(missing_inside)
+    # Spellings of the same store path, and a symlink to it outside the store.
+    os.symlink(store_path, tmp_path / "result")
+    base = store_path.removeprefix("/nix/store/")
+    spellings = [
+        f"{store_path}/",
+        f"//nix//store/{base}/./a/..",
+        f"/nix/store/../store/{base}",
+        f"{store_path}/a/b/c/deep.txt",
+        "./result",
+    ]
+    whole = tvix(store, "path-info", store_path).stdout
+    for spelling in spellings:
+        assert tvix(store, "path-info", spelling, cwd=tmp_path).stdout == whole, spelling
+    assert tvix(store, "nar", "result", cwd=tmp_path).stdout == nix_dump(src)
+    # Several arguments: sorted, duplicates once, unknown paths listed as not valid.
+    unknown = "/nix/store/00000000000000000000000000000000-unknown"
+    listed = json.loads(
+        tvix(store, "path-info", "--json", store_path, unknown, "./result", cwd=tmp_path).stdout
+    )
+    assert [item["path"] for item in listed] == sorted([store_path, unknown])
+    theirs = subprocess.run(
+        [
+            "nix",
+            "--extra-experimental-features",
+            "nix-command",
+            "path-info",
+            "--json",
+            "--option",
+            "substituters",
+            "",
+            unknown,
+        ],
+        capture_output=True,
+        timeout=120,
+        check=True,
+    ).stdout
+    assert [item for item in listed if item["path"] == unknown] == json.loads(theirs)

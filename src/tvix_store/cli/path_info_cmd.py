@@ -3,7 +3,10 @@
 Narinfo text uses ``URL: nar/<nixbase32 NAR hash>.nar`` and ``Compression: none``, as a
 binary cache serving uncompressed NARs would. ``--json`` prints a list shaped like
 ``nix path-info --json`` (path, narHash in SRI form, narSize, references, ca, signatures,
-deriver). An unknown store path is an error naming it.
+deriver). An unknown store path is an error naming it; with ``--json`` it is listed as
+``{"path": …, "valid": false}``, as Nix lists it. Arguments are taken as Nix takes them: a path
+inside a store path or a symlink into the store stands for that store path, and each store path
+is printed once, in order.
 """
 
 from __future__ import annotations
@@ -75,29 +78,40 @@ def path_info_json(info: PathInfo) -> dict[str, object]:
 def run(args: argparse.Namespace) -> int:
     """Look the paths up and print them."""
     from nix_compat.store_path import StorePath
+    from tvix_store.cli.store_path_args import store_path_argument
     from tvix_store.services import construct_services
 
     if args.all == bool(args.store_paths):
         args.parser.error("give STORE_PATH arguments or --all (not both)")
-    wanted = [StorePath.from_absolute_path(p.rstrip("/")) for p in args.store_paths]
+    # As Nix: the store paths the arguments lead to, each once, in order.
+    wanted = sorted({store_path_argument(p)[0] for p in args.store_paths}, key=StorePath.absolute)
     services = construct_services(
         args.blob_service_addr, args.directory_service_addr, args.path_info_service_addr
     )
     try:
         infos: list[PathInfo] = []
+        missing: list[StorePath] = []
         if args.all:
             infos = sorted(services.path_info_service.list(), key=lambda i: i.store_path.absolute())
         else:
             for sp in wanted:
                 info = services.path_info_service.get(sp.digest)
                 if info is None or info.store_path != sp:
-                    print(f"error: path '{sp.absolute()}' is not in the store", file=sys.stderr)
-                    return 1
-                infos.append(info)
+                    if not args.json:
+                        print(f"error: path '{sp.absolute()}' is not in the store", file=sys.stderr)
+                        return 1
+                    missing.append(sp)
+                else:
+                    infos.append(info)
     finally:
         services.close()
     if args.json:
-        sys.stdout.write(json.dumps([path_info_json(i) for i in infos], separators=(",", ":")) + "\n")
+        # nix path-info --json lists an unknown path as not valid, and succeeds.
+        found = {i.store_path: path_info_json(i) for i in infos}
+        absent = {sp: {"path": sp.absolute(), "valid": False} for sp in missing}
+        order = sorted([*found, *absent], key=StorePath.absolute) if missing else list(found)
+        items = [found.get(sp) or absent[sp] for sp in order]
+        sys.stdout.write(json.dumps(items, separators=(",", ":")) + "\n")
     else:
         sys.stdout.write("\n".join(narinfo_text(i) for i in infos))
     sys.stdout.flush()
