@@ -45,7 +45,8 @@ __all__ = [
     "open_nar_stream",
 ]
 
-log = logging.getLogger(__name__)
+# Named as tvix names the same code, so that RUST_LOG targets written for tvix apply.
+log = logging.getLogger("tvix_store.import")
 
 _QUEUE_DEPTH = 16  # pieces in flight to the hashing thread; pieces are at most ~1 MiB
 

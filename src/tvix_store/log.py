@@ -1,8 +1,10 @@
 """Logging set-up from ``--log-level`` and ``RUST_LOG`` directives (spec §11, decision 3).
 
-``RUST_LOG`` is tvix's syntax: comma-separated ``level`` or ``target=level``, levels
-error|warn|info|debug|trace (``trace`` sits below DEBUG). Targets are logger names, written
-either Python-style (``tvix_castore.fs``) or Rust-style (``tvix_castore::fs``). Logs go to stderr.
+``RUST_LOG`` is tvix's syntax (tracing's EnvFilter): comma-separated ``level``, ``target`` or
+``target=level``; levels error|warn|info|debug|trace|off or 0-5 (``trace`` sits below DEBUG; a
+target without a level gets trace). Targets are logger names, written either Python-style
+(``tvix_castore.fs``) or Rust-style (``tvix_castore::fs``); modules whose tvix counterpart has
+another path log under tvix's name. Logs go to stderr.
 """
 
 from __future__ import annotations
@@ -24,7 +26,11 @@ LEVELS = {
     "trace": TRACE,
     "off": logging.CRITICAL + 10,
 }
-_TARGET_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:(?:::|\.)[A-Za-z_][A-Za-z0-9_]*)*")
+# tracing's numeric spellings: 0 is off, 1 error … 5 trace.
+_NUMERIC = dict(zip("012345", ("off", "error", "warn", "info", "debug", "trace"), strict=True))
+# A directive as tracing's EnvFilter reads one: a target (Rust or Python spelling, hyphens
+# allowed), an optional [span] filter, an optional =level (empty or absent: trace).
+_DIRECTIVE_RE = re.compile(r"(?P<target>[\w:.-]+)?(?P<span>\[[^\]]*\])?(?:=(?P<level>.*))?", re.DOTALL)
 
 
 class LogConfigError(ValueError):
@@ -37,41 +43,47 @@ class Directives:
 
     default: int
     targets: tuple[tuple[str, int], ...]
+    # Directives that parse but cannot apply here (span filters), warned about at set-up.
+    ignored: tuple[str, ...] = ()
 
 
 def parse_level(text: str) -> int:
-    """A level name (case-insensitive) -> logging level."""
-    level = LEVELS.get(text.strip().lower())
+    """A level name (case-insensitive) or tracing's digit 0-5 -> logging level."""
+    word = text.strip().lower()
+    level = LEVELS.get(_NUMERIC.get(word, word))
     if level is None:
-        raise LogConfigError(f"invalid log level {text!r} (expected one of {', '.join(LEVELS)})")
+        raise LogConfigError(f"invalid log level {text!r} (expected one of {', '.join(LEVELS)}, or 0-5)")
     return level
 
 
 def parse_directives(spec: str, default: int) -> Directives:
-    """Parse a RUST_LOG value; raises LogConfigError naming the bad directive."""
+    """Parse a RUST_LOG value; raises LogConfigError naming the bad directive.
+
+    Span filters (``target[span]=level``) cannot apply to Python loggers: such a directive is
+    skipped with a warning rather than widening or narrowing what its target logs.
+    """
     targets: list[tuple[str, int]] = []
+    ignored: list[str] = []
     for raw in spec.split(","):
         directive = raw.strip()
         if not directive:
             continue
-        target, sep, level_text = directive.partition("=")
-        if not sep:
-            if directive.lower() in LEVELS:
-                default = LEVELS[directive.lower()]
-                continue
-            if _TARGET_RE.fullmatch(directive):
-                # A bare target enables everything for it, as tracing's EnvFilter does.
-                targets.append((directive.replace("::", "."), TRACE))
-                continue
+        word = directive.lower()
+        if _NUMERIC.get(word, word) in LEVELS:
+            default = parse_level(word)
+            continue
+        match = _DIRECTIVE_RE.fullmatch(directive)
+        if match is None or not (match["target"] or match["span"]):
             raise LogConfigError(f"invalid RUST_LOG directive {directive!r}")
-        if not _TARGET_RE.fullmatch(target.strip()):
-            raise LogConfigError(f"invalid RUST_LOG directive {directive!r}: bad target {target!r}")
         try:
-            level = parse_level(level_text)
+            level = parse_level(match["level"]) if match["level"] else TRACE
         except LogConfigError as exc:
             raise LogConfigError(f"invalid RUST_LOG directive {directive!r}: {exc}") from None
-        targets.append((target.strip().replace("::", "."), level))
-    return Directives(default, tuple(targets))
+        if match["span"]:
+            ignored.append(directive)
+            continue
+        targets.append((match["target"].replace("::", "."), level))
+    return Directives(default, tuple(targets), tuple(ignored))
 
 
 def setup_logging(log_level: str = "info", rust_log: str | None = None) -> Directives:
@@ -91,4 +103,8 @@ def setup_logging(log_level: str = "info", rust_log: str | None = None) -> Direc
     root.setLevel(directives.default)
     for target, level in directives.targets:
         logging.getLogger(target).setLevel(level)
+    for directive in directives.ignored:
+        logging.getLogger(__name__).warning(
+            "RUST_LOG directive %r ignored: span filters are not supported", directive
+        )
     return directives

@@ -55,7 +55,8 @@ from tvix_castore.url import ServiceUrl
 
 __all__ = ["GrpcBlobService", "Uploads", "uploads_for"]
 
-log = logging.getLogger(__name__)
+# Named as tvix names the same code, so that RUST_LOG targets written for tvix apply.
+log = logging.getLogger("tvix_castore.blobservice.grpc")
 
 PUT_PIECE = 1024 * 1024
 """Largest BlobChunk message we send (the server's limit is 4 MiB per message)."""

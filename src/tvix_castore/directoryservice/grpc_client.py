@@ -41,7 +41,8 @@ from tvix_castore.url import ServiceUrl
 
 __all__ = ["GrpcDirectoryService"]
 
-log = logging.getLogger(__name__)
+# Named as tvix names the same code, so that RUST_LOG targets written for tvix apply.
+log = logging.getLogger("tvix_castore.directoryservice.grpc")
 
 _GET_AHEAD = 2048
 """At most this many Directories of a subtree are fetched by one ``get``."""

@@ -35,7 +35,8 @@ __all__ = ["READ_PIECE", "BlobServicer"]
 
 SERVICE = "tvix.castore.v1.BlobService"
 
-log = logging.getLogger(__name__)
+# Named as tvix names the same code, so that RUST_LOG targets written for tvix apply.
+log = logging.getLogger("tvix_castore.proto.grpc_blobservice_wrapper")
 
 READ_PIECE = 1024 * 1024
 """Bytes per BlobChunk message sent by Read: far below the 4 MiB limit, large enough to be fast."""

@@ -24,7 +24,8 @@ from tvix_castore.proto_conv import directory_from_proto, directory_to_proto
 
 __all__ = ["DirectoryServicer"]
 
-log = logging.getLogger(__name__)
+# Named as tvix names the same code, so that RUST_LOG targets written for tvix apply.
+log = logging.getLogger("tvix_castore.proto.grpc_directoryservice_wrapper")
 
 
 class DirectoryServicer(pb_grpc.DirectoryServiceServicer):

@@ -28,7 +28,8 @@ from tvix_store.services import Services
 
 __all__ = ["PathInfoServicer"]
 
-log = logging.getLogger(__name__)
+# Named as tvix names the same code, so that RUST_LOG targets written for tvix apply.
+log = logging.getLogger("tvix_store.proto.grpc_pathinfoservice_wrapper")
 
 
 class PathInfoServicer(pb_grpc.PathInfoServiceServicer):

@@ -32,7 +32,8 @@ from tvix_store.proto_conv import path_info_from_proto, path_info_to_proto
 
 __all__ = ["GrpcNarCalculationService", "GrpcPathInfoService"]
 
-log = logging.getLogger(__name__)
+# Named as tvix names the same code, so that RUST_LOG targets written for tvix apply.
+log = logging.getLogger("tvix_store.pathinfoservice.grpc")
 
 
 @final
