@@ -59,3 +59,25 @@ def test_plain_nar_loads_no_argparse() -> None:
         env = {**os.environ, "TVIX_STORE_HOME": tmp}
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, env=env, check=False)
     assert out.stdout.split() == [b"False", b"False"], out.stderr
+
+
+def _run(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "TVIX_STORE_HOME": tempfile.mkdtemp(prefix="tvix-cli-")}
+    return subprocess.run(
+        [sys.executable, "-m", "tvix_store", *args], capture_output=True, text=True, env=env, timeout=60
+    )
+
+
+def test_tvix_command_line_conveniences() -> None:
+    """What clap gives tvix's command line: -V, `help [COMMAND]`, and --otlp[=true|false],
+    which is accepted (we export no traces) anywhere before ``--``."""
+    assert _run("-V").stdout == _run("--version").stdout != ""
+    assert _run("help").stdout == _run("--help").stdout
+    assert _run("help", "nar").stdout == _run("nar", "--help").stdout
+    assert "--otlp" in _run("--help").stdout
+    for args in (["--otlp", "path-info", "--all"], ["--otlp=false", "path-info", "--all", "--otlp=true"]):
+        res = _run(*args)
+        assert (res.returncode, res.stdout, res.stderr) == (0, "", "")
+    bad = _run("--otlp=maybe", "path-info", "--all")
+    assert bad.returncode == 2
+    assert "invalid value 'maybe' for '--otlp'" in bad.stderr

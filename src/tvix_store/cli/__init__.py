@@ -55,7 +55,37 @@ def _common_options(suppress: bool) -> argparse.ArgumentParser:
         metavar="URL",
         help="path info service URL (env PATH_INFO_SERVICE_ADDR)",
     )
+    if not suppress:
+        # Read (and removed) by _without_otlp before parsing; listed here for --help.
+        p.add_argument(
+            "--otlp",
+            action="store_true",
+            default=argparse.SUPPRESS,
+            help="tvix's --otlp[=true|false], accepted for its scripts; OTLP export is not built in",
+        )
     return p
+
+
+def _without_otlp(argv: list[str]) -> list[str]:
+    """The arguments without tvix's ``--otlp[=true|false]`` (a value follows an ``=``, as in clap).
+
+    We export no OpenTelemetry traces; accepting the flag keeps tvix command lines working.
+    """
+    out: list[str] = []
+    for i, arg in enumerate(argv):
+        if arg == "--":
+            return out + argv[i:]
+        if arg == "--otlp" or arg.startswith("--otlp="):
+            value = arg.partition("=")[2] if "=" in arg else "true"
+            if value not in ("true", "false"):
+                raise _UsageError(f"invalid value {value!r} for '--otlp' (expected true or false)")
+            continue
+        out.append(arg)
+    return out
+
+
+class _UsageError(Exception):
+    """A command line argparse never sees is malformed (exit status 2, as argparse's)."""
 
 
 # Subcommand name -> module under tvix_store.cli. Modules of later capabilities may be absent.
@@ -122,7 +152,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         description="A content-addressed Nix store, wire-compatible with tvix.",
         parents=[_common_options(suppress=False)],
     )
-    parser.add_argument("--version", action="version", version=f"tvix-store {__version__}")
+    parser.add_argument("-V", "--version", action="version", version=f"tvix-store {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     common = _common_options(suppress=True)
     for module in _command_modules(command):
@@ -168,6 +198,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     from tvix_store.log import LogConfigError, setup_logging
 
     arguments = sys.argv[1:] if argv is None else list(argv)
+    try:
+        arguments = _without_otlp(arguments)
+    except _UsageError as exc:
+        print(f"tvix-store: error: {exc}", file=sys.stderr)
+        return 2
+    if arguments[:1] == ["help"]:
+        # clap's `help [COMMAND]`: the help of the program, or of that command.
+        arguments = [*arguments[1:2], "--help"]
     args = _plain_arguments(arguments)
     if args is None:
         args = build_parser(_requested_command(arguments)).parse_args(arguments)
