@@ -296,6 +296,10 @@ def test_unknown_tokens():
     assert "unknown node type b'fifo'" in _error(nar(*HEAD, b"fifo", b")"))
     assert "unknown token b'file' in directory" in _error(nar(*HEAD, b"directory", b"file", b")"))
     assert "unknown token b'size' in file" in _error(nar(*HEAD, b"regular", b"size", b"x", b")"))
+    # A regular file must have contents: ')' right after 'regular' says so, also at the very end.
+    no_contents = "expected 'contents' or 'executable' in a regular file, found ')' at offset 72"
+    assert _error(nar(*HEAD, b"regular", b")")) == no_contents
+    assert "unknown token b')' in file" in _error(nar(*HEAD, b"regular", b")", b")"))
     assert "expected ')'" in _error(nar(*HEAD, b"symlink", b"target", b"x", b"extra"))
     assert "expected ')'" in _error(nar(*HEAD, b"regular", b"contents", b"x", b"target"))
     assert "expected '' 'contents'" in _error(

@@ -120,7 +120,11 @@ class NarReader:
     def _file_header(self) -> File:
         offset = self.bytes_read
         # Both alternatives ("contents" <size>, or "executable" …) span at least 24 bytes.
-        head = self._read_exact(24)
+        head = self._read_exact(24, partial_ok=True)
+        if len(head) < 24:
+            if head[:16] == wire.TOK_PAR:
+                self._fail("expected 'contents' or 'executable' in a regular file, found ')'", offset)
+            self._fail_eof(offset + len(head))
         if head[:16] == _TOK_CONTENTS:
             executable = False
             (size,) = wire.unpack_u64(head, 16)
@@ -247,7 +251,8 @@ class NarReader:
         if data != token:
             self._fail_mismatch(data, token, what, offset)
 
-    def _read_exact(self, n: int) -> bytes:
+    def _read_exact(self, n: int, partial_ok: bool = False) -> bytes:
+        """The next n bytes; fewer at the end of the input when partial_ok, else an error."""
         data = self._read(n)
         if len(data) != n:
             parts = [data]
@@ -255,6 +260,9 @@ class NarReader:
             while got < n:
                 more = self._read(n - got)
                 if not more:
+                    if partial_ok:
+                        self.bytes_read += got
+                        return b"".join(parts)
                     self._fail_eof(self.bytes_read + got)
                 parts.append(more)
                 got += len(more)
