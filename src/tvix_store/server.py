@@ -175,6 +175,8 @@ class Daemon:
         # Without it the sync before a PathInfo put wrote back a whole import at once (~0.1 s
         # for the stdlib tree); a local import overlaps that write-back with its own work.
         self._writeback = BackgroundWriteback(services.blob_service)
+        if not target.startswith("unix:") and listen.endswith(":0"):
+            listen = f"{listen[:-2]}:{self.port}"  # port 0: say which port the kernel chose
         log.info("starting daemon listen_address=%s", listen)
 
     def stop(self, grace: float = GRACE_SECONDS) -> None:

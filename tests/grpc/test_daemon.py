@@ -165,6 +165,28 @@ def test_tcp_listen(tmp_path: Path, family: int, host: str, fmt: str) -> None:
         assert proc.wait(timeout=60) == 0
 
 
+def test_port_zero_logs_the_chosen_port(tmp_path: Path) -> None:
+    """``-l 127.0.0.1:0`` listens on a port the kernel picks, and the start line names it."""
+    proc = subprocess.Popen(
+        [TVIX_STORE, "daemon", "-l", "127.0.0.1:0"],
+        env=cli_env(tmp_path / "store"),
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stderr is not None
+        line = proc.stderr.readline()
+        assert "starting daemon listen_address=127.0.0.1:" in line, line
+        port = int(line.rsplit(":", 1)[1])
+        assert port > 0
+        url = f"grpc+http://127.0.0.1:{port}"
+        res = tvix(tmp_path / "client", f"--path-info-service-addr={url}", "path-info", "--all")
+        assert res.returncode == 0 and res.stdout == b""
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+
+
 def test_bad_listen_address(tmp_path: Path) -> None:
     """An unusable listen address is one error line and exit status 1."""
     res = tvix(tmp_path / "s", "daemon", "-l", "not-an-address", check=False)
