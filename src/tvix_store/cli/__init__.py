@@ -214,8 +214,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except LogConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    # Restore default SIGPIPE behaviour so `tvix-store nar … | head` ends quietly.
-    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    if args.command in _PIPE_COMMANDS:
+        # Default SIGPIPE behaviour, so that `tvix-store nar … | head` ends quietly. Never for
+        # the servers: a client hanging up must not kill them (their writes get EPIPE instead).
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     # Every command reads, writes or sends buffers of 128 KiB and more (see the module).
     keep_large_buffers()
     func: CommandFunc = args.func
@@ -231,6 +233,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         _quick_exit(status)
     return status
 
+
+# Commands whose output is their stdout, read by whatever it is piped into.
+_PIPE_COMMANDS = frozenset({"import", "nar", "path-info"})
 
 # Commands that end with every service closed, every store write durable and no thread left
 # working: as a program (not called from Python), they exit without interpreter teardown.
