@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from nartree import DirT, FileT, SymlinkT, Tree, materialize, tree_to_nar
 
 from tvix_store.import_path import import_path
+from tvix_store.nar.calculation import nar_size
 from tvix_store.nar.ingest import ingest_nar
 from tvix_store.nar.renderer import write_nar
 from tvix_store.services import construct_services
@@ -41,6 +42,8 @@ def test_nar_ingest_render_round_trip(tree: Tree) -> None:
     out = io.BytesIO()
     write_nar(out.write, root, s.blob_service, s.directory_service)
     assert out.getvalue() == data
+    # The size from the tree's shape alone (no blob read) is the NAR's.
+    assert nar_size(root, s.directory_service) == len(data)
 
 
 @settings(max_examples=60, deadline=None)

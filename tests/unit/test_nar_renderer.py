@@ -25,9 +25,10 @@ from store_services import LOCAL_KINDS, local_services
 
 from tvix_castore.digests import B3Digest
 from tvix_castore.directory import Directory
+from tvix_castore.errors import StorageError
 from tvix_castore.nodes import DirectoryNode, FileNode, Node
 from tvix_store.errors import NarRenderError
-from tvix_store.nar.calculation import LocalNarCalculationService
+from tvix_store.nar.calculation import LocalNarCalculationService, nar_size
 from tvix_store.nar.renderer import write_nar
 from tvix_store.nar_cache import MemoryNarCache
 from tvix_store.services import Services
@@ -116,6 +117,14 @@ def test_calculate_nar_vectors(services: Services, node: Node, size: int, sha256
     """calculate_nar gives the spec §12.4 sizes and hashes."""
     calc = LocalNarCalculationService(services.blob_service, services.directory_service)
     assert calc.calculate_nar(node) == (size, bytes.fromhex(sha256_hex))
+
+
+@pytest.mark.parametrize("node", [CASTORE_NODE_SYMLINK, CASTORE_NODE_HELLOWORLD, CASTORE_NODE_COMPLICATED])
+def test_nar_size_from_the_tree_alone(services: Services, node: Node) -> None:
+    """nar_size needs only the Directories: it gives the sizes of the fixture NARs."""
+    assert nar_size(node, services.directory_service) == len(render(node, services))
+    with pytest.raises(StorageError, match="does not exist"):
+        nar_size(DirectoryNode(B3Digest.of(b"no such directory"), 3), services.directory_service)
 
 
 def test_calculate_nar_uses_cache(services: Services) -> None:

@@ -1,6 +1,7 @@
-"""NAR size and SHA-256 of a castore node, computed by rendering it locally.
+"""NAR size and SHA-256 of a castore node, by rendering it; or its size alone, from the tree.
 
-This is the NarCalculationService used when the path-info service has no remote one.
+``LocalNarCalculationService`` is the NarCalculationService used when the path-info service has
+no remote one; ``nar_size`` needs only the Directories, never a blob.
 """
 
 from __future__ import annotations
@@ -8,15 +9,55 @@ from __future__ import annotations
 import hashlib
 from typing import TYPE_CHECKING
 
+from nix_compat.nar import wire
 from tvix_castore.blobservice import BlobService
+from tvix_castore.digests import B3Digest
+from tvix_castore.directory import Directory
 from tvix_castore.directoryservice import DirectoryService
-from tvix_castore.nodes import Node
+from tvix_castore.errors import StorageError
+from tvix_castore.nodes import DirectoryNode, FileNode, Node
 from tvix_store.nar.renderer import write_nar
 
 if TYPE_CHECKING:
     from tvix_store.nar_cache import NarCache
 
-__all__ = ["LocalNarCalculationService", "NarHasher"]
+__all__ = ["LocalNarCalculationService", "NarHasher", "nar_size"]
+
+
+def _str_len(n: int) -> int:
+    """Bytes of a NAR string of n bytes: length, bytes, padding."""
+    return 8 + n + wire.padding_len(n)
+
+
+def nar_size(root: Node, directory_service: DirectoryService) -> int:
+    """The size of root's NAR, from node sizes, names and targets (no blob is read).
+
+    Raises:
+        StorageError: a Directory of the tree is missing.
+
+    """
+    directories: dict[B3Digest, Directory] = {}
+    if isinstance(root, DirectoryNode):
+        directories = {d.digest(): d for d in directory_service.get_recursive(root.digest)}
+    total = len(wire.TOK_NAR)
+    stack: list[Node] = [root]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, FileNode):
+            tokens = wire.TOK_EXE if node.executable else wire.TOK_REG
+            total += len(tokens) + _str_len(node.size) + len(wire.TOK_PAR)
+        elif isinstance(node, DirectoryNode):
+            directory = directories.get(node.digest)
+            if directory is None:
+                raise StorageError(f"directory {node.digest} does not exist")
+            total += len(wire.TOK_DIR) + len(wire.TOK_PAR)
+            for name, child in directory:
+                # entry ( name <name> node ( type … ) ): the child's own ')' is counted with it.
+                total += len(wire.TOK_ENT) + _str_len(len(name)) + len(wire.TOK_NOD) + len(wire.TOK_PAR)
+                stack.append(child)
+        else:
+            total += len(wire.TOK_SYM) + _str_len(len(node.target)) + len(wire.TOK_PAR)
+    return total
 
 
 class NarHasher:
