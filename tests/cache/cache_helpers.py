@@ -27,7 +27,9 @@ _URL_RE = re.compile(r"serving binary cache on (http://\S+)")
 
 
 @contextmanager
-def serve_cache(store: Path, *args: str, log: Path | None = None) -> Iterator[str]:
+def serve_cache(
+    store: Path, *args: str, log: Path | None = None, env_extra: dict[str, str] | None = None
+) -> Iterator[str]:
     """Start the server on 127.0.0.1 (a free port); yield its base URL; stop it afterwards."""
     log = log or store.parent / f"serve-{store.name}.log"
     store.mkdir(parents=True, exist_ok=True)
@@ -36,7 +38,7 @@ def serve_cache(store: Path, *args: str, log: Path | None = None) -> Iterator[st
             [TVIX_STORE, "serve-cache", "-l", "127.0.0.1:0", *args],
             stdout=subprocess.DEVNULL,
             stderr=out,
-            env=cli_env(store),
+            env=cli_env(store, **(env_extra or {})),
         )
     try:
         deadline = time.monotonic() + 30

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import base64
+import gzip
 import hashlib
 import json
 import os
+import socket
 import subprocess
 import tempfile
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -18,6 +22,11 @@ from tvix_cli import nix_dump, tvix
 from nix_compat import nixbase32
 from nix_compat.narinfo import NarInfo
 from nix_compat.signing import VerifyingKey
+from tvix_castore.digests import B3Digest
+from tvix_castore.directory import Directory
+from tvix_castore.nodes import DirectoryNode, Node, SymlinkNode
+from tvix_castore.proto_conv import node_to_proto
+from tvix_store.services import construct_services
 
 pytestmark = pytest.mark.nix
 
@@ -192,9 +201,19 @@ def test_bad_requests_get_400_and_nothing_is_stored(tmp_path, nix_closure):
             if status == 400:
                 assert text.strip(), target
         assert stored_paths(store) == []
-        assert _get(f"{url}/abc.narinfo")[0] == 400
-        assert _get(f"{url}/nar/tvix-castore/!!!?narsize=1")[0] == 400
-        assert _get(f"{url}/nar/tvix-castore/EiUSIK2UqIW04Ae8JtKQZLzJUXZ")[0] == 400
+        # GETs, as nar-bridge answers them: a name that cannot exist or a URL naming no node is
+        # 404; a node that is not a NAR root, or a bad narsize, 400.
+        hello = "EiQSIFyngVrctITpoTbBHv5pwdUwF21Um10Y0DjrUoC0s0cMGAw"  # spec §10's file node
+        assert _get(f"{url}/abc.narinfo")[0] == 404
+        assert _get(f"{url}/{'e' * 32}.narinfo")[0] == 404
+        assert _get(f"{url}/nar/tvix-castore/!!!?narsize=1")[0] == 404
+        assert _get(f"{url}/nar/tvix-castore/EiUSIK2UqIW04Ae8JtKQZLzJUXZ?narsize=1")[0] == 404
+        assert _get(f"{url}/nar/tvix-castore/{hello}=?narsize=1")[0] == 404  # padded
+        assert _get(f"{url}/nar/tvix-castore/{hello}")[0] == 400  # no narsize
+        assert _get(f"{url}/nar/tvix-castore/{hello}?narsize=%EF%BC%92")[0] == 400  # a full-width 2
+        named = base64.urlsafe_b64encode(bytes(node_to_proto(b"name", SymlinkNode(b"x")).SerializeToString()))
+        assert _get(f"{url}/nar/tvix-castore/{named.decode().rstrip('=')}?narsize=1")[0] == 400
+        assert _get(f"{url}/nar/tvix-castore/{'A' * 5500}?narsize=1")[0] == 400  # over 4096 bytes
         assert _get(_narinfo_url(url, note))[0] == 404
         # still serving: the good narinfo completes the upload
         assert _put(_narinfo_url(url, note), note_narinfo.encode()) == (200, "")
@@ -214,3 +233,79 @@ def test_port_in_use_is_one_error_naming_the_address(tmp_path):
         )
         with urllib.request.urlopen(f"{url}/nix-cache-info", timeout=10) as r:
             assert r.status == 200
+
+
+def test_clients_hanging_up_do_not_stop_the_server(tmp_path, nix_closure):
+    """A client that closes before reading the answer (or mid-upload) leaves the server up."""
+    note = next(p for p in nix_closure["paths"] if p.endswith("-h6-note"))
+    nar = nix_dump(note)
+    nar_name = nixbase32.encode(hashlib.sha256(nar).digest())
+    with serve_cache(tmp_path / "store") as url:
+        host, port = url.removeprefix("http://").rstrip("/").rsplit(":", 1)
+        requests = [
+            b"GET /" + b"0" * 32 + b".narinfo HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"PUT /" + b"0" * 32 + b".narinfo HTTP/1.1\r\nHost: x\r\nContent-Length: 8\r\n\r\ngarbage\n",
+            f"PUT /nar/{nar_name}.nar HTTP/1.1\r\nHost: x\r\nContent-Length: {len(nar)}\r\n\r\n".encode()
+            + nar[: len(nar) // 2],
+        ]
+        for _ in range(3):
+            for request in requests:
+                with socket.create_connection((host, int(port)), timeout=10) as conn:
+                    conn.sendall(request)
+                time.sleep(0.1)  # the answer meets a closed socket
+        with urllib.request.urlopen(f"{url}/nix-cache-info", timeout=10) as r:
+            assert r.status == 200
+    assert stored_paths(tmp_path / "store") == []
+
+
+def test_range_checks_narsize_against_the_nar(nix_closure, filled_store):
+    """A Range GET is answered only when narsize is the NAR's real size (else 400), and 500 when
+    the NAR cannot be laid out (a Directory is missing)."""
+    top = nix_closure["top"]
+    missing = DirectoryNode(B3Digest.of(b"no such directory"), 1)
+    parent_directory = Directory({b"child": missing})
+    services = construct_services(*[f"lmdb://{filled_store}"] * 3)
+    try:
+        services.directory_service.put(parent_directory)
+    finally:
+        services.close()
+    parent = parent_directory.as_node()
+    ranged = {"Range": "bytes=0-9"}
+    with serve_cache(filled_store) as url:
+        ni = NarInfo.parse(urllib.request.urlopen(_narinfo_url(url, top)).read())
+        good = f"{url}/{ni.url}"
+        bad = good.replace(f"narsize={ni.nar_size}", f"narsize={ni.nar_size + 8}")
+        assert bad != good
+        for target, status in ((good, 206), (bad, 400)):
+            req = urllib.request.Request(target, headers=ranged)
+            try:
+                with urllib.request.urlopen(req) as r:
+                    got = r.status
+            except urllib.error.HTTPError as exc:
+                got = exc.code
+            assert got == status, target
+        # A directory node whose Directory the store lacks is not here at all.
+        assert _get(f"{url}/nar/tvix-castore/{_b64(missing)}?narsize=112")[0] == 404
+        # A root Directory that is here, with a child Directory that is not: 500.
+        req = urllib.request.Request(f"{url}/nar/tvix-castore/{_b64(parent)}?narsize=1", headers=ranged)
+        with pytest.raises(urllib.error.HTTPError) as info:
+            urllib.request.urlopen(req)
+        assert info.value.code == 500
+        with urllib.request.urlopen(f"{url}/nix-cache-info", timeout=10) as r:
+            assert r.status == 200
+
+
+def _b64(node: Node) -> str:
+    return base64.urlsafe_b64encode(node_to_proto(b"", node).SerializeToString()).decode().rstrip("=")
+
+
+def test_gzip_nar_under_a_plain_name(tmp_path, nix_closure):
+    """Nix uploads gzip-compressed NARs as nar/<filehash>.nar (no suffix): they are accepted."""
+    note = next(p for p in nix_closure["paths"] if p.endswith("-h6-note"))
+    nar = nix_dump(note)
+    body = gzip.compress(nar)
+    file_hash = nixbase32.encode(hashlib.sha256(body).digest())
+    with serve_cache(tmp_path / "store", env_extra={"PRIORITY": "40"}) as url:
+        assert _put(f"{url}/nar/{file_hash}.nar", body) == (200, "")
+        # PRIORITY is nar-bridge's env var for --priority.
+        assert "Priority: 40\n" in _get(f"{url}/nix-cache-info")[1]

@@ -9,12 +9,14 @@ Routes (``BinaryCacheServer``, threaded stdlib ``http.server``, HTTP/1.1 keep-al
   ``Content-Length``; a single ``Range`` gives 206 (416 when unsatisfiable). With
   ``compression=zstd`` in the query the NAR is zstd-compressed and sent chunked.
 * ``PUT /nar/<filehash>.nar[.xz|.zst|.bz2|.gz]``: the body is hashed (it must hash to the name),
-  decompressed and ingested; the root node waits in a small LRU keyed by NAR hash.
+  decompressed (a gzip body under a plain ``.nar`` name too, as Nix uploads it) and ingested;
+  the root node waits in a small LRU keyed by NAR hash.
   ``PUT /<hash>.narinfo``: the name must match the body's StorePath and the NarHash/NarSize must
   be of an uploaded NAR; then the PathInfo is put. This is what ``nix copy --to http://…`` does.
 
-Malformed requests get 400 with a one-line reason; handler failures are logged and answered with
-500 (or the connection is dropped mid-body); the server keeps serving.
+Malformed requests get 400 with a one-line reason (a GET of a name that cannot exist: 404, as
+nar-bridge answers); handler failures are logged and answered with 500 (or the connection is
+dropped mid-body); the server keeps serving.
 """
 
 from __future__ import annotations
@@ -46,12 +48,14 @@ from nix_compat import nix_http, nixbase32
 from nix_compat.errors import NixCompatError
 from nix_compat.narinfo import NarInfo
 from nix_compat.signing import SigningKey
+from nix_compat.store_path import StorePath
 from tvix.castore.protos import castore_pb2
 from tvix_castore.errors import StoreError
 from tvix_castore.nodes import DirectoryNode, FileNode, Node
 from tvix_castore.proto_conv import anonymous_node_from_proto, node_to_proto
 from tvix_store.binary_cache.download import NARINFO_LIMIT
 from tvix_store.binary_cache.fetch import read_errors
+from tvix_store.nar.calculation import nar_size as nar_size_of
 from tvix_store.nar.ingest import ingest_nar
 from tvix_store.nar.renderer import write_nar
 from tvix_store.path_info import PathInfo
@@ -61,11 +65,15 @@ __all__ = ["BinaryCacheServer", "RenderedNarCache", "nar_url", "parse_listen_add
 
 log = logging.getLogger(__name__)
 
-MAX_NODE_B64 = 4096
+# A NAR URL's node: at most this many bytes once decoded (tvix's limit), so at most this many
+# base64 characters (unpadded) before decoding.
+MAX_NODE_BYTES = 4096
+_MAX_NODE_B64 = (MAX_NODE_BYTES * 4 + 2) // 3
 PENDING_CAPACITY = 1000
 _COPY_CHUNK = 1 << 20
 _SUFFIX_COMPRESSION = {"": "none", ".xz": "xz", ".zst": "zstd", ".bz2": "bzip2", ".gz": "gzip"}
 _RANGE_RE = re.compile(r"bytes=(\d*)-(\d*)")
+_GZIP_MAGIC = b"\x1f\x8b"
 
 
 class _BadRequest(Exception):
@@ -85,13 +93,17 @@ def nar_url(node: Node, nar_size: int, compression: str = "none") -> str:
 
 
 def path_info_to_narinfo(info: PathInfo, compression: str = "none", key: SigningKey | None = None) -> NarInfo:
-    """The narinfo served for info (optionally with our signature added)."""
+    """The narinfo served for info (optionally with our signature added).
+
+    References are listed sorted, as Nix writes them: Nix checks signatures over the sorted
+    list, tvix over the listed order, and so both accept ours.
+    """
     narinfo = NarInfo(
         store_path=info.store_path,
         url=nar_url(info.node, info.nar_size, compression),
         nar_hash=info.nar_sha256,
         nar_size=info.nar_size,
-        references=info.references,
+        references=tuple(sorted(info.references, key=StorePath.basename)),
         compression=compression,
         deriver=info.deriver,
         signatures=info.signatures,
@@ -195,6 +207,10 @@ class _HashingReader(io.RawIOBase):
 
 def _decompressor(raw: io.RawIOBase, compression: str) -> BinaryIO:
     buffered = io.BufferedReader(raw, _COPY_CHUNK)
+    if compression == "none" and buffered.peek(2)[:2] == _GZIP_MAGIC:
+        # Nix names its gzip-compressed NARs plain ``.nar`` (its URL suffixes omit gzip); a NAR
+        # itself starts with the length of "nix-archive-1", never with these bytes.
+        compression = "gzip"
     if compression == "none":
         return cast(BinaryIO, buffered)
     if compression == "xz":
@@ -465,7 +481,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def _get_narinfo(self, name: str) -> None:
         digest = nix_http.parse_narinfo_str(name)
         if digest is None:
-            raise _BadRequest(f"malformed narinfo name {name!r}: expected <32 nixbase32 chars>.narinfo")
+            # No narinfo can have that name: "not here", as nar-bridge answers.
+            self._error(404, f"no narinfo {name!r}: expected <32 nixbase32 chars>.narinfo")
+            return
         info = self.server.services.path_info_service.get(digest)
         if info is None:
             self._error(404, f"no store path with hash {name[:32]} here")
@@ -474,16 +492,26 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self._send(200, narinfo.render().encode(), nix_http.MIME_TYPE_NARINFO)
 
     def _get_nar(self, b64: str, query: dict[str, list[str]]) -> None:
-        if len(b64) > MAX_NODE_B64:
-            raise _BadRequest("NAR URL: node too long")
+        # As nar-bridge: what cannot name a node is not found (404); a node too big or not
+        # valid as a NAR root is a bad request (400).
+        if len(b64) > _MAX_NODE_B64:
+            raise _BadRequest(f"NAR URL: node over {MAX_NODE_BYTES} bytes")
         try:
-            raw = base64.urlsafe_b64decode(b64 + "=" * (-len(b64) % 4))
+            if "=" in b64:
+                raise binascii.Error("padding")  # nar-bridge's base64url has none
+            raw = base64.b64decode(b64 + "=" * (-len(b64) % 4), altchars=b"-_", validate=True)
             msg = castore_pb2.Node.FromString(raw)
+        except (binascii.Error, ValueError, DecodeError) as exc:
+            self._error(404, f"NAR URL: no node in {b64!r}: {exc}")
+            return
+        if len(raw) > MAX_NODE_BYTES:
+            raise _BadRequest(f"NAR URL: node over {MAX_NODE_BYTES} bytes")
+        try:
             node = anonymous_node_from_proto(msg)
-        except (binascii.Error, ValueError, DecodeError, StoreError) as exc:
+        except StoreError as exc:
             raise _BadRequest(f"NAR URL: invalid node: {exc}") from exc
         sizes = query.get("narsize", [])
-        if len(sizes) != 1 or not sizes[0].isdigit():
+        if len(sizes) != 1 or not (sizes[0].isascii() and sizes[0].isdigit()):
             raise _BadRequest("NAR URL: missing or invalid narsize")
         nar_size = int(sizes[0])
         compression = query.get("compression", ["none"])[0]
@@ -510,6 +538,16 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if range_header is not None:
             m = _RANGE_RE.fullmatch(range_header.strip())
             if m is not None and (m.group(1) or m.group(2)):
+                # A range is only meaningful within the real NAR: check narsize against it first
+                # (from the Directories alone), as nar-bridge's seekable NAR does.
+                try:
+                    actual = nar_size_of(node, services.directory_service)
+                except StoreError as exc:
+                    log.error("NAR of %s: cannot serve a range: %s", node, exc)
+                    self._error(500, f"NAR of {node}: {exc}")
+                    return
+                if actual != nar_size:
+                    raise _BadRequest(f"NAR URL: narsize={nar_size}, but the NAR is {actual} bytes")
                 if m.group(1):
                     start = int(m.group(1))
                     end = min(int(m.group(2)) + 1, nar_size) if m.group(2) else nar_size

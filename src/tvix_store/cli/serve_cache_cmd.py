@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import tempfile
 import threading
@@ -41,7 +42,9 @@ def register(
     p.add_argument(
         "--sign-key-file", metavar="FILE", help="Nix secret key (name:base64) to sign narinfos with"
     )
-    p.add_argument("--priority", type=int, default=39, help="Priority in /nix-cache-info (39)")
+    p.add_argument(
+        "--priority", type=int, default=None, help="Priority in /nix-cache-info (env PRIORITY; 39)"
+    )
     p.add_argument(
         "--compression",
         choices=("none", "zstd"),
@@ -61,6 +64,12 @@ def register(
 def run(args: argparse.Namespace) -> int:
     """Serve until SIGINT/SIGTERM."""
     parser: argparse.ArgumentParser = args.parser
+    if args.priority is None:
+        env = os.environ.get("PRIORITY", "").strip()
+        try:
+            args.priority = int(env) if env else 39
+        except ValueError:
+            parser.error(f"PRIORITY: not a number: {env!r}")
     if args.priority < 0:
         parser.error("--priority must not be negative")
     if args.nar_cache_size < 0:
