@@ -239,9 +239,15 @@ class NarInfo:
         by_name: dict[str, list[VerifyingKey]] = {}
         for key in keys:
             by_name.setdefault(key.name, []).append(key)
-        fp = self.fingerprint()
+        fingerprints = [self.fingerprint()]
+        in_nix_order = sorted(self.references, key=StorePath.basename)
+        if list(self.references) != in_nix_order:
+            # Nix signs over the references sorted, whatever order a narinfo lists them in.
+            fingerprints.append(fingerprint(self.store_path, self.nar_hash, self.nar_size, in_nix_order))
         return tuple(
-            sig for sig in self.signatures if any(k.verify(fp, sig) for k in by_name.get(sig.name, ()))
+            sig
+            for sig in self.signatures
+            if any(k.verify(fp, sig) for k in by_name.get(sig.name, ()) for fp in fingerprints)
         )
 
     def verify(self, keys: Iterable[VerifyingKey]) -> bool:

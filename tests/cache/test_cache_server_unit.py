@@ -231,3 +231,25 @@ def test_nar_of_a_root_not_in_the_store_is_404(server):
     b64 = base64.urlsafe_b64encode(node_to_proto(b"", present).SerializeToString()).rstrip(b"=").decode()
     resp, body = _request(srv, "GET", f"/nar/tvix-castore/{b64}?narsize=136")
     assert resp.status == 200 and len(body) == 136
+
+
+def test_served_narinfo_lists_references_sorted() -> None:
+    """Whatever order a PathInfo keeps its references in, the narinfo lists them sorted, as Nix
+    writes them, so that our signature verifies in Nix (sorted) and in tvix (as listed)."""
+    from nix_compat.store_path import StorePath
+    from tvix_castore.nodes import SymlinkNode
+    from tvix_store.binary_cache.server import path_info_to_narinfo
+    from tvix_store.path_info import PathInfo
+
+    a = StorePath.from_bytes("00000000000000000000000000000000-a")
+    b = StorePath.from_bytes("11111111111111111111111111111111-b")
+    info = PathInfo(store_path=a, node=SymlinkNode(b"x"), nar_size=8, nar_sha256=bytes(32), references=(b, a))
+    key = SigningKey.parse(
+        "do.not.use:sGPzxuK5WvWPraytx+6sjtaff866sYlfvErE6x0hFEhy5eqe7OVZ8ZMqZ/ME/HaRdKGNGvJkyGKXYTaeA6lR3A=="
+    )
+    narinfo = path_info_to_narinfo(info, key=key)
+    assert narinfo.references == (a, b)
+    assert f"References: {a.basename()} {b.basename()}\n" in narinfo.render()
+    # Verified over the listed (sorted) order, which is also the order Nix verifies over.
+    assert narinfo.fingerprint().endswith(f";{a.absolute()},{b.absolute()}".encode())
+    assert narinfo.valid_signatures([key.verifying_key()]) == narinfo.signatures

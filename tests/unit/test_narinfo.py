@@ -303,6 +303,20 @@ def test_add_signature_do_not_use_vector():
     assert "Sig: do.not.use:xl4q2L5" in again.render()
 
 
+def test_signatures_over_sorted_references_verify_too():
+    """Nix signs over the references sorted; a narinfo listing them in another order keeps
+    verifying (tvix's own order is tried first)."""
+    a = StorePath.from_bytes("00000000000000000000000000000000-a")
+    b = StorePath.from_bytes("11111111111111111111111111111111-b")
+    key = SigningKey.parse(DO_NOT_USE_SECRET)
+    sorted_ni = NarInfo(a, "nar/x.nar", bytes(32), 8, references=(a, b)).add_signature(key)
+    unsorted = replace(sorted_ni, references=(b, a))
+    assert unsorted.fingerprint() != sorted_ni.fingerprint()
+    assert unsorted.verify([VerifyingKey.parse(DO_NOT_USE_PUBLIC)])
+    own_order = replace(unsorted, signatures=()).add_signature(key)
+    assert own_order.verify([VerifyingKey.parse(DO_NOT_USE_PUBLIC)])
+
+
 def test_add_signature_keeps_other_names():
     ni = NarInfo.parse(CURL).add_signature(SigningKey.parse(DO_NOT_USE_SECRET))
     assert [s.name for s in ni.signatures] == ["cache.nixos.org-1", "do.not.use"]

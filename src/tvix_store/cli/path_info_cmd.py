@@ -42,6 +42,7 @@ def narinfo_text(info: PathInfo) -> str:
     """The narinfo of info, for a cache serving uncompressed NARs."""
     from nix_compat import nixbase32
     from nix_compat.narinfo import NarInfo
+    from nix_compat.store_path import StorePath
 
     return NarInfo(
         store_path=info.store_path,
@@ -49,7 +50,7 @@ def narinfo_text(info: PathInfo) -> str:
         compression="none",
         nar_hash=info.nar_sha256,
         nar_size=info.nar_size,
-        references=info.references,
+        references=tuple(sorted(info.references, key=StorePath.basename)),  # as Nix lists them
         deriver=info.deriver,
         signatures=info.signatures,
         ca=info.ca,
