@@ -66,6 +66,11 @@ def test_copy_json_closure(tmp_path, nix_closure):
     err = one_line_error(tvix(store2, "copy", f, check=False))
     assert closure[0]["path"] in err and "closure file says" in err
     assert all_paths(store2) == b""
+    # JSON's true is not a size, though Python's bool is an int
+    closure[0]["narSize"] = True
+    f.write_text(json.dumps({"closure": closure}))
+    assert "invalid narSize True" in one_line_error(tvix(store2, "copy", f, check=False))
+    assert all_paths(store2) == b""
 
 
 # -- bad input: clear error, nothing stored -----------------------------------------------------------

@@ -48,11 +48,17 @@ def test_from_url_rules(tmp_path):
         svc.put(None)  # type: ignore[arg-type]
     with pytest.raises(InvalidRequest, match="list not supported"):
         svc.list()
+    # tvix's names of the services to ingest into: "default" is the one this command has.
+    named = pathinfoservice.from_addr(
+        "nix+http://[::1]:8080/foo?blob_service=default&directory_service=default", b, d
+    )
+    assert isinstance(named, NixHttpPathInfoService) and named.base_url == "http://[::1]:8080/foo"
     for bad in (
         "nix+http:///nohost",
         "nix+ftp://h/x",
         "nix+http://h/x?bogus=1",
         "nix+http://h?trusted-public-keys=zz",
+        "nix+http://h?blob_service=other",
     ):
         with pytest.raises(InvalidRequest):
             pathinfoservice.from_addr(bad, b, d)

@@ -327,7 +327,7 @@ def parse_closure_json(data: bytes | str, source: str) -> list[ClosureEntry]:
             if nar_hash.algo != "sha256":
                 raise ValueError(f"narHash {item['narHash']!r} is not sha256")
             nar_size = item["narSize"]
-            if not isinstance(nar_size, int) or nar_size < 0:
+            if not isinstance(nar_size, int) or isinstance(nar_size, bool) or nar_size < 0:
                 raise ValueError(f"invalid narSize {nar_size!r}")
             out.append(
                 ClosureEntry(

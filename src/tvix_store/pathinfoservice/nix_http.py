@@ -57,12 +57,25 @@ class NixHttpPathInfoService(PathInfoService):
     def from_url(
         cls, url: ServiceUrl, blob_service: BlobService, directory_service: DirectoryService
     ) -> NixHttpPathInfoService:
-        """Accept ``nix+http(s)://host[:port][/path][?trusted-public-keys=k1%20k2]``."""
+        """Accept ``nix+http(s)://host[:port][/path][?trusted-public-keys=k1%20k2]``.
+
+        ``blob_service=default`` and ``directory_service=default`` (tvix's defaults) are
+        accepted too.
+        """
         if url.scheme not in ("nix+http", "nix+https"):
             raise InvalidRequest(f"invalid path info service address {url.raw!r}: expected nix+http(s)://")
         if not url.host:
             raise InvalidRequest(f"invalid path info service address {url.raw!r}: no host")
-        url.require_no_query(("trusted-public-keys",))
+        url.require_no_query(("trusted-public-keys", "blob_service", "directory_service"))
+        # tvix names the blob and directory services to ingest into; without a composition
+        # the only ones are those this command was given, tvix's "default".
+        for option in ("blob_service", "directory_service"):
+            for value in url.query.get(option, []):
+                if value != "default":
+                    raise InvalidRequest(
+                        f"invalid path info service address {url.raw!r}: {option}={value!r} "
+                        "(only 'default', the service given to this command, exists)"
+                    )
         parts = urllib.parse.urlsplit(url.raw)
         try:
             # Not url.query: its form decoding would turn the "+" of base64 keys into spaces.
