@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from nix_compat.nixhash import CAHash
 from nix_compat.signing import Signature
 from nix_compat.store_path import StorePath
 from tvix_castore.nodes import Node
 from tvix_store.errors import PathInfoError
+
+if TYPE_CHECKING:
+    from nix_compat.narinfo import NarInfo
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +47,26 @@ class PathInfo:
             f"1;{self.store_path.absolute()};sha256:{nixbase32.encode(self.nar_sha256)};"
             f"{self.nar_size};{refs}"
         ).encode()
+
+    def to_narinfo(self, url: str, compression: str) -> NarInfo:
+        """The narinfo of this PathInfo whose NAR is at url, stored with compression.
+
+        References are listed sorted, as Nix writes them: Nix checks signatures over the sorted
+        list, tvix over the listed order, so both accept a signature made over this narinfo.
+        """
+        from nix_compat.narinfo import NarInfo
+
+        return NarInfo(
+            store_path=self.store_path,
+            url=url,
+            nar_hash=self.nar_sha256,
+            nar_size=self.nar_size,
+            references=tuple(sorted(self.references, key=StorePath.basename)),
+            compression=compression,
+            deriver=self.deriver,
+            signatures=self.signatures,
+            ca=self.ca,
+        )
 
     def with_signatures(self, signatures: tuple[Signature, ...]) -> PathInfo:
         """A copy with the given signatures."""

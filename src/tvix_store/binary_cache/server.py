@@ -48,7 +48,6 @@ from nix_compat import nix_http, nixbase32
 from nix_compat.errors import NixCompatError
 from nix_compat.narinfo import NarInfo
 from nix_compat.signing import SigningKey
-from nix_compat.store_path import StorePath
 from tvix.castore.protos import castore_pb2
 from tvix_castore.errors import StoreError
 from tvix_castore.nodes import DirectoryNode, FileNode, Node
@@ -93,22 +92,8 @@ def nar_url(node: Node, nar_size: int, compression: str = "none") -> str:
 
 
 def path_info_to_narinfo(info: PathInfo, compression: str = "none", key: SigningKey | None = None) -> NarInfo:
-    """The narinfo served for info (optionally with our signature added).
-
-    References are listed sorted, as Nix writes them: Nix checks signatures over the sorted
-    list, tvix over the listed order, and so both accept ours.
-    """
-    narinfo = NarInfo(
-        store_path=info.store_path,
-        url=nar_url(info.node, info.nar_size, compression),
-        nar_hash=info.nar_sha256,
-        nar_size=info.nar_size,
-        references=tuple(sorted(info.references, key=StorePath.basename)),
-        compression=compression,
-        deriver=info.deriver,
-        signatures=info.signatures,
-        ca=info.ca,
-    )
+    """The narinfo served for info (optionally with our signature added)."""
+    narinfo = info.to_narinfo(nar_url(info.node, info.nar_size, compression), compression)
     return narinfo if key is None else narinfo.add_signature(key)
 
 

@@ -41,20 +41,8 @@ def register(
 def narinfo_text(info: PathInfo) -> str:
     """The narinfo of info, for a cache serving uncompressed NARs."""
     from nix_compat import nixbase32
-    from nix_compat.narinfo import NarInfo
-    from nix_compat.store_path import StorePath
 
-    return NarInfo(
-        store_path=info.store_path,
-        url=f"nar/{nixbase32.encode(info.nar_sha256)}.nar",
-        compression="none",
-        nar_hash=info.nar_sha256,
-        nar_size=info.nar_size,
-        references=tuple(sorted(info.references, key=StorePath.basename)),  # as Nix lists them
-        deriver=info.deriver,
-        signatures=info.signatures,
-        ca=info.ca,
-    ).render()
+    return info.to_narinfo(f"nar/{nixbase32.encode(info.nar_sha256)}.nar", "none").render()
 
 
 def path_info_json(info: PathInfo) -> dict[str, object]:
