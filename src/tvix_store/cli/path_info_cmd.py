@@ -78,10 +78,13 @@ def run(args: argparse.Namespace) -> int:
         args.blob_service_addr, args.directory_service_addr, args.path_info_service_addr
     )
     try:
-        infos: list[PathInfo] = []
-        missing: list[StorePath] = []
+        # In order; an unknown path (only with --json, else an error) as its StorePath.
+        found: list[PathInfo | StorePath] = []
         if args.all:
-            infos = sorted(services.path_info_service.list(), key=lambda i: i.store_path.absolute())
+            listed: list[PathInfo] = sorted(
+                services.path_info_service.list(), key=lambda i: i.store_path.absolute()
+            )
+            found.extend(listed)
         else:
             for sp in wanted:
                 info = services.path_info_service.get(sp.digest)
@@ -89,19 +92,19 @@ def run(args: argparse.Namespace) -> int:
                     if not args.json:
                         print(f"error: path '{sp.absolute()}' is not in the store", file=sys.stderr)
                         return 1
-                    missing.append(sp)
+                    found.append(sp)
                 else:
-                    infos.append(info)
+                    found.append(info)
     finally:
         services.close()
     if args.json:
         # nix path-info --json lists an unknown path as not valid, and succeeds.
-        found = {i.store_path: path_info_json(i) for i in infos}
-        absent = {sp: {"path": sp.absolute(), "valid": False} for sp in missing}
-        order = sorted([*found, *absent], key=StorePath.absolute) if missing else list(found)
-        items = [found.get(sp) or absent[sp] for sp in order]
+        items = [
+            {"path": f.absolute(), "valid": False} if isinstance(f, StorePath) else path_info_json(f)
+            for f in found
+        ]
         sys.stdout.write(json.dumps(items, separators=(",", ":")) + "\n")
     else:
-        sys.stdout.write("\n".join(narinfo_text(i) for i in infos))
+        sys.stdout.write("\n".join(narinfo_text(f) for f in found if not isinstance(f, StorePath)))
     sys.stdout.flush()
     return 0
