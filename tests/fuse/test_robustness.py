@@ -143,13 +143,19 @@ def test_external_umount_ends_the_process(program: tuple[Path, Path, str], mount
     assert not is_mounted(m.path)
 
 
-def test_stale_mount_is_cleaned_up(program: tuple[Path, Path, str], mount: MountFactory) -> None:
+@pytest.mark.parametrize("root_seen", [False, True], ids=["root-unseen", "root-seen"])
+def test_stale_mount_is_cleaned_up(
+    program: tuple[Path, Path, str], mount: MountFactory, root_seen: bool
+) -> None:
     store, _, name = program
     first = mount(store)
+    if root_seen:
+        # The kernel then keeps the root's attributes: stat of the dead mount still succeeds.
+        os.stat(first.path)
     first.stop(signal.SIGKILL)
     try:
         with pytest.raises(OSError) as info:
-            os.stat(first.path)
+            os.statvfs(first.path)
         assert info.value.errno == 107  # ENOTCONN: transport endpoint is not connected
         # mountinfo still lists the stale mount, so wait for the new one to answer instead.
         second = mount(store, mnt=first.path, wait=False)

@@ -117,6 +117,9 @@ def _prepare_mountpoint(path: str) -> None:
     """Check the mount point; lazily unmount a stale FUSE mount left at it."""
     try:
         os.stat(path)
+        # A dead FUSE mount can still answer stat from the kernel's cached root attributes;
+        # statfs always asks the filesystem, and gets ENOTCONN from a dead one.
+        os.statvfs(path)
     except FileNotFoundError:
         raise MountError(f"mount point {path} does not exist: create an empty directory first") from None
     except OSError as exc:
@@ -125,7 +128,7 @@ def _prepare_mountpoint(path: str) -> None:
         log.warning("%s is a stale mount (transport endpoint is not connected); unmounting it lazily", path)
         _lazy_unmount(path)
         try:
-            os.stat(path)
+            os.statvfs(path)
         except OSError as again:
             raise MountError(
                 f"mount point {path} is a stale mount that could not be removed: {again.strerror}; "
