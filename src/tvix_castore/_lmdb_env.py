@@ -24,6 +24,7 @@ thread; never hold a transaction across a generator ``yield``. Never open before
 from __future__ import annotations
 
 import os
+import stat
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -118,6 +119,7 @@ def open_env(path: str) -> LmdbStore:
             return LmdbStore(real, env, tables)
         try:
             os.makedirs(real, exist_ok=True)
+            _refuse_unusable_data_file(real)
             env = lmdb.open(
                 real,
                 map_size=_MAP_SIZE,
@@ -129,11 +131,44 @@ def open_env(path: str) -> LmdbStore:
                 lock=True,
                 sync=False,
             )
-            tables = {name: env.open_db(name.encode()) for name in TABLES}
+            try:
+                _refuse_truncated_data_file(real, env)
+                tables = {name: env.open_db(name.encode()) for name in TABLES}
+            except BaseException:
+                env.close()
+                raise
         except (lmdb.Error, OSError) as exc:
             raise StorageError(f"cannot open LMDB store at {real}: {exc}") from exc
         _envs[real] = (env, tables, 1)
         return LmdbStore(real, env, tables)
+
+
+def _refuse_unusable_data_file(directory: str) -> None:
+    """Refuse a data.mdb that is not a regular file: LMDB would block forever opening a FIFO."""
+    data_file = os.path.join(directory, "data.mdb")
+    try:
+        mode = os.stat(data_file).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISREG(mode):
+        raise StorageError(f"cannot open LMDB store at {directory}: {data_file} is not a regular file")
+
+
+def _refuse_truncated_data_file(directory: str, env: lmdb.Environment) -> None:
+    """Refuse a data.mdb shorter than the pages its meta page says are in use.
+
+    LMDB reads the meta pages with read(2) but everything else through its memory map, so a
+    truncated file would kill the process with SIGBUS at the first page past the end (a dead
+    mount, a daemon gone) instead of failing with an error.
+    """
+    data_file = os.path.join(directory, "data.mdb")
+    in_use = (env.info()["last_pgno"] + 1) * env.stat()["psize"]
+    size = os.stat(data_file).st_size
+    if size < in_use:
+        raise StorageError(
+            f"cannot open LMDB store at {directory}: {data_file} is truncated "
+            f"({size} bytes, but its pages in use need {in_use}); restore it from a copy"
+        )
 
 
 def release_env(store: LmdbStore) -> None:

@@ -270,3 +270,26 @@ def test_nar_interrupted_while_blocked_on_its_reader(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)
+
+
+@pytest.mark.parametrize("command", ["path-info", "nar", "import"])
+def test_truncated_store_file(tmp_path: Path, command: str) -> None:
+    """A data.mdb cut short (a failed copy, a full disk) is named in an error, where reading the
+    missing pages through LMDB's map would end the process with SIGBUS."""
+    store, store_path = _big_store_path(tmp_path)
+    data_file = store / "data.mdb"
+    full_size = data_file.stat().st_size
+    os.truncate(data_file, full_size // 2)
+    arg = str(tmp_path / "big") if command == "import" else store_path
+    line = one_line_error(tvix(store, command, arg, check=False))
+    assert f"{data_file} is truncated ({full_size // 2} bytes" in line, line
+    assert data_file.stat().st_size == full_size // 2  # refused, not "repaired" by writing
+
+
+def test_store_file_that_is_a_fifo(tmp_path: Path) -> None:
+    """A data.mdb that is not a regular file is refused at once; opening a FIFO would block."""
+    store = tmp_path / "store"
+    store.mkdir()
+    os.mkfifo(store / "data.mdb")
+    line = one_line_error(tvix(store, "path-info", "--all", check=False))
+    assert f"{store / 'data.mdb'} is not a regular file" in line, line
