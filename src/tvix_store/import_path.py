@@ -286,6 +286,8 @@ def open_nar_stream(source: BinaryIO) -> BinaryIO:
 def open_nar_file(file: str) -> BinaryIO:
     """Open FILE (or stdin for ``-``) as a NAR stream, decompressing as needed."""
     if file == "-":
+        if sys.stdin is None:  # closed at start (``<&-``)
+            raise ImportError_("cannot read the NAR from stdin: it is closed")
         return open_nar_stream(sys.stdin.buffer)
     try:
         return open_nar_stream(open(file, "rb"))

@@ -293,3 +293,54 @@ def test_store_file_that_is_a_fifo(tmp_path: Path) -> None:
     os.mkfifo(store / "data.mdb")
     line = one_line_error(tvix(store, "path-info", "--all", check=False))
     assert f"{store / 'data.mdb'} is not a regular file" in line, line
+
+
+def _with_closed(redirect: str, *args: str | Path, store: Path) -> subprocess.CompletedProcess[bytes]:
+    """tvix-store args… started with a standard stream closed by the shell redirection."""
+    return subprocess.run(
+        ["sh", "-c", f'exec "$@" {redirect}', "sh", TVIX_STORE, *map(str, args)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=cli_env(store),
+        timeout=60,
+    )
+
+
+@pytest.mark.parametrize(
+    ("command", "what"), [("nar", "the NAR"), ("path-info", "the path info"), ("import", "the store path")]
+)
+def test_closed_stdout(tmp_path: Path, command: str, what: str) -> None:
+    """A command whose stdout is closed (>&-) says so, as nix-store does, instead of a traceback;
+    an import done that way is still complete."""
+    store, store_path = _big_store_path(tmp_path)
+    arg = tmp_path / "big" if command == "import" else store_path
+    res = _with_closed(">&-", command, arg, store=store)
+    assert res.returncode == 1
+    assert res.stderr.decode() == f"error: cannot write {what} to stdout: Bad file descriptor\n"
+    assert tvix(store, "nar", store_path).stdout == tvix(store, "nar", store_path).stdout  # readable
+
+
+@pytest.mark.parametrize(("command", "what"), [("path-info", "the path info"), ("import", "the store path")])
+def test_stdout_on_a_full_disk(tmp_path: Path, command: str, what: str) -> None:
+    """Output that does not fit (/dev/full) is one error line naming what was being written."""
+    store, store_path = _big_store_path(tmp_path)
+    arg = tmp_path / "big" if command == "import" else store_path
+    with open("/dev/full", "wb") as full:
+        res = subprocess.run(
+            [TVIX_STORE, command, str(arg)],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            env=cli_env(store),
+            timeout=60,
+        )
+    assert res.returncode == 1
+    assert res.stderr.decode() == f"error: cannot write {what} to stdout: No space left on device\n"
+
+
+def test_closed_stdin(tmp_path: Path) -> None:
+    """import --nar - with stdin closed (<&-) is an error, and nothing is stored."""
+    store = tmp_path / "store"
+    res = _with_closed("<&-", "import", "--nar", "-", "--name", "x", store=store)
+    assert res.returncode == 1
+    assert res.stderr.decode() == "error: cannot read the NAR from stdin: it is closed\n"
+    assert all_paths(store) == b""

@@ -195,8 +195,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from nix_compat.errors import NixCompatError
     from tvix_castore.allocator import keep_large_buffers
     from tvix_castore.errors import StoreError
+    from tvix_store.cli.stdio import OutputError, occupy_closed_descriptors
     from tvix_store.log import LogConfigError, setup_logging
 
+    occupy_closed_descriptors()
     arguments = sys.argv[1:] if argv is None else list(argv)
     try:
         arguments = _without_otlp(arguments)
@@ -223,7 +225,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     func: CommandFunc = args.func
     try:
         status = func(args)
-    except (StoreError, NixCompatError, OSError) as exc:
+    except (StoreError, NixCompatError, OSError, OutputError) as exc:
         log.debug("command failed", exc_info=True)
         print(f"error: {exc}", file=sys.stderr)
         status = 1
@@ -245,7 +247,8 @@ _QUICK_EXIT = frozenset({"import", "nar", "path-info"})
 def _quick_exit(status: int) -> None:
     """Flush the output and leave, skipping module teardown (~20 ms: a fifth of a small nar)."""
     try:
-        sys.stdout.flush()
+        if sys.stdout is not None:  # None: closed at start (see cli/stdio.py)
+            sys.stdout.flush()
         sys.stderr.flush()
     except OSError:
         status = status or 1

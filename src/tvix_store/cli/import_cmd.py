@@ -7,7 +7,6 @@ it is a terminal. The first failure aborts the command.
 
 from __future__ import annotations
 
-import sys
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -85,5 +84,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _emit(line: str) -> None:
-    sys.stdout.write(line + "\n")
-    sys.stdout.flush()
+    from tvix_store.cli.stdio import write_stdout_text
+
+    write_stdout_text("the store path", line + "\n")

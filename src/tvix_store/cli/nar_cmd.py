@@ -34,6 +34,7 @@ def register(
 def run(args: argparse.Namespace) -> int:
     """Render the NAR."""
     from tvix_castore.directoryservice.traverse import descend_to
+    from tvix_store.cli.stdio import OutputError, stdout_binary
     from tvix_store.cli.store_path_args import store_path_argument
     from tvix_store.nar.renderer import write_nar
     from tvix_store.services import construct_services
@@ -56,32 +57,20 @@ def run(args: argparse.Namespace) -> int:
                 print(f"error: path '{where}' does not exist in the store", file=sys.stderr)
                 return 1
             node = found
-        out = sys.stdout.buffer
+        out = stdout_binary("the NAR")
 
         def write(piece: bytes | memoryview) -> object:
             try:
                 return out.write(piece)
             except OSError as exc:
-                raise _OutputError(exc) from exc
+                raise OutputError("the NAR", exc) from exc
 
         # stdout's write copies or writes out each piece before returning: views are safe.
+        write_nar(write, node, services.blob_service, services.directory_service, zero_copy=True)
         try:
-            write_nar(write, node, services.blob_service, services.directory_service, zero_copy=True)
-            try:
-                out.flush()
-            except OSError as exc:
-                raise _OutputError(exc) from exc
-        except _OutputError as exc:
-            print(f"error: cannot write the NAR to stdout: {exc.cause.strerror}", file=sys.stderr)
-            return 1
+            out.flush()
+        except OSError as exc:
+            raise OutputError("the NAR", exc) from exc
         return 0
     finally:
         services.close()
-
-
-class _OutputError(Exception):
-    """Writing to stdout failed (a full disk, say); not a store error."""
-
-    def __init__(self, cause: OSError) -> None:
-        super().__init__(str(cause))
-        self.cause = cause

@@ -67,6 +67,7 @@ def path_info_json(info: PathInfo) -> dict[str, object]:
 def run(args: argparse.Namespace) -> int:
     """Look the paths up and print them."""
     from nix_compat.store_path import StorePath
+    from tvix_store.cli.stdio import write_stdout_text
     from tvix_store.cli.store_path_args import store_path_argument
     from tvix_store.services import construct_services
 
@@ -103,8 +104,8 @@ def run(args: argparse.Namespace) -> int:
             {"path": f.absolute(), "valid": False} if isinstance(f, StorePath) else path_info_json(f)
             for f in found
         ]
-        sys.stdout.write(json.dumps(items, separators=(",", ":")) + "\n")
+        text = json.dumps(items, separators=(",", ":")) + "\n"
     else:
-        sys.stdout.write("\n".join(narinfo_text(f) for f in found if not isinstance(f, StorePath)))
-    sys.stdout.flush()
+        text = "\n".join(narinfo_text(f) for f in found if not isinstance(f, StorePath))
+    write_stdout_text("the path info", text)
     return 0
