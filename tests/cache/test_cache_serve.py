@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import socket
+import struct
 import subprocess
 import tempfile
 import time
@@ -236,25 +237,31 @@ def test_port_in_use_is_one_error_naming_the_address(tmp_path):
 
 
 def test_clients_hanging_up_do_not_stop_the_server(tmp_path, nix_closure):
-    """A client that closes before reading the answer (or mid-upload) leaves the server up."""
+    """A client that closes or resets before reading the answer (or mid-request, mid-upload)
+    leaves the server up, and its log free of tracebacks."""
     note = next(p for p in nix_closure["paths"] if p.endswith("-h6-note"))
     nar = nix_dump(note)
     nar_name = nixbase32.encode(hashlib.sha256(nar).digest())
-    with serve_cache(tmp_path / "store") as url:
+    log = tmp_path / "serve.log"
+    with serve_cache(tmp_path / "store", log=log) as url:
         host, port = url.removeprefix("http://").rstrip("/").rsplit(":", 1)
         requests = [
+            b"GET /nix-cache-info HTTP/1.1\r\nHost: x\r\n",  # headers never finished
             b"GET /" + b"0" * 32 + b".narinfo HTTP/1.1\r\nHost: x\r\n\r\n",
             b"PUT /" + b"0" * 32 + b".narinfo HTTP/1.1\r\nHost: x\r\nContent-Length: 8\r\n\r\ngarbage\n",
             f"PUT /nar/{nar_name}.nar HTTP/1.1\r\nHost: x\r\nContent-Length: {len(nar)}\r\n\r\n".encode()
             + nar[: len(nar) // 2],
         ]
-        for _ in range(3):
+        for reset in (False, True, False):
             for request in requests:
                 with socket.create_connection((host, int(port)), timeout=10) as conn:
                     conn.sendall(request)
+                    if reset:  # close with RST: the server's next read fails with ECONNRESET
+                        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                 time.sleep(0.1)  # the answer meets a closed socket
         with urllib.request.urlopen(f"{url}/nix-cache-info", timeout=10) as r:
             assert r.status == 200
+    assert "Traceback" not in log.read_text(), log.read_text()
     assert stored_paths(tmp_path / "store") == []
 
 

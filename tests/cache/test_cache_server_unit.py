@@ -10,6 +10,7 @@ import http.client
 import socket
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 import zstandard
@@ -21,7 +22,12 @@ from nix_compat.signing import SigningKey
 from nix_compat.store_path import build_nar_sha256_path
 from tvix_store.binary_cache.copy import _references_first
 from tvix_store.binary_cache.fetch import decompressed_pieces
-from tvix_store.binary_cache.server import BinaryCacheServer, RenderedNarCache, parse_listen_address
+from tvix_store.binary_cache.server import (
+    IDLE_TIMEOUT,
+    BinaryCacheServer,
+    RenderedNarCache,
+    parse_listen_address,
+)
 from tvix_store.services import Services, construct_services
 
 
@@ -43,10 +49,18 @@ def _nar() -> bytes:
 
 @pytest.fixture
 def server(tmp_path) -> Iterator[tuple[BinaryCacheServer, Services]]:
+    with _running_server(tmp_path) as running:
+        yield running
+
+
+@contextmanager
+def _running_server(
+    tmp_path, idle_timeout: float = IDLE_TIMEOUT
+) -> Iterator[tuple[BinaryCacheServer, Services]]:
     services = construct_services("memory://", "memory://", "memory://")
     srv = BinaryCacheServer(
         ("127.0.0.1", 0), services, sign_key=SigningKey.parse(_secret()),
-        nar_cache=RenderedNarCache(str(tmp_path), 1 << 20),
+        nar_cache=RenderedNarCache(str(tmp_path), 1 << 20), idle_timeout=idle_timeout,
     )  # fmt: skip
     thread = threading.Thread(target=srv.serve_forever, daemon=True)
     thread.start()
@@ -253,3 +267,18 @@ def test_served_narinfo_lists_references_sorted() -> None:
     # Verified over the listed (sorted) order, which is also the order Nix verifies over.
     assert narinfo.fingerprint().endswith(f";{a.absolute()},{b.absolute()}".encode())
     assert narinfo.valid_signatures([key.verifying_key()]) == narinfo.signatures
+
+
+def test_idle_connection_is_dropped(tmp_path):
+    """A connection whose request never completes is closed after the idle timeout, so a
+    client that goes silent does not hold a server thread for ever; the server serves on."""
+    import time
+
+    with _running_server(tmp_path, idle_timeout=0.5) as (srv, _):
+        with socket.create_connection(("127.0.0.1", srv.server_address[1]), timeout=30) as conn:
+            conn.sendall(b"GET /nix-cache-info HTTP/1.1\r\nHost: x\r\n")  # no blank line
+            t0 = time.monotonic()
+            assert conn.recv(100) == b""  # closed by the server, nothing answered
+            assert 0.4 < time.monotonic() - t0 < 10
+        resp, body = _request(srv, "GET", "/nix-cache-info")
+        assert resp.status == 200 and body.startswith(b"StoreDir: /nix/store")

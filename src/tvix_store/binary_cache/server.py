@@ -34,6 +34,7 @@ import lzma
 import os
 import re
 import socket
+import sys
 import tempfile
 import threading
 import urllib.parse
@@ -69,6 +70,9 @@ log = logging.getLogger(__name__)
 MAX_NODE_BYTES = 4096
 _MAX_NODE_B64 = (MAX_NODE_BYTES * 4 + 2) // 3
 PENDING_CAPACITY = 1000
+# A connection on which nothing moves for this long is dropped (a half-sent request, a client
+# that stopped reading); the same span as Nix's stalled-download-timeout.
+IDLE_TIMEOUT = 300.0
 _COPY_CHUNK = 1 << 20
 _SUFFIX_COMPRESSION = {"": "none", ".xz": "xz", ".zst": "zstd", ".bz2": "bzip2", ".gz": "gzip"}
 _RANGE_RE = re.compile(r"bytes=(\d*)-(\d*)")
@@ -343,8 +347,10 @@ class BinaryCacheServer(http.server.ThreadingHTTPServer):
         sign_key: SigningKey | None = None,
         compression: str = "none",
         nar_cache: RenderedNarCache | None = None,
+        idle_timeout: float = IDLE_TIMEOUT,
     ) -> None:
         self.address_family = family
+        self.idle_timeout = idle_timeout
         self.nar_cache = nar_cache
         self.services = services
         self.priority = priority
@@ -381,6 +387,17 @@ class BinaryCacheServer(http.server.ThreadingHTTPServer):
         with self._pending_lock:
             return self._pending.get(nar_sha256)
 
+    def handle_error(self, request: object, client_address: object) -> None:
+        """Log what escaped a connection's handler, instead of socketserver's raw traceback.
+
+        A client hanging up or going silent, even mid-request, is routine for a server.
+        """
+        exc = sys.exc_info()[1]
+        if isinstance(exc, ConnectionError | TimeoutError):
+            log.debug("connection from %s ended: %s", client_address, exc)
+        else:
+            log.error("connection from %s failed", client_address, exc_info=True)
+
 
 class _Handler(http.server.BaseHTTPRequestHandler):
     """One connection's requests; every method answers, whatever happens inside."""
@@ -391,6 +408,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     # the client's delayed ACK of the headers, ~40 ms per small response on a kept-alive connection.
     disable_nagle_algorithm = True
     server: BinaryCacheServer
+
+    def setup(self) -> None:
+        super().setup()
+        # A read or write that waits longer ends the connection (TimeoutError).
+        self.connection.settimeout(self.server.idle_timeout)
 
     def log_message(self, format: str, *args: object) -> None:
         log.debug("%s %s", self.address_string(), format % args)
@@ -426,7 +448,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         except _BadRequest as exc:
             self.close_connection = True
             self._error(400, str(exc))
-        except (BrokenPipeError, ConnectionResetError):
+        except (ConnectionError, TimeoutError) as exc:
+            log.debug("%s %s: client gone: %s", self.command, self.path, exc)
             self.close_connection = True
         except Exception as exc:
             log.error(
@@ -558,7 +581,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         cached = cache.open(key) if cache is not None else None
         if cached is not None:
             with cached:
-                self._sendfile(cached.fileno(), start, end - start)
+                # socket.sendfile: the zero-copy sendfile(2), waiting within the idle timeout.
+                sent = self.connection.sendfile(cached, start, end - start)
+            if sent != end - start:
+                log.error("rendered NAR cache file for %s ended after %d of %d bytes", key, sent, end - start)
+                self.close_connection = True
             return
         tee = cache.writer(key, nar_size) if cache is not None and status == 200 else None
         out = _RangeWriter(self.wfile.write if tee is None else tee.tee(self.wfile.write), start, end)
@@ -581,15 +608,6 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if out.pos != nar_size:
             log.error("NAR of %s is %d bytes, but the URL said narsize=%d", node, out.pos, nar_size)
             self.close_connection = True
-
-    def _sendfile(self, fd: int, offset: int, count: int) -> None:
-        sock = self.connection.fileno()
-        while count > 0:
-            sent = os.sendfile(sock, fd, offset, min(count, 1 << 30))
-            if sent == 0:
-                raise BrokenPipeError("sendfile: connection closed")
-            offset += sent
-            count -= sent
 
     def _send_zstd(self, node: Node, headers: dict[str, str]) -> None:
         import zstandard
