@@ -18,7 +18,7 @@ import signal
 import socket
 import stat
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from types import FrameType
 
@@ -33,13 +33,21 @@ from tvix.store.protos import rpc_pathinfo_pb2
 from tvix.store.protos import rpc_pathinfo_pb2_grpc as pathinfo_grpc
 from tvix_castore.errors import InvalidRequest
 from tvix_castore.grpc.blob_servicer import BlobServicer
-from tvix_castore.grpc.channel import MAX_MESSAGE
+from tvix_castore.grpc.channel import MAX_MESSAGE, channel_target
 from tvix_castore.grpc.directory_servicer import DirectoryServicer
+from tvix_castore.url import ServiceUrl
 from tvix_store.grpc.pathinfo_servicer import PathInfoServicer
 from tvix_store.services import Services
 from tvix_store.writeback import BackgroundWriteback
 
-__all__ = ["DEFAULT_LISTEN", "SERVICE_NAMES", "Daemon", "grpc_target", "serve"]
+__all__ = [
+    "DEFAULT_LISTEN",
+    "SERVICE_NAMES",
+    "Daemon",
+    "grpc_target",
+    "refuse_serving_itself",
+    "serve",
+]
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +100,28 @@ def grpc_target(listen: str) -> str:
     if not sep or not host or not port.isdigit():
         raise InvalidRequest(f"invalid listen address {listen!r}: expected host:port, [v6]:port or /socket")
     return listen
+
+
+def refuse_serving_itself(listen: str, service_urls: Iterable[str]) -> None:
+    """Refuse a gRPC backend URL that names the daemon's own listen address.
+
+    Every call would be forwarded to the daemon itself, and wait on a call that waits on it.
+
+    Raises:
+        InvalidRequest: one of service_urls points at listen.
+
+    """
+    own = grpc_target(listen)
+    for raw in service_urls:
+        if not raw.startswith("grpc+"):
+            continue
+        target, _ = channel_target(ServiceUrl.parse(raw))
+        if target.startswith("unix:"):
+            target = "unix:" + os.path.abspath(target.removeprefix("unix:"))
+        if target == own:
+            raise InvalidRequest(
+                f"invalid service address {raw!r}: it is this daemon's own listen address {listen!r}"
+            )
 
 
 def _register_reflection_v1() -> None:

@@ -72,12 +72,12 @@ class Services:
         self.blob_service.close()
 
 
-def construct_services(
+def service_urls(
     blob_url: str | None = None,
     directory_url: str | None = None,
     path_info_url: str | None = None,
-) -> Services:
-    """Build the services; a missing URL falls back to its env var, then the embedded store."""
+) -> tuple[str, str, str]:
+    """The blob, directory and path-info URLs: given, else from the env, else the embedded store."""
     default = None
 
     def pick(given: str | None, env: str) -> str:
@@ -90,7 +90,17 @@ def construct_services(
             default = default_store_url()
         return default
 
-    blobs = blobservice.from_addr(pick(blob_url, BLOB_ENV))
-    dirs = directoryservice.from_addr(pick(directory_url, DIRECTORY_ENV))
-    infos = pathinfoservice.from_addr(pick(path_info_url, PATH_INFO_ENV), blobs, dirs)
+    return pick(blob_url, BLOB_ENV), pick(directory_url, DIRECTORY_ENV), pick(path_info_url, PATH_INFO_ENV)
+
+
+def construct_services(
+    blob_url: str | None = None,
+    directory_url: str | None = None,
+    path_info_url: str | None = None,
+) -> Services:
+    """Build the services from the URLs ``service_urls`` picks."""
+    blob, directory, path_info = service_urls(blob_url, directory_url, path_info_url)
+    blobs = blobservice.from_addr(blob)
+    dirs = directoryservice.from_addr(directory)
+    infos = pathinfoservice.from_addr(path_info, blobs, dirs)
     return Services(blobs, dirs, infos)

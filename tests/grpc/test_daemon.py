@@ -194,6 +194,25 @@ def test_bad_listen_address(tmp_path: Path) -> None:
     assert res.stderr.decode().splitlines()[-1].startswith("error: ")
 
 
+@pytest.mark.parametrize("unix", [True, False])
+def test_backend_that_is_the_daemon_itself_is_refused(tmp_path: Path, short_dir: Path, unix: bool) -> None:
+    """A backend URL naming the daemon's own address (in a flag or the env) is refused at start:
+    each call would wait on a call to itself."""
+    if unix:
+        listen, url = str(short_dir / "self.sock"), f"grpc+unix://{short_dir / 'self.sock'}"
+    else:
+        port = _free_port(socket.AF_INET, "127.0.0.1")
+        listen, url = f"127.0.0.1:{port}", f"grpc+http://127.0.0.1:{port}"
+    store = tmp_path / "s"
+    for how in (["--blob-service-addr", url], []):
+        env = cli_env(store, PATH_INFO_SERVICE_ADDR=url)
+        res = tvix(store, "daemon", "-l", listen, *how, env=env, check=False)
+        assert res.returncode == 1
+        assert res.stderr.decode() == (
+            f"error: invalid service address '{url}': it is this daemon's own listen address '{listen}'\n"
+        )
+
+
 def test_stale_socket_file_is_replaced(tmp_path: Path, short_dir: Path) -> None:
     """A socket file left by a killed daemon does not prevent the next start."""
     sock = str(short_dir / "r.sock")

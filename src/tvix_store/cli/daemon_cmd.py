@@ -38,14 +38,15 @@ def register(
 
 def run(args: argparse.Namespace) -> int:
     """Serve until a signal arrives."""
-    from tvix_store.server import DEFAULT_LISTEN, serve
-    from tvix_store.services import construct_services
+    from tvix_store.server import DEFAULT_LISTEN, refuse_serving_itself, serve
+    from tvix_store.services import construct_services, service_urls
 
-    services = construct_services(
-        args.blob_service_addr, args.directory_service_addr, args.path_info_service_addr
-    )
+    listen = args.listen_address or DEFAULT_LISTEN
+    urls = service_urls(args.blob_service_addr, args.directory_service_addr, args.path_info_service_addr)
+    refuse_serving_itself(listen, urls)
+    services = construct_services(*urls)
     try:
-        serve(services, args.listen_address or DEFAULT_LISTEN)
+        serve(services, listen)
     finally:
         services.close()
     return 0
