@@ -42,6 +42,7 @@ from tvix_store.writeback import BackgroundWriteback
 
 __all__ = [
     "DEFAULT_LISTEN",
+    "MAX_CALLS",
     "SERVICE_NAMES",
     "Daemon",
     "grpc_target",
@@ -53,6 +54,21 @@ log = logging.getLogger(__name__)
 
 DEFAULT_LISTEN = "[::1]:8000"
 GRACE_SECONDS = 30.0
+
+MAX_CALLS = 256
+"""Calls served at once: a thread each, idle threads cost only address space."""
+
+SERVER_KEEPALIVE_OPTIONS: list[tuple[str, int]] = [
+    # Ping each client connection after a minute without traffic; one that does not answer
+    # within 20 s (a stopped or vanished process, a dead network) is closed, and the calls on
+    # it end, giving back their threads. A live client that merely stops reading still answers.
+    ("grpc.keepalive_time_ms", 60_000),
+    ("grpc.keepalive_timeout_ms", 20_000),
+    # Accept the pings of our own clients (channel.py), sent every 15 s while calls are open
+    # even when no data moves: grpc-core's default would answer them with GOAWAY.
+    ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
+    ("grpc.http2.max_ping_strikes", 0),
+]
 
 SERVICE_NAMES = (
     rpc_blobstore_pb2.DESCRIPTOR.services_by_name["BlobService"].full_name,
@@ -169,7 +185,7 @@ def _reflection_v1_handler(servicer: reflection.ReflectionServicer) -> grpc.Gene
 class Daemon:
     """A started server; ``stop`` ends it gracefully."""
 
-    def __init__(self, services: Services, listen: str, max_workers: int = 64) -> None:
+    def __init__(self, services: Services, listen: str, max_workers: int = MAX_CALLS) -> None:
         self.listen = listen
         self._server = grpc.server(
             ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc-server"),
@@ -177,7 +193,12 @@ class Daemon:
                 ("grpc.max_receive_message_length", MAX_MESSAGE),
                 ("grpc.max_send_message_length", 256 * 1024 * 1024),
                 ("grpc.so_reuseport", 0),
+                *SERVER_KEEPALIVE_OPTIONS,
             ],
+            # Each call holds a pool thread until it ends. One more than there are threads would
+            # wait, with no deadline, behind calls that may never end (streams whose client stopped
+            # reading); it is refused at once with RESOURCE_EXHAUSTED instead.
+            maximum_concurrent_rpcs=max_workers,
         )
         BlobServicer(services.blob_service).add_to_server(self._server)
         directory_grpc.add_DirectoryServiceServicer_to_server(

@@ -114,3 +114,31 @@ def test_survives_daemon_restart(mounted: tuple[Path, str, DaemonProc]) -> None:
         assert len((root / "cold.bin").read_bytes()) == 3 * 1024 * 1024 + 1
     finally:
         assert restarted.stop() == 0
+
+
+@pytest.mark.slow
+def test_stopped_daemon_fails_reads_instead_of_hanging(mounted: tuple[Path, str, DaemonProc]) -> None:
+    """A daemon that stops answering (SIGSTOP: its socket stays open) fails a read with EIO
+    once its keepalive pings go unanswered, rather than leaving the reader blocked for ever;
+    after SIGCONT reads work again."""
+    mnt, name, daemon = mounted
+    root = mnt / name
+    os.stat(root / "later.txt")  # looked up while the daemon runs; contents not read yet
+    daemon.proc.send_signal(signal.SIGSTOP)
+    try:
+        t0 = time.monotonic()
+        res = subprocess.run(["cat", str(root / "later.txt")], capture_output=True, timeout=120)
+        waited = time.monotonic() - t0
+    finally:
+        daemon.proc.send_signal(signal.SIGCONT)
+    assert res.returncode == 1 and b"Input/output error" in res.stderr, res
+    assert waited < 60, f"the read failed only after {waited:.0f} s"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            assert (root / "later.txt").read_bytes() == b"read after the restart\n"
+            break
+        except OSError as exc:
+            assert exc.errno == errno.EIO
+            assert time.monotonic() < deadline, "reads did not recover after SIGCONT"
+            time.sleep(0.2)

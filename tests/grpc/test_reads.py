@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import random
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -212,3 +213,40 @@ def test_read_of_corrupt_chunk_is_data_loss_and_daemon_keeps_serving(served: Ser
     assert str(victim.digest) in (info.value.details() or "")
     other = os.urandom(2 * MiB)
     assert b"".join(_raw_read(served, blobs.put(other))) == other
+
+
+def test_stalled_readers_do_not_freeze_the_daemon(served: Served) -> None:
+    """Read streams whose clients stop reading hold the daemon's call threads; a call beyond
+    them is refused at once with RESOURCE_EXHAUSTED instead of waiting behind them for ever,
+    and the daemon serves again once those clients go away."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from tvix.castore.protos import rpc_blobstore_pb2 as bpb
+    from tvix.castore.protos import rpc_blobstore_pb2_grpc as bgrpc
+
+    digest = served.services.blob_service.put(os.urandom(32 * MiB))
+    workers = 16  # the served fixture's daemon
+    channels = [served.channel() for _ in range(workers)]
+    streams = []  # kept: a dropped stream object cancels its call
+    try:
+        for ch in channels:
+            stream = bgrpc.BlobServiceStub(ch).Read(bpb.ReadBlobRequest(digest=bytes(digest)))
+            next(stream)  # started, then never read again: the server blocks sending
+            streams.append(stream)
+        with served.channel() as ch, pytest.raises(grpc.RpcError) as info:
+            health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=20)
+        assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    finally:
+        for ch in channels:
+            ch.close()
+    deadline = time.monotonic() + 20
+    with served.channel() as ch:
+        while True:
+            try:
+                health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=5)
+                break
+            except grpc.RpcError as exc:
+                assert exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                assert time.monotonic() < deadline, "the daemon did not recover"
+                time.sleep(0.1)

@@ -2,7 +2,8 @@
 
 Channels connect lazily unless the URL asks ``?wait-connect=1``. Reconnect backoff is kept short
 (≤ 1 s) so a client, a mount in particular, is usable again soon after a daemon restarts; calls
-made while the server is down fail at once with UNAVAILABLE instead of waiting.
+made while the server is down fail at once with UNAVAILABLE instead of waiting, and calls waiting
+on a server that stopped answering fail within ~35 s (keepalive pings).
 """
 
 from __future__ import annotations
@@ -33,6 +34,16 @@ CHANNEL_OPTIONS: list[tuple[str, int | str]] = [
     # of grpcio's channel thread taking every message and handing it over. A remote mount
     # reading at full speed spent ~15% less CPU.
     ("SingleThreadedUnaryStream", 1),
+    # While calls are open, ping the server every 15 s and give up on a connection whose pings
+    # go unanswered for 20 s: a stopped or unreachable daemon then fails the calls waiting on it
+    # with UNAVAILABLE (a mount answers EIO) instead of leaving their callers blocked for ever.
+    # No pings on an idle channel, and none of a deadline's false alarms on a long, slow stream.
+    ("grpc.keepalive_time_ms", 15_000),
+    ("grpc.keepalive_timeout_ms", 20_000),
+    # grpc-core waits this long for the ack of any ping, keepalive or not (default 60 s).
+    ("grpc.http2.ping_timeout_ms", 20_000),
+    ("grpc.keepalive_permit_without_calls", 0),
+    ("grpc.http2.max_pings_without_data", 0),
 ]
 
 _CONNECT_TIMEOUT = 10.0
