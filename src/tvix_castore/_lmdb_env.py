@@ -79,6 +79,8 @@ def explain(path: str, exc: lmdb.Error) -> str:
         st = os.statvfs(path)
     except OSError:
         return text
+    if st.f_flag & os.ST_RDONLY:
+        return text + f" ({path} is on a read-only filesystem)"
     free = st.f_bavail * st.f_frsize
     if free < _LOW_SPACE:
         text += f" ({path}: only {free} bytes left on its filesystem)"
@@ -120,20 +122,10 @@ def open_env(path: str) -> LmdbStore:
         try:
             os.makedirs(real, exist_ok=True)
             _refuse_unusable_data_file(real)
-            env = lmdb.open(
-                real,
-                map_size=_MAP_SIZE,
-                max_dbs=len(TABLES) + 2,
-                max_readers=_MAX_READERS,
-                subdir=True,
-                readahead=False,
-                # Readers open short transactions from many threads (gRPC, FUSE workers).
-                lock=True,
-                sync=False,
-            )
+            env, read_only = _open_lmdb(real)
             try:
                 _refuse_truncated_data_file(real, env)
-                tables = {name: env.open_db(name.encode()) for name in TABLES}
+                tables = {name: env.open_db(name.encode(), create=not read_only) for name in TABLES}
             except BaseException:
                 env.close()
                 raise
@@ -141,6 +133,46 @@ def open_env(path: str) -> LmdbStore:
             raise StorageError(f"cannot open LMDB store at {real}: {exc}") from exc
         _envs[real] = (env, tables, 1)
         return LmdbStore(real, env, tables)
+
+
+def _open_lmdb(directory: str) -> tuple[lmdb.Environment, bool]:
+    """Open the environment for writing or, on a read-only filesystem, for reading only.
+
+    A store on a read-only filesystem (a read-only bind mount, a store on install media) can
+    still be listed, rendered and mounted; LMDB uses no lock file there, as no writer can exist.
+    Returns the environment and whether it is read-only.
+    """
+
+    def open_env_at(readonly: bool) -> lmdb.Environment:
+        return lmdb.open(
+            directory,
+            map_size=_MAP_SIZE,
+            max_dbs=len(TABLES) + 2,
+            max_readers=_MAX_READERS,
+            subdir=True,
+            readahead=False,
+            # Readers open short transactions from many threads (gRPC, FUSE workers).
+            lock=True,
+            sync=False,
+            readonly=readonly,
+        )
+
+    try:
+        return open_env_at(readonly=False), False
+    except lmdb.Error as exc:
+        if not _on_read_only_filesystem(directory):
+            raise
+        try:
+            return open_env_at(readonly=True), True
+        except lmdb.Error:
+            raise exc from None
+
+
+def _on_read_only_filesystem(directory: str) -> bool:
+    try:
+        return bool(os.statvfs(directory).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
 
 
 def _refuse_unusable_data_file(directory: str) -> None:

@@ -344,3 +344,35 @@ def test_closed_stdin(tmp_path: Path) -> None:
     assert res.returncode == 1
     assert res.stderr.decode() == "error: cannot read the NAR from stdin: it is closed\n"
     assert all_paths(store) == b""
+
+
+@pytest.fixture
+def read_only_view(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
+    """A store with one path, and a read-only bind mount of its directory (needs root, as CI
+    is); yields (store, read-only view), unmounted afterwards."""
+    store, _ = _big_store_path(tmp_path)
+    view = tmp_path / "ro"
+    view.mkdir()
+    res = subprocess.run(["mount", "--bind", str(store), str(view)], capture_output=True)
+    if res.returncode != 0:
+        pytest.skip(f"cannot bind-mount here: {res.stderr.decode().strip()}")
+    try:
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(view)], check=True, capture_output=True)
+        yield store, view
+    finally:
+        subprocess.run(["umount", "-l", str(view)], check=False)
+
+
+def test_store_on_a_read_only_filesystem(tmp_path: Path, read_only_view: tuple[Path, Path]) -> None:
+    """A store on a read-only filesystem can be read (path-info, nar); a write is one error
+    saying why, and leaves the store as it was."""
+    store, view = read_only_view
+    listed = tvix(view, "path-info", "--all").stdout
+    assert listed == all_paths(store) and listed.count(b"StorePath: ") == 1
+    store_path = listed.split(b"\n")[0].removeprefix(b"StorePath: ").decode()
+    assert tvix(view, "nar", store_path).stdout == tvix(store, "nar", store_path).stdout
+    other = tmp_path / "other"
+    other.write_bytes(b"not stored\n")
+    line = one_line_error(tvix(view, "import", other, check=False))
+    assert f"({view} is on a read-only filesystem)" in line, line
+    assert all_paths(store) == listed
