@@ -39,14 +39,10 @@ class PathInfo:
         object.__setattr__(self, "signatures", tuple(self.signatures))
 
     def fingerprint(self) -> bytes:
-        """The narinfo fingerprint signatures are made over (spec §6.6)."""
-        from nix_compat import nixbase32
+        """The narinfo fingerprint signatures are made over (spec §6.6), references as stored."""
+        from nix_compat.narinfo import fingerprint
 
-        refs = ",".join(r.absolute() for r in self.references)
-        return (
-            f"1;{self.store_path.absolute()};sha256:{nixbase32.encode(self.nar_sha256)};"
-            f"{self.nar_size};{refs}"
-        ).encode()
+        return fingerprint(self.store_path, self.nar_sha256, self.nar_size, self.references)
 
     def to_narinfo(self, url: str, compression: str) -> NarInfo:
         """The narinfo of this PathInfo whose NAR is at url, stored with compression.
