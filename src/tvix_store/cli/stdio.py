@@ -20,7 +20,6 @@ class OutputError(Exception):
 
     def __init__(self, what: str, cause: OSError) -> None:
         super().__init__(f"cannot write {what} to stdout: {cause.strerror}")
-        self.cause = cause
 
 
 def occupy_closed_descriptors() -> None:
@@ -38,7 +37,7 @@ def occupy_closed_descriptors() -> None:
         sys.stderr = open(2, "w", closefd=False)  # noqa: SIM115 - lives as long as the process
 
 
-def closed_stdout_error(what: str) -> OutputError:
+def _closed_stdout_error(what: str) -> OutputError:
     """The error for writing what to a stdout that was closed at start."""
     return OutputError(what, OSError(errno.EBADF, os.strerror(errno.EBADF)))
 
@@ -46,14 +45,14 @@ def closed_stdout_error(what: str) -> OutputError:
 def stdout_binary(what: str) -> BinaryIO:
     """The binary stdout, or OutputError naming what the command would have written."""
     if sys.stdout is None:
-        raise closed_stdout_error(what)
+        raise _closed_stdout_error(what)
     return sys.stdout.buffer
 
 
 def write_stdout_text(what: str, text: str) -> None:
     """Write text to stdout and flush it; a failure is an OutputError naming what."""
     if sys.stdout is None:
-        raise closed_stdout_error(what)
+        raise _closed_stdout_error(what)
     try:
         sys.stdout.write(text)
         sys.stdout.flush()
