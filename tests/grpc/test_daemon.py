@@ -3,6 +3,7 @@ CLI command pointed at it through the address flags and env vars (issue 4 points
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -359,3 +360,60 @@ def test_daemon_in_front_of_daemon(daemon_proc: DaemonProc, tmp_path: Path, shor
         front.send_signal(signal.SIGTERM)
         assert front.wait(timeout=60) == 0
     assert not (tmp_path / "front-home").exists()
+
+
+def _delaying_proxy(target: tuple[str, int], delay: float) -> tuple[int, socket.socket]:
+    """A loopback TCP proxy to target that holds each connection's first server bytes back
+    by delay seconds, as a slow link or a TLS handshake would; returns (port, listener)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def pump(src: socket.socket, dst: socket.socket, first_delay: float) -> None:
+        with contextlib.suppress(OSError):
+            first = True
+            while data := src.recv(65536):
+                if first:
+                    time.sleep(first_delay)
+                    first = False
+                dst.sendall(data)
+        with contextlib.suppress(OSError):
+            dst.shutdown(socket.SHUT_WR)
+
+    def accept() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                client, _ = listener.accept()
+                server = socket.create_connection(target)
+                threading.Thread(target=pump, args=(client, server, 0.0), daemon=True).start()
+                threading.Thread(target=pump, args=(server, client, delay), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    return listener.getsockname()[1], listener
+
+
+def test_server_slow_to_answer_the_handshake_is_reached(tmp_path: Path) -> None:
+    """A daemon whose handshake arrives late (1.5 s here) is still reached, not refused as
+    'connection attempt timed out before receiving SETTINGS frame'."""
+    port = _free_port(socket.AF_INET, "127.0.0.1")
+    proc = subprocess.Popen(
+        [TVIX_STORE, "daemon", "-l", f"127.0.0.1:{port}"],
+        env=cli_env(tmp_path / "store"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+                break
+            assert time.monotonic() < deadline and proc.poll() is None, "daemon did not start"
+            time.sleep(0.1)
+        proxy_port, listener = _delaying_proxy(("127.0.0.1", port), 1.5)
+        with listener:
+            url = f"grpc+http://127.0.0.1:{proxy_port}"
+            res = tvix(
+                tmp_path / "c", "path-info", "--all", env=cli_env(tmp_path / "c", PATH_INFO_SERVICE_ADDR=url)
+            )
+            assert res.returncode == 0 and res.stdout == b""
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0

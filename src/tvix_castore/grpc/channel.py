@@ -25,8 +25,9 @@ CHANNEL_OPTIONS: list[tuple[str, int | str]] = [
     # to what servers accept.
     ("grpc.max_receive_message_length", 256 * 1024 * 1024),
     ("grpc.max_send_message_length", 256 * 1024 * 1024),
+    # Not grpc.min_reconnect_backoff_ms: grpc-core also takes it as the connect timeout, so a
+    # server slower than that to complete its handshake (a WAN link, TLS) could never be reached.
     ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.min_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 1000),
     ("grpc.enable_retries", 0),
     # grpc.experimental.ChannelOptions.SingleThreadedUnaryStream: a server stream (Read, Get,
