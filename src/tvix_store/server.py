@@ -64,6 +64,8 @@ SERVER_KEEPALIVE_OPTIONS: list[tuple[str, int]] = [
     # it end, giving back their threads. A live client that merely stops reading still answers.
     ("grpc.keepalive_time_ms", 60_000),
     ("grpc.keepalive_timeout_ms", 20_000),
+    # grpc-core waits this long for any ping's ack (default 60 s), whatever the keepalive timeout.
+    ("grpc.http2.ping_timeout_ms", 20_000),
     # Accept the pings of our own clients (channel.py), sent every 15 s while calls are open
     # even when no data moves: grpc-core's default would answer them with GOAWAY.
     ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
