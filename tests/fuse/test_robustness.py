@@ -119,7 +119,7 @@ def test_path_imported_while_mounted_appears(tmp_path: Path, mount: MountFactory
     assert (looked_up / "f").read_bytes() == b"contents of looked-up\n"
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
 def test_signal_unmounts_and_exits_zero(
     program: tuple[Path, Path, str], mount: MountFactory, sig: signal.Signals
 ) -> None:
@@ -130,7 +130,7 @@ def test_signal_unmounts_and_exits_zero(
     assert not is_mounted(m.path)
     assert os.listdir(m.path) == []  # a plain empty directory again, not a stale mount
     # tvix's log lines for Ctrl-C; SIGTERM gets its own name.
-    said = "interrupt" if sig == signal.SIGINT else "terminate signal"
+    said = {signal.SIGINT: "interrupt", signal.SIGTERM: "terminate signal", signal.SIGHUP: "hangup"}[sig]
     assert f"{said} received, unmounting" in m.logs()
     assert "unmount occurred, terminating" in m.logs()
 

@@ -1,6 +1,6 @@
 """Mount lifecycle: check the mount point, mount, serve until told to stop, unmount.
 
-``mount()`` runs in the foreground. It ends, after unmounting, on SIGINT or SIGTERM, and also
+``mount()`` runs in the foreground. It ends, after unmounting, on SIGINT, SIGTERM or SIGHUP, and also
 when someone else unmounts the filesystem (``umount``/``fusermount3 -u``). A stale mount left
 by a crashed process ("Transport endpoint is not connected") is lazily unmounted first.
 Once the kernel's INIT is answered (processing the reply resets it), the kernel's readahead
@@ -96,10 +96,11 @@ async def _serve(ops: FuseOperations, path: str, threads: int) -> bool:
 
         async def watch_signals() -> None:
             nonlocal stopped
-            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            # SIGHUP too: a mount started from a terminal that closes must not die mounted.
+            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
                 async for signum in signals:
                     # tvix's words for Ctrl-C, so that log watchers see what they know.
-                    what = "interrupt" if signum == signal.SIGINT else "terminate signal"
+                    what = _SIGNAL_WORDS[signum]
                     log.info("%s received, unmounting…", what)
                     stopped = True
                     pyfuse3.terminate()
@@ -111,6 +112,13 @@ async def _serve(ops: FuseOperations, path: str, threads: int) -> bool:
         await pyfuse3.main(min_tasks=1, max_tasks=max(4, threads * 2))
         nursery.cancel_scope.cancel()
     return stopped
+
+
+_SIGNAL_WORDS: dict[int, str] = {
+    signal.SIGINT: "interrupt",
+    signal.SIGTERM: "terminate signal",
+    signal.SIGHUP: "hangup",
+}
 
 
 def _prepare_mountpoint(path: str) -> None:

@@ -1,6 +1,6 @@
 """``tvix-store mount MOUNTPOINT``: the store as a read-only /nix/store, in the foreground.
 
-Runs until SIGINT/SIGTERM or an external ``umount``, then exits 0. Each store path is the entry
+Runs until SIGINT/SIGTERM/SIGHUP or an external ``umount``, then exits 0. Each store path is the entry
 ``<hash>-<name>`` at the top; directories and file chunks are fetched when first touched.
 """
 
