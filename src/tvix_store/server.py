@@ -249,14 +249,16 @@ class Daemon:
 
 
 def serve(services: Services, listen: str, on_ready: Callable[[Daemon], None] | None = None) -> None:
-    """Run a daemon until SIGINT or SIGTERM; in-flight calls finish before returning."""
+    """Run a daemon until SIGINT, SIGTERM or SIGHUP; in-flight calls finish before returning."""
     stop = threading.Event()
 
     def handler(signum: int, frame: FrameType | None) -> None:
         log.info("received signal %d, stopping", signum)
         stop.set()
 
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    # SIGHUP too: a daemon started from a terminal that closes stops as cleanly as on SIGTERM.
+    stop_signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    previous = {s: signal.signal(s, handler) for s in stop_signals}
     try:
         daemon = Daemon(services, listen)
         if on_ready is not None:

@@ -7,6 +7,7 @@ import gzip
 import hashlib
 import json
 import os
+import signal
 import socket
 import struct
 import subprocess
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import pytest
 from cache_helpers import NIX, assert_same_as_nix, serve_cache, stored_paths
-from tvix_cli import nix_dump, tvix
+from tvix_cli import TVIX_STORE, cli_env, nix_dump, tvix
 
 from nix_compat import nixbase32
 from nix_compat.narinfo import NarInfo
@@ -316,3 +317,29 @@ def test_gzip_nar_under_a_plain_name(tmp_path, nix_closure):
         assert _put(f"{url}/nar/{file_hash}.nar", body) == (200, "")
         # PRIORITY is nar-bridge's env var for --priority.
         assert "Priority: 40\n" in _get(f"{url}/nix-cache-info")[1]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP], ids=["TERM", "INT", "HUP"])
+def test_signal_stops_the_server_with_status_zero(tmp_path, sig):
+    """SIGTERM, SIGINT and SIGHUP (its terminal closing) end serve-cache cleanly, exit 0."""
+    store = tmp_path / "store"
+    store.mkdir()
+    log = tmp_path / "serve.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [TVIX_STORE, "serve-cache", "-l", "127.0.0.1:0"],
+            stdout=subprocess.DEVNULL,
+            stderr=out,
+            env=cli_env(store),
+        )
+    try:
+        deadline = time.monotonic() + 30
+        while "serving binary cache on" not in log.read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.05)
+        proc.send_signal(sig)
+        assert proc.wait(30) == 0, log.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

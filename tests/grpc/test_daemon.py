@@ -78,9 +78,9 @@ def test_reflection_v1_and_v1alpha(daemon_proc: DaemonProc) -> None:
             assert files, pkg
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["TERM", "INT"])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP], ids=["TERM", "INT", "HUP"])
 def test_signal_exits_zero(daemon_proc: DaemonProc, sig: int) -> None:
-    """SIGTERM and SIGINT stop the daemon with exit status 0 and remove its socket."""
+    """SIGTERM, SIGINT and SIGHUP stop the daemon with exit status 0 and remove its socket."""
     assert daemon_proc.stop(sig) == 0
     assert not os.path.exists(daemon_proc.sock)
 

@@ -62,7 +62,7 @@ def register(
 
 
 def run(args: argparse.Namespace) -> int:
-    """Serve until SIGINT/SIGTERM."""
+    """Serve until SIGINT, SIGTERM or SIGHUP."""
     parser: argparse.ArgumentParser = args.parser
     if args.priority is None:
         env = os.environ.get("PRIORITY", "").strip()
@@ -115,8 +115,8 @@ def run(args: argparse.Namespace) -> int:
         log.info("received signal %d, shutting down", signum)
         threading.Thread(target=server.shutdown, daemon=True).start()
 
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, stop)
     log.info("serving binary cache on %s", server.url)
     try:
         server.serve_forever(poll_interval=0.2)
