@@ -145,7 +145,7 @@ def _open_lmdb(directory: str) -> tuple[lmdb.Environment, bool]:
 
     def open_env_at(readonly: bool) -> lmdb.Environment:
         return lmdb.open(
-            directory,
+            os.fsencode(directory),  # bytes: a path need not be valid UTF-8
             map_size=_MAP_SIZE,
             max_dbs=len(TABLES) + 2,
             max_readers=_MAX_READERS,

@@ -113,6 +113,11 @@ def grpc_target(listen: str) -> str:
 
     """
     if listen.startswith(("/", ".")):
+        try:
+            listen.encode()
+        except UnicodeEncodeError:
+            # grpc-core takes socket paths as UTF-8 text; other bytes cannot be passed to it.
+            raise InvalidRequest(f"invalid listen address {listen!r}: socket path is not UTF-8") from None
         return "unix:" + os.path.abspath(listen)
     host, sep, port = listen.rpartition(":")
     if not sep or not host or not port.isdigit():

@@ -376,3 +376,22 @@ def test_store_on_a_read_only_filesystem(tmp_path: Path, read_only_view: tuple[P
     line = one_line_error(tvix(view, "import", other, check=False))
     assert f"({view} is on a read-only filesystem)" in line, line
     assert all_paths(store) == listed
+
+
+def test_paths_that_are_not_utf8(tmp_path: Path, short_dir: Path) -> None:
+    """A store directory whose path is not UTF-8 works; a socket path that is not (grpc-core
+    cannot take it) is one error naming it, for a client and for the daemon."""
+    odd_store = Path(os.fsdecode(bytes(tmp_path) + b"/store\xff"))
+    tree = tmp_path / "t"
+    tree.mkdir()
+    (tree / "f").write_bytes(b"x\n")
+    printed = tvix(odd_store, "import", tree).stdout.decode().strip()
+    assert all_paths(odd_store).decode().startswith(f"StorePath: {printed}")
+    sock = os.fsdecode(bytes(short_dir) + b"/s\xff.sock")
+    env = cli_env(tmp_path / "store", BLOB_SERVICE_ADDR=f"grpc+unix://{sock}")
+    assert "socket path is not valid UTF-8" in one_line_error(
+        tvix(tmp_path / "store", "import", tree, env=env, check=False)
+    )
+    assert "socket path is not UTF-8" in one_line_error(
+        tvix(tmp_path / "store", "daemon", "-l", sock, check=False)
+    )

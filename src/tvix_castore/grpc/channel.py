@@ -69,6 +69,7 @@ def channel_target(url: ServiceUrl) -> tuple[str, bool]:
             )
         if not url.path:
             raise InvalidRequest(f"invalid service address {url.raw!r}: no socket path")
+        _require_utf8(url.path, url.raw)
         return f"unix:{url.path}", False
     if transport not in ("http", "https"):
         raise InvalidRequest(f"invalid service address {url.raw!r}: unknown transport {transport!r}")
@@ -79,6 +80,14 @@ def channel_target(url: ServiceUrl) -> tuple[str, bool]:
     port = url.port if url.port is not None else (443 if transport == "https" else 80)
     host = f"[{url.host}]" if ":" in url.host else url.host
     return f"{host}:{port}", transport == "https"
+
+
+def _require_utf8(path: str, what: str) -> None:
+    """grpc-core takes socket paths as UTF-8 text; other bytes cannot be passed to it."""
+    try:
+        path.encode()
+    except UnicodeEncodeError:
+        raise InvalidRequest(f"invalid service address {what!r}: socket path is not valid UTF-8") from None
 
 
 def open_channel(url: ServiceUrl) -> grpc.Channel:
