@@ -121,7 +121,7 @@ def open_env(path: str) -> LmdbStore:
             return LmdbStore(real, env, tables)
         try:
             os.makedirs(real, exist_ok=True)
-            _refuse_unusable_data_file(real)
+            _refuse_unusable_store_files(real)
             env, read_only = _open_lmdb(real)
             try:
                 _refuse_truncated_data_file(real, env)
@@ -175,15 +175,20 @@ def _on_read_only_filesystem(directory: str) -> bool:
         return False
 
 
-def _refuse_unusable_data_file(directory: str) -> None:
-    """Refuse a data.mdb that is not a regular file: LMDB would block forever opening a FIFO."""
-    data_file = os.path.join(directory, "data.mdb")
-    try:
-        mode = os.stat(data_file).st_mode
-    except FileNotFoundError:
-        return
-    if not stat.S_ISREG(mode):
-        raise StorageError(f"cannot open LMDB store at {directory}: {data_file} is not a regular file")
+def _refuse_unusable_store_files(directory: str) -> None:
+    """Refuse a data.mdb or lock.mdb that is not a regular file, naming it.
+
+    LMDB would block for ever opening a FIFO as data.mdb, and fail with a bare "Illegal seek"
+    on such a lock file.
+    """
+    for name in ("data.mdb", "lock.mdb"):
+        file = os.path.join(directory, name)
+        try:
+            mode = os.stat(file).st_mode
+        except FileNotFoundError:
+            continue
+        if not stat.S_ISREG(mode):
+            raise StorageError(f"cannot open LMDB store at {directory}: {file} is not a regular file")
 
 
 def _refuse_truncated_data_file(directory: str, env: lmdb.Environment) -> None:

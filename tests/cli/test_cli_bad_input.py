@@ -286,13 +286,15 @@ def test_truncated_store_file(tmp_path: Path, command: str) -> None:
     assert data_file.stat().st_size == full_size // 2  # refused, not "repaired" by writing
 
 
-def test_store_file_that_is_a_fifo(tmp_path: Path) -> None:
-    """A data.mdb that is not a regular file is refused at once; opening a FIFO would block."""
+@pytest.mark.parametrize("name", ["data.mdb", "lock.mdb"])
+def test_store_file_that_is_a_fifo(tmp_path: Path, name: str) -> None:
+    """A data.mdb or lock.mdb that is not a regular file is refused at once, named; opening a
+    FIFO as data.mdb would block."""
     store = tmp_path / "store"
     store.mkdir()
-    os.mkfifo(store / "data.mdb")
+    os.mkfifo(store / name)
     line = one_line_error(tvix(store, "path-info", "--all", check=False))
-    assert f"{store / 'data.mdb'} is not a regular file" in line, line
+    assert f"{store / name} is not a regular file" in line, line
 
 
 def _with_closed(redirect: str, *args: str | Path, store: Path) -> subprocess.CompletedProcess[bytes]:
