@@ -33,7 +33,7 @@ from tvix.store.protos import rpc_pathinfo_pb2
 from tvix.store.protos import rpc_pathinfo_pb2_grpc as pathinfo_grpc
 from tvix_castore.errors import InvalidRequest
 from tvix_castore.grpc.blob_servicer import BlobServicer
-from tvix_castore.grpc.channel import MAX_MESSAGE, channel_target
+from tvix_castore.grpc.channel import MAX_MESSAGE, channel_target, require_utf8_socket_path
 from tvix_castore.grpc.directory_servicer import DirectoryServicer
 from tvix_castore.url import ServiceUrl
 from tvix_store.grpc.pathinfo_servicer import PathInfoServicer
@@ -113,11 +113,7 @@ def grpc_target(listen: str) -> str:
 
     """
     if listen.startswith(("/", ".")):
-        try:
-            listen.encode()
-        except UnicodeEncodeError:
-            # grpc-core takes socket paths as UTF-8 text; other bytes cannot be passed to it.
-            raise InvalidRequest(f"invalid listen address {listen!r}: socket path is not UTF-8") from None
+        require_utf8_socket_path(listen, f"invalid listen address {listen!r}: socket path is not UTF-8")
         return "unix:" + os.path.abspath(listen)
     host, sep, port = listen.rpartition(":")
     if not sep or not host or not port.isdigit():

@@ -97,7 +97,7 @@ async def _serve(ops: FuseOperations, path: str, threads: int) -> bool:
         async def watch_signals() -> None:
             nonlocal stopped
             # SIGHUP too: a mount started from a terminal that closes must not die mounted.
-            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
+            with trio.open_signal_receiver(*_SIGNAL_WORDS) as signals:
                 async for signum in signals:
                     # tvix's words for Ctrl-C, so that log watchers see what they know.
                     what = _SIGNAL_WORDS[signum]

@@ -15,7 +15,7 @@ import grpc
 from tvix_castore.errors import InvalidRequest, StorageError
 from tvix_castore.url import ServiceUrl
 
-__all__ = ["CHANNEL_OPTIONS", "MAX_MESSAGE", "channel_target", "open_channel"]
+__all__ = ["CHANNEL_OPTIONS", "MAX_MESSAGE", "channel_target", "open_channel", "require_utf8_socket_path"]
 
 MAX_MESSAGE = 4 * 1024 * 1024
 """What a server accepts per message (tonic's and grpcio's default); we send ≤ 1 MiB pieces."""
@@ -69,7 +69,9 @@ def channel_target(url: ServiceUrl) -> tuple[str, bool]:
             )
         if not url.path:
             raise InvalidRequest(f"invalid service address {url.raw!r}: no socket path")
-        _require_utf8(url.path, url.raw)
+        require_utf8_socket_path(
+            url.path, f"invalid service address {url.raw!r}: socket path is not valid UTF-8"
+        )
         return f"unix:{url.path}", False
     if transport not in ("http", "https"):
         raise InvalidRequest(f"invalid service address {url.raw!r}: unknown transport {transport!r}")
@@ -82,12 +84,15 @@ def channel_target(url: ServiceUrl) -> tuple[str, bool]:
     return f"{host}:{port}", transport == "https"
 
 
-def _require_utf8(path: str, what: str) -> None:
-    """grpc-core takes socket paths as UTF-8 text; other bytes cannot be passed to it."""
+def require_utf8_socket_path(path: str, error: str) -> None:
+    """Raise InvalidRequest(error) for a socket path that is not UTF-8.
+
+    grpc-core takes socket paths as UTF-8 text; other bytes cannot be passed to it.
+    """
     try:
         path.encode()
     except UnicodeEncodeError:
-        raise InvalidRequest(f"invalid service address {what!r}: socket path is not valid UTF-8") from None
+        raise InvalidRequest(error) from None
 
 
 def open_channel(url: ServiceUrl) -> grpc.Channel:
