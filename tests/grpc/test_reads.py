@@ -16,6 +16,7 @@ from daemon_helpers import Served
 from tvix_castore.blobservice import BlobReader, BlobService, BlobWriter, ChunkMeta
 from tvix_castore.blobservice import from_addr as blob_from_addr
 from tvix_castore.blobservice.chunked_reader import BytesBlobReader
+from tvix_castore.blobservice.lmdb_store import LmdbBlobService, encode_chunk_list
 from tvix_castore.blobservice.memory import MemoryBlobService
 from tvix_castore.digests import B3Digest
 from tvix_castore.directoryservice.memory import MemoryDirectoryService
@@ -213,6 +214,55 @@ def test_read_of_corrupt_chunk_is_data_loss_and_daemon_keeps_serving(served: Ser
     assert str(victim.digest) in (info.value.details() or "")
     other = os.urandom(2 * MiB)
     assert b"".join(_raw_read(served, blobs.put(other))) == other
+
+
+class _CountingLmdbBlobs(LmdbBlobService):
+    """A real LMDB blob store that notes each chunk it hashes in place."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path)
+        self.hashed: list[B3Digest] = []
+
+    def verify_chunk(self, digest: B3Digest) -> int | None:
+        self.hashed.append(digest)
+        return super().verify_chunk(digest)
+
+
+def test_daemon_hashes_each_chunk_once_across_reads(short_dir: Path, tmp_path: Path) -> None:
+    """The daemon checks a stored chunk the first time any client reads it, not on every Read;
+    a chunk list that claims another size for a checked chunk is still refused."""
+    import grpc
+
+    blobs = _CountingLmdbBlobs(str(tmp_path / "store"))
+    services = Services(blobs, MemoryDirectoryService(), MemoryPathInfoService())
+    sock = str(short_dir / "c.sock")
+    daemon = Daemon(services, sock, max_workers=8)
+    served = Served(f"grpc+unix://{sock}", sock, services)
+    try:
+        data = os.urandom(3 * MiB)
+        digest = blobs.put(data)
+        chunks = blobs.chunks(digest)
+        assert chunks is not None and len(chunks) > 3
+        assert b"".join(_raw_read(served, digest)) == data
+        assert sorted(blobs.hashed) == sorted(c.digest for c in chunks)
+        blobs.hashed.clear()
+        assert b"".join(_raw_read(served, digest)) == data
+        assert blobs.hashed == []
+        # Another blob index over the same chunks, with one size misstated.
+        lie = [chunks[0], ChunkMeta(chunks[1].digest, chunks[1].size + 1)]
+        fake = B3Digest(bytes(32))
+        env: Any = blobs._env
+        with env.begin(write=True, db=blobs._blobs_db) as txn:
+            txn.put(fake, encode_chunk_list(lie))
+        with pytest.raises(grpc.RpcError) as info:
+            _raw_read(served, fake)
+        assert info.value.code() == grpc.StatusCode.DATA_LOSS
+        assert f"chunk {chunks[1].digest} of blob {fake} is {chunks[1].size} bytes" in (
+            info.value.details() or ""
+        )
+    finally:
+        daemon.stop(grace=1.0)
+        blobs.close()
 
 
 def test_stalled_readers_do_not_freeze_the_daemon(served: Served) -> None:

@@ -46,6 +46,7 @@ from tvix.castore.protos import rpc_blobstore_pb2 as pb
 from tvix.castore.protos import rpc_blobstore_pb2_grpc as pb_grpc
 from tvix_castore.blobservice import BlobReader, BlobService, BlobWriter, ChunkData, ChunkMeta
 from tvix_castore.blobservice.chunked_reader import BytesBlobReader, ChunkedReader, PositionedBlobReader
+from tvix_castore.blobservice.memo import ChunkCache
 from tvix_castore.digests import B3_LEN, B3Digest, blake3_digest
 from tvix_castore.errors import ClosedError, DataCorruption, StorageError, StoreError
 from tvix_castore.grpc import blob_chunk
@@ -71,35 +72,6 @@ _STORED_REMEMBERED = 100_000
 _STREAM_WINDOW = 16
 _KNOWN_BLOBS = 8
 _STREAM_IDLE = 30.0
-
-
-class _ChunkCache:
-    """Verified chunk bytes by digest, least recently used dropped first; thread-safe."""
-
-    def __init__(self, capacity: int) -> None:
-        self._capacity = capacity
-        self._size = 0
-        self._entries: OrderedDict[B3Digest, ChunkData] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, digest: B3Digest) -> ChunkData | None:
-        with self._lock:
-            data = self._entries.get(digest)
-            if data is not None:
-                self._entries.move_to_end(digest)
-            return data
-
-    def put(self, digest: B3Digest, data: ChunkData) -> None:
-        if len(data) > self._capacity // 4:
-            return
-        with self._lock:
-            if digest in self._entries:
-                return
-            self._entries[digest] = data
-            self._size += len(data)
-            while self._size > self._capacity:
-                _, old = self._entries.popitem(last=False)
-                self._size -= len(old)
 
 
 @final
@@ -132,7 +104,7 @@ class GrpcBlobService(BlobService):
             request_serializer=blob_chunk.encode,
             response_deserializer=pb.PutBlobResponse.FromString,
         )
-        self._cache = _ChunkCache(_CACHE_BYTES)
+        self._cache = ChunkCache(_CACHE_BYTES, largest=_CACHE_BYTES // 4)
         self._pool = ThreadPoolExecutor(max_workers=_PREFETCH + 2, thread_name_prefix="grpc-blob-fetch")
         self._inflight: dict[B3Digest, Future[ChunkData | None]] = {}
         self._inflight_lock = threading.Lock()

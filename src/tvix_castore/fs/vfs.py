@@ -34,13 +34,13 @@ import itertools
 import logging
 import os
 import threading
-from collections import OrderedDict
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 from tvix_castore.blobservice import BlobReader, BlobService, ChunkData, ChunkMeta
+from tvix_castore.blobservice.memo import ChunkCache, VerifiedChunks
 from tvix_castore.digests import B3Digest
 from tvix_castore.directoryservice import DirectoryService
 from tvix_castore.errors import StoreError
@@ -74,8 +74,6 @@ _READAHEAD_BYTES = 4 * 1024 * 1024
 # FUSE thread keep both cores busy; four lost ~25% on the two-core machine to handing the GIL
 # around.
 _PREFETCH_THREADS = 2
-# How many verified chunk digests are remembered (32 bytes each; ~20 GiB of chunks).
-_VERIFIED_MAX = 65536
 
 
 class VfsError(Exception):
@@ -122,70 +120,6 @@ class StatFs:
     block_size: int
     files: int
     name_max: int
-
-
-class ChunkCache:
-    """Decoded chunks by digest, least recently used evicted beyond ``max_bytes``; thread-safe."""
-
-    def __init__(self, max_bytes: int) -> None:
-        self._max = max_bytes
-        self._lock = threading.Lock()
-        self._data: OrderedDict[B3Digest, ChunkData] = OrderedDict()
-        self._bytes = 0
-
-    def get(self, digest: B3Digest) -> ChunkData | None:
-        """The chunk, or None; a hit becomes the most recently used."""
-        with self._lock:
-            data = self._data.get(digest)
-            if data is not None:
-                self._data.move_to_end(digest)
-            return data
-
-    def __contains__(self, digest: object) -> bool:
-        with self._lock:
-            return digest in self._data
-
-    def put(self, digest: B3Digest, data: ChunkData) -> None:
-        """Add a chunk (a chunk larger than the whole cache is not kept)."""
-        if len(data) > self._max:
-            return
-        with self._lock:
-            if digest in self._data:
-                return
-            self._data[digest] = data
-            self._bytes += len(data)
-            while self._bytes > self._max:
-                _, old = self._data.popitem(last=False)
-                self._bytes -= len(old)
-
-    @property
-    def size_bytes(self) -> int:
-        """Bytes currently held."""
-        return self._bytes
-
-
-class VerifiedChunks:
-    """Digests of chunks checked in place, least recently used forgotten beyond max_count."""
-
-    def __init__(self, max_count: int) -> None:
-        self._max = max_count
-        self._lock = threading.Lock()
-        self._digests: OrderedDict[B3Digest, None] = OrderedDict()
-
-    def __contains__(self, digest: object) -> bool:
-        with self._lock:
-            if digest not in self._digests:
-                return False
-            self._digests.move_to_end(digest)  # type: ignore[arg-type]
-            return True
-
-    def add(self, digest: B3Digest) -> None:
-        """Remember digest as verified."""
-        with self._lock:
-            self._digests[digest] = None
-            self._digests.move_to_end(digest)
-            if len(self._digests) > self._max:
-                self._digests.popitem(last=False)
 
 
 class _OpenFile:
@@ -246,7 +180,7 @@ class Vfs:
         join = getattr(blob_service, "join_chunk_ranges", None)
         self._verify_chunk = verify if join is not None else None
         self._join_ranges = join if verify is not None else None
-        self._verified = VerifiedChunks(_VERIFIED_MAX)
+        self._verified = VerifiedChunks()
 
     def close(self) -> None:
         """Stop the prefetch threads and drop open files."""
@@ -507,7 +441,7 @@ class Vfs:
         ranges: list[tuple[B3Digest, int, int]] = []
         for i in range(first, last + 1):
             meta = chunks[i]
-            if meta.digest not in self._verified:
+            if self._verified.size_of(meta.digest) != meta.size:
                 if not wait:
                     return None
                 self._load(meta)
@@ -558,7 +492,7 @@ class Vfs:
         When chunks are checked in place, only the check is waited for and b"" returned.
         """
         if self._join_ranges is not None:
-            if meta.digest in self._verified:
+            if self._verified.size_of(meta.digest) == meta.size:
                 return b""
         else:
             data = self._cache.get(meta.digest)
@@ -584,7 +518,7 @@ class Vfs:
                 raise
         else:
             if self._join_ranges is not None:
-                self._verified.add(meta.digest)
+                self._verified.add(meta.digest, meta.size)
             else:
                 self._cache.put(meta.digest, data)
             self._finish(meta.digest, fut, data, None)

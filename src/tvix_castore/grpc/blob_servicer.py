@@ -14,7 +14,9 @@ Read and Put carry every byte of every blob, so ``add_to_server`` registers them
 BlobChunk codec of ``blob_chunk`` instead of protobuf objects. From a store whose chunks can be
 checked where they lie (LMDB), Read verifies each chunk in the map and copies whole chunks, up
 to 1 MiB, straight into a message behind its header: one copy, and few messages (grpcio's cost
-is per message). Put hands the backend views into the received messages.
+is per message). A chunk is hashed the first time it is read, not again for every client that
+reads it (its digest and size are remembered, bounded; clients verify what they receive anyway).
+Put hands the backend views into the received messages.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import grpc
 
 from tvix.castore.protos import rpc_blobstore_pb2 as pb
 from tvix_castore.blobservice import BlobService, ChunkMeta
+from tvix_castore.blobservice.memo import VerifiedChunks
 from tvix_castore.digests import B3_LEN, B3Digest
 from tvix_castore.errors import StorageError, StoreError
 from tvix_castore.grpc import blob_chunk
@@ -85,6 +88,8 @@ class BlobServicer:
         verify = getattr(blob_service, "verify_chunk", None)
         join = getattr(blob_service, "join_chunk_ranges", None)
         self._in_place = (verify, join) if verify is not None and join is not None else None
+        # Chunks Read already checked: a chunk is not hashed again for every client that reads it.
+        self._verified = VerifiedChunks()
 
     def add_to_server(self, server: grpc.Server) -> None:
         """Register the three methods; Read and Put with the BlobChunk codec (module docstring)."""
@@ -158,7 +163,7 @@ class BlobServicer:
         try:
             chunks = self._blobs.chunks(digest)
             if chunks == []:  # a single chunk: the blob is stored under its own digest
-                size = verify(digest)
+                size = self._checked_size(verify, digest)
                 chunks = None if size is None else [ChunkMeta(digest, size)]
                 verified = digest
         except StoreError as exc:
@@ -169,7 +174,7 @@ class BlobServicer:
             try:
                 for chunk, start, _ in pieces:
                     if start == 0 and chunk.digest != verified:
-                        size = verify(chunk.digest)
+                        size = self._checked_size(verify, chunk.digest)
                         if size != chunk.size:
                             what = "missing" if size is None else f"{size} bytes, not {chunk.size}"
                             raise StorageError(f"chunk {chunk.digest} of blob {digest} is {what}")
@@ -178,6 +183,15 @@ class BlobServicer:
             except StoreError as exc:
                 log.warning("reading blob %s failed: %s", digest, exc)
                 abort_with(context, exc)
+
+    def _checked_size(self, verify: Callable[[B3Digest], int | None], digest: B3Digest) -> int | None:
+        """The chunk's size, hashing it in the store unless it was checked before; None if absent."""
+        size = self._verified.size_of(digest)
+        if size is None:
+            size = verify(digest)
+            if size is not None:
+                self._verified.add(digest, size)
+        return size
 
     def Put(
         self, request_iterator: Iterator[memoryview], context: grpc.ServicerContext
