@@ -244,6 +244,13 @@ class Daemon:
                 os.unlink(self.listen)
         log.info("daemon stopped")
 
+    def cut_short(self) -> None:
+        """End the calls still in flight now, cutting short a graceful ``stop`` under way.
+
+        Does not block: safe in a signal handler while ``stop`` waits.
+        """
+        self._server.stop(0)
+
     def wait(self) -> None:
         """Block until the server has stopped."""
         self._server.wait_for_termination()
@@ -252,10 +259,20 @@ class Daemon:
 def serve(services: Services, listen: str, on_ready: Callable[[Daemon], None] | None = None) -> None:
     """Run a daemon until SIGINT, SIGTERM or SIGHUP; in-flight calls finish before returning."""
     stop = threading.Event()
+    daemon: Daemon | None = None
 
     def handler(signum: int, frame: FrameType | None) -> None:
-        log.info("received signal %d, stopping", signum)
-        stop.set()
+        if not stop.is_set():
+            log.info(
+                "received signal %d, stopping: calls in flight get up to %.0f s to finish "
+                "(signal again to end them now)",
+                signum,
+                GRACE_SECONDS,
+            )
+            stop.set()
+        elif daemon is not None:
+            log.info("received signal %d again, ending the calls in flight now", signum)
+            daemon.cut_short()
 
     # SIGHUP too: a daemon started from a terminal that closes stops as cleanly as on SIGTERM.
     stop_signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)

@@ -106,6 +106,35 @@ def test_in_flight_call_finishes_after_sigterm(daemon_proc: DaemonProc) -> None:
     assert daemon_proc.proc.wait(timeout=30) == 0
 
 
+def test_second_signal_ends_calls_in_flight_at_once(daemon_proc: DaemonProc) -> None:
+    """While a first SIGTERM waits for a call that does not end, a second one (or Ctrl-C)
+    ends it at once instead of after the grace period; the daemon exits 0, socket removed."""
+    stuck = threading.Event()
+
+    def gen() -> Iterator[bpb.BlobChunk]:
+        yield bpb.BlobChunk(data=b"x" * 1000)
+        stuck.wait(60)
+
+    with grpc.insecure_channel(f"unix:{daemon_proc.sock}") as ch:
+        fut = bgrpc.BlobServiceStub(ch).Put.future(gen(), timeout=60)
+        time.sleep(0.5)
+        daemon_proc.proc.send_signal(signal.SIGTERM)
+        time.sleep(1.0)
+        assert daemon_proc.proc.poll() is None  # waiting for the call
+        started = time.monotonic()
+        daemon_proc.proc.send_signal(signal.SIGINT)
+        assert daemon_proc.proc.wait(timeout=20) == 0
+        assert time.monotonic() - started < 10
+        with pytest.raises(grpc.RpcError):
+            fut.result(timeout=20)
+        stuck.set()
+    assert not os.path.exists(daemon_proc.sock)
+    assert daemon_proc.proc.stderr is not None
+    err = daemon_proc.proc.stderr.read().decode()
+    assert "signal again to end them now" in err
+    assert "ending the calls in flight now" in err
+
+
 def _free_port(family: int, host: str) -> int:
     with socket.socket(family, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
