@@ -6,6 +6,7 @@ Tree::
      +-- InvalidRequest          the caller's fault: bad digest length, invalid PathInfo, bad URL
      +-- StorageError            a backend failed (``__cause__`` keeps the original exception)
      |    +-- DataCorruption     stored or received bytes do not hash to their digest
+     |    +-- Unavailable        a remote backend is down, unreachable or timed out: retry later
      +-- ValidationError         data that breaks a rule of the data model
      |    +-- DirectoryError     unsorted/duplicate names, bad child, size overflow
      |    +-- NodeError          a node with a bad digest length, name or symlink target
@@ -33,6 +34,10 @@ class StorageError(StoreError):
 
 class DataCorruption(StorageError):
     """Bytes did not hash to the digest they were stored or requested under."""
+
+
+class Unavailable(StorageError):
+    """A remote backend did not answer (down, restarting, unreachable, timed out); a later try may work."""
 
 
 class ValidationError(StoreError, ValueError):

@@ -3,6 +3,8 @@ clients' translation of what a real server answers."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import grpc
 import pytest
 from daemon_helpers import Served
@@ -18,6 +20,7 @@ from tvix_castore.errors import (
     NodeError,
     StorageError,
     StoreError,
+    Unavailable,
 )
 from tvix_castore.grpc.status import error_of, status_of
 from tvix_store.errors import NarRenderError, PathInfoError
@@ -32,6 +35,7 @@ Code = grpc.StatusCode
         (InvalidRequest("bad"), Code.INVALID_ARGUMENT, "bad"),
         (StorageError("disk"), Code.DATA_LOSS, "storage error: disk"),
         (DataCorruption("rot"), Code.DATA_LOSS, "storage error: rot"),
+        (Unavailable("down"), Code.UNAVAILABLE, "storage error: down"),
         (DirectoryError("'a' is not sorted"), Code.INVALID_ARGUMENT, "'a' is not sorted"),
         (NodeError("invalid digest length: 3"), Code.INVALID_ARGUMENT, "invalid digest length: 3"),
         (PathInfoError("No node present"), Code.INVALID_ARGUMENT, "No node present"),
@@ -64,10 +68,10 @@ class _FakeRpcError(grpc.RpcError):
         (Code.INVALID_ARGUMENT, InvalidRequest),
         (Code.UNIMPLEMENTED, InvalidRequest),
         (Code.DATA_LOSS, StorageError),
-        (Code.UNAVAILABLE, StorageError),
+        (Code.UNAVAILABLE, Unavailable),
         (Code.INTERNAL, StorageError),
         (Code.RESOURCE_EXHAUSTED, StorageError),
-        (Code.DEADLINE_EXCEEDED, StorageError),
+        (Code.DEADLINE_EXCEEDED, Unavailable),
         (Code.UNKNOWN, StorageError),
     ],
 )
@@ -109,6 +113,40 @@ def test_unreachable_server_is_storage_error(short_dir: object) -> None:
             blobs.has(B3Digest.of(b"x"))
     finally:
         blobs.close()
+
+
+def test_daemon_passes_on_a_backend_that_is_down_as_unavailable(short_dir: Path) -> None:
+    """A daemon whose own backend (another daemon) is down answers UNAVAILABLE, worth a retry,
+    naming that backend; not DATA_LOSS, which would say data was lost."""
+    from tvix.castore.protos import castore_pb2
+    from tvix.castore.protos import rpc_blobstore_pb2 as bpb
+    from tvix.castore.protos import rpc_blobstore_pb2_grpc as bgrpc
+    from tvix.store.protos import rpc_pathinfo_pb2 as ppb
+    from tvix.store.protos import rpc_pathinfo_pb2_grpc as pgrpc
+    from tvix_store.server import Daemon
+    from tvix_store.services import construct_services
+
+    down = f"grpc+unix://{short_dir}/down.sock"
+    services = construct_services(down, down, down)
+    sock = str(short_dir / "front.sock")
+    daemon = Daemon(services, sock, max_workers=8)
+    try:
+        with grpc.insecure_channel(f"unix:{sock}") as ch:
+            calls = [
+                lambda: pgrpc.PathInfoServiceStub(ch).Get(ppb.GetPathInfoRequest(by_output_hash=bytes(20))),
+                lambda: bgrpc.BlobServiceStub(ch).Stat(bpb.StatBlobRequest(digest=bytes(32))),
+                lambda: pgrpc.PathInfoServiceStub(ch).CalculateNAR(
+                    castore_pb2.Node(file=castore_pb2.FileNode(digest=bytes(32), size=1))
+                ),
+            ]
+            for call in calls:
+                with pytest.raises(grpc.RpcError) as info:
+                    call()
+                assert info.value.code() == Code.UNAVAILABLE
+                assert down in (info.value.details() or "")
+    finally:
+        daemon.stop(grace=1.0)
+        services.close()
 
 
 def test_wait_connect_fails_fast(short_dir: object) -> None:

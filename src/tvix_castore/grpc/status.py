@@ -23,6 +23,7 @@ from tvix_castore.errors import (
     NodeError,
     StorageError,
     StoreError,
+    Unavailable,
     ValidationError,
 )
 
@@ -41,6 +42,9 @@ __all__ = [
 ERROR_TO_STATUS: tuple[tuple[type[StoreError], grpc.StatusCode], ...] = (
     (InvalidRequest, grpc.StatusCode.INVALID_ARGUMENT),
     (DataCorruption, grpc.StatusCode.DATA_LOSS),
+    # Passed on as it came: a client of a daemon whose own backend is down may retry, and
+    # must not take it for lost data.
+    (Unavailable, grpc.StatusCode.UNAVAILABLE),
     (StorageError, grpc.StatusCode.DATA_LOSS),
     (DirectoryError, grpc.StatusCode.INVALID_ARGUMENT),
     (NodeError, grpc.StatusCode.INVALID_ARGUMENT),
@@ -51,14 +55,15 @@ ERROR_TO_STATUS: tuple[tuple[type[StoreError], grpc.StatusCode], ...] = (
 )
 
 # Client side: what a status received from a server means for our callers. Anything not listed
-# (UNAVAILABLE, DEADLINE_EXCEEDED, INTERNAL, UNKNOWN, RESOURCE_EXHAUSTED, …) is the remote
-# backend failing, a StorageError.
+# (INTERNAL, UNKNOWN, RESOURCE_EXHAUSTED, …) is the remote backend failing, a StorageError.
 STATUS_TO_ERROR: dict[grpc.StatusCode, type[StoreError]] = {
     grpc.StatusCode.INVALID_ARGUMENT: InvalidRequest,
     grpc.StatusCode.UNIMPLEMENTED: InvalidRequest,
     grpc.StatusCode.OUT_OF_RANGE: InvalidRequest,
     grpc.StatusCode.DATA_LOSS: StorageError,
     grpc.StatusCode.FAILED_PRECONDITION: StorageError,
+    grpc.StatusCode.UNAVAILABLE: Unavailable,
+    grpc.StatusCode.DEADLINE_EXCEEDED: Unavailable,
 }
 
 
