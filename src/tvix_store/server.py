@@ -35,6 +35,7 @@ from tvix_castore.errors import InvalidRequest
 from tvix_castore.grpc.blob_servicer import BlobServicer
 from tvix_castore.grpc.channel import MAX_MESSAGE, channel_target, require_utf8_socket_path
 from tvix_castore.grpc.directory_servicer import DirectoryServicer
+from tvix_castore.grpc.loops import LoopGuard, process_id
 from tvix_castore.url import ServiceUrl
 from tvix_store.grpc.pathinfo_servicer import PathInfoServicer
 from tvix_store.services import Services
@@ -202,6 +203,8 @@ class Daemon:
             # wait, with no deadline, behind calls that may never end (streams whose client stopped
             # reading); it is refused at once with RESOURCE_EXHAUSTED instead.
             maximum_concurrent_rpcs=max_workers,
+            # A daemon with remote backends refuses calls that loop back to it (loops.py).
+            interceptors=[LoopGuard(own_id)] if (own_id := process_id()) is not None else None,
         )
         BlobServicer(services.blob_service).add_to_server(self._server)
         directory_grpc.add_DirectoryServiceServicer_to_server(

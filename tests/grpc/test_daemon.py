@@ -243,6 +243,84 @@ def test_backend_that_is_the_daemon_itself_is_refused(tmp_path: Path, short_dir:
         )
 
 
+def _addr_flags(url: str) -> list[str]:
+    return [f"--{kind}-service-addr={url}" for kind in ("blob", "directory", "path-info")]
+
+
+@pytest.mark.parametrize("alias", ["symlink", "localhost"])
+def test_backend_that_leads_back_to_the_daemon_is_refused_per_call(
+    tmp_path: Path, short_dir: Path, alias: str
+) -> None:
+    """A backend address that names the daemon itself under another name (a symlink to its
+    socket, localhost for 127.0.0.1) passes the check at start; each call is then refused after
+    one hop as a request loop, quickly, and the daemon keeps running."""
+    if alias == "symlink":
+        listen = str(short_dir / "self.sock")
+        (short_dir / "alias.sock").symlink_to(listen)
+        url = f"grpc+unix://{short_dir / 'alias.sock'}"
+    else:
+        port = _free_port(socket.AF_INET, "127.0.0.1")
+        listen, url = f"127.0.0.1:{port}", f"grpc+http://localhost:{port}"
+    proc = subprocess.Popen(
+        [TVIX_STORE, "daemon", "-l", listen, *_addr_flags(url)],
+        env=cli_env(tmp_path / "home"),
+        stderr=subprocess.PIPE,
+    )
+    try:
+        if alias == "symlink":
+            wait_for_socket(listen, proc)
+        else:
+            _wait_for_port(port, proc)
+        own = f"grpc+unix://{listen}" if alias == "symlink" else f"grpc+http://{listen}"
+        started = time.monotonic()
+        res = tvix(tmp_path / "c", "path-info", "--all", *_addr_flags(own), check=False)
+        assert time.monotonic() - started < 20
+        assert res.returncode == 1
+        err = res.stderr.decode()
+        assert "request loop" in err
+        assert len(err) < 1000, err  # one hop, not one per call thread
+        assert proc.poll() is None
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+
+
+def test_two_daemons_backed_by_each_other_refuse_the_loop(tmp_path: Path, short_dir: Path) -> None:
+    """Daemon A's backend is daemon B and B's is A: a call to A comes back to A through B and
+    is refused there, after two hops; both keep running."""
+    a, b = str(short_dir / "a.sock"), str(short_dir / "b.sock")
+    procs = [
+        subprocess.Popen(
+            [TVIX_STORE, "daemon", "-l", listen, *_addr_flags(f"grpc+unix://{backend}")],
+            env=cli_env(tmp_path / name),
+            stderr=subprocess.PIPE,
+        )
+        for name, listen, backend in (("a", a, b), ("b", b, a))
+    ]
+    try:
+        wait_for_socket(a, procs[0])
+        wait_for_socket(b, procs[1])
+        res = tvix(tmp_path / "c", "path-info", "--all", *_addr_flags(f"grpc+unix://{a}"), check=False)
+        assert res.returncode == 1
+        assert "request loop" in res.stderr.decode()
+        assert all(p.poll() is None for p in procs)
+    finally:
+        for p in procs:
+            p.send_signal(signal.SIGTERM)
+        assert [p.wait(timeout=60) for p in procs] == [0, 0]
+
+
+def _wait_for_port(port: int, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 30
+    while True:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+
+
 def test_stale_socket_file_is_replaced(tmp_path: Path, short_dir: Path) -> None:
     """A socket file left by a killed daemon does not prevent the next start."""
     sock = str(short_dir / "r.sock")

@@ -13,6 +13,7 @@ import threading
 import grpc
 
 from tvix_castore.errors import InvalidRequest, StorageError
+from tvix_castore.grpc import loops
 from tvix_castore.url import ServiceUrl
 
 __all__ = ["CHANNEL_OPTIONS", "MAX_MESSAGE", "channel_target", "open_channel", "require_utf8_socket_path"]
@@ -110,7 +111,7 @@ def open_channel(url: ServiceUrl) -> grpc.Channel:
         channel = grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
     if url.query.get("wait-connect", ["0"])[-1] in ("1", "true"):
         _wait_connected(channel, url)
-    return channel
+    return loops.intercept(channel)
 
 
 def _wait_connected(channel: grpc.Channel, url: ServiceUrl) -> None:

@@ -38,12 +38,16 @@ def register(
 
 def run(args: argparse.Namespace) -> int:
     """Serve until a signal arrives."""
+    from tvix_castore.grpc.loops import enter_daemon_process
     from tvix_store.server import DEFAULT_LISTEN, refuse_serving_itself, serve
     from tvix_store.services import construct_services, service_urls
 
     listen = args.listen_address or DEFAULT_LISTEN
     urls = service_urls(args.blob_service_addr, args.directory_service_addr, args.path_info_service_addr)
     refuse_serving_itself(listen, urls)
+    if any(url.startswith("grpc+") for url in urls):
+        # Before the backends' channels open: their calls then name this daemon (loops.py).
+        enter_daemon_process()
     services = construct_services(*urls)
     try:
         serve(services, listen)

@@ -1,0 +1,151 @@
+"""Request loops between daemons: a call that comes back to a daemon it already passed through.
+
+A daemon whose backend address leads back to itself, directly under another name (``localhost``
+for ``127.0.0.1``, a symlink to its socket, ``0.0.0.0``) or through other daemons, would make
+every call wait on a call to itself until all its call threads are taken. So a daemon process
+names itself with a random id, and the calls it makes to its remote backends carry, in the
+``tvix-store-via`` metadata, the ids of the daemons the request passed through (the one being
+served on that thread, else just this daemon's). A daemon that finds its own id there refuses the
+call with FAILED_PRECONDITION, naming the loop: one hop, not hundreds.
+
+Only a daemon process turns this on (``enter_daemon_process``, before its backends' channels are
+opened); other processes send no metadata and install no interceptors.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import grpc
+
+__all__ = ["VIA_KEY", "LoopGuard", "enter_daemon_process", "intercept", "process_id"]
+
+VIA_KEY = "tvix-store-via"
+
+_process_id: str | None = None
+_serving = threading.local()  # .chain: the via chain of the call this thread is serving
+
+
+def enter_daemon_process() -> str:
+    """Name this process as a daemon (once); channels opened afterwards carry the via chain."""
+    global _process_id
+    if _process_id is None:
+        _process_id = secrets.token_hex(8)
+    return _process_id
+
+
+def process_id() -> str | None:
+    """The id of this process if it is a daemon (``enter_daemon_process``), else None."""
+    return _process_id
+
+
+def _outgoing_chain() -> str:
+    chain: str | None = getattr(_serving, "chain", None)
+    return chain if chain is not None else (_process_id or "")
+
+
+# grpc's client interceptor bases are untyped (Any) in its stubs.
+class _ViaClientInterceptor(
+    grpc.UnaryUnaryClientInterceptor,  # type: ignore[misc]
+    grpc.UnaryStreamClientInterceptor,  # type: ignore[misc]
+    grpc.StreamUnaryClientInterceptor,  # type: ignore[misc]
+    grpc.StreamStreamClientInterceptor,  # type: ignore[misc]
+):
+    """Adds the via chain to every call's metadata."""
+
+    def _with_via(self, details: grpc.ClientCallDetails) -> grpc.ClientCallDetails:
+        metadata = [*(details.metadata or ()), (VIA_KEY, _outgoing_chain())]
+        return details._replace(metadata=metadata)
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._with_via(details), request)
+
+    def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._with_via(details), request)
+
+    def intercept_stream_unary(self, continuation: Any, details: Any, request_iterator: Any) -> Any:
+        return continuation(self._with_via(details), request_iterator)
+
+    def intercept_stream_stream(self, continuation: Any, details: Any, request_iterator: Any) -> Any:
+        return continuation(self._with_via(details), request_iterator)
+
+
+def intercept(channel: grpc.Channel) -> grpc.Channel:
+    """channel, carrying the via chain when this process is a daemon."""
+    if _process_id is None:
+        return channel
+    return grpc.intercept_channel(channel, _ViaClientInterceptor())
+
+
+class LoopGuard(grpc.ServerInterceptor):  # type: ignore[misc]
+    """Refuses calls that already passed through this daemon; notes the chain for the others."""
+
+    def __init__(self, own_id: str) -> None:
+        self._own_id = own_id
+
+    def intercept_service(
+        self, continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        """The method's handler: refusing the call if it loops, else noting its chain."""
+        handler = continuation(details)
+        if handler is None:
+            return None
+        incoming = next((str(v) for k, v in details.invocation_metadata or () if k == VIA_KEY), "")
+        ids = incoming.split(",") if incoming else []
+        if self._own_id in ids:
+            return _refusal(handler, details.method)
+        chain = ",".join([*ids, self._own_id])
+        return _serving_with_chain(handler, chain)
+
+
+def _refusal(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+    message = (
+        f"request loop: {method} came back to the daemon it passed through; "
+        "a backend address of that daemon leads back to it"
+    )
+
+    def refuse(request: Any, context: grpc.ServicerContext) -> Any:
+        context.abort(grpc.StatusCode.FAILED_PRECONDITION, message)
+
+    return _replace_behaviour(handler, lambda _behaviour: refuse)
+
+
+def _serving_with_chain(handler: grpc.RpcMethodHandler, chain: str) -> grpc.RpcMethodHandler:
+    def wrap(behaviour: Callable[..., Any]) -> Callable[..., Any]:
+        if handler.response_streaming:
+
+            def streaming(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+                # The generator runs later, on the same thread: keep the chain set while it does.
+                _serving.chain = chain
+                try:
+                    yield from behaviour(request, context)
+                finally:
+                    _serving.chain = None
+
+            return streaming
+
+        def unary(request: Any, context: grpc.ServicerContext) -> Any:
+            _serving.chain = chain
+            try:
+                return behaviour(request, context)
+            finally:
+                _serving.chain = None
+
+        return unary
+
+    return _replace_behaviour(handler, wrap)
+
+
+def _replace_behaviour(
+    handler: grpc.RpcMethodHandler, wrap: Callable[[Callable[..., Any]], Callable[..., Any]]
+) -> grpc.RpcMethodHandler:
+    """The handler with its one behaviour (whichever of the four it has) passed through wrap."""
+    for field in ("unary_unary", "unary_stream", "stream_unary", "stream_stream"):
+        behaviour = getattr(handler, field)
+        if behaviour is not None:
+            return handler._replace(**{field: wrap(behaviour)})
+    return handler
