@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import gzip
 import hashlib
 import json
@@ -343,3 +344,82 @@ def test_signal_stops_the_server_with_status_zero(tmp_path, sig):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def _start_serving(store: Path, log: Path) -> tuple[subprocess.Popen[bytes], str]:
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [TVIX_STORE, "serve-cache", "-l", "127.0.0.1:0"],
+            stdout=subprocess.DEVNULL,
+            stderr=out,
+            env=cli_env(store),
+        )
+    deadline = time.monotonic() + 30
+    while "serving binary cache on" not in log.read_text():
+        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+        time.sleep(0.05)
+    url = log.read_text().split("serving binary cache on ", 1)[1].split()[0]
+    return proc, url
+
+
+def _start_nar_download(url: str, path: str) -> tuple[socket.socket, int]:
+    """A raw GET of path's NAR that reads only the head; returns the socket and Content-Length."""
+    with urllib.request.urlopen(_narinfo_url(url, path), timeout=10) as r:
+        narinfo = r.read().decode()
+    nar_url = next(line.split(": ", 1)[1] for line in narinfo.splitlines() if line.startswith("URL: "))
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    conn = socket.create_connection((host, int(port)), timeout=30)
+    conn.sendall(f"GET /{nar_url} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += conn.recv(1)
+    headers = head.split(b"\r\n")
+    length = int(next(h.split(b":")[1] for h in headers if h.lower().startswith(b"content-length")))
+    return conn, length
+
+
+def _read_rest(conn: socket.socket) -> bytes:
+    data = bytearray()
+    with contextlib.suppress(OSError):
+        while piece := conn.recv(1 << 20):
+            data += piece
+    return bytes(data)
+
+
+@pytest.mark.parametrize("again", [False, True], ids=["finishes", "second-signal-cuts"])
+def test_stop_lets_downloads_in_flight_finish(tmp_path: Path, again: bool) -> None:
+    """On SIGTERM a NAR download in flight is served to its end before the server exits 0, while
+    an idle kept-alive connection is closed at once; a second signal cuts the download short."""
+    store = tmp_path / "store"
+    big = tmp_path / "big"
+    big.write_bytes(os.urandom(48 << 20))
+    path = tvix(store, "import", big).stdout.decode().strip()
+    expected = nix_dump(big)
+    proc, url = _start_serving(store, tmp_path / "serve.log")
+    try:
+        host, port = url.removeprefix("http://").rsplit(":", 1)
+        idle = socket.create_connection((host, int(port)), timeout=30)
+        idle.sendall(b"GET /nix-cache-info HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert idle.recv(65536).startswith(b"HTTP/1.1 200")
+        conn, length = _start_nar_download(url, path)
+        assert length == len(expected)
+        proc.send_signal(signal.SIGTERM)
+        assert idle.recv(65536) == b""  # closed by the server, not kept for its idle timeout
+        time.sleep(1.0)
+        assert proc.poll() is None  # still sending the NAR
+        if again:
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(15) == 0
+            assert len(_read_rest(conn)) < length
+        else:
+            assert _read_rest(conn) == expected
+            assert proc.wait(15) == 0
+        conn.close()
+        idle.close()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    log = (tmp_path / "serve.log").read_text()
+    assert "signal again to end them now" in log
+    assert "Traceback" not in log, log

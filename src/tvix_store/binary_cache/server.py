@@ -17,6 +17,9 @@ Routes (``BinaryCacheServer``, threaded stdlib ``http.server``, HTTP/1.1 keep-al
 Malformed requests get 400 with a one-line reason (a GET of a name that cannot exist: 404, as
 nar-bridge answers); handler failures are logged and answered with 500 (or the connection is
 dropped mid-body); the server keeps serving.
+
+Stopping (``finish_requests`` after ``serve_forever`` returns): idle kept-alive connections are
+closed at once, requests in flight (a NAR download, an upload) get a grace period to finish.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ import socket
 import sys
 import tempfile
 import threading
+import time
 import urllib.parse
 from collections import OrderedDict
 from collections.abc import Callable
@@ -73,6 +77,8 @@ PENDING_CAPACITY = 1000
 # A connection on which nothing moves for this long is dropped (a half-sent request, a client
 # that stopped reading); the same span as Nix's stalled-download-timeout.
 IDLE_TIMEOUT = 300.0
+# How long requests in flight may take to finish once the server stops (as the daemon's calls).
+FINISH_SECONDS = 30.0
 _COPY_CHUNK = 1 << 20
 _SUFFIX_COMPRESSION = {"": "none", ".xz": "xz", ".zst": "zstd", ".bz2": "bzip2", ".gz": "gzip"}
 _RANGE_RE = re.compile(r"bytes=(\d*)-(\d*)")
@@ -358,6 +364,10 @@ class BinaryCacheServer(http.server.ThreadingHTTPServer):
         self.compression = compression
         self._pending: OrderedDict[bytes, _Uploaded] = OrderedDict()
         self._pending_lock = threading.Lock()
+        # Open connections, each with whether a request is being answered on it.
+        self._connections: dict[socket.socket, bool] = {}
+        self._connections_lock = threading.Lock()
+        self.stopping = False
         super().__init__(address, _Handler)
 
     def server_bind(self) -> None:
@@ -387,6 +397,44 @@ class BinaryCacheServer(http.server.ThreadingHTTPServer):
         with self._pending_lock:
             return self._pending.get(nar_sha256)
 
+    def note_connection(self, connection: socket.socket, busy: bool | None) -> None:
+        """Record a connection as answering a request (busy), waiting for one, or closed (None)."""
+        with self._connections_lock:
+            if busy is None:
+                self._connections.pop(connection, None)
+            else:
+                self._connections[connection] = busy
+
+    def finish_requests(self, grace: float, cut: threading.Event) -> None:
+        """End the connections once ``serve_forever`` has returned.
+
+        Idle ones are closed at once; requests in flight get up to grace seconds (less if cut
+        is set); then what is left is closed.
+        """
+        self.stopping = True
+        deadline = time.monotonic() + grace
+        while True:
+            with self._connections_lock:
+                idle = [c for c, busy in self._connections.items() if not busy]
+                busy_count = len(self._connections) - len(idle)
+            for connection in idle:
+                _hang_up(connection)
+            if busy_count == 0 or cut.is_set() or time.monotonic() >= deadline:
+                break
+            if busy_count:
+                log.debug("waiting for %d requests in flight", busy_count)
+            cut.wait(0.1)
+        with self._connections_lock:
+            left = list(self._connections)
+        if left:
+            log.info("closing %d connections with requests still in flight", len(left))
+        for connection in left:
+            _hang_up(connection)
+        # Let their threads see the closed sockets before the services close under them.
+        settle = time.monotonic() + 2.0
+        while self._connections and time.monotonic() < settle:
+            time.sleep(0.02)
+
     def handle_error(self, request: object, client_address: object) -> None:
         """Log what escaped a connection's handler, instead of socketserver's raw traceback.
 
@@ -413,6 +461,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         super().setup()
         # A read or write that waits longer ends the connection (TimeoutError).
         self.connection.settimeout(self.server.idle_timeout)
+        self.server.note_connection(self.connection, busy=False)
+
+    def finish(self) -> None:
+        self.server.note_connection(self.connection, busy=None)
+        super().finish()
 
     def log_message(self, format: str, *args: object) -> None:
         log.debug("%s %s", self.address_string(), format % args)
@@ -441,6 +494,15 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self._send(status, (message + "\n").encode())
 
     def _dispatch(self, route: Callable[[str, dict[str, list[str]]], None]) -> None:
+        self.server.note_connection(self.connection, busy=True)
+        try:
+            self._route(route)
+        finally:
+            if self.server.stopping:
+                self.close_connection = True
+            self.server.note_connection(self.connection, busy=False)
+
+    def _route(self, route: Callable[[str, dict[str, list[str]]], None]) -> None:
         parts = urllib.parse.urlsplit(self.path)
         query = urllib.parse.parse_qs(parts.query, keep_blank_values=True)
         try:
@@ -740,3 +802,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.server.services.put_path_info(info)
         log.info("stored %s", narinfo.store_path.absolute())
         self._send(200)
+
+
+def _hang_up(connection: socket.socket) -> None:
+    """End a connection from another thread: its handler's next read or write fails."""
+    with contextlib.suppress(OSError):
+        connection.shutdown(socket.SHUT_RDWR)

@@ -77,7 +77,12 @@ def run(args: argparse.Namespace) -> int:
 
     from nix_compat.signing import SigningKey
     from tvix_castore.errors import InvalidRequest
-    from tvix_store.binary_cache.server import BinaryCacheServer, RenderedNarCache, parse_listen_address
+    from tvix_store.binary_cache.server import (
+        FINISH_SECONDS,
+        BinaryCacheServer,
+        RenderedNarCache,
+        parse_listen_address,
+    )
     from tvix_store.services import construct_services
 
     try:
@@ -111,15 +116,28 @@ def run(args: argparse.Namespace) -> int:
             raise InvalidRequest(f"cannot listen on {args.listen_address}: {exc.strerror}") from exc
         raise
 
+    stopping, cut = threading.Event(), threading.Event()
+
     def stop(signum: int, _frame: FrameType | None) -> None:
-        log.info("received signal %d, shutting down", signum)
-        threading.Thread(target=server.shutdown, daemon=True).start()
+        if not stopping.is_set():
+            stopping.set()
+            log.info(
+                "received signal %d, stopping: requests in flight get up to %.0f s to finish "
+                "(signal again to end them now)",
+                signum,
+                FINISH_SECONDS,
+            )
+            threading.Thread(target=server.shutdown, daemon=True).start()
+        else:
+            log.info("received signal %d again, ending the requests in flight now", signum)
+            cut.set()
 
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, stop)
     log.info("serving binary cache on %s", server.url)
     try:
         server.serve_forever(poll_interval=0.2)
+        server.finish_requests(FINISH_SECONDS, cut)
     finally:
         server.server_close()
         services.close()
