@@ -14,15 +14,29 @@ from tvix_castore.errors import InvalidRequest
 
 T = TypeVar("T")
 
-# ``scheme:///path`` with nothing that urlsplit would strip, split on or decode: every command
-# with the default store parses one, and urllib.parse (with ipaddress) costs more to import
-# than such a split. Anything else goes through urlsplit.
-_PLAIN_PATH_URL = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*)://(/[\x21-\x22\x24-\x3e\x40-\x7e]*)")
+# ``scheme:///path`` with nothing that urlsplit would strip or split on and no ``%`` to decode:
+# every command with the default store parses one, and urllib.parse (with ipaddress) costs more
+# to import than such a split. Anything else goes through urlsplit.
+_PLAIN_PATH_URL = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*)://(/[\x21-\x22\x24\x26-\x3e\x40-\x7e]*)")
+
+
+def path_url(scheme: str, path: str) -> str:
+    """``scheme://`` + an absolute filesystem path, escaped where a URL parser would misread it.
+
+    ``#``, ``?``, ``%`` and other bytes are percent-encoded (``ServiceUrl.parse`` decodes them
+    again, bytes that are not UTF-8 included); an ordinary path stays as it is.
+    """
+    url = f"{scheme}://{path}"
+    if _PLAIN_PATH_URL.fullmatch(url):
+        return url
+    from urllib.parse import quote
+
+    return f"{scheme}://{quote(path, safe='/', errors='surrogateescape')}"
 
 
 @dataclass(frozen=True, slots=True)
 class ServiceUrl:
-    """A parsed service address."""
+    """A parsed service address; ``path`` is percent-decoded."""
 
     raw: str
     scheme: str
@@ -39,7 +53,7 @@ class ServiceUrl:
         if plain is not None:
             scheme = plain.group(1).lower()
             return cls(raw, scheme, scheme.split("+", 1)[0], "", None, plain.group(2), {})
-        from urllib.parse import parse_qs, urlsplit
+        from urllib.parse import parse_qs, unquote, urlsplit
 
         try:
             parts = urlsplit(raw)
@@ -56,7 +70,7 @@ class ServiceUrl:
             tag=parts.scheme.split("+", 1)[0],
             host=parts.hostname or "",
             port=port,
-            path=parts.path,
+            path=unquote(parts.path, errors="surrogateescape"),
             query=parse_qs(parts.query, keep_blank_values=True),
         )
 

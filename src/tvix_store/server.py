@@ -135,9 +135,11 @@ def refuse_serving_itself(listen: str, service_urls: Iterable[str]) -> None:
     for raw in service_urls:
         if not raw.startswith("grpc+"):
             continue
-        target, _ = channel_target(ServiceUrl.parse(raw))
+        url = ServiceUrl.parse(raw)
+        target, _ = channel_target(url)
         if target.startswith("unix:"):
-            target = "unix:" + os.path.abspath(target.removeprefix("unix:"))
+            # The URL's own (decoded) path: the target is escaped for grpc-core.
+            target = "unix:" + os.path.abspath(url.path)
         if target == own:
             raise InvalidRequest(
                 f"invalid service address {raw!r}: it is this daemon's own listen address {listen!r}"

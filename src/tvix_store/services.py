@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from tvix_castore import blobservice, directoryservice
 from tvix_castore.blobservice import BlobService
 from tvix_castore.directoryservice import DirectoryService
+from tvix_castore.url import path_url
 from tvix_store import pathinfoservice
 from tvix_store.path_info import PathInfo
 from tvix_store.pathinfoservice import NarCalculationService, PathInfoService
@@ -35,7 +36,7 @@ def default_data_dir() -> str:
 
 def default_store_url() -> str:
     """``lmdb:///<data dir>``."""
-    return f"lmdb://{default_data_dir()}"
+    return path_url("lmdb", default_data_dir())
 
 
 @dataclass(frozen=True, slots=True)

@@ -397,3 +397,43 @@ def test_paths_that_are_not_utf8(tmp_path: Path, short_dir: Path) -> None:
     assert "socket path is not UTF-8" in one_line_error(
         tvix(tmp_path / "store", "daemon", "-l", sock, check=False)
     )
+
+
+def test_paths_with_url_special_characters(tmp_path: Path, short_dir: Path) -> None:
+    """A store directory or socket whose path has characters a URL gives meaning to (``#``,
+    ``?``, ``%``, space) is used as it is: TVIX_STORE_HOME is escaped into the default URL (``#``
+    once silently chose the directory before it), and ``%XX`` in a URL's path is decoded alike
+    for ``lmdb://`` and ``grpc+unix://``, also when the daemon checks it is not its own backend."""
+    tree = tmp_path / "t"
+    tree.mkdir()
+    (tree / "f").write_bytes(b"x\n")
+    for name in ("a#b", "a?b", "a%41", "a b"):
+        home = tmp_path / name
+        printed = tvix(home, "import", tree).stdout.decode().strip()
+        assert (home / "data.mdb").exists(), name
+        assert all_paths(home).decode().startswith(f"StorePath: {printed}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a b", "a#b", "a%41", "a?b", "t"]
+    sock_dir = short_dir / "s p#%"
+    sock_dir.mkdir()
+    url = f"grpc+unix://{short_dir}/s%20p%23%25/d.sock"
+    daemon = subprocess.Popen(
+        [TVIX_STORE, "daemon", "-l", str(sock_dir / "d.sock")],
+        env=cli_env(tmp_path / "daemon-store"),
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not (sock_dir / "d.sock").exists():
+            assert daemon.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        flags = [f"--{kind}-service-addr={url}" for kind in ("blob", "directory", "path-info")]
+        printed = tvix(tmp_path / "c", "import", tree, *flags).stdout.decode().strip()
+        assert f"StorePath: {printed}" in tvix(tmp_path / "c", "path-info", "--all", *flags).stdout.decode()
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(60) == 0
+    res = tvix(
+        tmp_path / "c", "daemon", "-l", str(sock_dir / "e.sock"),
+        f"--blob-service-addr=grpc+unix://{short_dir}/s%20p%23%25/e.sock", check=False,
+    )
+    assert "it is this daemon's own listen address" in one_line_error(res)

@@ -119,3 +119,32 @@ def test_one_lmdb_store_for_all_services(tmp_path: Path) -> None:
         infos.close()
         dirs.close()
         blobs.close()
+
+
+@pytest.mark.parametrize(
+    "directory",
+    ["/s/plain", "/s/with space", "/s/a#b", "/s/a?b", "/s/100%", "/s/%41", "/s/ünï", "/s/\udcff\udcfe"],
+    ids=["plain", "space", "hash", "question", "percent", "escape-like", "unicode", "not-utf8"],
+)
+def test_path_url_round_trips(directory: str) -> None:
+    """A filesystem path made into a URL by path_url parses back to exactly that path, whatever
+    characters it has (``#`` and ``?`` would otherwise end it, ``%41`` would become ``A``)."""
+    from tvix_castore.url import ServiceUrl, path_url
+
+    url = path_url("lmdb", directory)
+    parsed = ServiceUrl.parse(url)
+    assert (parsed.scheme, parsed.path, parsed.query) == ("lmdb", directory, {})
+    if directory == "/s/plain":
+        assert url == "lmdb:///s/plain"
+
+
+def test_lmdb_url_path_is_percent_decoded(tmp_path: Path) -> None:
+    """``lmdb:///a%20b`` is the directory ``a b``, as ``grpc+unix:///a%20b`` is the socket ``a b``."""
+    url = f"lmdb://{tmp_path}/a%20b%23c"
+    service = directoryservice.from_addr(url)
+    try:
+        service.put(Directory())
+    finally:
+        service.close()
+    assert (tmp_path / "a b#c" / "data.mdb").exists()
+    assert not (tmp_path / "a%20b%23c").exists()

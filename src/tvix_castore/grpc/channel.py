@@ -73,7 +73,10 @@ def channel_target(url: ServiceUrl) -> tuple[str, bool]:
         require_utf8_socket_path(
             url.path, f"invalid service address {url.raw!r}: socket path is not valid UTF-8"
         )
-        return f"unix:{url.path}", False
+        # grpc-core percent-decodes a client's unix: target; escape what it would misread.
+        from urllib.parse import quote
+
+        return f"unix:{quote(url.path, safe='/')}", False
     if transport not in ("http", "https"):
         raise InvalidRequest(f"invalid service address {url.raw!r}: unknown transport {transport!r}")
     if url.path and url.path != "/":
