@@ -130,7 +130,9 @@ def open_env(path: str) -> LmdbStore:
                 env.close()
                 raise
         except (lmdb.Error, OSError) as exc:
-            raise StorageError(f"cannot open LMDB store at {real}: {exc}") from exc
+            # py-lmdb starts its message with the directory, which ours names already.
+            text = str(exc).removeprefix(f"{real}: ")
+            raise StorageError(f"cannot open LMDB store at {real}: {text}") from exc
         _envs[real] = (env, tables, 1)
         return LmdbStore(real, env, tables)
 

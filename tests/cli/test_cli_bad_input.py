@@ -286,6 +286,17 @@ def test_truncated_store_file(tmp_path: Path, command: str) -> None:
     assert data_file.stat().st_size == full_size // 2  # refused, not "repaired" by writing
 
 
+def test_store_file_that_is_not_lmdb(tmp_path: Path) -> None:
+    """A data.mdb that is not an LMDB file is one error naming the store once, left as it was."""
+    store = tmp_path / "store"
+    store.mkdir()
+    garbage = os.urandom(20000)
+    (store / "data.mdb").write_bytes(garbage)
+    line = one_line_error(tvix(store, "path-info", "--all", check=False))
+    assert line == f"error: cannot open LMDB store at {store}: MDB_INVALID: File is not an LMDB file"
+    assert (store / "data.mdb").read_bytes() == garbage
+
+
 @pytest.mark.parametrize("name", ["data.mdb", "lock.mdb"])
 def test_store_file_that_is_a_fifo(tmp_path: Path, name: str) -> None:
     """A data.mdb or lock.mdb that is not a regular file is refused at once, named; opening a
