@@ -14,13 +14,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import signal
 import socket
 import stat
 import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from types import FrameType
 
 import grpc
 from google.protobuf import descriptor_pb2, descriptor_pool
@@ -39,6 +37,7 @@ from tvix_castore.grpc.loops import LoopGuard, process_id
 from tvix_castore.url import ServiceUrl
 from tvix_store.grpc.pathinfo_servicer import PathInfoServicer
 from tvix_store.services import Services
+from tvix_store.stopping import stop_signals
 from tvix_store.writeback import BackgroundWriteback
 
 __all__ = [
@@ -262,33 +261,18 @@ class Daemon:
 
 
 def serve(services: Services, listen: str, on_ready: Callable[[Daemon], None] | None = None) -> None:
-    """Run a daemon until SIGINT, SIGTERM or SIGHUP; in-flight calls finish before returning."""
+    """Run a daemon until a stop signal (``stopping``); in-flight calls finish before returning."""
     stop = threading.Event()
     daemon: Daemon | None = None
 
-    def handler(signum: int, frame: FrameType | None) -> None:
-        if not stop.is_set():
-            log.info(
-                "received signal %d, stopping: calls in flight get up to %.0f s to finish "
-                "(signal again to end them now)",
-                signum,
-                GRACE_SECONDS,
-            )
-            stop.set()
-        elif daemon is not None:
-            log.info("received signal %d again, ending the calls in flight now", signum)
+    def end_calls_now() -> None:
+        if daemon is not None:
             daemon.cut_short()
 
-    # SIGHUP too: a daemon started from a terminal that closes stops as cleanly as on SIGTERM.
-    stop_signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-    previous = {s: signal.signal(s, handler) for s in stop_signals}
-    try:
+    with stop_signals("calls", GRACE_SECONDS, on_first=stop.set, on_again=end_calls_now):
         daemon = Daemon(services, listen)
         if on_ready is not None:
             on_ready(daemon)
         while not stop.wait(3600):
             pass
         daemon.stop()
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)

@@ -326,18 +326,8 @@ def test_signal_stops_the_server_with_status_zero(tmp_path, sig):
     store = tmp_path / "store"
     store.mkdir()
     log = tmp_path / "serve.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [TVIX_STORE, "serve-cache", "-l", "127.0.0.1:0"],
-            stdout=subprocess.DEVNULL,
-            stderr=out,
-            env=cli_env(store),
-        )
+    proc, _ = _start_serving(store, log)
     try:
-        deadline = time.monotonic() + 30
-        while "serving binary cache on" not in log.read_text():
-            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
-            time.sleep(0.05)
         proc.send_signal(sig)
         assert proc.wait(30) == 0, log.read_text()
     finally:
@@ -347,6 +337,7 @@ def test_signal_stops_the_server_with_status_zero(tmp_path, sig):
 
 
 def _start_serving(store: Path, log: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """``serve-cache`` on a free loopback port, logging to log; returns it and its URL."""
     with open(log, "wb") as out:
         proc = subprocess.Popen(
             [TVIX_STORE, "serve-cache", "-l", "127.0.0.1:0"],

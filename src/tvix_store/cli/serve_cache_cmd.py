@@ -12,10 +12,8 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import signal
 import tempfile
 import threading
-from types import FrameType
 
 __all__ = ["register"]
 
@@ -84,6 +82,7 @@ def run(args: argparse.Namespace) -> int:
         parse_listen_address,
     )
     from tvix_store.services import construct_services
+    from tvix_store.stopping import stop_signals
 
     try:
         family, host, port = parse_listen_address(args.listen_address)
@@ -116,28 +115,17 @@ def run(args: argparse.Namespace) -> int:
             raise InvalidRequest(f"cannot listen on {args.listen_address}: {exc.strerror}") from exc
         raise
 
-    stopping, cut = threading.Event(), threading.Event()
+    cut = threading.Event()
 
-    def stop(signum: int, _frame: FrameType | None) -> None:
-        if not stopping.is_set():
-            stopping.set()
-            log.info(
-                "received signal %d, stopping: requests in flight get up to %.0f s to finish "
-                "(signal again to end them now)",
-                signum,
-                FINISH_SECONDS,
-            )
-            threading.Thread(target=server.shutdown, daemon=True).start()
-        else:
-            log.info("received signal %d again, ending the requests in flight now", signum)
-            cut.set()
+    def stop_serving() -> None:
+        threading.Thread(target=server.shutdown, daemon=True).start()
 
-    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(signum, stop)
-    log.info("serving binary cache on %s", server.url)
     try:
-        server.serve_forever(poll_interval=0.2)
-        server.finish_requests(FINISH_SECONDS, cut)
+        with stop_signals("requests", FINISH_SECONDS, on_first=stop_serving, on_again=cut.set):
+            # Said once the signals are ours: a stop sent on seeing this line is a clean stop.
+            log.info("serving binary cache on %s", server.url)
+            server.serve_forever(poll_interval=0.2)
+            server.finish_requests(FINISH_SECONDS, cut)
     finally:
         server.server_close()
         services.close()
