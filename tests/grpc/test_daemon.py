@@ -24,6 +24,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2
 from tvix_cli import TVIX_STORE, cli_env, needs_nix, nix_dump, tvix
 
+from nix_compat.store_path import StorePath
 from tvix.castore.protos import rpc_blobstore_pb2 as bpb
 from tvix.castore.protos import rpc_blobstore_pb2_grpc as bgrpc
 from tvix_castore.digests import B3Digest
@@ -285,6 +286,34 @@ def test_backend_that_leads_back_to_the_daemon_is_refused_per_call(
         assert proc.wait(timeout=60) == 0
 
 
+def test_loop_through_a_cache_url_or_an_upper_case_scheme_is_refused(tmp_path: Path, short_dir: Path) -> None:
+    """A gRPC backend inside ``cache://`` (its far side is the daemon itself) or written with an
+    upper-case scheme turns the loop guard on as well: the loop is refused after one round."""
+    sock = short_dir / "e.sock"
+    (short_dir / "alias.sock").symlink_to(sock)
+    far = f"grpc%2Bunix%3A%2F%2F{short_dir}%2Falias.sock"
+    for backend in [f"--path-info-service-addr=cache://?near=memory://&far={far}"], _addr_flags(
+        f"GRPC+UNIX://{short_dir}/alias.sock"
+    ):
+        proc = subprocess.Popen(
+            [TVIX_STORE, "daemon", "-l", str(sock), *backend],
+            env=cli_env(tmp_path / "h"),
+            stderr=subprocess.PIPE,
+        )
+        try:
+            wait_for_socket(str(sock), proc)
+            res = tvix(
+                tmp_path / "c", "path-info", "/nix/store/00000000000000000000000000000000-x",
+                *_addr_flags(f"grpc+unix://{sock}"), check=False,
+            )
+            assert res.returncode == 1
+            assert "request loop" in res.stderr.decode()
+            assert len(res.stderr) < 2000
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=60) == 0
+
+
 def test_two_daemons_backed_by_each_other_refuse_the_loop(tmp_path: Path, short_dir: Path) -> None:
     """Daemon A's backend is daemon B and B's is A: a call to A comes back to A through B and
     is refused there, after two hops; both keep running."""
@@ -303,6 +332,49 @@ def test_two_daemons_backed_by_each_other_refuse_the_loop(tmp_path: Path, short_
         res = tvix(tmp_path / "c", "path-info", "--all", *_addr_flags(f"grpc+unix://{a}"), check=False)
         assert res.returncode == 1
         assert "request loop" in res.stderr.decode()
+        assert all(p.poll() is None for p in procs)
+    finally:
+        for p in procs:
+            p.send_signal(signal.SIGTERM)
+        assert [p.wait(timeout=60) for p in procs] == [0, 0]
+
+
+def test_request_through_one_daemon_twice_for_different_services_is_no_loop(
+    tmp_path: Path, short_dir: Path
+) -> None:
+    """B keeps the blobs and forwards directories and path infos to A; A keeps those and reads
+    its blobs from B. CalculateNAR on B goes B -> A -> B (path-info, then blob): it passes B
+    twice, for different services, and ends; it must be answered, not refused as a loop."""
+    from tvix.store.protos import rpc_pathinfo_pb2 as ppb
+    from tvix.store.protos import rpc_pathinfo_pb2_grpc as pgrpc
+
+    a, b = short_dir / "a.sock", short_dir / "b.sock"
+    ua, ub = f"grpc+unix://{a}", f"grpc+unix://{b}"
+    la, lb = f"lmdb://{tmp_path / 'a'}", f"lmdb://{tmp_path / 'b'}"
+
+    def flags(blob: str, rest: str) -> list[str]:
+        return [f"--blob-service-addr={blob}", *_addr_flags(rest)[1:]]
+
+    procs = [
+        subprocess.Popen(
+            [TVIX_STORE, "daemon", "-l", str(sock), *addrs],
+            env=cli_env(tmp_path / name),
+            stderr=subprocess.PIPE,
+        )
+        for name, sock, addrs in (("ha", a, flags(ub, la)), ("hb", b, flags(lb, ua)))
+    ]
+    try:
+        wait_for_socket(str(a), procs[0])
+        wait_for_socket(str(b), procs[1])
+        src = _tree(tmp_path)
+        path = tvix(tmp_path / "c", "import", src, *_addr_flags(ub)).stdout.decode().strip()
+        with grpc.insecure_channel(f"unix:{b}") as ch:
+            stub = pgrpc.PathInfoServiceStub(ch)
+            info = stub.Get(ppb.GetPathInfoRequest(by_output_hash=StorePath.from_absolute_path(path).digest))
+            node = info.node
+            getattr(node, str(node.WhichOneof("node"))).name = b""  # CalculateNAR takes it anonymous
+            answer = stub.CalculateNAR(node)
+        assert answer.nar_size == len(nix_dump(src))
         assert all(p.poll() is None for p in procs)
     finally:
         for p in procs:

@@ -1,12 +1,15 @@
-"""Request loops between daemons: a call that comes back to a daemon it already passed through.
+"""Request loops between daemons: a call that comes back to a service it already passed through.
 
 A daemon whose backend address leads back to itself, directly under another name (``localhost``
 for ``127.0.0.1``, a symlink to its socket, ``0.0.0.0``) or through other daemons, would make
 every call wait on a call to itself until all its call threads are taken. So a daemon process
-names itself with a random id, and the calls it makes to its remote backends carry, in the
-``tvix-store-via`` metadata, the ids of the daemons the request passed through (the one being
-served on that thread, else just this daemon's). A daemon that finds its own id there refuses the
-call with FAILED_PRECONDITION, naming the loop: one hop, not hundreds.
+names itself with a random id, and each call it makes to a remote backend carries, in the
+``tvix-store-via`` metadata, ``<id>/<service>`` for every daemon service the request was
+forwarded by: those of the call being served on that thread, plus this daemon's for the service
+called. A daemon that receives a call for a service it already forwarded (its own
+``<id>/<service>`` is in the list) refuses it with FAILED_PRECONDITION, naming the loop: one
+round, not hundreds. A request may pass through one daemon twice for different services (a
+path-info backend whose NARs are read from this daemon's blobs): that is not a loop.
 
 Only a daemon process turns this on (``enter_daemon_process``, before its backends' channels are
 opened); other processes send no metadata and install no interceptors.
@@ -42,9 +45,16 @@ def process_id() -> str | None:
     return _process_id
 
 
-def _outgoing_chain() -> str:
+def _service_of(method: str) -> str:
+    """``tvix.castore.v1.BlobService`` of ``/tvix.castore.v1.BlobService/Read``."""
+    return method.strip("/").split("/", 1)[0]
+
+
+def _outgoing_chain(method: str) -> str:
+    """The via list for a call to method: the served call's list, plus this daemon's entry."""
+    own = f"{_process_id}/{_service_of(method)}"
     chain: str | None = getattr(_serving, "chain", None)
-    return chain if chain is not None else (_process_id or "")
+    return f"{chain},{own}" if chain else own
 
 
 # grpc's client interceptor bases are untyped (Any) in its stubs.
@@ -57,7 +67,7 @@ class _ViaClientInterceptor(
     """Adds the via chain to every call's metadata."""
 
     def _with_via(self, details: grpc.ClientCallDetails) -> grpc.ClientCallDetails:
-        metadata = [*(details.metadata or ()), (VIA_KEY, _outgoing_chain())]
+        metadata = [*(details.metadata or ()), (VIA_KEY, _outgoing_chain(details.method))]
         return details._replace(metadata=metadata)
 
     def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
@@ -81,7 +91,7 @@ def intercept(channel: grpc.Channel) -> grpc.Channel:
 
 
 class LoopGuard(grpc.ServerInterceptor):  # type: ignore[misc]
-    """Refuses calls that already passed through this daemon; notes the chain for the others."""
+    """Refuses calls for a service this daemon already forwarded; notes the list for the others."""
 
     def __init__(self, own_id: str) -> None:
         self._own_id = own_id
@@ -95,17 +105,15 @@ class LoopGuard(grpc.ServerInterceptor):  # type: ignore[misc]
         if handler is None:
             return None
         incoming = next((str(v) for k, v in details.invocation_metadata or () if k == VIA_KEY), "")
-        ids = incoming.split(",") if incoming else []
-        if self._own_id in ids:
+        if f"{self._own_id}/{_service_of(details.method)}" in incoming.split(","):
             return _refusal(handler, details.method)
-        chain = ",".join([*ids, self._own_id])
-        return _serving_with_chain(handler, chain)
+        return _serving_with_chain(handler, incoming) if incoming else handler
 
 
 def _refusal(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
     message = (
-        f"request loop: {method} came back to the daemon it passed through; "
-        "a backend address of that daemon leads back to it"
+        f"request loop: {method} came back to a daemon that had forwarded it; "
+        f"that daemon's {_service_of(method)} backend address leads back to it"
     )
 
     def refuse(request: Any, context: grpc.ServicerContext) -> Any:

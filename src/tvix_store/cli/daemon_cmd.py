@@ -45,8 +45,9 @@ def run(args: argparse.Namespace) -> int:
     listen = args.listen_address or DEFAULT_LISTEN
     urls = service_urls(args.blob_service_addr, args.directory_service_addr, args.path_info_service_addr)
     refuse_serving_itself(listen, urls)
-    if any(url.startswith("grpc+") for url in urls):
-        # Before the backends' channels open: their calls then name this daemon (loops.py).
+    if any("grpc" in url.lower() for url in urls):
+        # Before the backends' channels open: their calls then name this daemon (loops.py). Any
+        # gRPC backend, also one inside a cache:// URL or with an upper-case scheme.
         enter_daemon_process()
     services = construct_services(*urls)
     try:
