@@ -54,6 +54,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_LISTEN = "[::1]:8000"
 GRACE_SECONDS = 30.0
+# After a second stop signal, how long closing the backends may still take.
+CUT_CLOSE_SECONDS = 2.0
 
 MAX_CALLS = 256
 """Calls served at once: a thread each, idle threads cost only address space."""
@@ -260,19 +262,58 @@ class Daemon:
         self._server.wait_for_termination()
 
 
-def serve(services: Services, listen: str, on_ready: Callable[[Daemon], None] | None = None) -> None:
-    """Run a daemon until a stop signal (``stopping``); in-flight calls finish before returning."""
-    stop = threading.Event()
+def serve(services: Services, listen: str, on_ready: Callable[[Daemon], None] | None = None) -> bool:
+    """Run a daemon until a stop signal (``stopping``), then close services.
+
+    In-flight calls finish first, unless a second signal ends them. Returns whether the services
+    closed; False when, after a second signal, one did not within a moment (a remote backend
+    that stalled, holding uploads): the caller should then exit without waiting for it.
+    """
+    stop, cut = threading.Event(), threading.Event()
     daemon: Daemon | None = None
 
     def end_calls_now() -> None:
+        cut.set()
         if daemon is not None:
             daemon.cut_short()
 
+    # The signals stay ours until the services are closed: a second one during that still counts.
     with stop_signals("calls", GRACE_SECONDS, on_first=stop.set, on_again=end_calls_now):
-        daemon = Daemon(services, listen)
-        if on_ready is not None:
-            on_ready(daemon)
-        while not stop.wait(3600):
-            pass
-        daemon.stop()
+        try:
+            daemon = Daemon(services, listen)
+            if on_ready is not None:
+                on_ready(daemon)
+            while not stop.wait(3600):
+                pass
+            daemon.stop()
+        finally:
+            closed = _close_unless_cut(services, cut)
+    return closed
+
+
+def _close_unless_cut(services: Services, cut: threading.Event) -> bool:
+    """Close services; False if cut is set and they are not closed CUT_CLOSE_SECONDS later.
+
+    The close runs on a thread, so that the main thread still hears signals while a stalled
+    backend holds it up.
+    """
+    failure: list[BaseException] = []
+
+    def close() -> None:
+        try:
+            services.close()
+        except BaseException as exc:
+            failure.append(exc)
+
+    closer = threading.Thread(target=close, name="close-services", daemon=True)
+    closer.start()
+    while closer.is_alive():
+        if cut.is_set():
+            closer.join(CUT_CLOSE_SECONDS)
+            if closer.is_alive():
+                log.warning("a backend did not close in time; stopping without waiting for it")
+                return False
+        closer.join(0.1)
+    if failure:
+        raise failure[0]
+    return True

@@ -136,6 +136,41 @@ def test_second_signal_ends_calls_in_flight_at_once(daemon_proc: DaemonProc) -> 
     assert "ending the calls in flight now" in err
 
 
+def test_second_signal_ends_a_daemon_whose_backend_stalled(tmp_path: Path, short_dir: Path) -> None:
+    """B forwards to A; A is stopped (SIGSTOP) while an import through B is uploading. A second
+    signal ends B within seconds, though closing its backend would wait on A for ever."""
+    a, b = short_dir / "a.sock", short_dir / "b.sock"
+    back = start_daemon(tmp_path / "a", str(a))
+    front = start_daemon(tmp_path / "b", str(b), *_addr_flags(f"grpc+unix://{a}"))
+    src = tmp_path / "big"
+    src.mkdir()
+    (src / "f").write_bytes(os.urandom(100 << 20))
+    importer = subprocess.Popen(
+        [TVIX_STORE, "import", str(src), *_addr_flags(f"grpc+unix://{b}")],
+        env=cli_env(tmp_path / "c"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        time.sleep(0.4)
+        back.proc.send_signal(signal.SIGSTOP)
+        time.sleep(1.0)
+        front.proc.send_signal(signal.SIGTERM)
+        time.sleep(1.0)
+        started = time.monotonic()
+        front.proc.send_signal(signal.SIGINT)
+        assert front.proc.wait(timeout=20) == 0
+        assert time.monotonic() - started < 10
+        assert front.proc.stderr is not None
+        assert "did not close in time" in front.proc.stderr.read().decode()
+    finally:
+        back.proc.send_signal(signal.SIGCONT)
+        importer.kill()
+        importer.wait()
+        front.stop(signal.SIGKILL)
+        back.stop()
+
+
 def _free_port(family: int, host: str) -> int:
     with socket.socket(family, socket.SOCK_STREAM) as s:
         s.bind((host, 0))

@@ -39,6 +39,7 @@ def register(
 def run(args: argparse.Namespace) -> int:
     """Serve until a signal arrives."""
     from tvix_castore.grpc.loops import enter_daemon_process
+    from tvix_store.cli.stdio import exit_now
     from tvix_store.server import DEFAULT_LISTEN, refuse_serving_itself, serve
     from tvix_store.services import construct_services, service_urls
 
@@ -50,8 +51,8 @@ def run(args: argparse.Namespace) -> int:
         # gRPC backend, also one inside a cache:// URL or with an upper-case scheme.
         enter_daemon_process()
     services = construct_services(*urls)
-    try:
-        serve(services, listen)
-    finally:
-        services.close()
+    if not serve(services, listen):
+        # A second signal, and a backend that does not let go (a stalled remote): leave now
+        # rather than wait on threads still blocked on it at interpreter exit.
+        exit_now(0)
     return 0

@@ -10,6 +10,7 @@ stays, and is how a command learns that the stream it needs is closed.
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import sys
 from typing import BinaryIO
@@ -58,3 +59,15 @@ def write_stdout_text(what: str, text: str) -> None:
         sys.stdout.flush()
     except OSError as exc:
         raise OutputError(what, exc) from exc
+
+
+def exit_now(status: int) -> None:
+    """Flush the output and leave, skipping interpreter teardown (~20 ms: a fifth of a small nar)."""
+    try:
+        if sys.stdout is not None:  # None: closed at start
+            sys.stdout.flush()
+        sys.stderr.flush()
+    except OSError:
+        status = status or 1
+    logging.shutdown()
+    os._exit(status)
