@@ -161,8 +161,6 @@ def test_second_signal_ends_a_daemon_whose_backend_stalled(tmp_path: Path, short
         front.proc.send_signal(signal.SIGINT)
         assert front.proc.wait(timeout=20) == 0
         assert time.monotonic() - started < 10
-        assert front.proc.stderr is not None
-        assert "did not close in time" in front.proc.stderr.read().decode()
     finally:
         back.proc.send_signal(signal.SIGCONT)
         importer.kill()
