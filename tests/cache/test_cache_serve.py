@@ -380,7 +380,8 @@ def _read_rest(conn: socket.socket) -> bytes:
 @pytest.mark.parametrize("again", [False, True], ids=["finishes", "second-signal-cuts"])
 def test_stop_lets_downloads_in_flight_finish(tmp_path: Path, again: bool) -> None:
     """On SIGTERM a NAR download in flight is served to its end before the server exits 0, while
-    an idle kept-alive connection is closed at once; a second signal cuts the download short."""
+    an idle kept-alive connection is closed and new ones are refused at once; a second signal
+    cuts the download short."""
     store = tmp_path / "store"
     big = tmp_path / "big"
     big.write_bytes(os.urandom(48 << 20))
@@ -398,6 +399,8 @@ def test_stop_lets_downloads_in_flight_finish(tmp_path: Path, again: bool) -> No
         assert idle.recv(65536) == b""  # closed by the server, not kept for its idle timeout
         time.sleep(1.0)
         assert proc.poll() is None  # still sending the NAR
+        with pytest.raises(ConnectionRefusedError):  # at once, not after the grace period
+            socket.create_connection((host, int(port)), timeout=5).close()
         if again:
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(15) == 0

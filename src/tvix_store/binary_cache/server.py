@@ -405,13 +405,24 @@ class BinaryCacheServer(http.server.ThreadingHTTPServer):
             else:
                 self._connections[connection] = busy
 
+    def begin_stop(self) -> None:
+        """Stop taking connections and requests (from a signal handler: it does not block).
+
+        Answers from now on say ``Connection: close``, so that a client opens a new connection
+        for its next request (refused, at once) rather than sending it where none is read.
+        """
+        self.stopping = True
+        threading.Thread(target=self.shutdown, name="stop-serving", daemon=True).start()
+
     def finish_requests(self, grace: float, cut: threading.Event) -> None:
         """End the connections once ``serve_forever`` has returned.
 
-        Idle ones are closed at once; requests in flight get up to grace seconds (less if cut
-        is set); then what is left is closed.
+        New connections are refused; idle ones are closed at once; requests in flight get up
+        to grace seconds (less if cut is set); then what is left is closed.
         """
         self.stopping = True
+        with contextlib.suppress(OSError):
+            self.socket.close()
         deadline = time.monotonic() + grace
         while True:
             with self._connections_lock:
@@ -426,8 +437,9 @@ class BinaryCacheServer(http.server.ThreadingHTTPServer):
             cut.wait(0.1)
         with self._connections_lock:
             left = list(self._connections)
-        if left:
-            log.info("closing %d connections with requests still in flight", len(left))
+            busy_count = sum(self._connections.values())
+        if busy_count:
+            log.info("closing %d connections with requests still in flight", busy_count)
         for connection in left:
             _hang_up(connection)
         # Let their threads see the closed sockets before the services close under them.
@@ -466,6 +478,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def finish(self) -> None:
         self.server.note_connection(self.connection, busy=None)
         super().finish()
+
+    def end_headers(self) -> None:
+        if self.server.stopping:
+            self.send_header("Connection", "close")  # also ends this connection after the answer
+        super().end_headers()
 
     def log_message(self, format: str, *args: object) -> None:
         log.debug("%s %s", self.address_string(), format % args)

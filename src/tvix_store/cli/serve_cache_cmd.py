@@ -116,12 +116,8 @@ def run(args: argparse.Namespace) -> int:
         raise
 
     cut = threading.Event()
-
-    def stop_serving() -> None:
-        threading.Thread(target=server.shutdown, daemon=True).start()
-
     try:
-        with stop_signals("requests", FINISH_SECONDS, on_first=stop_serving, on_again=cut.set):
+        with stop_signals("requests", FINISH_SECONDS, on_first=server.begin_stop, on_again=cut.set):
             # Said once the signals are ours: a stop sent on seeing this line is a clean stop.
             log.info("serving binary cache on %s", server.url)
             server.serve_forever(poll_interval=0.2)
