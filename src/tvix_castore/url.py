@@ -64,13 +64,16 @@ class ServiceUrl:
         # ``grpc+unix:/run/tvix.sock``.
         if not parts.scheme or not raw[len(parts.scheme) + 1 :].startswith("/"):
             raise InvalidRequest(f"invalid service address {raw!r}: expected scheme://...")
+        path = unquote(parts.path, errors="surrogateescape")
+        if "\x00" in path:
+            raise InvalidRequest(f"invalid service address {raw!r}: the path contains a NUL byte")
         return cls(
             raw=raw,
             scheme=parts.scheme,
             tag=parts.scheme.split("+", 1)[0],
             host=parts.hostname or "",
             port=port,
-            path=unquote(parts.path, errors="surrogateescape"),
+            path=path,
             query=parse_qs(parts.query, keep_blank_values=True),
         )
 

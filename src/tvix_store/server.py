@@ -116,7 +116,10 @@ def grpc_target(listen: str) -> str:
     """
     if listen.startswith(("/", ".")):
         require_utf8_socket_path(listen, f"invalid listen address {listen!r}: socket path is not UTF-8")
-        return "unix:" + os.path.abspath(listen)
+        # grpc-core percent-decodes the path of a unix: target, binding too: escape it.
+        from urllib.parse import quote
+
+        return "unix:" + quote(os.path.abspath(listen), safe="/")
     host, sep, port = listen.rpartition(":")
     if not sep or not host or not port.isdigit():
         raise InvalidRequest(f"invalid listen address {listen!r}: expected host:port, [v6]:port or /socket")
@@ -139,8 +142,10 @@ def refuse_serving_itself(listen: str, service_urls: Iterable[str]) -> None:
         url = ServiceUrl.parse(raw)
         target, _ = channel_target(url)
         if target.startswith("unix:"):
-            # The URL's own (decoded) path: the target is escaped for grpc-core.
-            target = "unix:" + os.path.abspath(url.path)
+            # Both escaped alike for grpc-core; the URL's (decoded) path made absolute first.
+            from urllib.parse import quote
+
+            target = "unix:" + quote(os.path.abspath(url.path), safe="/")
         if target == own:
             raise InvalidRequest(
                 f"invalid service address {raw!r}: it is this daemon's own listen address {listen!r}"
@@ -224,7 +229,7 @@ class Daemon:
         self._server.add_generic_rpc_handlers((_reflection_v1_handler(reflection.ReflectionServicer(names)),))
         target = grpc_target(listen)
         if target.startswith("unix:"):
-            _refuse_live_socket(listen, target.removeprefix("unix:"))
+            _refuse_live_socket(listen, os.path.abspath(listen))
         try:
             self.port = self._server.add_insecure_port(target)
         except RuntimeError as exc:

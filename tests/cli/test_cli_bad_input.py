@@ -426,15 +426,15 @@ def test_paths_with_url_special_characters(tmp_path: Path, short_dir: Path) -> N
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a b", "a#b", "a%41", "a?b", "t"]
     sock_dir = short_dir / "s p#%"
     sock_dir.mkdir()
-    url = f"grpc+unix://{short_dir}/s%20p%23%25/d.sock"
+    url = f"grpc+unix://{short_dir}/s%20p%23%25/d%2541.sock"
     daemon = subprocess.Popen(
-        [TVIX_STORE, "daemon", "-l", str(sock_dir / "d.sock")],
+        [TVIX_STORE, "daemon", "-l", str(sock_dir / "d%41.sock")],
         env=cli_env(tmp_path / "daemon-store"),
         stderr=subprocess.DEVNULL,
     )
     try:
         deadline = time.monotonic() + 30
-        while not (sock_dir / "d.sock").exists():
+        while not (sock_dir / "d%41.sock").exists():
             assert daemon.poll() is None and time.monotonic() < deadline
             time.sleep(0.05)
         flags = [f"--{kind}-service-addr={url}" for kind in ("blob", "directory", "path-info")]

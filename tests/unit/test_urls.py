@@ -148,3 +148,12 @@ def test_lmdb_url_path_is_percent_decoded(tmp_path: Path) -> None:
         service.close()
     assert (tmp_path / "a b#c" / "data.mdb").exists()
     assert not (tmp_path / "a%20b%23c").exists()
+
+
+@pytest.mark.parametrize("url", ["lmdb:///s/a%00b", "grpc+unix:///s/a%00b.sock"])
+def test_nul_in_url_path_is_refused(url: str) -> None:
+    """A NUL byte cannot be in a filesystem path: refused, not cut off or passed to the OS."""
+    from tvix_castore.url import ServiceUrl
+
+    with pytest.raises(InvalidRequest, match="NUL byte"):
+        ServiceUrl.parse(url)
