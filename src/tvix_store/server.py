@@ -288,7 +288,9 @@ def serve(services: Services, listen: str, on_ready: Callable[[Daemon], None] | 
             daemon = Daemon(services, listen)
             if on_ready is not None:
                 on_ready(daemon)
-            while not stop.wait(3600):
+            # A short wait, not one long one: a signal that the kernel hands to another thread
+            # (it may, after SIGSTOP and SIGCONT) runs its handler only once this thread wakes.
+            while not stop.wait(0.5):
                 pass
             daemon.stop()
         finally:
