@@ -132,6 +132,38 @@ def test_lying_server_is_caught(liar: tuple[str, _LyingBlobs]) -> None:
         fresh.close()
 
 
+class _MiddleLiar(_LyingBlobs):
+    """Streams the whole blob with its middle chunk altered; serves each chunk alone honestly."""
+
+    def open_read(self, digest: B3Digest) -> BlobReader | None:
+        if digest == self.digest:
+            first, middle, last = (self.parts[m.digest] for m in self.meta)
+            return BytesBlobReader(first + self._bad(middle) + last)
+        if digest in self.parts:
+            return BytesBlobReader(self.parts[digest])
+        return None
+
+
+def test_chunks_after_a_corrupt_one_in_a_stream_are_still_read(short_dir: Path) -> None:
+    """A whole-blob stream that delivers its middle chunk altered fails that chunk only (as the
+    FUSE layer reads, chunk by chunk); the chunk after it is fetched on its own and is good."""
+    blobs = _MiddleLiar(os.urandom(3 * MiB))
+    services = Services(blobs, MemoryDirectoryService(), MemoryPathInfoService())
+    sock = str(short_dir / "m.sock")
+    daemon = Daemon(services, sock, max_workers=8)
+    client = blob_from_addr(f"grpc+unix://{sock}")
+    try:
+        metas = client.chunks(blobs.digest)
+        assert metas == blobs.meta
+        assert client.read_chunk(metas[0].digest) == blobs.parts[metas[0].digest]
+        with pytest.raises(DataCorruption):
+            client.read_chunk(metas[1].digest)
+        assert client.read_chunk(metas[2].digest) == blobs.parts[metas[2].digest]
+    finally:
+        client.close()
+        daemon.stop(grace=1.0)
+
+
 def _raw_read(served: Served, digest: B3Digest) -> list[bytes]:
     """The data of each BlobService/Read message, parsed by protobuf itself."""
     from tvix.castore.protos import rpc_blobstore_pb2 as pb

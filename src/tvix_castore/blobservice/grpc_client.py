@@ -394,7 +394,9 @@ class _BlobStream:
                 del self._ready[old]
             while index not in self._ready:
                 if self._stopped or index < self._next or index > self._next + _STREAM_WINDOW:
-                    if self._error is not None and isinstance(self._error, DataCorruption):
+                    # The stream stopped at the chunk that arrived corrupt (its index is _next):
+                    # that one is the reader's error; the others are fetched singly.
+                    if isinstance(self._error, DataCorruption) and index == self._next:
                         raise self._error
                     return None
                 self._cond.wait()
