@@ -139,6 +139,9 @@ def test_daemon_passes_on_a_backend_that_is_down_as_unavailable(short_dir: Path)
                     castore_pb2.Node(file=castore_pb2.FileNode(digest=bytes(32), size=1))
                 ),
             ]
+            # 40 MiB: more than the write-behind queue holds, so the failed upload stops the Put.
+            pieces = [bpb.BlobChunk(data=bytes([i]) * (1 << 20)) for i in range(40)]
+            calls.append(lambda: bgrpc.BlobServiceStub(ch).Put(iter(pieces)))
             for call in calls:
                 with pytest.raises(grpc.RpcError) as info:
                     call()

@@ -32,7 +32,7 @@ from tvix_castore.blobservice.memo import VerifiedChunks
 from tvix_castore.digests import B3_LEN, B3Digest
 from tvix_castore.errors import StorageError, StoreError
 from tvix_castore.grpc import blob_chunk
-from tvix_castore.grpc.status import abort, abort_with, stream_was_cancelled
+from tvix_castore.grpc.status import abort, abort_with, stream_was_cancelled, unless_unavailable
 
 __all__ = ["READ_PIECE", "BlobServicer"]
 
@@ -213,7 +213,7 @@ class BlobServicer:
             abort(context, grpc.StatusCode.CANCELLED, "upload cancelled")
         except StoreError as exc:
             writer.abort()
-            abort(context, grpc.StatusCode.INTERNAL, f"error copying: {exc}")
+            abort(context, unless_unavailable(exc, grpc.StatusCode.INTERNAL), f"error copying: {exc}")
         except BaseException:
             writer.abort()
             raise
@@ -225,6 +225,6 @@ class BlobServicer:
         try:
             digest = writer.close()
         except StoreError as exc:
-            abort(context, grpc.StatusCode.INTERNAL, f"error closing stream: {exc}")
+            abort(context, unless_unavailable(exc, grpc.StatusCode.INTERNAL), f"error closing stream: {exc}")
         log.debug("stored blob %s", digest)
         return pb.PutBlobResponse(digest=digest)

@@ -36,6 +36,7 @@ __all__ = [
     "status_of",
     "stream_was_cancelled",
     "translate_rpc_errors",
+    "unless_unavailable",
 ]
 
 # Most specific first: the first entry the exception is an instance of wins (server side).
@@ -75,6 +76,15 @@ def status_of(exc: StoreError) -> tuple[grpc.StatusCode, str]:
                 return code, f"storage error: {exc}"
             return code, str(exc)
     raise AssertionError("unreachable: StoreError is the last table entry")
+
+
+def unless_unavailable(exc: StoreError, code: grpc.StatusCode) -> grpc.StatusCode:
+    """code, or UNAVAILABLE when exc is a remote backend that did not answer (worth a retry).
+
+    For the answers whose code is fixed by tvix's text (INTERNAL "error copying: …", DATA_LOSS
+    "…failed rendering nar…") but whose cause may be a backend that is down.
+    """
+    return grpc.StatusCode.UNAVAILABLE if isinstance(exc, Unavailable) else code
 
 
 def rpc_code(exc: grpc.RpcError) -> grpc.StatusCode | None:

@@ -18,8 +18,8 @@ from tvix.store.protos import rpc_pathinfo_pb2 as rpc_pb
 from tvix.store.protos import rpc_pathinfo_pb2_grpc as pb_grpc
 from tvix_castore.blobservice import BlobService
 from tvix_castore.directoryservice import DirectoryService
-from tvix_castore.errors import NodeError, StoreError, Unavailable
-from tvix_castore.grpc.status import abort, abort_with
+from tvix_castore.errors import NodeError, StoreError
+from tvix_castore.grpc.status import abort, abort_with, unless_unavailable
 from tvix_castore.proto_conv import anonymous_node_from_proto
 from tvix_store.errors import PathInfoError
 from tvix_store.pathinfoservice import NarCalculationService, PathInfoService
@@ -94,9 +94,8 @@ class PathInfoServicer(pb_grpc.PathInfoServiceServicer):
         try:
             size, sha256 = self._nar_calc.calculate_nar(node)
         except StoreError as exc:
-            # Whatever stopped the rendering (missing or corrupt data, a failing backend); a
-            # backend that did not answer stays UNAVAILABLE, worth a retry.
-            code = grpc.StatusCode.UNAVAILABLE if isinstance(exc, Unavailable) else grpc.StatusCode.DATA_LOSS
+            # Whatever stopped the rendering (missing or corrupt data, a failing backend).
+            code = unless_unavailable(exc, grpc.StatusCode.DATA_LOSS)
             abort(context, code, f"storage error: failed rendering nar: {exc}")
         return rpc_pb.CalculateNARResponse(nar_size=size, nar_sha256=sha256)
 
