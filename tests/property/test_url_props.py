@@ -1,8 +1,9 @@
-"""ServiceUrl's quick split of ``scheme:///path`` agrees with urllib's urlsplit on any input."""
+"""ServiceUrl's quick split of ``scheme:///path`` agrees with urllib's urlsplit (path percent-decoded,
+a NUL in it refused) on any input."""
 
 from __future__ import annotations
 
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import pytest
 from hypothesis import given
@@ -12,10 +13,12 @@ from tvix_castore.errors import InvalidRequest
 from tvix_castore.url import _PLAIN_PATH_URL, ServiceUrl
 
 _SCHEMES = st.sampled_from(["lmdb", "LMDB", "grpc+unix", "objectstore+file", "memory", "x.y-z", "1a", ""])
-# Printable ASCII plus what urlsplit strips or treats specially (tab, newline, space, ?, #, [, @, :).
-_TAIL = st.text(
-    alphabet=st.characters(min_codepoint=0, max_codepoint=0x7F) | st.sampled_from("é ü"), max_size=30
-)
+# Printable ASCII plus what urlsplit strips or treats specially (tab, newline, space, ?, #, [, @, :),
+# and percent escapes (of a letter, NUL, a slash).
+_TAIL = st.lists(
+    st.characters(min_codepoint=0, max_codepoint=0x7F) | st.sampled_from(["é", "ü", "%41", "%00", "%2F"]),
+    max_size=30,
+).map("".join)
 
 
 def _reference(raw: str) -> tuple[object, ...] | None:
@@ -26,13 +29,16 @@ def _reference(raw: str) -> tuple[object, ...] | None:
         return None
     if not parts.scheme or not raw[len(parts.scheme) + 1 :].startswith("/"):
         return None  # neither scheme://… nor scheme:/path
+    path = unquote(parts.path, errors="surrogateescape")
+    if "\x00" in path:
+        return None  # no filesystem path has one
     query = parse_qs(parts.query, keep_blank_values=True)
     return (
         parts.scheme,
         parts.scheme.split("+", 1)[0],
         parts.hostname or "",
         port,
-        parts.path,
+        path,
         query,
         parts.netloc,
     )
