@@ -117,7 +117,8 @@ def test_unreachable_server_is_storage_error(short_dir: object) -> None:
 
 def test_daemon_passes_on_a_backend_that_is_down_as_unavailable(short_dir: Path) -> None:
     """A daemon whose own backend (another daemon) is down answers UNAVAILABLE, worth a retry,
-    naming that backend; not DATA_LOSS, which would say data was lost."""
+    naming that backend; not DATA_LOSS, which would say data was lost. It never acknowledges a
+    blob its backend did not store."""
     from tvix.castore.protos import castore_pb2
     from tvix.castore.protos import rpc_blobstore_pb2 as bpb
     from tvix.castore.protos import rpc_blobstore_pb2_grpc as bgrpc
@@ -142,6 +143,8 @@ def test_daemon_passes_on_a_backend_that_is_down_as_unavailable(short_dir: Path)
             # 40 MiB: more than the write-behind queue holds, so the failed upload stops the Put.
             pieces = [bpb.BlobChunk(data=bytes([i]) * (1 << 20)) for i in range(40)]
             calls.append(lambda: bgrpc.BlobServiceStub(ch).Put(iter(pieces)))
+            # A small blob too: its upload runs behind the writer, but the answer waits for it.
+            calls.append(lambda: bgrpc.BlobServiceStub(ch).Put(iter([bpb.BlobChunk(data=b"small")])))
             for call in calls:
                 with pytest.raises(grpc.RpcError) as info:
                     call()

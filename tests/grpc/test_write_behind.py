@@ -115,6 +115,21 @@ def test_failed_upload_shows_at_use_of_digest(refusing: str) -> None:
         blobs.close()
 
 
+def test_failure_is_reported_for_its_own_digest(refusing: str) -> None:
+    """flush(digest) waits for that blob only and raises only its own failure (a daemon answers
+    each Put this way): a failed upload is not charged to another blob, nor reported twice."""
+    blobs = blob_from_addr(refusing)
+    try:
+        bad = blobs.put(b"refuse this one")
+        good = blobs.put(b"a good one")
+        blobs.flush(good)
+        with pytest.raises(StorageError, match="disk full"):
+            blobs.flush(bad)
+        blobs.flush()  # reported already
+    finally:
+        blobs.close()
+
+
 def test_close_waits_for_uploads(refusing: str) -> None:
     """Closing the client waits for its uploads and reports a failure among them."""
     blobs = blob_from_addr(refusing)

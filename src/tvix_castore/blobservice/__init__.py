@@ -101,12 +101,13 @@ class BlobService(abc.ABC):
         """The blob's chunks: None if absent; [] if it is not split further (the default)."""
         return [] if self.has(digest) else None
 
-    def flush(self) -> None:
-        """Return once every blob written so far is stored; raise if one was not.
+    def flush(self, digest: B3Digest | None = None) -> None:
+        """Return once every blob written so far (or just digest) is stored; raise if not.
 
-        A commit point (a PathInfo put) calls it first, whichever service holds PathInfos.
-        Most backends store a blob before ``close`` returns and have nothing to do here; the
-        gRPC client uploads behind the writer and waits for its uploads.
+        A commit point (a PathInfo put) calls it first, whichever service holds PathInfos; a
+        daemon calls it for each blob it acknowledges. Most backends store a blob before
+        ``close`` returns and have nothing to do here; the gRPC client uploads behind the
+        writer and waits for its uploads.
 
         Raises:
             StoreError: a blob written earlier did not arrive.

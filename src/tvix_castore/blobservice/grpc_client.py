@@ -115,9 +115,9 @@ class GrpcBlobService(BlobService):
         target, _ = channel_target(url)
         return cls(open_channel(url), url.raw, target)
 
-    def flush(self) -> None:
-        """Wait for every upload to this server; raises if one failed."""
-        self._uploads.wait()
+    def flush(self, digest: B3Digest | None = None) -> None:
+        """Wait for every upload to this server (or digest's); raises if one failed."""
+        self._uploads.wait(digest)
 
     def close(self) -> None:
         """Finish the uploads in flight, then close the channel and the fetch threads."""
@@ -514,7 +514,8 @@ class Uploads:
         self._slots = threading.BoundedSemaphore(limit)
         self._lock = threading.Lock()
         self._pending: dict[B3Digest, list[Future[Any]]] = {}
-        self._failures: list[StoreError] = []
+        # Failures not yet reported, by digest, oldest first.
+        self._failures: dict[B3Digest, StoreError] = {}
         # Digests the server answered for, oldest first (a dict keeps insertion order).
         self._stored: dict[B3Digest, None] = {}
 
@@ -560,7 +561,7 @@ class Uploads:
                 if not calls:
                     self._pending.pop(digest, None)
                 if failure is not None:
-                    self._failures.append(failure)
+                    self._failures.setdefault(digest, failure)
                 else:
                     self._stored[digest] = None
                     if len(self._stored) > _STORED_REMEMBERED:
@@ -570,7 +571,7 @@ class Uploads:
         call.add_done_callback(done)
 
     def wait(self, digest: B3Digest | None = None) -> None:
-        """Wait for the uploads of digest (or all), then raise the first failure not yet reported.
+        """Wait for the uploads of digest (or all); raise its failure (or the first) not yet reported.
 
         Waiting for all (a PathInfo put, the commit point of an import) also ends the record of
         answered uploads that ``sent`` consults: a long-lived process sends each blob again after
@@ -600,10 +601,12 @@ class Uploads:
         with self._lock:
             if digest is None:
                 self._stored.clear()
-            if self._failures:
-                first = self._failures[0]
-                self._failures.clear()
-                raise first
+                if self._failures:
+                    first = next(iter(self._failures.values()))
+                    self._failures.clear()
+                    raise first
+            elif digest in self._failures:
+                raise self._failures.pop(digest)
 
 
 _uploads_lock = threading.Lock()

@@ -224,6 +224,9 @@ class BlobServicer:
             abort(context, grpc.StatusCode.CANCELLED, "upload cancelled")
         try:
             digest = writer.close()
+            # A backend that stores behind the writer (a remote daemon) must have the blob
+            # before this answer says it is stored.
+            self._blobs.flush(digest)
         except StoreError as exc:
             abort(context, unless_unavailable(exc, grpc.StatusCode.INTERNAL), f"error closing stream: {exc}")
         log.debug("stored blob %s", digest)
