@@ -197,3 +197,29 @@ def test_wait_connect_succeeds(served: Served) -> None:
         assert blobs.put(b"x86_64-linux") == B3Digest.of(b"x86_64-linux")
     finally:
         blobs.close()
+
+
+def test_daemon_passes_on_a_binary_cache_that_is_down_as_unavailable(short_dir: Path) -> None:
+    """A daemon whose path-info backend is a binary cache nobody answers at (connection refused)
+    answers UNAVAILABLE naming the cache URL, as for a gRPC backend that is down."""
+    import socket
+
+    from tvix.store.protos import rpc_pathinfo_pb2 as ppb
+    from tvix.store.protos import rpc_pathinfo_pb2_grpc as pgrpc
+    from tvix_store.server import Daemon
+    from tvix_store.services import construct_services
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nothing listens there
+    services = construct_services("memory://", "memory://", f"nix+http://127.0.0.1:{port}")
+    sock = str(short_dir / "front.sock")
+    daemon = Daemon(services, sock, max_workers=8)
+    try:
+        with grpc.insecure_channel(f"unix:{sock}") as ch, pytest.raises(grpc.RpcError) as info:
+            pgrpc.PathInfoServiceStub(ch).Get(ppb.GetPathInfoRequest(by_output_hash=bytes(20)))
+        assert info.value.code() == Code.UNAVAILABLE
+        assert f"127.0.0.1:{port}" in (info.value.details() or "")
+    finally:
+        daemon.stop(grace=1.0)
+        services.close()

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import io
 import os
+import socket
 import sys
 import urllib.parse
 from collections.abc import Callable, Iterator
 from typing import Any, BinaryIO, cast
 
-from tvix_store.binary_cache import BinaryCacheError
+from tvix_store.binary_cache import BinaryCacheError, CacheUnavailable
 
 __all__ = [
     "COMPRESSIONS",
@@ -32,6 +33,8 @@ __all__ = [
 TIMEOUT = 60.0
 _BUFFER = 1 << 20
 _NOT_FOUND = (403, 404, 410)
+# A proxy or server that is down or overloaded: worth a retry.
+_UNAVAILABLE = (502, 503, 504)
 COMPRESSIONS = ("none", "xz", "zstd", "bzip2", "gzip")
 
 
@@ -107,10 +110,16 @@ def open_url(url: str) -> tuple[BinaryIO, int | None] | None:
         exc.close()
         if exc.code in _NOT_FOUND:
             return None
-        raise BinaryCacheError(f"GET {url}: HTTP {exc.code} {exc.reason}") from exc
-    except (URLError, OSError, HTTPException) as exc:
+        klass = CacheUnavailable if exc.code in _UNAVAILABLE else BinaryCacheError
+        raise klass(f"GET {url}: HTTP {exc.code} {exc.reason}") from exc
+    except (URLError, OSError) as exc:
         reason = exc.reason if isinstance(exc, URLError) else exc
-        raise BinaryCacheError(f"GET {url}: {reason}") from exc
+        # Refused, reset, timed out, name not resolved: worth a retry. Not a bad certificate.
+        transient = isinstance(reason, ConnectionError | TimeoutError | socket.gaierror)
+        klass = CacheUnavailable if transient else BinaryCacheError
+        raise klass(f"GET {url}: {reason}") from exc
+    except HTTPException as exc:
+        raise BinaryCacheError(f"GET {url}: {exc}") from exc
     length = response.headers.get("Content-Length")
     return cast(BinaryIO, response), int(length) if length and length.isdigit() else None
 
