@@ -31,13 +31,13 @@ from tvix.store.protos import rpc_pathinfo_pb2
 from tvix.store.protos import rpc_pathinfo_pb2_grpc as pathinfo_grpc
 from tvix_castore.errors import InvalidRequest
 from tvix_castore.grpc.blob_servicer import BlobServicer
-from tvix_castore.grpc.channel import MAX_MESSAGE, channel_target, require_utf8_socket_path
+from tvix_castore.grpc.channel import MAX_MESSAGE, channel_target, require_utf8_socket_path, unix_target
 from tvix_castore.grpc.directory_servicer import DirectoryServicer
 from tvix_castore.grpc.loops import LoopGuard, process_id
 from tvix_castore.url import ServiceUrl
 from tvix_store.grpc.pathinfo_servicer import PathInfoServicer
 from tvix_store.services import Services
-from tvix_store.stopping import stop_signals
+from tvix_store.stopping import GRACE_SECONDS, stop_signals
 from tvix_store.writeback import BackgroundWriteback
 
 __all__ = [
@@ -53,7 +53,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 DEFAULT_LISTEN = "[::1]:8000"
-GRACE_SECONDS = 30.0
 # After a second stop signal, how long closing the backends may still take.
 CUT_CLOSE_SECONDS = 2.0
 
@@ -116,10 +115,7 @@ def grpc_target(listen: str) -> str:
     """
     if listen.startswith(("/", ".")):
         require_utf8_socket_path(listen, f"invalid listen address {listen!r}: socket path is not UTF-8")
-        # grpc-core percent-decodes the path of a unix: target, binding too: escape it.
-        from urllib.parse import quote
-
-        return "unix:" + quote(os.path.abspath(listen), safe="/")
+        return unix_target(os.path.abspath(listen))
     host, sep, port = listen.rpartition(":")
     if not sep or not host or not port.isdigit():
         raise InvalidRequest(f"invalid listen address {listen!r}: expected host:port, [v6]:port or /socket")
@@ -142,10 +138,7 @@ def refuse_serving_itself(listen: str, service_urls: Iterable[str]) -> None:
         url = ServiceUrl.parse(raw)
         target, _ = channel_target(url)
         if target.startswith("unix:"):
-            # Both escaped alike for grpc-core; the URL's (decoded) path made absolute first.
-            from urllib.parse import quote
-
-            target = "unix:" + quote(os.path.abspath(url.path), safe="/")
+            target = unix_target(os.path.abspath(url.path))
         if target == own:
             raise InvalidRequest(
                 f"invalid service address {raw!r}: it is this daemon's own listen address {listen!r}"
@@ -283,7 +276,7 @@ def serve(services: Services, listen: str, on_ready: Callable[[Daemon], None] | 
             daemon.cut_short()
 
     # The signals stay ours until the services are closed: a second one during that still counts.
-    with stop_signals("calls", GRACE_SECONDS, on_first=stop.set, on_again=end_calls_now):
+    with stop_signals("calls", on_first=stop.set, on_again=end_calls_now):
         try:
             daemon = Daemon(services, listen)
             if on_ready is not None:

@@ -14,21 +14,24 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import FrameType
 
-__all__ = ["STOP_SIGNALS", "stop_signals"]
+__all__ = ["GRACE_SECONDS", "STOP_SIGNALS", "stop_signals"]
 
 log = logging.getLogger(__name__)
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+GRACE_SECONDS = 30.0
+"""How long the work in flight may take to finish after the first signal."""
 
 
 @contextmanager
 def stop_signals(
-    in_flight: str, grace: float, on_first: Callable[[], None], on_again: Callable[[], None]
+    in_flight: str, on_first: Callable[[], None], on_again: Callable[[], None]
 ) -> Iterator[None]:
     """Within the block, the first stop signal calls on_first and any later one on_again.
 
     Both run in the signal handler: they must only set events or start what does not block.
-    in_flight names the work the grace period is for ("calls", "requests"), for the log.
+    in_flight names the work the grace period (``GRACE_SECONDS``) is for ("calls", "requests"),
+    for the log.
     """
     seen = False
 
@@ -41,7 +44,7 @@ def stop_signals(
                 "(signal again to end them now)",
                 signum,
                 in_flight,
-                grace,
+                GRACE_SECONDS,
             )
             on_first()
         else:

@@ -16,7 +16,14 @@ from tvix_castore.errors import InvalidRequest, StorageError
 from tvix_castore.grpc import loops
 from tvix_castore.url import ServiceUrl
 
-__all__ = ["CHANNEL_OPTIONS", "MAX_MESSAGE", "channel_target", "open_channel", "require_utf8_socket_path"]
+__all__ = [
+    "CHANNEL_OPTIONS",
+    "MAX_MESSAGE",
+    "channel_target",
+    "open_channel",
+    "require_utf8_socket_path",
+    "unix_target",
+]
 
 MAX_MESSAGE = 4 * 1024 * 1024
 """What a server accepts per message (tonic's and grpcio's default); we send ≤ 1 MiB pieces."""
@@ -73,10 +80,7 @@ def channel_target(url: ServiceUrl) -> tuple[str, bool]:
         require_utf8_socket_path(
             url.path, f"invalid service address {url.raw!r}: socket path is not valid UTF-8"
         )
-        # grpc-core percent-decodes a client's unix: target; escape what it would misread.
-        from urllib.parse import quote
-
-        return f"unix:{quote(url.path, safe='/')}", False
+        return unix_target(url.path), False
     if transport not in ("http", "https"):
         raise InvalidRequest(f"invalid service address {url.raw!r}: unknown transport {transport!r}")
     if url.path and url.path != "/":
@@ -97,6 +101,17 @@ def require_utf8_socket_path(path: str, error: str) -> None:
         path.encode()
     except UnicodeEncodeError:
         raise InvalidRequest(error) from None
+
+
+def unix_target(path: str) -> str:
+    """The grpc-core target of a unix socket path, for connecting and for binding.
+
+    grpc-core percent-decodes the path of a ``unix:`` target: it is escaped here, so that a
+    ``%``, ``#`` or ``?`` in the name stays what it is.
+    """
+    from urllib.parse import quote
+
+    return "unix:" + quote(path, safe="/")
 
 
 def open_channel(url: ServiceUrl) -> grpc.Channel:

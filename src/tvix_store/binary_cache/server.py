@@ -77,8 +77,6 @@ PENDING_CAPACITY = 1000
 # A connection on which nothing moves for this long is dropped (a half-sent request, a client
 # that stopped reading); the same span as Nix's stalled-download-timeout.
 IDLE_TIMEOUT = 300.0
-# How long requests in flight may take to finish once the server stops (as the daemon's calls).
-FINISH_SECONDS = 30.0
 _COPY_CHUNK = 1 << 20
 _SUFFIX_COMPRESSION = {"": "none", ".xz": "xz", ".zst": "zstd", ".bz2": "bzip2", ".gz": "gzip"}
 _RANGE_RE = re.compile(r"bytes=(\d*)-(\d*)")
@@ -432,8 +430,7 @@ class BinaryCacheServer(http.server.ThreadingHTTPServer):
                 _hang_up(connection)
             if busy_count == 0 or cut.is_set() or time.monotonic() >= deadline:
                 break
-            if busy_count:
-                log.debug("waiting for %d requests in flight", busy_count)
+            log.debug("waiting for %d requests in flight", busy_count)
             cut.wait(0.1)
         with self._connections_lock:
             left = list(self._connections)

@@ -75,14 +75,9 @@ def run(args: argparse.Namespace) -> int:
 
     from nix_compat.signing import SigningKey
     from tvix_castore.errors import InvalidRequest
-    from tvix_store.binary_cache.server import (
-        FINISH_SECONDS,
-        BinaryCacheServer,
-        RenderedNarCache,
-        parse_listen_address,
-    )
+    from tvix_store.binary_cache.server import BinaryCacheServer, RenderedNarCache, parse_listen_address
     from tvix_store.services import construct_services
-    from tvix_store.stopping import stop_signals
+    from tvix_store.stopping import GRACE_SECONDS, stop_signals
 
     try:
         family, host, port = parse_listen_address(args.listen_address)
@@ -117,11 +112,11 @@ def run(args: argparse.Namespace) -> int:
 
     cut = threading.Event()
     try:
-        with stop_signals("requests", FINISH_SECONDS, on_first=server.begin_stop, on_again=cut.set):
+        with stop_signals("requests", on_first=server.begin_stop, on_again=cut.set):
             # Said once the signals are ours: a stop sent on seeing this line is a clean stop.
             log.info("serving binary cache on %s", server.url)
             server.serve_forever(poll_interval=0.2)
-            server.finish_requests(FINISH_SECONDS, cut)
+            server.finish_requests(GRACE_SECONDS, cut)
     finally:
         server.server_close()
         services.close()
