@@ -5,6 +5,8 @@ separate process and points the client at it with the address flags; the baselin
 command on a local embedded store. Both sides are fresh processes on a warm page cache and
 alternate, best of REPEAT:
 - import of the stdlib tree and of a 256 MiB random file (target: remote at most 2x local);
+- the same stdlib files as bare Puts from a plain grpcio client to a grpcio server that stores
+  nothing (``putfloor.py``): the cost of the calls alone, against the same local import;
 - ``tvix-store nar`` of the 256 MiB file to /dev/null (chunked reads over the socket);
 - 100 concurrent clients (4 processes x 25 threads, one channel each) calling
   PathInfoService/Get 1,000 times each: throughput, p99 latency, errors (must be 0).
@@ -27,6 +29,9 @@ from pathlib import Path
 
 from benchlib.common import TVIX_STORE, BenchContext, Row, timed
 from benchlib.common import run as run_cmd
+from benchlib.putfloor import wait_for_socket
+
+PUT_FLOOR = str(Path(__file__).resolve().with_name("putfloor.py"))
 
 SECTION = "grpc"
 MiB = 1024 * 1024
@@ -71,7 +76,31 @@ class _Daemon:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def _import_rows(ctx: BenchContext, label: str, src: Path) -> tuple[Row, str, Path]:
+def _put_floor_row(ctx: BenchContext, src: Path, t_local: float) -> Row:
+    """The same files as Puts to a grpcio server that stores nothing (``putfloor.py``)."""
+    work = Path(tempfile.mkdtemp(prefix="tvf", dir="/tmp"))
+    sock = str(work / "floor.sock")
+    server = subprocess.Popen([sys.executable, "-P", PUT_FLOOR, "serve", sock], stderr=subprocess.DEVNULL)
+    try:
+        wait_for_socket(sock)
+        send = [sys.executable, "-P", PUT_FLOOR, "send", sock, str(src)]
+        run_cmd(send)
+        t_floor = min(timed(lambda: run_cmd(send)) for _ in range(REPEAT))
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=60)
+        shutil.rmtree(work, ignore_errors=True)
+    return Row(
+        SECTION,
+        "floor: stdlib files as Puts to a do-nothing grpcio server",
+        t_floor,
+        t_local,
+        "s",
+        note="vs local import: gRPC calls alone, nothing hashed or stored",
+    )
+
+
+def _import_rows(ctx: BenchContext, label: str, src: Path) -> tuple[Row, str, Path, float]:
     work = ctx.dir(f"grpc-import-{src.name}")
     out = ""
 
@@ -104,6 +133,7 @@ def _import_rows(ctx: BenchContext, label: str, src: Path) -> tuple[Row, str, Pa
         ),
         out.strip(),
         work / f"daemon-{REPEAT - 1}",
+        t_local,
     )
 
 
@@ -291,10 +321,11 @@ def run(ctx: BenchContext) -> list[Row]:
     """All rows of this section."""
     rows: list[Row] = []
     stdlib = ctx.stdlib_tree()
-    row, stdlib_path, stdlib_store = _import_rows(ctx, "stdlib tree", stdlib)
+    row, stdlib_path, stdlib_store, t_local = _import_rows(ctx, "stdlib tree", stdlib)
     rows.append(row)
+    rows.append(_put_floor_row(ctx, stdlib, t_local))
     big = ctx.random_file("store-256m", 256 * MiB, seed=3)
-    row, big_path, big_store = _import_rows(ctx, "256 MiB random file", big)
+    row, big_path, big_store, _ = _import_rows(ctx, "256 MiB random file", big)
     rows.append(row)
     rows.append(_nar_row(big_store, big_path, ctx.dir(f"grpc-import-{big.name}") / f"local-{REPEAT - 1}"))
     rows += _concurrency_rows(stdlib_store, stdlib_path)

@@ -4,8 +4,6 @@ Run as ``python memfs.py MOUNTPOINT SIZE``: mounts (same options and the same 1 
 as ``tvix-store mount``) a root directory holding one read-only file ``data`` of SIZE bytes,
 answers every READ with a slice of one preallocated buffer (no copy, no work), and unmounts on
 SIGTERM/SIGINT. The mount section compares our cold sequential read against it.
-
-As a bench section it reports nothing of its own (``run`` returns no rows).
 """
 
 from __future__ import annotations

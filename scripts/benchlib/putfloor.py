@@ -1,0 +1,107 @@
+"""The floor for blob uploads over Python gRPC on this machine: Puts that nobody stores.
+
+Run as ``python -P putfloor.py serve SOCKET`` (``-P``: the ``grpc`` section module beside this file
+must not shadow the grpc package) for a grpcio server configured as ``tvix-store
+daemon`` is (a sync server on a 256-thread pool, the same message limit) whose BlobService/Put
+reads the client's stream and answers at once: no hashing, no chunking, no storage. Run as
+``python -P putfloor.py send SOCKET DIR`` for a client that sends every regular file under DIR as
+one Put (files over 1 MiB as a stream of 1 MiB messages), keeping as many calls in flight as
+``tvix-store import`` does, and waits for every answer. The grpc section times ``send`` against
+``serve`` for the stdlib tree: what an import through the daemon costs in gRPC calls alone.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+PIECE = 1024 * 1024
+IN_FLIGHT = 64  # the upload window of our gRPC blob client
+SERVICE = "tvix.castore.v1.BlobService"
+
+
+def _raw(message: bytes) -> bytes:
+    return message
+
+
+def serve(sock: str) -> int:
+    import grpc
+
+    def put(requests: Iterator[bytes], context: object) -> bytes:
+        for _ in requests:
+            pass
+        return b""  # an empty PutBlobResponse
+
+    server = grpc.server(
+        ThreadPoolExecutor(max_workers=256),
+        options=[("grpc.max_receive_message_length", 4 * 1024 * 1024)],
+        maximum_concurrent_rpcs=256,
+    )
+    handler = grpc.stream_unary_rpc_method_handler(put, request_deserializer=_raw, response_serializer=_raw)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, {"Put": handler}),))
+    server.add_insecure_port(f"unix:{sock}")
+    server.start()
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    while not stop.wait(0.5):
+        pass
+    server.stop(1).wait()
+    return 0
+
+
+def send(sock: str, tree: str) -> int:
+    import grpc
+
+    channel = grpc.insecure_channel(f"unix:{sock}")
+    put_one = channel.unary_unary(f"/{SERVICE}/Put", request_serializer=_raw, response_deserializer=_raw)
+    put_stream = channel.stream_unary(f"/{SERVICE}/Put", request_serializer=_raw, response_deserializer=_raw)
+    slots = threading.BoundedSemaphore(IN_FLIGHT)
+    calls = []
+    for path in sorted(Path(tree).rglob("*")):
+        if path.is_symlink() or not path.is_file():
+            continue
+        data = path.read_bytes()
+        # A BlobChunk message: field 1, length-delimited, then the bytes.
+        pieces = [data[i : i + PIECE] for i in range(0, len(data), PIECE)] or [b""]
+        messages = [_blob_chunk(p) for p in pieces]
+        slots.acquire()
+        call = put_one.future(messages[0]) if len(messages) == 1 else put_stream.future(iter(messages))
+        call.add_done_callback(lambda _: slots.release())
+        calls.append(call)
+    for call in calls:
+        call.result()
+    channel.close()
+    return 0
+
+
+def _blob_chunk(data: bytes) -> bytes:
+    if not data:
+        return b""
+    n = len(data)
+    varint = bytearray()
+    while n >= 0x80:
+        varint.append(n & 0x7F | 0x80)
+        n >>= 7
+    varint.append(n)
+    return b"\x0a" + bytes(varint) + data
+
+
+def wait_for_socket(sock: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(sock):
+        if time.monotonic() > deadline:
+            raise RuntimeError("put floor server did not start")
+        time.sleep(0.05)
+    time.sleep(0.2)
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "serve":
+        sys.exit(serve(sys.argv[2]))
+    sys.exit(send(sys.argv[2], sys.argv[3]))
