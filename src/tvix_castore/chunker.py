@@ -48,7 +48,13 @@ def chunk_bytes(
 
 
 class Chunker:
-    """Incremental FastCDC: feed bytes, receive complete chunks (copies, owned by the caller).
+    """Incremental FastCDC: feed bytes, receive the complete chunks.
+
+    A chunk is a read-only view into an immutable buffer, which the view keeps alive: the fed
+    ``bytes`` (or view of bytes) when that is all the chunker holds at a cut, else the one copy
+    joining what it holds. Other input (a bytearray the caller may reuse) is copied when fed.
+    So each byte is copied about once on its way into a chunk (the tail held back at a cut,
+    under ``max_size``, once more).
 
     Holds back at most ``batch + max_size`` bytes plus the last fed piece.
     """
@@ -63,64 +69,74 @@ class Chunker:
         self._cdc = _fastcdc(avg_size, min_size, max_size)
         self._max = max_size
         self._batch = batch
-        self._buf = bytearray()
+        # Fed input not yet cut, oldest first; every piece immutable.
+        self._held: list[bytes | memoryview] = []
+        self._held_bytes = 0
         self._scan_at = batch
         self._finished = False
 
     @property
     def pending(self) -> int:
         """Bytes fed but not yet returned as chunks."""
-        return len(self._buf)
+        return self._held_bytes
 
     @property
     def max_size(self) -> int:
         """The largest chunk this chunker produces."""
         return self._max
 
-    def feed(self, data: bytes | bytearray | memoryview) -> list[bytes]:
+    def feed(self, data: bytes | bytearray | memoryview) -> list[memoryview]:
         """Add data; return the chunks that are now complete, in order."""
         if self._finished:
             raise ValueError("chunker already finished")
         if not data:
             return []
-        if not self._buf and len(data) >= self._scan_at:
-            # Cut the caller's buffer directly instead of copying it into ours first.
-            return self._cut(memoryview(data).cast("B"), eof=False)
-        self._buf += data
-        if len(self._buf) < self._scan_at:
+        piece = _immutable(data)
+        self._held.append(piece)
+        self._held_bytes += len(piece)
+        if self._held_bytes < self._scan_at:
             return []
-        return self._cut(None, eof=False)
+        return self._cut(eof=False)
 
-    def finish(self) -> list[bytes]:
+    def finish(self) -> list[memoryview]:
         """Signal EOF; return the remaining chunks (none for empty input)."""
         if self._finished:
             return []
         self._finished = True
-        return self._cut(None, eof=True)
+        if not self._held:
+            return []
+        return self._cut(eof=True)
 
-    def _cut(self, source: memoryview | None, eof: bool) -> list[bytes]:
-        data: bytes | bytearray | memoryview = self._buf if source is None else source
-        out, consumed = _final_chunks(self._cdc, data, self._max, eof)
-        # _final_chunks has returned, so no view into self._buf is alive and it may be resized.
-        if source is None:
-            del self._buf[:consumed]
-        else:
-            self._buf = bytearray(source[consumed:])
-        self._scan_at = len(self._buf) + self._batch
+    def _cut(self, eof: bool) -> list[memoryview]:
+        held = self._held
+        whole = memoryview(held[0] if len(held) == 1 else b"".join(held)).cast("B")
+        out, consumed = _final_chunks(self._cdc, whole, self._max, eof)
+        rest = whole[consumed:]
+        # The rest is joined again at the next cut: at most max_size bytes per batch.
+        self._held = [rest] if rest else []
+        self._held_bytes = len(rest)
+        self._scan_at = len(rest) + self._batch
         return out
 
 
-def _final_chunks(
-    cdc: FastCDC, data: bytes | bytearray | memoryview, max_size: int, eof: bool
-) -> tuple[list[bytes], int]:
+def _immutable(data: bytes | bytearray | memoryview) -> bytes | memoryview:
+    """The bytes of data: shared if no one can change them (bytes, a plain view of bytes), else a copy."""
+    if isinstance(data, bytes):
+        return data
+    if isinstance(data, memoryview) and isinstance(data.obj, bytes) and data.c_contiguous:
+        return data.cast("B")
+    return bytes(data)
+
+
+def _final_chunks(cdc: FastCDC, data: memoryview, max_size: int, eof: bool) -> tuple[list[memoryview], int]:
     """The chunks of data whose cut points cannot change with more input, and their total length."""
     total = len(data)
-    out: list[bytes] = []
+    out: list[memoryview] = []
     consumed = 0
     for chunk in cdc.cut_buf(data):
         end = chunk.offset + chunk.length
         if not eof and end >= total and total - chunk.offset < max_size:
             break
-        out.append(bytes(chunk.data))
+        out.append(data[chunk.offset : end])
         consumed = end
     return out, consumed

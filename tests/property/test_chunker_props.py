@@ -95,6 +95,35 @@ def test_push_feeding_equals_whole_buffer(
     assert _push(data, pieces, batch) == chunk_bytes(data)
 
 
+@_settings
+@given(seed=_seeds, pieces=st.lists(st.integers(1, 700_000), min_size=1, max_size=20))
+def test_chunks_survive_reuse_of_a_fed_buffer(seed: int, pieces: list[int]) -> None:
+    """Chunks keep their bytes when the caller refills the bytearray it fed them from, or
+    hands in views of bytes (shared, not copied) and bytes of its own, mixed."""
+    data = random.Random(seed).randbytes(3 * 1024 * 1024)
+    c = Chunker(batch=300_000)
+    out: list[memoryview] = []
+    reused = bytearray()
+    i = 0
+    for k, n in enumerate(pieces * 8):
+        piece = data[i : i + n]
+        if k % 3 == 0:
+            reused[:] = piece
+            out += c.feed(reused)
+            reused[:] = bytes(len(reused))  # the caller reuses its buffer
+        elif k % 3 == 1:
+            out += c.feed(memoryview(data)[i : i + n])
+        else:
+            out += c.feed(piece)
+        i += n
+        if i >= len(data):
+            break
+    out += c.feed(data[i:])
+    out += c.finish()
+    assert all(chunk.readonly for chunk in out)
+    assert [bytes(chunk) for chunk in out] == chunk_bytes(data)
+
+
 def test_pending_is_bounded() -> None:
     """The chunker never holds back more than batch + max_size + one fed piece."""
     c = Chunker()

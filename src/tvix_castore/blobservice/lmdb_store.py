@@ -39,7 +39,7 @@ import blake3
 import lmdb
 
 from tvix_castore._lmdb_env import LmdbStore, explain, open_env, path_from_url, release_env
-from tvix_castore.blobservice import BlobReader, BlobService, BlobWriter, ChunkMeta
+from tvix_castore.blobservice import BlobReader, BlobService, BlobWriter, ChunkData, ChunkMeta
 from tvix_castore.blobservice.chunked_reader import BytesBlobReader, ChunkedReader
 from tvix_castore.chunker import MIN_SIZE, Chunker
 from tvix_castore.digests import B3_LEN, EMPTY_BLOB_DIGEST, VERIFY_PARALLEL_ABOVE, B3Digest, blake3_digest
@@ -95,7 +95,7 @@ _COMMITTER = _Worker("lmdb-blob-commit")
 _HASHER = _Worker("lmdb-blob-hash")
 
 
-def _update_all(hasher: Any, chunks: list[bytes]) -> None:
+def _update_all(hasher: Any, chunks: list[ChunkData]) -> None:
     for chunk in chunks:
         hasher.update(chunk)
 
@@ -256,7 +256,7 @@ class LmdbBlobService(BlobService):
         of them at once saves the per-transaction cost that dominates small files.
         """
         digests: list[B3Digest] = []
-        small: list[tuple[B3Digest, bytes]] = []
+        small: list[tuple[B3Digest, ChunkData]] = []
         for data in blobs:
             if len(data) < MIN_SIZE:
                 digest = B3Digest(blake3_digest(data))
@@ -328,7 +328,7 @@ class LmdbBlobService(BlobService):
         self._check_open()
         return LmdbBlobWriter(self)
 
-    def _commit(self, chunks: list[tuple[B3Digest, bytes]], blob: tuple[B3Digest, bytes] | None) -> None:
+    def _commit(self, chunks: list[tuple[B3Digest, ChunkData]], blob: tuple[B3Digest, bytes] | None) -> None:
         """Store chunks (skipping present ones) and then, optionally, a blob's chunk list."""
         with self._op("write"), self._env.begin(write=True) as txn:
             for digest, data in chunks:
@@ -386,9 +386,9 @@ class LmdbBlobWriter(BlobWriter):
         # on the _HASHER thread; _hashed is the last update handed to it.
         self._hasher = blake3.blake3()
         self._hashed: Future[None] | None = None
-        self._first_chunk: bytes | None = None
+        self._first_chunk: ChunkData | None = None
         self._chunk_list: list[ChunkMeta] = []
-        self._pending: list[tuple[B3Digest, bytes]] = []
+        self._pending: list[tuple[B3Digest, ChunkData]] = []
         self._pending_bytes = 0
         # At most one batch is being committed in the background while the next one fills up.
         self._inflight: Future[None] | None = None
@@ -429,8 +429,8 @@ class LmdbBlobWriter(BlobWriter):
         self._inflight_bytes = 0
         inflight.result()
 
-    def _add(self, chunks: list[bytes]) -> None:
-        to_hash: list[bytes] = []
+    def _add(self, chunks: list[memoryview]) -> None:
+        to_hash: list[ChunkData] = []
         for chunk in chunks:
             digest = B3Digest(blake3_digest(chunk))
             if not self._chunk_list:
