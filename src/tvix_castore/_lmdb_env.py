@@ -130,8 +130,10 @@ def open_env(path: str) -> LmdbStore:
                 env.close()
                 raise
         except (lmdb.Error, OSError) as exc:
-            # py-lmdb starts its message with the directory, which ours names already.
-            text = str(exc).removeprefix(f"{real}: ")
+            # py-lmdb starts its message with the directory, which ours names already (a name
+            # that is not UTF-8 it decodes with replacement characters).
+            shown = os.fsencode(real).decode("utf-8", "replace")
+            text = str(exc).removeprefix(f"{real}: ").removeprefix(f"{shown}: ")
             raise StorageError(f"cannot open LMDB store at {real}: {text}") from exc
         _envs[real] = (env, tables, 1)
         return LmdbStore(real, env, tables)

@@ -286,14 +286,18 @@ def test_truncated_store_file(tmp_path: Path, command: str) -> None:
     assert data_file.stat().st_size == full_size // 2  # refused, not "repaired" by writing
 
 
-def test_store_file_that_is_not_lmdb(tmp_path: Path) -> None:
-    """A data.mdb that is not an LMDB file is one error naming the store once, left as it was."""
-    store = tmp_path / "store"
+@pytest.mark.parametrize("name", [b"store", b"st\xffore"], ids=["utf8", "not-utf8"])
+def test_store_file_that_is_not_lmdb(tmp_path: Path, name: bytes) -> None:
+    """A data.mdb that is not an LMDB file is one error naming the store once, left as it was;
+    also for a directory name that is not UTF-8 (py-lmdb shows that one differently)."""
+    store = tmp_path / os.fsdecode(name)
     store.mkdir()
     garbage = os.urandom(20000)
     (store / "data.mdb").write_bytes(garbage)
     line = one_line_error(tvix(store, "path-info", "--all", check=False))
-    assert line == f"error: cannot open LMDB store at {store}: MDB_INVALID: File is not an LMDB file"
+    assert line.startswith("error: cannot open LMDB store at "), line
+    assert line.endswith(": MDB_INVALID: File is not an LMDB file"), line
+    assert line.count(str(tmp_path)) == 1, line
     assert (store / "data.mdb").read_bytes() == garbage
 
 
