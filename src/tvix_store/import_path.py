@@ -150,22 +150,20 @@ def import_path(services: Services, path: str, progress: Progress | None = None)
     name = validate_name(nix_basename(path))
     # Nix reads the path made absolute and lexically normalised, without resolving symlinks.
     fs_path = os.path.abspath(path)
-    writeback = BackgroundWriteback(services.blob_service)
     hasher = ThreadedSha256()
     try:
-        writer = NarWriter(hasher)
-        root = ingest_path(
-            services.blob_service,
-            services.directory_service,
-            fs_path,
-            _NarObserver(writer, progress),
-        )
-        writer.close()
+        with BackgroundWriteback(services.blob_service):
+            writer = NarWriter(hasher)
+            root = ingest_path(
+                services.blob_service,
+                services.directory_service,
+                fs_path,
+                _NarObserver(writer, progress),
+            )
+            writer.close()
     except BaseException:
         hasher.abort()
         raise
-    finally:
-        writeback.close()
     nar_size, nar_sha256 = hasher.finish()
     return _put_path_info(services, name, root, nar_size, nar_sha256)
 
@@ -203,15 +201,13 @@ def import_nar(
         return data
 
     on_file = None if progress is None else (lambda _size: progress.add_file())
-    writeback = BackgroundWriteback(services.blob_service)
     try:
-        root, nar_sha256, nar_size = ingest_nar(
-            services.blob_service, services.directory_service, read, on_file
-        )
+        with BackgroundWriteback(services.blob_service):
+            root, nar_sha256, nar_size = ingest_nar(
+                services.blob_service, services.directory_service, read, on_file
+            )
     except NarError as exc:
         raise NarError(f"{source}: {exc}") from exc
-    finally:
-        writeback.close()
     if read(1):
         raise ImportError_(f"{source}: unexpected data after the end of the NAR (offset {nar_size})")
     return _put_path_info(services, name, root, nar_size, nar_sha256)

@@ -64,6 +64,12 @@ class BackgroundWriteback:
     def _flush(self) -> None:
         os.fdatasync(self._fd)
 
+    def __enter__(self) -> BackgroundWriteback:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def close(self) -> None:
         """Stop the helper thread."""
         self._stop.set()

@@ -249,19 +249,24 @@ def _copy_closure(
 
         # Biggest NARs first, so that one big path does not start last.
         order = sorted(narinfos.values(), key=lambda n: n.nar_size, reverse=True)
-        writeback = BackgroundWriteback(services.blob_service) if order else None
-        try:
+        with BackgroundWriteback(services.blob_service):
             _run_all(pool, [pool.submit(fetch, n) for n in order])
-        finally:
-            if writeback is not None:
-                writeback.close()
+    _put_all(services, infos, result, on_path)
+    return result
 
+
+def _put_all(
+    services: Services,
+    infos: dict[bytes, PathInfo],
+    result: CopyResult,
+    on_path: Callable[[PathInfo], object] | None,
+) -> None:
+    """Put the PathInfos of the copied paths, each after those it refers to; record each."""
     for info in _references_first(infos):
         services.put_path_info(info)
         result.copied.append(info)
         if on_path is not None:
             on_path(info)
-    return result
 
 
 def _references_first(infos: dict[bytes, PathInfo]) -> list[PathInfo]:
@@ -391,16 +396,10 @@ def copy_local_closure(
         with lock:
             infos[entry.path.digest] = info
 
-    writeback = BackgroundWriteback(services.blob_service) if todo else None
-    try:
-        with ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="ingest") as pool:
-            _run_all(pool, [pool.submit(ingest, e) for e in todo])
-    finally:
-        if writeback is not None:
-            writeback.close()
-    for info in _references_first(infos):
-        services.put_path_info(info)
-        result.copied.append(info)
-        if on_path is not None:
-            on_path(info)
+    with (
+        BackgroundWriteback(services.blob_service),
+        ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="ingest") as pool,
+    ):
+        _run_all(pool, [pool.submit(ingest, e) for e in todo])
+    _put_all(services, infos, result, on_path)
     return result
