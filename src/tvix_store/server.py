@@ -1,6 +1,6 @@
 """The gRPC server behind ``tvix-store daemon``: three services, reflection and health.
 
-``grpc.server`` on a thread pool with the Blob, Directory and PathInfo servicers (plus NAR
+``grpc.server`` on an elastic thread pool (``pool``) with the Blob, Directory and PathInfo servicers (plus NAR
 calculation), server reflection v1alpha and v1 (the same messages under two package names),
 and health reporting SERVING for "" and each service. A local LMDB store's data file is flushed
 to disk in the background while the daemon runs (as ``import`` does locally), so the sync before
@@ -18,7 +18,6 @@ import socket
 import stat
 import threading
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 from google.protobuf import descriptor_pb2, descriptor_pool
@@ -34,6 +33,7 @@ from tvix_castore.grpc.blob_servicer import BlobServicer
 from tvix_castore.grpc.channel import MAX_MESSAGE, channel_target, require_utf8_socket_path, unix_target
 from tvix_castore.grpc.directory_servicer import DirectoryServicer
 from tvix_castore.grpc.loops import LoopGuard, process_id
+from tvix_castore.grpc.pool import ElasticThreadPool
 from tvix_castore.url import ServiceUrl
 from tvix_store.grpc.pathinfo_servicer import PathInfoServicer
 from tvix_store.services import Services
@@ -193,7 +193,8 @@ class Daemon:
     def __init__(self, services: Services, listen: str, max_workers: int = MAX_CALLS) -> None:
         self.listen = listen
         self._server = grpc.server(
-            ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc-server"),
+            # A few threads while calls are short, one more for each call that blocks (pool.py).
+            ElasticThreadPool(max_workers=max_workers, thread_name_prefix="grpc-server"),
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE),
                 ("grpc.max_send_message_length", 256 * 1024 * 1024),

@@ -1,0 +1,108 @@
+"""The daemon's elastic thread pool (tvix_castore/grpc/pool.py): few threads for short calls,
+one more for each call that blocks, never more than max_workers, and every call run once."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from tvix_castore.grpc.pool import ElasticThreadPool
+
+
+def _wait_until(condition: object, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():  # type: ignore[operator]
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.005)
+
+
+def test_results_and_exceptions_reach_the_futures() -> None:
+    pool = ElasticThreadPool(max_workers=8, core=2)
+    try:
+        assert pool.submit(lambda a, b=0: a + b, 2, b=3).result(timeout=10) == 5
+
+        def fail() -> None:
+            raise KeyError("boom")
+
+        with pytest.raises(KeyError, match="boom"):
+            pool.submit(fail).result(timeout=10)
+        futures = [pool.submit(lambda i=i: i * i) for i in range(500)]
+        assert [f.result(timeout=10) for f in futures] == [i * i for i in range(500)]
+    finally:
+        pool.shutdown()
+
+
+def test_short_calls_stay_on_the_core_threads() -> None:
+    """A long burst of short calls keeps to the core threads (a plain pool starts one per call
+    in flight); a little slack for a machine that pauses a thread now and then."""
+    pool = ElasticThreadPool(max_workers=256, core=4, stall_after=0.05)
+    try:
+        futures = [pool.submit(time.sleep, 0.0002) for _ in range(3000)]
+        for f in futures:
+            f.result(timeout=30)
+        assert pool.threads <= 6, pool.threads
+    finally:
+        pool.shutdown()
+
+
+def test_blocked_calls_do_not_starve_new_ones() -> None:
+    """Calls that block hold their threads; new calls still run, on threads added for them."""
+    pool = ElasticThreadPool(max_workers=64, core=2, stall_after=0.01)
+    release = threading.Event()
+    try:
+        blocked = [pool.submit(release.wait, 30) for _ in range(20)]
+        # Every blocked call gets a thread, then a short call runs beside them.
+        quick = pool.submit(lambda: "done")
+        assert quick.result(timeout=10) == "done"
+        _wait_until(lambda: all(f.running() for f in blocked))
+        assert pool.threads >= 21
+        release.set()
+        assert all(f.result(timeout=10) for f in blocked)
+    finally:
+        release.set()
+        pool.shutdown()
+
+
+def test_never_more_than_max_workers_and_idle_threads_end() -> None:
+    pool = ElasticThreadPool(max_workers=5, core=2, stall_after=0.005, idle_timeout=0.1)
+    release = threading.Event()
+    try:
+        futures = [pool.submit(release.wait, 30) for _ in range(12)]
+        _wait_until(lambda: sum(f.running() for f in futures) == 5)
+        time.sleep(0.1)
+        assert pool.threads == 5
+        assert sum(f.running() for f in futures) == 5  # the rest wait for a thread
+        release.set()
+        assert all(f.result(timeout=10) for f in futures)
+        # Idle for idle_timeout: back down to the core threads.
+        _wait_until(lambda: pool.threads == 2)
+    finally:
+        release.set()
+        pool.shutdown()
+
+
+def test_shutdown_runs_or_cancels_what_is_queued() -> None:
+    pool = ElasticThreadPool(max_workers=1, core=1)
+    gate = threading.Event()
+    first = pool.submit(gate.wait, 30)
+    _wait_until(first.running)
+    queued = [pool.submit(lambda i=i: i) for i in range(3)]
+    gate.set()
+    pool.shutdown(wait=True)
+    assert [f.result(timeout=0) for f in queued] == [0, 1, 2]
+    assert pool.threads == 0
+    with pytest.raises(RuntimeError, match="after shutdown"):
+        pool.submit(lambda: None)
+
+    pool = ElasticThreadPool(max_workers=1, core=1)
+    gate.clear()
+    first = pool.submit(gate.wait, 30)
+    _wait_until(first.running)
+    queued = [pool.submit(lambda: None) for _ in range(3)]
+    pool.shutdown(wait=False, cancel_futures=True)
+    assert all(f.cancelled() for f in queued)
+    gate.set()
+    assert first.result(timeout=10)
+    _wait_until(lambda: pool.threads == 0)
