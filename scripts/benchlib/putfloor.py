@@ -2,7 +2,7 @@
 
 Run as ``python -P putfloor.py serve SOCKET`` (``-P``: the ``grpc`` section module beside this file
 must not shadow the grpc package) for a grpcio server configured as ``tvix-store
-daemon`` is (a sync server on a 256-thread pool, the same message limit) whose BlobService/Put
+daemon`` is (a sync server on the same elastic thread pool, the same message limit) whose BlobService/Put
 reads the client's stream and answers at once: no hashing, no chunking, no storage. Run as
 ``python -P putfloor.py send SOCKET DIR`` for a client that sends every regular file under DIR as
 one Put (files over 1 MiB as a stream of 1 MiB messages), keeping as many calls in flight as
@@ -18,7 +18,6 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 PIECE = 1024 * 1024
@@ -33,13 +32,15 @@ def _raw(message: bytes) -> bytes:
 def serve(sock: str) -> int:
     import grpc
 
+    from tvix_castore.grpc.pool import ElasticThreadPool
+
     def put(requests: Iterator[bytes], context: object) -> bytes:
         for _ in requests:
             pass
         return b""  # an empty PutBlobResponse
 
     server = grpc.server(
-        ThreadPoolExecutor(max_workers=256),
+        ElasticThreadPool(max_workers=256),
         options=[("grpc.max_receive_message_length", 4 * 1024 * 1024)],
         maximum_concurrent_rpcs=256,
     )
