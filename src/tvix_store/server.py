@@ -192,9 +192,10 @@ class Daemon:
 
     def __init__(self, services: Services, listen: str, max_workers: int = MAX_CALLS) -> None:
         self.listen = listen
+        # A few threads while calls are short, one more for each call that blocks (pool.py).
+        self._pool = ElasticThreadPool(max_workers=max_workers, thread_name_prefix="grpc-server")
         self._server = grpc.server(
-            # A few threads while calls are short, one more for each call that blocks (pool.py).
-            ElasticThreadPool(max_workers=max_workers, thread_name_prefix="grpc-server"),
+            self._pool,
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE),
                 ("grpc.max_send_message_length", 256 * 1024 * 1024),
@@ -242,6 +243,8 @@ class Daemon:
         """Refuse new calls, wait up to grace seconds for those in flight, then close."""
         self._health.enter_graceful_shutdown()
         self._server.stop(grace).wait()
+        # grpcio never shuts its executor down: without this the pool's threads outlive us.
+        self._pool.shutdown(wait=False)
         self._writeback.close()
         if self.listen.startswith(("/", ".")):
             # grpcio leaves the socket file behind; a restart would unlink it anyway.

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 
+import grpc
 import pytest
 
 from tvix_castore.grpc.pool import ElasticThreadPool
@@ -106,3 +108,100 @@ def test_shutdown_runs_or_cancels_what_is_queued() -> None:
     gate.set()
     assert first.result(timeout=10)
     _wait_until(lambda: pool.threads == 0)
+
+
+def test_a_thread_that_cannot_start_is_not_counted(monkeypatch: pytest.MonkeyPatch) -> None:
+    """When the system refuses a new thread, the pool neither counts it nor loses the call:
+    with no thread at all the call is refused at once; with threads, it runs on them later."""
+    real_start = threading.Thread.start
+    refuse = True
+
+    def start(thread: threading.Thread) -> None:
+        if refuse and thread.name.startswith("t_"):
+            raise RuntimeError("can't start new thread")
+        real_start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", start)
+    pool = ElasticThreadPool(max_workers=4, core=2, stall_after=0.005, thread_name_prefix="t")
+    try:
+        with pytest.raises(RuntimeError, match="cannot start a thread"):
+            pool.submit(lambda: None)
+        assert pool.threads == 0
+        refuse = False
+        gate = threading.Event()
+        blocked = pool.submit(gate.wait, 30)
+        _wait_until(blocked.running)
+        refuse = True
+        # No second thread can start: the call waits for the one there is, and the watcher
+        # keeps trying (it must not die of the refusal).
+        waiting = pool.submit(lambda: "ran")
+        time.sleep(0.1)
+        assert pool.threads == 1
+        assert not waiting.done()
+        refuse = False
+        assert waiting.result(timeout=10) == "ran"  # a thread started on a later try
+        gate.set()
+    finally:
+        refuse = False
+        pool.shutdown()
+    assert pool.threads == 0
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_worker_that_dies_is_uncounted() -> None:
+    """A worker ended by something other than its call (a done-callback raising SystemExit)
+    leaves the count right, so shutdown(wait=True) returns."""
+    pool = ElasticThreadPool(max_workers=2, core=1)
+    future = pool.submit(lambda: 1)
+    gate = threading.Event()
+    held = pool.submit(gate.wait, 30)
+
+    def die(_: object) -> None:
+        raise SystemExit
+
+    held.add_done_callback(die)
+    gate.set()
+    assert future.result(timeout=10) == 1
+    _wait_until(lambda: pool.threads == 0)
+    done = threading.Thread(target=pool.shutdown)
+    done.start()
+    done.join(10)
+    assert not done.is_alive()
+
+
+def test_shutdown_still_grows_for_calls_queued_before_it() -> None:
+    """A call queued before shutdown that another queued call waits for still gets a thread."""
+    pool = ElasticThreadPool(max_workers=2, core=1, stall_after=0.005)
+    b_ran = threading.Event()
+    a = pool.submit(b_ran.wait, 10)
+    _wait_until(a.running)
+    b = pool.submit(b_ran.set)
+    pool.shutdown(wait=True)
+    assert a.result(timeout=0) is True
+    assert b.done()
+
+
+def test_a_stopped_daemon_leaves_no_pool_threads(tmp_path: Path) -> None:
+    """grpcio never shuts its executor down; Daemon.stop does, so no thread outlives it."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from tvix_store.server import Daemon
+    from tvix_store.services import construct_services
+
+    def pool_threads() -> list[str]:
+        return [t.name for t in threading.enumerate() if t.name.startswith("grpc-server")]
+
+    before = pool_threads()
+    services = construct_services("memory://", "memory://", "memory://")
+    sock = str(tmp_path / "d.sock")
+    daemon = Daemon(services, sock, max_workers=16)
+    try:
+        with grpc.insecure_channel(f"unix:{sock}") as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            for _ in range(20):
+                stub.Check(health_pb2.HealthCheckRequest(), timeout=10)
+        assert len(pool_threads()) > len(before)
+    finally:
+        daemon.stop(grace=1.0)
+        services.close()
+    _wait_until(lambda: pool_threads() == before)

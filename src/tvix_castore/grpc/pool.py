@@ -82,10 +82,14 @@ class ElasticThreadPool(Executor):
             self._queue.append((future, fn, args, kwargs))
             if self._idle >= len(self._queue):
                 self._work.notify()
-            elif self._threads < self._core:
-                self._start_worker()
-            else:
-                self._watch.notify()
+                return future
+            if self._threads < self._core and self._start_worker():
+                return future
+            if not self._threads:
+                # No thread to run it, and none could be started: refuse it rather than queue it.
+                self._queue.pop()
+                raise RuntimeError("cannot start a thread for the call")
+            self._watch.notify()  # the watcher adds a thread if the pool stalls
         return future
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
@@ -107,11 +111,17 @@ class ElasticThreadPool(Executor):
 
     # ---- inside the lock -------------------------------------------------------------------
 
-    def _start_worker(self) -> None:
-        self._threads += 1
+    def _start_worker(self) -> bool:
+        """Start a worker; False (counters untouched) when the system refuses a new thread."""
         self._made += 1
-        name = f"{self._prefix}_{self._made}"
-        threading.Thread(target=self._work_loop, name=name, daemon=True).start()
+        thread = threading.Thread(target=self._work_loop, name=f"{self._prefix}_{self._made}", daemon=True)
+        self._threads += 1
+        try:
+            thread.start()
+        except RuntimeError:
+            self._threads -= 1
+            return False
+        return True
 
     def _short_or_idle(self, now: float) -> int:
         """Workers that are idle or whose current call is still short."""
@@ -121,26 +131,28 @@ class ElasticThreadPool(Executor):
     # ---- threads -------------------------------------------------------------------------------
 
     def _work_loop(self) -> None:
+        try:
+            self._serve()
+        finally:
+            # However the thread ends (a done-callback raising SystemExit, say), it is uncounted,
+            # and the watcher looks again at whatever is still queued.
+            with self._lock:
+                self._threads -= 1
+                self._watch.notify()
+
+    def _serve(self) -> None:
         me = threading.get_ident()
         while True:
             with self._lock:
                 while not self._queue:
                     if self._shutdown:
-                        self._threads -= 1
                         return
                     if not self._wait_for_work() and self._threads > self._core:
-                        self._threads -= 1  # idle for idle_timeout, and more than core remain
-                        return
+                        return  # idle for idle_timeout, and more than core remain
                 future, fn, args, kwargs = self._queue.popleft()
                 self._started[me] = self._progress = time.monotonic()
             try:
-                if future.set_running_or_notify_cancel():
-                    try:
-                        result = fn(*args, **kwargs)
-                    except BaseException as exc:
-                        future.set_exception(exc)
-                    else:
-                        future.set_result(result)
+                _run(future, fn, args, kwargs)
             finally:
                 del future, fn, args, kwargs
                 with self._lock:
@@ -158,7 +170,8 @@ class ElasticThreadPool(Executor):
 
     def _watch_loop(self) -> None:
         with self._lock:
-            while not self._shutdown:
+            # After shutdown it still grows the pool for calls queued before it, then ends.
+            while self._queue or not self._shutdown:
                 if not self._queue:
                     self._watch.wait()
                     continue
@@ -168,3 +181,14 @@ class ElasticThreadPool(Executor):
                     self._start_worker()
                     self._progress = now  # give the new thread its time to take a call
                 self._watch.wait(self._stall_after)
+
+
+def _run(future: Future[Any], fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    """Run one call into its future (a function of its own: no result outlives the call)."""
+    if future.set_running_or_notify_cancel():
+        try:
+            result = fn(*args, **kwargs)
+        except BaseException as exc:
+            future.set_exception(exc)
+        else:
+            future.set_result(result)
