@@ -51,10 +51,11 @@ class Chunker:
     """Incremental FastCDC: feed bytes, receive the complete chunks.
 
     A chunk is a read-only view into an immutable buffer, which the view keeps alive: the fed
-    ``bytes`` (or view of bytes) when that is all the chunker holds at a cut, else the one copy
-    joining what it holds. Other input (a bytearray the caller may reuse) is copied when fed.
-    So each byte is copied about once on its way into a chunk (the tail held back at a cut,
-    under ``max_size``, once more).
+    ``bytes`` (or a view of at least half of one) when that is all the chunker holds at a cut,
+    else the one copy joining what it holds. Other input (a bytearray the caller may reuse, a
+    small slice of a big bytes) is copied when fed, and so is the tail held back at a cut
+    (under ``max_size``): the chunker itself never keeps a caller's buffer alive. So each byte
+    is copied about once on its way into a chunk.
 
     Holds back at most ``batch + max_size`` bytes plus the last fed piece.
     """
@@ -112,6 +113,9 @@ class Chunker:
         whole = memoryview(held[0] if len(held) == 1 else b"".join(held)).cast("B")
         out, consumed = _final_chunks(self._cdc, whole, self._max, eof)
         rest = whole[consumed:]
+        if rest and len(held) == 1:
+            # whole is a fed piece: copy the short tail rather than keep all of it alive.
+            rest = memoryview(bytes(rest))
         # The rest is joined again at the next cut: at most max_size bytes per batch.
         self._held = [rest] if rest else []
         self._held_bytes = len(rest)
@@ -121,9 +125,16 @@ class Chunker:
 
 def _immutable(data: bytes | bytearray | memoryview) -> bytes | memoryview:
     """The bytes of data: shared if no one can change them (bytes, a plain view of bytes), else a copy."""
-    if isinstance(data, bytes):
+    # Exactly bytes: a subclass may export another object's (mutable) buffer (__buffer__, 3.12+).
+    if type(data) is bytes:
         return data
-    if isinstance(data, memoryview) and isinstance(data.obj, bytes) and data.c_contiguous:
+    if (
+        isinstance(data, memoryview)
+        and type(data.obj) is bytes
+        and data.c_contiguous
+        # A small slice of a large bytes is copied rather than pinning all of it.
+        and 2 * data.nbytes >= len(data.obj)
+    ):
         return data.cast("B")
     return bytes(data)
 

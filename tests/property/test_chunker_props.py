@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import sys
 
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
@@ -122,6 +123,22 @@ def test_chunks_survive_reuse_of_a_fed_buffer(seed: int, pieces: list[int]) -> N
     out += c.finish()
     assert all(chunk.readonly for chunk in out)
     assert [bytes(chunk) for chunk in out] == chunk_bytes(data)
+
+
+def test_no_fed_buffer_is_kept_beyond_its_chunks() -> None:
+    """Once the chunks are dropped, the chunker keeps no reference to a big fed bytes (the tail
+    it holds back is copied), nor to the bytes behind a small slice of it (copied when fed)."""
+    big = random.Random(3).randbytes(8 * 1024 * 1024)
+    base = sys.getrefcount(big)
+    c = Chunker()
+    chunks = c.feed(big)
+    assert chunks
+    del chunks
+    assert 0 < c.pending <= MAX_SIZE
+    assert sys.getrefcount(big) == base
+    c.feed(memoryview(big)[:1000])
+    assert sys.getrefcount(big) == base
+    assert b"".join(c.finish())[-1000:] == big[:1000]
 
 
 def test_pending_is_bounded() -> None:
