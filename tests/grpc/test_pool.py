@@ -205,3 +205,14 @@ def test_a_stopped_daemon_leaves_no_pool_threads(tmp_path: Path) -> None:
         daemon.stop(grace=1.0)
         services.close()
     _wait_until(lambda: pool_threads() == before)
+
+
+def test_a_call_cannot_wait_for_its_own_pool_to_shut_down() -> None:
+    """shutdown(wait=True) from one of the pool's calls would wait for itself: refused."""
+    pool = ElasticThreadPool(max_workers=2, core=1)
+    try:
+        with pytest.raises(RuntimeError, match="cannot wait"):
+            pool.submit(pool.shutdown).result(timeout=10)
+    finally:
+        pool.shutdown()
+    assert pool.threads == 0

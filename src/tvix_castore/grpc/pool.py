@@ -95,6 +95,8 @@ class ElasticThreadPool(Executor):
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Take no new calls; run (or cancel) those queued; with wait, wait for the workers."""
         with self._lock:
+            if wait and threading.get_ident() in self._started:
+                raise RuntimeError("a call on this pool cannot wait for the pool's shutdown")
             self._shutdown = True
             if cancel_futures:
                 while self._queue:
