@@ -51,11 +51,10 @@ class Chunker:
     """Incremental FastCDC: feed bytes, receive the complete chunks.
 
     A chunk is a read-only view into an immutable buffer, which the view keeps alive: the fed
-    ``bytes`` (or a view of at least half of one) when that is all the chunker holds at a cut,
-    else the one copy joining what it holds. Other input (a bytearray the caller may reuse, a
-    small slice of a big bytes) is copied when fed, and so is the tail held back at a cut
-    (under ``max_size``): the chunker itself never keeps a caller's buffer alive. So each byte
-    is copied about once on its way into a chunk.
+    ``bytes`` (or view of bytes) when that is all the chunker holds at a cut, else the one copy
+    joining what it holds. Other input (a bytearray the caller may reuse) is copied when fed,
+    and so is the tail held back at a cut (under ``max_size``): past a cut, the chunker itself
+    keeps no caller's buffer alive. So each byte is copied about once on its way into a chunk.
 
     Holds back at most ``batch + max_size`` bytes plus the last fed piece.
     """
@@ -128,13 +127,9 @@ def _immutable(data: bytes | bytearray | memoryview) -> bytes | memoryview:
     # Exactly bytes: a subclass may export another object's (mutable) buffer (__buffer__, 3.12+).
     if type(data) is bytes:
         return data
-    if (
-        isinstance(data, memoryview)
-        and type(data.obj) is bytes
-        and data.c_contiguous
-        # A small slice of a large bytes is copied rather than pinning all of it.
-        and 2 * data.nbytes >= len(data.obj)
-    ):
+    if isinstance(data, memoryview) and type(data.obj) is bytes and data.c_contiguous:
+        # Until the next cut this keeps all of data.obj alive, not just the slice: the caller's
+        # buffer, which it is feeding from anyway.
         return data.cast("B")
     return bytes(data)
 
