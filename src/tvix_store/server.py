@@ -1,11 +1,11 @@
 """The gRPC server behind ``tvix-store daemon``: three services, reflection and health.
 
-``grpc.server`` on an elastic thread pool (``pool``) with the Blob, Directory and PathInfo servicers (plus NAR
-calculation), server reflection v1alpha and v1 (the same messages under two package names),
-and health reporting SERVING for "" and each service. A local LMDB store's data file is flushed
-to disk in the background while the daemon runs (as ``import`` does locally), so the sync before
-each PathInfo put finds little left to write. Listens on ``host:port``, ``[v6]:port``
-or a unix socket path (``/…`` or ``./…``). ``serve`` blocks until SIGINT/SIGTERM, then stops
+``grpc.server`` on an elastic thread pool (``pool``) with the Blob, Directory and PathInfo
+servicers (plus NAR calculation), server reflection v1alpha and v1 (the same messages under two
+package names), and health reporting SERVING for "" and each service. A local LMDB store's data
+file is flushed to disk in the background while the daemon runs (as ``import`` does locally),
+so the sync before each PathInfo put finds little left to write. Listens on ``host:port``,
+``[v6]:port`` or a unix socket path (``/…`` or ``./…``). ``serve`` blocks until SIGINT/SIGTERM, then stops
 taking calls, lets the ones in flight finish, and returns.
 """
 
