@@ -151,18 +151,22 @@ def test_a_thread_that_cannot_start_is_not_counted(monkeypatch: pytest.MonkeyPat
 def test_a_worker_that_dies_is_uncounted() -> None:
     """A worker ended by something other than its call (a done-callback raising SystemExit)
     leaves the count right, so shutdown(wait=True) returns."""
-    pool = ElasticThreadPool(max_workers=2, core=1)
+    pool = ElasticThreadPool(max_workers=2, core=1, thread_name_prefix="dying")
     future = pool.submit(lambda: 1)
     gate = threading.Event()
     held = pool.submit(gate.wait, 30)
+    _wait_until(held.running)
 
     def die(_: object) -> None:
         raise SystemExit
 
     held.add_done_callback(die)
+    workers = [t for t in threading.enumerate() if t.name.startswith("dying_")]
     gate.set()
     assert future.result(timeout=10) == 1
     _wait_until(lambda: pool.threads == 0)
+    for t in workers:  # the thread ends (and reports its SystemExit) inside this test
+        t.join(10)
     done = threading.Thread(target=pool.shutdown)
     done.start()
     done.join(10)
