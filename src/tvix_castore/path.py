@@ -1,4 +1,4 @@
-"""Names of directory entries (tvix ``PathComponent``) and symlink targets."""
+"""Names of directory entries (tvix ``PathComponent``), paths of entries, and symlink targets."""
 
 from __future__ import annotations
 
@@ -6,6 +6,16 @@ from tvix_castore.errors import NodeError
 
 MAX_NAME_LEN = 255
 MAX_TARGET_LEN = 4095
+
+EntryPath = tuple[bytes, ...]
+"""A path relative to a root node, as name components; ``()`` is the root."""
+
+
+def format_path(path: EntryPath) -> str:
+    """A readable form of an entry path for messages (``.`` for the root)."""
+    if not path:
+        return "."
+    return b"/".join(path).decode("utf-8", "backslashreplace")
 
 
 def quoted(name: bytes) -> str:

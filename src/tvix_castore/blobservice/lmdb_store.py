@@ -30,10 +30,9 @@ import os
 import struct
 import threading
 from collections.abc import Callable, Generator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import suppress
 from types import TracebackType
-from typing import Any, cast, final
+from typing import TYPE_CHECKING, Any, cast, final
 
 import blake3
 import lmdb
@@ -45,6 +44,9 @@ from tvix_castore.chunker import MIN_SIZE, Chunker
 from tvix_castore.digests import B3_LEN, EMPTY_BLOB_DIGEST, VERIFY_PARALLEL_ABOVE, B3Digest, blake3_digest
 from tvix_castore.errors import ClosedError, DataCorruption, StorageError, StoreError
 from tvix_castore.url import ServiceUrl
+
+if TYPE_CHECKING:
+    from concurrent.futures import Future, ThreadPoolExecutor
 
 __all__ = ["LmdbBlobService"]
 
@@ -80,6 +82,9 @@ class _Worker:
     def submit(self, fn: Callable[..., None], *args: object) -> Future[None]:
         with self._lock:
             if self._pool is None:
+                # Imported here: commands that only read never write large blobs.
+                from concurrent.futures import ThreadPoolExecutor
+
                 self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=self._name)
             pool = self._pool
         return pool.submit(fn, *args)

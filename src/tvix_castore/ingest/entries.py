@@ -19,6 +19,7 @@ from tvix_castore.directory import Directory
 from tvix_castore.directoryservice import DirectoryPutter, DirectoryService
 from tvix_castore.errors import InvalidRequest, ValidationError
 from tvix_castore.nodes import DirectoryNode, FileNode, Node, SymlinkNode
+from tvix_castore.path import EntryPath, format_path
 
 __all__ = [
     "DirectoryEntry",
@@ -29,16 +30,6 @@ __all__ = [
     "format_path",
     "ingest_entries",
 ]
-
-EntryPath = tuple[bytes, ...]
-"""A path relative to the ingested root, as name components; ``()`` is the root."""
-
-
-def format_path(path: EntryPath) -> str:
-    """A readable form of an entry path for messages (``.`` for the root)."""
-    if not path:
-        return "."
-    return b"/".join(path).decode("utf-8", "backslashreplace")
 
 
 @dataclass(frozen=True, slots=True)

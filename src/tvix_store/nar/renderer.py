@@ -17,8 +17,8 @@ from tvix_castore.blobservice import BlobReader, BlobService
 from tvix_castore.blobservice.chunked_reader import ChunkedReader
 from tvix_castore.digests import B3Digest
 from tvix_castore.directoryservice import DirectoryService
-from tvix_castore.ingest.entries import EntryPath, format_path
 from tvix_castore.nodes import DirectoryNode, FileNode, Node, SymlinkNode
+from tvix_castore.path import EntryPath, format_path
 from tvix_store.errors import NarRenderError
 
 __all__ = ["READ_CHUNK", "write_nar"]
