@@ -8,10 +8,11 @@ spent 670 µs of CPU per small Put on 256 threads, 435 µs on 4). Yet a call may
 long (a slow client's upload, a Read stream, a client that stopped reading), so a small fixed
 pool would let a few such calls starve all others.
 
-``ElasticThreadPool`` starts with ``core`` threads and adds one while calls wait and the pool
-makes no progress: no call started or ended for ``stall_after`` seconds (every thread blocked),
-or fewer than ``core`` threads are idle or in a call younger than ``long_after`` seconds (long
-calls hold the rest). Threads idle for ``idle_timeout`` seconds end, down to ``core``.
+``ElasticThreadPool`` starts with ``core`` threads and adds threads while calls wait and the
+pool makes no progress (no call started or ended for ``stall_after`` seconds: every thread is
+blocked; up to ``core`` threads at a time), or while fewer than ``core`` threads are idle or in a
+call younger than ``long_after`` seconds (long calls hold the rest). Threads idle for
+``idle_timeout`` seconds end, down to ``core``.
 """
 
 from __future__ import annotations
@@ -178,10 +179,18 @@ class ElasticThreadPool(Executor):
                     self._watch.wait()
                     continue
                 now = time.monotonic()
+                # Stalled: every thread is blocked, so start threads for the waiting calls, up to
+                # core at once. Else start as many as long calls keep from being free.
                 stalled = now - self._progress > self._stall_after
-                if self._threads < self._max and (stalled or self._short_or_idle(now) < self._core):
-                    self._start_worker()
-                    self._progress = now  # give the new thread its time to take a call
+                wanted = max(
+                    min(len(self._queue), self._core) if stalled else 0,
+                    self._core - self._short_or_idle(now),
+                )
+                started = 0
+                while started < wanted and self._threads < self._max and self._start_worker():
+                    started += 1
+                if started:
+                    self._progress = now  # give the new threads their time to take calls
                 self._watch.wait(self._stall_after)
 
 
