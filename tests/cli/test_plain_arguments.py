@@ -62,10 +62,11 @@ def test_plain_nar_loads_no_argparse() -> None:
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "TVIX_STORE_HOME": tempfile.mkdtemp(prefix="tvix-cli-")}
-    return subprocess.run(
-        [sys.executable, "-m", "tvix_store", *args], capture_output=True, text=True, env=env, timeout=60
-    )
+    with tempfile.TemporaryDirectory(prefix="tvix-cli-") as home:
+        env = {**os.environ, "TVIX_STORE_HOME": home}
+        return subprocess.run(
+            [sys.executable, "-m", "tvix_store", *args], capture_output=True, text=True, env=env, timeout=60
+        )
 
 
 def test_tvix_command_line_conveniences() -> None:
