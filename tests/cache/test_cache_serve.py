@@ -8,6 +8,7 @@ import gzip
 import hashlib
 import json
 import os
+import re
 import signal
 import socket
 import struct
@@ -377,6 +378,25 @@ def _read_rest(conn: socket.socket) -> bytes:
     return bytes(data)
 
 
+def _read_response(sock: socket.socket) -> bytes:
+    """One whole HTTP response with a Content-Length (it may arrive in several segments)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        piece = sock.recv(65536)
+        assert piece, f"connection closed mid-response: {data!r}"
+        data += piece
+    head, _, body = data.partition(b"\r\n\r\n")
+    found = re.search(rb"(?im)^content-length:\s*(\d+)", head)
+    assert found, head
+    length = int(found.group(1))
+    while len(body) < length:
+        piece = sock.recv(65536)
+        assert piece, f"connection closed mid-body: {data!r}"
+        body += piece
+    assert len(body) == length, "more than the response arrived"
+    return head + b"\r\n\r\n" + body
+
+
 @pytest.mark.parametrize("again", [False, True], ids=["finishes", "second-signal-cuts"])
 def test_stop_lets_downloads_in_flight_finish(tmp_path: Path, again: bool) -> None:
     """On SIGTERM a NAR download in flight is served to its end before the server exits 0, while
@@ -392,7 +412,7 @@ def test_stop_lets_downloads_in_flight_finish(tmp_path: Path, again: bool) -> No
         host, port = url.removeprefix("http://").rsplit(":", 1)
         idle = socket.create_connection((host, int(port)), timeout=30)
         idle.sendall(b"GET /nix-cache-info HTTP/1.1\r\nHost: x\r\n\r\n")
-        assert idle.recv(65536).startswith(b"HTTP/1.1 200")
+        assert _read_response(idle).startswith(b"HTTP/1.1 200")
         conn, length = _start_nar_download(url, path)
         assert length == len(expected)
         proc.send_signal(signal.SIGTERM)
