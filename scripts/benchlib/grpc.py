@@ -62,12 +62,7 @@ class _Daemon:
         self.proc = subprocess.Popen(
             [TVIX_STORE, "daemon", "-l", self.sock], env=_env(store), stderr=subprocess.DEVNULL
         )
-        deadline = time.monotonic() + 30
-        while not os.path.exists(self.sock):
-            if time.monotonic() > deadline or self.proc.poll() is not None:
-                raise RuntimeError("daemon did not start")
-            time.sleep(0.05)
-        time.sleep(0.2)
+        wait_for_socket(self.sock, self.proc, "daemon")
 
     def stop(self) -> None:
         self.proc.send_signal(signal.SIGTERM)
@@ -82,7 +77,7 @@ def _put_floor_row(ctx: BenchContext, src: Path, t_local: float) -> Row:
     sock = str(work / "floor.sock")
     server = subprocess.Popen([sys.executable, "-P", PUT_FLOOR, "serve", sock], stderr=subprocess.DEVNULL)
     try:
-        wait_for_socket(sock)
+        wait_for_socket(sock, server, "put floor server")
         send = [sys.executable, "-P", PUT_FLOOR, "send", sock, str(src)]
         run_cmd(send)
         t_floor = min(timed(lambda: run_cmd(send)) for _ in range(REPEAT))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -59,6 +60,8 @@ def serve(sock: str) -> int:
 def send(sock: str, tree: str) -> int:
     import grpc
 
+    from tvix_castore.grpc.blob_chunk import encode
+
     channel = grpc.insecure_channel(f"unix:{sock}")
     put_one = channel.unary_unary(f"/{SERVICE}/Put", request_serializer=_raw, response_deserializer=_raw)
     put_stream = channel.stream_unary(f"/{SERVICE}/Put", request_serializer=_raw, response_deserializer=_raw)
@@ -68,9 +71,8 @@ def send(sock: str, tree: str) -> int:
         if path.is_symlink() or not path.is_file():
             continue
         data = path.read_bytes()
-        # A BlobChunk message: field 1, length-delimited, then the bytes.
         pieces = [data[i : i + PIECE] for i in range(0, len(data), PIECE)] or [b""]
-        messages = [_blob_chunk(p) for p in pieces]
+        messages = [encode(p) for p in pieces]
         slots.acquire()
         call = put_one.future(messages[0]) if len(messages) == 1 else put_stream.future(iter(messages))
         call.add_done_callback(lambda _: slots.release())
@@ -81,23 +83,12 @@ def send(sock: str, tree: str) -> int:
     return 0
 
 
-def _blob_chunk(data: bytes) -> bytes:
-    if not data:
-        return b""
-    n = len(data)
-    varint = bytearray()
-    while n >= 0x80:
-        varint.append(n & 0x7F | 0x80)
-        n >>= 7
-    varint.append(n)
-    return b"\x0a" + bytes(varint) + data
-
-
-def wait_for_socket(sock: str, timeout: float = 30) -> None:
+def wait_for_socket(sock: str, proc: subprocess.Popen[bytes], what: str, timeout: float = 30) -> None:
+    """Wait until proc, a server, has created its unix socket (and a moment more to listen)."""
     deadline = time.monotonic() + timeout
     while not os.path.exists(sock):
-        if time.monotonic() > deadline:
-            raise RuntimeError("put floor server did not start")
+        if time.monotonic() > deadline or proc.poll() is not None:
+            raise RuntimeError(f"{what} did not start")
         time.sleep(0.05)
     time.sleep(0.2)
 
