@@ -12,10 +12,10 @@ The fingerprint and signature helpers work with the keys in nix_compat.signing.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
 
 from nix_compat import nixbase32
 from nix_compat.errors import NarInfoError, NixCompatError
+from nix_compat.frozen import Frozen
 from nix_compat.nixhash import CAHash
 from nix_compat.signing import Signature, SigningKey, VerifyingKey
 from nix_compat.store_path import STORE_DIR_WITH_SLASH, StorePath
@@ -51,40 +51,77 @@ def fingerprint(
     return text.encode()
 
 
-@dataclass(frozen=True, slots=True)
-class NarInfo:
+class NarInfo(Frozen):
     """A parsed, validated narinfo.
 
     ``deriver`` is the derivation's store path without its ``.drv`` suffix (as in PathInfo);
     ``compression`` is the ``Compression`` value as written, None when the line is absent.
     """
 
+    __slots__ = (
+        "ca",
+        "compression",
+        "deriver",
+        "file_hash",
+        "file_size",
+        "nar_hash",
+        "nar_size",
+        "references",
+        "signatures",
+        "store_path",
+        "system",
+        "url",
+    )
     store_path: StorePath
     url: str
     nar_hash: bytes
     nar_size: int
-    references: tuple[StorePath, ...] = ()
-    compression: str | None = None
-    file_hash: bytes | None = None
-    file_size: int | None = None
-    deriver: StorePath | None = None
-    system: str | None = None
-    signatures: tuple[Signature, ...] = ()
-    ca: CAHash | None = None
+    references: tuple[StorePath, ...]
+    compression: str | None
+    file_hash: bytes | None
+    file_size: int | None
+    deriver: StorePath | None
+    system: str | None
+    signatures: tuple[Signature, ...]
+    ca: CAHash | None
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "references", tuple(self.references))
-        object.__setattr__(self, "signatures", tuple(self.signatures))
-        if len(self.nar_hash) != 32:
-            raise NarInfoError(f"NarHash must be 32 bytes, not {len(self.nar_hash)}")
-        if self.file_hash is not None and len(self.file_hash) != 32:
-            raise NarInfoError(f"FileHash must be 32 bytes, not {len(self.file_hash)}")
-        for key, size in (("NarSize", self.nar_size), ("FileSize", self.file_size)):
+    def __init__(
+        self,
+        store_path: StorePath,
+        url: str,
+        nar_hash: bytes,
+        nar_size: int,
+        references: Iterable[StorePath] = (),
+        compression: str | None = None,
+        file_hash: bytes | None = None,
+        file_size: int | None = None,
+        deriver: StorePath | None = None,
+        system: str | None = None,
+        signatures: Iterable[Signature] = (),
+        ca: CAHash | None = None,
+    ) -> None:
+        if len(nar_hash) != 32:
+            raise NarInfoError(f"NarHash must be 32 bytes, not {len(nar_hash)}")
+        if file_hash is not None and len(file_hash) != 32:
+            raise NarInfoError(f"FileHash must be 32 bytes, not {len(file_hash)}")
+        for key, size in (("NarSize", nar_size), ("FileSize", file_size)):
             if size is not None and not 0 <= size < _U64_LIMIT:
                 raise NarInfoError(f"{key} out of range: {size}")
-        for key, value in (("URL", self.url), ("Compression", self.compression), ("System", self.system)):
+        for key, value in (("URL", url), ("Compression", compression), ("System", system)):
             if value is not None and (not value or "\n" in value or "\r" in value):
                 raise NarInfoError(f"field {key} may not be empty or contain line breaks: {value!r}")
+        object.__setattr__(self, "store_path", store_path)
+        object.__setattr__(self, "url", url)
+        object.__setattr__(self, "nar_hash", nar_hash)
+        object.__setattr__(self, "nar_size", nar_size)
+        object.__setattr__(self, "references", tuple(references))
+        object.__setattr__(self, "compression", compression)
+        object.__setattr__(self, "file_hash", file_hash)
+        object.__setattr__(self, "file_size", file_size)
+        object.__setattr__(self, "deriver", deriver)
+        object.__setattr__(self, "system", system)
+        object.__setattr__(self, "signatures", tuple(signatures))
+        object.__setattr__(self, "ca", ca)
 
     # -- text form -----------------------------------------------------------------------------
 
@@ -258,7 +295,7 @@ class NarInfo:
         """A copy signed with key; an existing signature under the same key name is replaced."""
         sig = key.sign(self.fingerprint())
         kept = tuple(s for s in self.signatures if s.name != key.name)
-        return replace(self, signatures=(*kept, sig))
+        return self.replace(signatures=(*kept, sig))
 
 
 def _bad(lineno: int, key: str, problem: str) -> NarInfoError:

@@ -9,29 +9,31 @@ from __future__ import annotations
 
 import base64
 import binascii
-from dataclasses import dataclass
 from typing import Literal
 
 from nix_compat import nixbase32
 from nix_compat.errors import Nixbase32Error, NixHashError
+from nix_compat.frozen import Frozen
 
 DIGEST_LENGTHS = {"md5": 16, "sha1": 20, "sha256": 32, "sha512": 64}
 CAKind = Literal["nar", "flat", "text"]
 
 
-@dataclass(frozen=True, slots=True)
-class NixHash:
+class NixHash(Frozen):
     """An algorithm name and a digest of the right length for it."""
 
+    __slots__ = ("algo", "digest")
     algo: str
     digest: bytes
 
-    def __post_init__(self) -> None:
-        expected = DIGEST_LENGTHS.get(self.algo)
+    def __init__(self, algo: str, digest: bytes) -> None:
+        expected = DIGEST_LENGTHS.get(algo)
         if expected is None:
-            raise NixHashError(f"unknown hash algorithm {self.algo!r}")
-        if len(self.digest) != expected:
-            raise NixHashError(f"invalid digest length {len(self.digest)} for {self.algo}")
+            raise NixHashError(f"unknown hash algorithm {algo!r}")
+        if len(digest) != expected:
+            raise NixHashError(f"invalid digest length {len(digest)} for {algo}")
+        object.__setattr__(self, "algo", algo)
+        object.__setattr__(self, "digest", digest)
 
     def to_nixbase32(self) -> str:
         """``<algo>:<nixbase32>`` as in narinfo files."""
@@ -69,16 +71,18 @@ def _decode_digest(algo: str, text: str, sri: bool = False) -> bytes:
     return raw
 
 
-@dataclass(frozen=True, slots=True)
-class CAHash:
+class CAHash(Frozen):
     """How a store path is content-addressed: NAR ("fixed:r:"), flat ("fixed:") or text."""
 
+    __slots__ = ("hash", "kind")
     kind: CAKind
     hash: NixHash
 
-    def __post_init__(self) -> None:
-        if self.kind == "text" and self.hash.algo != "sha256":
+    def __init__(self, kind: CAKind, hash: NixHash) -> None:
+        if kind == "text" and hash.algo != "sha256":
             raise NixHashError("text content addresses must use sha256")
+        object.__setattr__(self, "kind", kind)
+        object.__setattr__(self, "hash", hash)
 
     def to_nix_string(self) -> str:
         """The narinfo ``CA:`` value."""

@@ -9,9 +9,9 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from dataclasses import dataclass
 
 from nix_compat.errors import SignatureError
+from nix_compat.frozen import Frozen
 
 _NAME_RE = re.compile(r"[\w.\-]+")
 
@@ -29,16 +29,18 @@ def _split(text: str, what: str, length: int) -> tuple[str, bytes]:
     return name, raw
 
 
-@dataclass(frozen=True, slots=True)
-class Signature:
+class Signature(Frozen):
     """A named ed25519 signature (64 bytes)."""
 
+    __slots__ = ("data", "name")
     name: str
     data: bytes
 
-    def __post_init__(self) -> None:
-        if len(self.data) != 64:
-            raise SignatureError(f"invalid signature {self.name!r}: {len(self.data)} bytes, expected 64")
+    def __init__(self, name: str, data: bytes) -> None:
+        if len(data) != 64:
+            raise SignatureError(f"invalid signature {name!r}: {len(data)} bytes, expected 64")
+        object.__setattr__(self, "name", name)
+        object.__setattr__(self, "data", data)
 
     @classmethod
     def parse(cls, text: str) -> Signature:
@@ -49,12 +51,16 @@ class Signature:
         return f"{self.name}:{base64.b64encode(self.data).decode()}"
 
 
-@dataclass(frozen=True, slots=True)
-class VerifyingKey:
+class VerifyingKey(Frozen):
     """A public key: name and 32 raw bytes."""
 
+    __slots__ = ("key", "name")
     name: str
     key: bytes
+
+    def __init__(self, name: str, key: bytes) -> None:
+        object.__setattr__(self, "name", name)
+        object.__setattr__(self, "key", key)
 
     @classmethod
     def parse(cls, text: str) -> VerifyingKey:
@@ -78,13 +84,18 @@ class VerifyingKey:
         return f"{self.name}:{base64.b64encode(self.key).decode()}"
 
 
-@dataclass(frozen=True, slots=True)
-class SigningKey:
+class SigningKey(Frozen):
     """A secret key: name, 32-byte seed and 32-byte public key."""
 
+    __slots__ = ("name", "public", "seed")
     name: str
     seed: bytes
     public: bytes
+
+    def __init__(self, name: str, seed: bytes, public: bytes) -> None:
+        object.__setattr__(self, "name", name)
+        object.__setattr__(self, "seed", seed)
+        object.__setattr__(self, "public", public)
 
     @classmethod
     def parse(cls, text: str) -> SigningKey:

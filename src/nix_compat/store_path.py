@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
 from functools import total_ordering
 
 from nix_compat import nixbase32
 from nix_compat.errors import Nixbase32Error, StorePathError
+from nix_compat.frozen import Frozen
 
 STORE_DIR = "/nix/store"
 STORE_DIR_WITH_SLASH = STORE_DIR + "/"
@@ -33,20 +33,22 @@ def validate_name(name: str | bytes) -> str:
 
 
 @total_ordering
-@dataclass(frozen=True, slots=True)
-class StorePath:
+class StorePath(Frozen):
     """A validated store path: a 20-byte digest and a name.
 
     Ordering follows Nix: comparing the nixbase32 strings, i.e. the digest bytes reversed.
     """
 
+    __slots__ = ("digest", "name")
     digest: bytes
     name: str
 
-    def __post_init__(self) -> None:
-        if len(self.digest) != DIGEST_LEN:
-            raise StorePathError(f"invalid store path digest length {len(self.digest)}")
-        validate_name(self.name)
+    def __init__(self, digest: bytes, name: str) -> None:
+        if len(digest) != DIGEST_LEN:
+            raise StorePathError(f"invalid store path digest length {len(digest)}")
+        validate_name(name)
+        object.__setattr__(self, "digest", digest)
+        object.__setattr__(self, "name", name)
 
     @classmethod
     def from_bytes(cls, basename: str | bytes) -> StorePath:

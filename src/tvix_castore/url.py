@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import importlib
 import re
-from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from tvix_castore.errors import InvalidRequest
+from tvix_castore.frozen import Frozen
 
 T = TypeVar("T")
 
@@ -34,10 +34,10 @@ def path_url(scheme: str, path: str) -> str:
     return f"{scheme}://{quote(path, safe='/', errors='surrogateescape')}"
 
 
-@dataclass(frozen=True, slots=True)
-class ServiceUrl:
+class ServiceUrl(Frozen):
     """A parsed service address; ``path`` is percent-decoded."""
 
+    __slots__ = ("host", "path", "port", "query", "raw", "scheme", "tag")
     raw: str
     scheme: str
     tag: str
@@ -45,6 +45,24 @@ class ServiceUrl:
     port: int | None
     path: str
     query: dict[str, list[str]]
+
+    def __init__(
+        self,
+        raw: str,
+        scheme: str,
+        tag: str,
+        host: str,
+        port: int | None,
+        path: str,
+        query: dict[str, list[str]],
+    ) -> None:
+        object.__setattr__(self, "raw", raw)
+        object.__setattr__(self, "scheme", scheme)
+        object.__setattr__(self, "tag", tag)
+        object.__setattr__(self, "host", host)
+        object.__setattr__(self, "port", port)
+        object.__setattr__(self, "path", path)
+        object.__setattr__(self, "query", query)
 
     @classmethod
     def parse(cls, raw: str) -> ServiceUrl:

@@ -13,7 +13,8 @@ import logging
 import os
 import re
 import sys
-from dataclasses import dataclass
+
+from tvix_castore.frozen import Frozen
 
 TRACE = 5
 logging.addLevelName(TRACE, "TRACE")
@@ -37,14 +38,21 @@ class LogConfigError(ValueError):
     """An invalid ``--log-level`` or ``RUST_LOG`` directive."""
 
 
-@dataclass(frozen=True, slots=True)
-class Directives:
+class Directives(Frozen):
     """A default level plus per-target levels."""
 
+    __slots__ = ("default", "ignored", "targets")
     default: int
     targets: tuple[tuple[str, int], ...]
     # Directives that parse but cannot apply here (span filters), warned about at set-up.
-    ignored: tuple[str, ...] = ()
+    ignored: tuple[str, ...]
+
+    def __init__(
+        self, default: int, targets: tuple[tuple[str, int], ...], ignored: tuple[str, ...] = ()
+    ) -> None:
+        object.__setattr__(self, "default", default)
+        object.__setattr__(self, "targets", targets)
+        object.__setattr__(self, "ignored", ignored)
 
 
 def parse_level(text: str) -> int:

@@ -7,11 +7,11 @@ With no address given, every service is the embedded LMDB store in the data dire
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 
 from tvix_castore import blobservice, directoryservice
 from tvix_castore.blobservice import BlobService
 from tvix_castore.directoryservice import DirectoryService
+from tvix_castore.frozen import Frozen
 from tvix_castore.url import path_url
 from tvix_store import pathinfoservice
 from tvix_store.path_info import PathInfo
@@ -39,13 +39,23 @@ def default_store_url() -> str:
     return path_url("lmdb", default_data_dir())
 
 
-@dataclass(frozen=True, slots=True)
-class Services:
+class Services(Frozen):
     """A blob, directory and path-info service that belong together."""
 
+    __slots__ = ("blob_service", "directory_service", "path_info_service")
     blob_service: BlobService
     directory_service: DirectoryService
     path_info_service: PathInfoService
+
+    def __init__(
+        self,
+        blob_service: BlobService,
+        directory_service: DirectoryService,
+        path_info_service: PathInfoService,
+    ) -> None:
+        object.__setattr__(self, "blob_service", blob_service)
+        object.__setattr__(self, "directory_service", directory_service)
+        object.__setattr__(self, "path_info_service", path_info_service)
 
     def nar_calculation_service(self) -> NarCalculationService:
         """Remote NAR calculation when the path-info service has one, else local rendering."""

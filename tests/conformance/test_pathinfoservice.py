@@ -5,7 +5,6 @@ Every test runs against every backend in ``PATH_INFO_BACKENDS``; none of them na
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import threading
 
@@ -47,7 +46,7 @@ def test_list_empty(path_info_service: PathInfoService) -> None:
 def test_put_overwrites(path_info_service: PathInfoService) -> None:
     """A second put for the same store path replaces the first."""
     path_info_service.put(PATH_INFO)
-    newer = dataclasses.replace(PATH_INFO, nar_size=42, references=())
+    newer = PATH_INFO.replace(nar_size=42, references=())
     assert path_info_service.put(newer) == newer
     assert path_info_service.get(DUMMY_PATH.digest) == newer
     assert list(path_info_service.list()) == [newer]

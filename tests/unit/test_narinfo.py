@@ -8,7 +8,6 @@ import hashlib
 import json
 import shutil
 import subprocess
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -310,10 +309,10 @@ def test_signatures_over_sorted_references_verify_too():
     b = StorePath.from_bytes("11111111111111111111111111111111-b")
     key = SigningKey.parse(DO_NOT_USE_SECRET)
     sorted_ni = NarInfo(a, "nar/x.nar", bytes(32), 8, references=(a, b)).add_signature(key)
-    unsorted = replace(sorted_ni, references=(b, a))
+    unsorted = sorted_ni.replace(references=(b, a))
     assert unsorted.fingerprint() != sorted_ni.fingerprint()
     assert unsorted.verify([VerifyingKey.parse(DO_NOT_USE_PUBLIC)])
-    own_order = replace(unsorted, signatures=()).add_signature(key)
+    own_order = unsorted.replace(signatures=()).add_signature(key)
     assert own_order.verify([VerifyingKey.parse(DO_NOT_USE_PUBLIC)])
 
 
@@ -410,7 +409,7 @@ def test_nix_signatures_verify(nix_caches):
         assert not ni.verify([VerifyingKey.parse(CACHE_NIXOS_KEY)])
         assert not ni.verify([VerifyingKey(pk.name, VerifyingKey.parse(DO_NOT_USE_PUBLIC).key)])
         # our own signature with Nix's secret key is the one Nix wrote (ed25519 is deterministic)
-        ours = replace(ni, signatures=()).add_signature(
+        ours = ni.replace(signatures=()).add_signature(
             SigningKey.parse((nix_caches["caches"]["signed"].parent / "sk").read_text())
         )
         assert ours.render() == text

@@ -10,19 +10,23 @@ from __future__ import annotations
 import abc
 import io
 from collections.abc import Sequence
-from dataclasses import dataclass
 from types import TracebackType
 
 from tvix_castore.digests import B3Digest
+from tvix_castore.frozen import Frozen
 from tvix_castore.url import Registry
 
 
-@dataclass(frozen=True, slots=True)
-class ChunkMeta:
+class ChunkMeta(Frozen):
     """One chunk of a blob: its BLAKE3 digest and length."""
 
+    __slots__ = ("digest", "size")
     digest: B3Digest
     size: int
+
+    def __init__(self, digest: B3Digest, size: int) -> None:
+        object.__setattr__(self, "digest", digest)
+        object.__setattr__(self, "size", size)
 
 
 ChunkData = bytes | memoryview

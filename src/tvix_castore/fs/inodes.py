@@ -13,10 +13,10 @@ Not thread-safe: the caller serialises access (``vfs.Vfs`` holds one lock around
 from __future__ import annotations
 
 import stat
-from dataclasses import dataclass
 from typing import NewType
 
 from tvix_castore.digests import B3Digest
+from tvix_castore.frozen import Frozen
 from tvix_castore.nodes import DirectoryNode, FileNode, Node, SymlinkNode
 
 __all__ = ["ROOT_INO", "Attr", "InodeT", "InodeTracker", "attr_of", "root_attr"]
@@ -33,13 +33,18 @@ MODE_DIRECTORY = stat.S_IFDIR | 0o555
 MODE_SYMLINK = stat.S_IFLNK | 0o444
 
 
-@dataclass(frozen=True, slots=True)
-class Attr:
+class Attr(Frozen):
     """What ``stat`` shows for an inode (owner root, every time ``MTIME``)."""
 
+    __slots__ = ("ino", "mode", "size")
     ino: InodeT
     mode: int
     size: int
+
+    def __init__(self, ino: InodeT, mode: int, size: int) -> None:
+        object.__setattr__(self, "ino", ino)
+        object.__setattr__(self, "mode", mode)
+        object.__setattr__(self, "size", size)
 
     @property
     def is_dir(self) -> bool:

@@ -37,13 +37,13 @@ import threading
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
 
 from tvix_castore.blobservice import BlobReader, BlobService, ChunkData, ChunkMeta
 from tvix_castore.blobservice.memo import ChunkCache, VerifiedChunks
 from tvix_castore.digests import B3Digest
 from tvix_castore.directoryservice import DirectoryService
 from tvix_castore.errors import StoreError
+from tvix_castore.frozen import Frozen
 from tvix_castore.fs.inodes import ROOT_INO, Attr, InodeT, InodeTracker, attr_of, root_attr
 from tvix_castore.fs.root_nodes import RootNodes
 from tvix_castore.nodes import DirectoryNode, FileNode, Node, SymlinkNode
@@ -84,12 +84,16 @@ class VfsError(Exception):
         self.errno = code
 
 
-@dataclass(frozen=True, slots=True)
-class DirEntry:
+class DirEntry(Frozen):
     """One entry of a directory listing."""
 
+    __slots__ = ("attr", "name")
     name: bytes
     attr: Attr
+
+    def __init__(self, name: bytes, attr: Attr) -> None:
+        object.__setattr__(self, "name", name)
+        object.__setattr__(self, "attr", attr)
 
 
 class Listing:
@@ -113,13 +117,18 @@ class Listing:
         return len(self.entries)
 
 
-@dataclass(frozen=True, slots=True)
-class StatFs:
+class StatFs(Frozen):
     """What ``statfs`` reports: a read-only filesystem with no free space."""
 
+    __slots__ = ("block_size", "files", "name_max")
     block_size: int
     files: int
     name_max: int
+
+    def __init__(self, block_size: int, files: int, name_max: int) -> None:
+        object.__setattr__(self, "block_size", block_size)
+        object.__setattr__(self, "files", files)
+        object.__setattr__(self, "name_max", name_max)
 
 
 class _OpenFile:

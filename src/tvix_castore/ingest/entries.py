@@ -12,12 +12,12 @@ returns the root node. Nothing here touches the filesystem or knows about Nix.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
 
 from tvix_castore.digests import B3Digest
 from tvix_castore.directory import Directory
 from tvix_castore.directoryservice import DirectoryPutter, DirectoryService
 from tvix_castore.errors import InvalidRequest, ValidationError
+from tvix_castore.frozen import Frozen
 from tvix_castore.nodes import DirectoryNode, FileNode, Node, SymlinkNode
 from tvix_castore.path import EntryPath, format_path
 
@@ -32,29 +32,42 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True, slots=True)
-class RegularEntry:
+class RegularEntry(Frozen):
     """A regular file whose contents are already stored as the blob ``digest``."""
 
+    __slots__ = ("digest", "executable", "path", "size")
     path: EntryPath
     digest: B3Digest
     size: int
     executable: bool
 
+    def __init__(self, path: EntryPath, digest: B3Digest, size: int, executable: bool) -> None:
+        object.__setattr__(self, "path", path)
+        object.__setattr__(self, "digest", digest)
+        object.__setattr__(self, "size", size)
+        object.__setattr__(self, "executable", executable)
 
-@dataclass(frozen=True, slots=True)
-class SymlinkEntry:
+
+class SymlinkEntry(Frozen):
     """A symbolic link and its target bytes."""
 
+    __slots__ = ("path", "target")
     path: EntryPath
     target: bytes
 
+    def __init__(self, path: EntryPath, target: bytes) -> None:
+        object.__setattr__(self, "path", path)
+        object.__setattr__(self, "target", target)
 
-@dataclass(frozen=True, slots=True)
-class DirectoryEntry:
+
+class DirectoryEntry(Frozen):
     """A directory; every entry below it has been produced before it."""
 
+    __slots__ = ("path",)
     path: EntryPath
+
+    def __init__(self, path: EntryPath) -> None:
+        object.__setattr__(self, "path", path)
 
 
 IngestionEntry = RegularEntry | SymlinkEntry | DirectoryEntry

@@ -20,7 +20,6 @@ import logging
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
 
 from nix_compat import nixbase32
 from nix_compat.errors import NarError
@@ -29,6 +28,7 @@ from nix_compat.signing import VerifyingKey
 from nix_compat.store_path import StorePath
 from tvix_castore.blobservice import BlobService
 from tvix_castore.directoryservice import DirectoryService
+from tvix_castore.frozen import Frozen
 from tvix_store.binary_cache import BinaryCacheError
 from tvix_store.binary_cache.download import NarDownload, fetch_narinfo
 from tvix_store.binary_cache.fetch import read_errors
@@ -122,12 +122,14 @@ def fetch_path_info(
     )
 
 
-@dataclass
 class CopyResult:
     """What a copy did: the PathInfos it put (references first) and the paths it found present."""
 
-    copied: list[PathInfo] = field(default_factory=list)
-    present: list[StorePath] = field(default_factory=list)
+    __slots__ = ("copied", "present")
+
+    def __init__(self) -> None:
+        self.copied: list[PathInfo] = []
+        self.present: list[StorePath] = []
 
 
 def _run_all(pool: ThreadPoolExecutor, futures: list[Future[None]]) -> None:
@@ -297,14 +299,22 @@ def _references_first(infos: dict[bytes, PathInfo]) -> list[PathInfo]:
 # -- tvix's form: an exportReferencesGraph closure from the local filesystem (spec §6.8) ----------
 
 
-@dataclass(frozen=True, slots=True)
-class ClosureEntry:
+class ClosureEntry(Frozen):
     """One element of an exportReferencesGraph ``closure`` list."""
 
+    __slots__ = ("nar_sha256", "nar_size", "path", "references")
     path: StorePath
     nar_sha256: bytes
     nar_size: int
     references: tuple[StorePath, ...]
+
+    def __init__(
+        self, path: StorePath, nar_sha256: bytes, nar_size: int, references: tuple[StorePath, ...]
+    ) -> None:
+        object.__setattr__(self, "path", path)
+        object.__setattr__(self, "nar_sha256", nar_sha256)
+        object.__setattr__(self, "nar_size", nar_size)
+        object.__setattr__(self, "references", references)
 
 
 def parse_closure_json(data: bytes | str, source: str) -> list[ClosureEntry]:

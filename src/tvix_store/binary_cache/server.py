@@ -44,7 +44,6 @@ import time
 import urllib.parse
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import BinaryIO, cast
 
 from google.protobuf.message import DecodeError
@@ -55,6 +54,7 @@ from nix_compat.narinfo import NarInfo
 from nix_compat.signing import SigningKey
 from tvix.castore.protos import castore_pb2
 from tvix_castore.errors import StoreError
+from tvix_castore.frozen import Frozen
 from tvix_castore.nodes import DirectoryNode, FileNode, Node
 from tvix_castore.proto_conv import anonymous_node_from_proto, node_to_proto
 from tvix_store.binary_cache.download import NARINFO_LIMIT
@@ -118,10 +118,16 @@ def parse_listen_address(text: str) -> tuple[socket.AddressFamily, str, int]:
     return family, host, int(port_text)
 
 
-@dataclass(frozen=True, slots=True)
-class _Uploaded:
+class _Uploaded(Frozen):
+    """A NAR received by PUT before its narinfo: the root it was ingested into, and its size."""
+
+    __slots__ = ("nar_size", "node")
     node: Node
     nar_size: int
+
+    def __init__(self, node: Node, nar_size: int) -> None:
+        object.__setattr__(self, "node", node)
+        object.__setattr__(self, "nar_size", nar_size)
 
 
 class _Body(io.RawIOBase):
