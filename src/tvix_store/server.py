@@ -33,7 +33,7 @@ from tvix_castore.grpc.blob_servicer import BlobServicer
 from tvix_castore.grpc.channel import MAX_MESSAGE, channel_target, require_utf8_socket_path, unix_target
 from tvix_castore.grpc.directory_servicer import DirectoryServicer
 from tvix_castore.grpc.loops import LoopGuard, process_id
-from tvix_castore.grpc.pool import ElasticThreadPool
+from tvix_castore.grpc.pool import ElasticThreadPool, OverloadGuard
 from tvix_castore.url import ServiceUrl
 from tvix_store.grpc.pathinfo_servicer import PathInfoServicer
 from tvix_store.services import Services
@@ -43,6 +43,8 @@ from tvix_store.writeback import BackgroundWriteback
 __all__ = [
     "DEFAULT_LISTEN",
     "MAX_CALLS",
+    "MAX_THREADS",
+    "REFUSE_AFTER",
     "SERVICE_NAMES",
     "Daemon",
     "grpc_target",
@@ -56,8 +58,14 @@ DEFAULT_LISTEN = "[::1]:8000"
 # After a second stop signal, how long closing the backends may still take.
 CUT_CLOSE_SECONDS = 2.0
 
-MAX_CALLS = 256
-"""Calls served at once: a thread each, idle threads cost only address space."""
+MAX_THREADS = 256
+"""Threads for calls (a call holds one until it ends); idle threads cost only address space."""
+
+MAX_CALLS = 1024
+"""Calls taken at once; those beyond MAX_THREADS wait for a thread. Further calls are refused."""
+
+REFUSE_AFTER = 5.0
+"""Seconds every thread may stay held with no call ending before waiting calls are refused."""
 
 SERVER_KEEPALIVE_OPTIONS: list[tuple[str, int]] = [
     # Ping each client connection after a minute without traffic; one that does not answer
@@ -190,10 +198,23 @@ def _reflection_v1_handler(servicer: reflection.ReflectionServicer) -> grpc.Gene
 class Daemon:
     """A started server; ``stop`` ends it gracefully."""
 
-    def __init__(self, services: Services, listen: str, max_workers: int = MAX_CALLS) -> None:
+    def __init__(
+        self,
+        services: Services,
+        listen: str,
+        max_workers: int = MAX_THREADS,
+        max_calls: int = MAX_CALLS,
+        refuse_after: float = REFUSE_AFTER,
+    ) -> None:
         self.listen = listen
         # A few threads while calls are short, one more for each call that blocks (pool.py).
-        self._pool = ElasticThreadPool(max_workers=max_workers, thread_name_prefix="grpc-server")
+        self._pool = ElasticThreadPool(
+            max_workers=max_workers, refuse_after=refuse_after, thread_name_prefix="grpc-server"
+        )
+        interceptors: list[grpc.ServerInterceptor] = [OverloadGuard(max_workers, refuse_after)]
+        if (own_id := process_id()) is not None:
+            # A daemon with remote backends refuses calls that loop back to it (loops.py).
+            interceptors.append(LoopGuard(own_id))
         self._server = grpc.server(
             self._pool,
             options=[
@@ -202,12 +223,13 @@ class Daemon:
                 ("grpc.so_reuseport", 0),
                 *SERVER_KEEPALIVE_OPTIONS,
             ],
-            # Each call holds a pool thread until it ends. One more than there are threads would
-            # wait, with no deadline, behind calls that may never end (streams whose client stopped
-            # reading); it is refused at once with RESOURCE_EXHAUSTED instead.
-            maximum_concurrent_rpcs=max_workers,
-            # A daemon with remote backends refuses calls that loop back to it (loops.py).
-            interceptors=[LoopGuard(own_id)] if (own_id := process_id()) is not None else None,
+            # Calls beyond the threads wait for one while calls keep ending (several importers at
+            # once keep ~64 uploads each in flight). Should every thread stay held for
+            # refuse_after (streams whose clients stopped reading), the waiting calls are refused
+            # with RESOURCE_EXHAUSTED rather than wait for ever (pool.py); beyond max_calls at
+            # once grpcio refuses them on arrival.
+            maximum_concurrent_rpcs=max_calls,
+            interceptors=interceptors,
         )
         BlobServicer(services.blob_service).add_to_server(self._server)
         directory_grpc.add_DirectoryServiceServicer_to_server(

@@ -10,7 +10,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from tvix_castore.grpc.pool import ElasticThreadPool
+from tvix_castore.grpc.pool import ElasticThreadPool, overloaded
 
 
 def _wait_until(condition: object, timeout: float = 10.0) -> None:
@@ -221,3 +221,41 @@ def test_a_call_cannot_wait_for_its_own_pool_to_shut_down() -> None:
     finally:
         pool.shutdown()
     assert pool.threads == 0
+
+
+def test_waiting_calls_are_served_while_calls_end() -> None:
+    """More calls than threads wait for one, and run normally, as long as calls keep ending."""
+    pool = ElasticThreadPool(max_workers=2, core=2, refuse_after=0.2)
+    try:
+
+        def call() -> bool:
+            time.sleep(0.01)
+            return overloaded()
+
+        futures = [pool.submit(call) for _ in range(100)]  # ~0.5 s of work on two threads
+        assert [f.result(timeout=30) for f in futures] == [False] * 100
+        assert pool.threads == 2
+    finally:
+        pool.shutdown()
+
+
+def test_waiting_calls_are_refused_once_every_thread_is_stuck() -> None:
+    """With every thread held and no call ending for refuse_after, a waiting call runs at once on
+    an extra thread, marked overloaded (the daemon answers it RESOURCE_EXHAUSTED); once calls
+    end again, calls run normally."""
+    pool = ElasticThreadPool(max_workers=2, core=2, refuse_after=0.2)
+    release = threading.Event()
+    try:
+        stuck = [pool.submit(release.wait, 30) for _ in range(2)]
+        _wait_until(lambda: all(f.running() for f in stuck))
+        started = time.monotonic()
+        waiting = [pool.submit(overloaded) for _ in range(3)]
+        assert [f.result(timeout=10) for f in waiting] == [True] * 3
+        assert time.monotonic() - started >= 0.2
+        assert pool.threads == 2  # the refusing threads are not the pool's
+        release.set()
+        assert all(f.result(timeout=10) for f in stuck)
+        assert pool.submit(overloaded).result(timeout=10) is False
+    finally:
+        release.set()
+        pool.shutdown()

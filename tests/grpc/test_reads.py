@@ -299,8 +299,9 @@ def test_daemon_hashes_each_chunk_once_across_reads(short_dir: Path, tmp_path: P
 
 def test_stalled_readers_do_not_freeze_the_daemon(served: Served) -> None:
     """Read streams whose clients stop reading hold the daemon's call threads; a call beyond
-    them is refused at once with RESOURCE_EXHAUSTED instead of waiting behind them for ever,
-    and the daemon serves again once those clients go away."""
+    them, once every thread has been held for REFUSE_AFTER with no call ending, is refused with
+    RESOURCE_EXHAUSTED instead of waiting behind them for ever, and the daemon serves again
+    once those clients go away."""
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -319,6 +320,7 @@ def test_stalled_readers_do_not_freeze_the_daemon(served: Served) -> None:
         with served.channel() as ch, pytest.raises(grpc.RpcError) as info:
             health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=20)
         assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "daemon overloaded: all 16 call threads have been busy" in (info.value.details() or "")
     finally:
         for ch in channels:
             ch.close()

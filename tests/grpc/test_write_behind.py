@@ -68,9 +68,7 @@ def refusing_server(short_dir: Path) -> Iterator[tuple[str, _RefusingBlobs]]:
     blobs = _RefusingBlobs()
     services = Services(blobs, MemoryDirectoryService(), MemoryPathInfoService())
     sock = str(short_dir / "w.sock")
-    # As many calls at once as the client keeps uploads in flight: with fewer, the daemon may
-    # rightly refuse the excess (RESOURCE_EXHAUSTED) while its pool has them queued.
-    daemon = Daemon(services, sock, max_workers=64)
+    daemon = Daemon(services, sock, max_workers=8)
     try:
         yield f"grpc+unix://{sock}", blobs
     finally:

@@ -24,6 +24,8 @@ from typing import Any
 
 import grpc
 
+from tvix_castore.grpc.handlers import replace_behaviour
+
 __all__ = ["VIA_KEY", "LoopGuard", "enter_daemon_process", "intercept", "process_id"]
 
 VIA_KEY = "tvix-store-via"
@@ -119,7 +121,7 @@ def _refusal(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandl
     def refuse(request: Any, context: grpc.ServicerContext) -> Any:
         context.abort(grpc.StatusCode.FAILED_PRECONDITION, message)
 
-    return _replace_behaviour(handler, lambda _behaviour: refuse)
+    return replace_behaviour(handler, lambda _behaviour: refuse)
 
 
 def _serving_with_chain(handler: grpc.RpcMethodHandler, chain: str) -> grpc.RpcMethodHandler:
@@ -145,15 +147,4 @@ def _serving_with_chain(handler: grpc.RpcMethodHandler, chain: str) -> grpc.RpcM
 
         return unary
 
-    return _replace_behaviour(handler, wrap)
-
-
-def _replace_behaviour(
-    handler: grpc.RpcMethodHandler, wrap: Callable[[Callable[..., Any]], Callable[..., Any]]
-) -> grpc.RpcMethodHandler:
-    """The handler with its one behaviour (whichever of the four it has) passed through wrap."""
-    for field in ("unary_unary", "unary_stream", "stream_unary", "stream_stream"):
-        behaviour = getattr(handler, field)
-        if behaviour is not None:
-            return handler._replace(**{field: wrap(behaviour)})
-    return handler
+    return replace_behaviour(handler, wrap)

@@ -13,6 +13,12 @@ pool makes no progress (no call started or ended for ``stall_after`` seconds: ev
 blocked; up to ``core`` threads at a time), or while fewer than ``core`` threads are idle or in a
 call younger than ``long_after`` seconds (long calls hold the rest). Threads idle for
 ``idle_timeout`` seconds end, down to ``core``.
+
+Calls beyond ``max_workers`` wait for a thread while calls keep ending. When all ``max_workers``
+threads have been held for ``refuse_after`` seconds with no call ending (streams whose clients
+stopped reading, say), a waiting call would wait for ever: each runs at once instead, on a
+short-lived thread of its own where ``overloaded()`` is True, and ``OverloadGuard`` makes the
+gRPC server answer it RESOURCE_EXHAUSTED.
 """
 
 from __future__ import annotations
@@ -24,7 +30,11 @@ from collections.abc import Callable
 from concurrent.futures import Executor, Future
 from typing import Any, ParamSpec, TypeVar
 
-__all__ = ["ElasticThreadPool"]
+import grpc
+
+from tvix_castore.grpc.handlers import replace_behaviour
+
+__all__ = ["ElasticThreadPool", "OverloadGuard", "overloaded"]
 
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
@@ -42,6 +52,7 @@ class ElasticThreadPool(Executor):
         stall_after: float = 0.01,
         long_after: float = 0.5,
         idle_timeout: float = 30.0,
+        refuse_after: float | None = None,
         thread_name_prefix: str = "pool",
     ) -> None:
         if not 1 <= core <= max_workers:
@@ -51,6 +62,7 @@ class ElasticThreadPool(Executor):
         self._stall_after = stall_after
         self._long_after = long_after
         self._idle_timeout = idle_timeout
+        self._refuse_after = refuse_after
         self._prefix = thread_name_prefix
         self._lock = threading.Lock()
         # Workers wait on _work for items; the watcher waits on _watch while nothing queues.
@@ -191,7 +203,73 @@ class ElasticThreadPool(Executor):
                     started += 1
                 if started:
                     self._progress = now  # give the new threads their time to take calls
+                elif (
+                    self._refuse_after is not None
+                    and self._threads >= self._max
+                    and now - self._progress > self._refuse_after
+                ):
+                    self._refuse_waiting()
                 self._watch.wait(self._stall_after)
+
+    def _refuse_waiting(self) -> None:
+        """Run every waiting call now, each on a short-lived thread where overloaded() is True."""
+        while self._queue:
+            item = self._queue.popleft()
+            self._made += 1
+            thread = threading.Thread(
+                target=_run_overloaded, args=item, name=f"{self._prefix}-refuse_{self._made}", daemon=True
+            )
+            try:
+                thread.start()
+            except RuntimeError:
+                self._queue.appendleft(item)  # no thread to be had: it waits after all
+                return
+
+
+_refusing = threading.local()
+
+
+def overloaded() -> bool:
+    """Whether this thread runs a call that the pool, blocked for ``refuse_after``, refuses."""
+    return bool(getattr(_refusing, "active", False))
+
+
+def _run_overloaded(
+    future: Future[Any], fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> None:
+    _refusing.active = True
+    _run(future, fn, args, kwargs)
+
+
+class OverloadGuard(grpc.ServerInterceptor):  # type: ignore[misc]
+    """Answers RESOURCE_EXHAUSTED, without running the method, to calls the pool refuses."""
+
+    def __init__(self, threads: int, refuse_after: float) -> None:
+        self._message = (
+            f"daemon overloaded: all {threads} call threads have been busy for {refuse_after:g} s "
+            "with no call ending"
+        )
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        """The method's handler, refusing the call first when it runs overloaded."""
+        handler = continuation(details)
+        if handler is None:
+            return None
+        message = self._message
+
+        def guard(behaviour: Callable[..., Any]) -> Callable[..., Any]:
+            def guarded(request: Any, context: grpc.ServicerContext) -> Any:
+                if overloaded():
+                    context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, message)
+                return behaviour(request, context)
+
+            return guarded
+
+        return replace_behaviour(handler, guard)
 
 
 def _run(future: Future[Any], fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
