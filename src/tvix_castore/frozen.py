@@ -48,6 +48,8 @@ class Frozen:
         names = tuple(cls.__dict__.get("__annotations__", {}))  # noqa: RUF063
         if set(names) != set(cls.__dict__.get("__slots__", ())):
             raise TypeError(f"{cls.__qualname__}: __slots__ must name exactly the annotated fields")
+        if unknown := set(uncompared) - set(names):
+            raise TypeError(f"{cls.__qualname__}: uncompared names no field: {sorted(unknown)}")
         cls._names = names
         cls._key = staticmethod(_tuple_getter([name for name in names if name not in uncompared]))
         cls._fields = staticmethod(_tuple_getter(names))

@@ -259,3 +259,41 @@ def test_waiting_calls_are_refused_once_every_thread_is_stuck() -> None:
     finally:
         release.set()
         pool.shutdown()
+
+
+def test_idle_threads_are_not_held_threads() -> None:
+    """After a quiet spell longer than refuse_after, a burst waits for the idle threads: it is
+    not refused, as it would be if idle threads counted as held."""
+    pool = ElasticThreadPool(max_workers=2, core=2, refuse_after=0.05, stall_after=0.005)
+    try:
+        assert pool.submit(overloaded).result(timeout=10) is False
+        for _ in range(5):
+            time.sleep(0.1)  # quiet: no call starts or ends
+            burst = [pool.submit(overloaded) for _ in range(20)]
+            assert [f.result(timeout=10) for f in burst] == [False] * 20
+    finally:
+        pool.shutdown()
+
+
+def test_shutdown_waits_for_refused_calls() -> None:
+    """shutdown(wait=True) returns only once the calls run on refusing threads have ended."""
+    pool = ElasticThreadPool(max_workers=1, core=1, refuse_after=0.05)
+    release = threading.Event()
+    ended = threading.Event()
+    try:
+        stuck = pool.submit(release.wait, 30)
+        _wait_until(stuck.running)
+
+        def refused_call() -> None:
+            assert overloaded()
+            time.sleep(0.3)
+            ended.set()
+
+        refused = pool.submit(refused_call)
+        _wait_until(refused.running)
+        release.set()
+        pool.shutdown(wait=True)
+        assert ended.is_set() and refused.done()
+    finally:
+        release.set()
+        pool.shutdown()

@@ -87,6 +87,12 @@ def test_slots_must_name_the_annotated_fields(base: Any) -> None:
             x: int
             y: int
 
+    with pytest.raises(TypeError, match=r"uncompared names no field: \['extar'\]"):
+
+        class Misspelt(base, uncompared=("extar",)):  # type: ignore[misc,valid-type]
+            __slots__ = ("extra",)
+            extra: int
+
 
 def test_different_classes_with_equal_fields_differ() -> None:
     # A tuple-based record would call these equal; a DirectoryNode is no chunk.

@@ -18,7 +18,9 @@ Calls beyond ``max_workers`` wait for a thread while calls keep ending. When all
 threads have been held for ``refuse_after`` seconds with no call ending (streams whose clients
 stopped reading, say), a waiting call would wait for ever: each runs at once instead, on a
 short-lived thread of its own where ``overloaded()`` is True, and ``OverloadGuard`` makes the
-gRPC server answer it RESOURCE_EXHAUSTED.
+gRPC server answer it RESOURCE_EXHAUSTED (a server without that interceptor would simply run
+them). Long calls that hold every thread count as well as stuck ones: the pool cannot tell them
+apart, and either way nothing would take the waiting calls.
 """
 
 from __future__ import annotations
@@ -70,6 +72,7 @@ class ElasticThreadPool(Executor):
         self._watch = threading.Condition(self._lock)
         self._queue: deque[_Item] = deque()
         self._threads = 0
+        self._refusing = 0  # short-lived threads running refused calls
         self._idle = 0
         self._made = 0
         # When each busy worker started its current call, by thread ident.
@@ -119,7 +122,7 @@ class ElasticThreadPool(Executor):
         if wait:
             while True:
                 with self._lock:
-                    if not self._threads:
+                    if not self._threads and not self._refusing:
                         break
                 time.sleep(0.005)
             self._watcher.join()
@@ -205,40 +208,55 @@ class ElasticThreadPool(Executor):
                     self._progress = now  # give the new threads their time to take calls
                 elif (
                     self._refuse_after is not None
-                    and self._threads >= self._max
+                    and len(self._started) >= self._max  # every thread in a call, none idle
                     and now - self._progress > self._refuse_after
                 ):
                     self._refuse_waiting()
                 self._watch.wait(self._stall_after)
 
     def _refuse_waiting(self) -> None:
-        """Run every waiting call now, each on a short-lived thread where overloaded() is True."""
-        while self._queue:
-            item = self._queue.popleft()
-            self._made += 1
-            thread = threading.Thread(
-                target=_run_overloaded, args=item, name=f"{self._prefix}-refuse_{self._made}", daemon=True
-            )
-            try:
-                thread.start()
-            except RuntimeError:
-                self._queue.appendleft(item)  # no thread to be had: it waits after all
-                return
+        """Run every waiting call now, each on a short-lived thread where overloaded() is True.
+
+        Called and returning with the lock held; the threads start with it released, so that
+        calls ending and new calls arriving meanwhile are not held up.
+        """
+        refused = list(self._queue)
+        self._queue.clear()
+        self._refusing += len(refused)
+        unstarted: list[_Item] = []
+        self._lock.release()
+        try:
+            for n, item in enumerate(refused):
+                thread = threading.Thread(
+                    target=self._run_refused, args=item, name=f"{self._prefix}-refuse", daemon=True
+                )
+                try:
+                    thread.start()
+                except RuntimeError:  # no thread to be had: the rest wait after all
+                    unstarted = refused[n:]
+                    break
+        finally:
+            self._lock.acquire()
+        self._refusing -= len(unstarted)
+        self._queue.extendleft(reversed(unstarted))
+
+    def _run_refused(
+        self, future: Future[Any], fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> None:
+        _overloaded_thread.active = True
+        try:
+            _run(future, fn, args, kwargs)
+        finally:
+            with self._lock:
+                self._refusing -= 1
 
 
-_refusing = threading.local()
+_overloaded_thread = threading.local()
 
 
 def overloaded() -> bool:
     """Whether this thread runs a call that the pool, blocked for ``refuse_after``, refuses."""
-    return bool(getattr(_refusing, "active", False))
-
-
-def _run_overloaded(
-    future: Future[Any], fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> None:
-    _refusing.active = True
-    _run(future, fn, args, kwargs)
+    return bool(getattr(_overloaded_thread, "active", False))
 
 
 class OverloadGuard(grpc.ServerInterceptor):  # type: ignore[misc]
