@@ -302,15 +302,7 @@ class GrpcBlobService(BlobService):
         if len(data) > PUT_PIECE:
             return super().put(data)
         digest = B3Digest(blake3_digest(data))
-        if self._uploads.sent(digest):
-            return digest  # in flight or stored already: see _GrpcBlobWriter.close
-        self._uploads.begin()
-        try:
-            call = self._put_one.future(data)
-        except BaseException:
-            self._uploads.cancel_begun()
-            raise
-        self._uploads.track(digest, call, self._name)
+        self._uploads.send_whole(self._put_one, digest, data, self._name)
         return digest
 
     def put_many(self, blobs: Sequence[bytes]) -> list[B3Digest]:
@@ -555,6 +547,25 @@ class Uploads:
         """Give back a slot taken by ``begin`` for an upload that was aborted."""
         self._slots.release()
 
+    def send_whole(
+        self, put_one: grpc.UnaryUnaryMultiCallable, digest: B3Digest, data: bytes | bytearray, name: str
+    ) -> None:
+        """Upload a blob that fits in one message as a unary Put, followed like ``track``.
+
+        Nothing is sent when ``sent(digest)``: the same bytes already went to this server (or are
+        on their way), so the Put would store nothing new, and a failure of the first one is
+        reported anyway.
+        """
+        if self.sent(digest):
+            return
+        self.begin()
+        try:
+            call = put_one.future(data)
+        except BaseException:
+            self.cancel_begun()
+            raise
+        self.track(digest, call, name)
+
     def track(self, digest: B3Digest, call: Future[Any], name: str) -> None:
         """Follow an upload whose answer must be digest; releases the slot when it ends."""
         with self._lock:
@@ -671,13 +682,9 @@ class _GrpcBlobWriter(BlobWriter):
                 return
             yield piece
 
-    def _start(self, whole: bytes | bytearray | None = None) -> None:
+    def _start(self) -> None:
         self._uploads.begin()
-        if whole is not None:
-            # The whole blob is at hand and fits in one message: no request thread needed.
-            self._call = self._put_one.future(whole)
-        else:
-            self._call = self._put_stream.future(self._requests())
+        self._call = self._put_stream.future(self._requests())
 
     def _send(self, piece: bytes) -> None:
         if self._call is None:
@@ -722,19 +729,14 @@ class _GrpcBlobWriter(BlobWriter):
             raise ClosedError("blob writer was aborted")
         digest = B3Digest(self._hasher.digest())
         if self._call is None:
-            if self._uploads.sent(digest):
-                # The same bytes already went to this server (or are on their way): the Put
-                # would store nothing new, and a failure of the first one is reported anyway.
-                self._buf = bytearray()
-                self._digest = digest
-                return digest
-            self._start(self._buf)
+            # The whole blob is at hand and fits in one message: no request thread needed.
+            self._uploads.send_whole(self._put_one, digest, self._buf, self._name)
         else:
             if self._buf:
                 self._send(bytes(self._buf))
             self._queue.put(None)
+            self._uploads.track(digest, self._call, self._name)
         self._buf = bytearray()
-        self._uploads.track(digest, self._call, self._name)
         self._digest = digest
         return digest
 
