@@ -33,7 +33,9 @@ def _raw(message: bytes) -> bytes:
 def serve(sock: str) -> int:
     import grpc
 
+    from tvix_castore.grpc.channel import MAX_MESSAGE
     from tvix_castore.grpc.pool import ElasticThreadPool
+    from tvix_store.server import MAX_CALLS, MAX_THREADS
 
     def put(requests: Iterator[bytes], context: object) -> bytes:
         for _ in requests:
@@ -41,9 +43,9 @@ def serve(sock: str) -> int:
         return b""  # an empty PutBlobResponse
 
     server = grpc.server(
-        ElasticThreadPool(max_workers=256),
-        options=[("grpc.max_receive_message_length", 4 * 1024 * 1024)],
-        maximum_concurrent_rpcs=256,
+        ElasticThreadPool(max_workers=MAX_THREADS),
+        options=[("grpc.max_receive_message_length", MAX_MESSAGE)],
+        maximum_concurrent_rpcs=MAX_CALLS,
     )
     handler = grpc.stream_unary_rpc_method_handler(put, request_deserializer=_raw, response_serializer=_raw)
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, {"Put": handler}),))
