@@ -321,6 +321,23 @@ def test_verify_chunk_in_place_and_join_ranges(service: LmdbBlobService, store_d
         service.verify_chunk(chunks[1].digest)
 
 
+def test_store_map_keeps_the_kernels_read_ahead(service: LmdbBlobService, store_dir: Path) -> None:
+    """Chunks are read sequentially, so the map must not be marked random access (VmFlag ``rr``,
+    what py-lmdb's ``readahead=False`` sets): then a chunk on disk came in 4 KiB per page fault,
+    and a cold mount read ran ten times slower."""
+    service.put(os.urandom(MiB))
+    data_file = str(store_dir.resolve() / "data.mdb")
+    flags = None
+    mapping = False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        if re.match(r"[0-9a-f]+-[0-9a-f]+ ", line):  # a mapping's header line
+            mapping = line.endswith(data_file)
+        elif mapping and line.startswith("VmFlags:"):
+            flags = line.split()[1:]
+    assert flags is not None, f"{data_file} is not mapped"
+    assert "rr" not in flags
+
+
 def test_multi_chunk_writes_work_in_a_forked_child(store_dir: Path) -> None:
     """The writer's helper threads (commit, whole-blob hash) are per process: a child forked
     after the parent used them starts its own, and its multi-chunk blob gets the right digest."""
