@@ -41,7 +41,14 @@ from tvix_castore._lmdb_env import LmdbStore, explain, open_env, path_from_url, 
 from tvix_castore.blobservice import BlobReader, BlobService, BlobWriter, ChunkData, ChunkMeta
 from tvix_castore.blobservice.chunked_reader import BytesBlobReader, ChunkedReader
 from tvix_castore.chunker import MIN_SIZE, Chunker
-from tvix_castore.digests import B3_LEN, EMPTY_BLOB_DIGEST, VERIFY_PARALLEL_ABOVE, B3Digest, blake3_digest
+from tvix_castore.digests import (
+    B3_LEN,
+    EMPTY_BLOB_DIGEST,
+    PARALLEL_ABOVE,
+    VERIFY_PARALLEL_ABOVE,
+    B3Digest,
+    blake3_digest,
+)
 from tvix_castore.errors import ClosedError, DataCorruption, StorageError, StoreError
 from tvix_castore.url import ServiceUrl
 
@@ -202,11 +209,7 @@ class LmdbBlobService(BlobService):
             data = None if view is None else bytes(view)
         if data is None:
             return None
-        actual = blake3_digest(data)
-        if actual != digest:
-            raise DataCorruption(
-                f"chunk {digest} is corrupt in {self.path}: its bytes hash to {B3Digest(actual)}"
-            )
+        self._check_chunk(digest, data)
         return data
 
     def verify_chunk(self, digest: B3Digest) -> int | None:
@@ -224,12 +227,16 @@ class LmdbBlobService(BlobService):
             view = txn.get(digest, db=self._chunks_db)
             if view is None:
                 return None
-            actual = blake3_digest(view)
-            if actual != digest:
-                raise DataCorruption(
-                    f"chunk {digest} is corrupt in {self.path}: its bytes hash to {B3Digest(actual)}"
-                )
+            self._check_chunk(digest, view)
             return len(view)
+
+    def _check_chunk(self, digest: B3Digest, data: ChunkData, parallel_above: int = PARALLEL_ABOVE) -> None:
+        """Raise DataCorruption unless data hashes to digest."""
+        actual = blake3_digest(data, parallel_above)
+        if actual != digest:
+            raise DataCorruption(
+                f"chunk {digest} is corrupt in {self.path}: its bytes hash to {B3Digest(actual)}"
+            )
 
     def join_chunk_ranges(self, ranges: Sequence[tuple[B3Digest, int, int]], prefix: bytes = b"") -> bytes:
         """Bytes ``[start, end)`` of each chunk, concatenated: one copy out of one read txn.
@@ -306,11 +313,7 @@ class LmdbBlobService(BlobService):
         return sum(c.size for c in chunk_list), self._views(digest, chunk_list)
 
     def _checked_copy(self, digest: B3Digest, data: bytes) -> Generator[memoryview, None, None]:
-        actual = blake3_digest(data)
-        if actual != digest:
-            raise DataCorruption(
-                f"chunk {digest} is corrupt in {self.path}: its bytes hash to {B3Digest(actual)}"
-            )
+        self._check_chunk(digest, data)
         yield memoryview(data)
 
     def _views(self, blob: B3Digest, chunk_list: list[ChunkMeta]) -> Generator[memoryview, None, None]:
@@ -321,11 +324,7 @@ class LmdbBlobService(BlobService):
                 if view is None:
                     raise StorageError(f"chunk {digest} of blob {blob} is missing in {self.path}")
                 # One chunk after another on this thread: the spare core helps hash it.
-                actual = blake3_digest(view, VERIFY_PARALLEL_ABOVE)
-                if actual != digest:
-                    raise DataCorruption(
-                        f"chunk {digest} is corrupt in {self.path}: its bytes hash to {B3Digest(actual)}"
-                    )
+                self._check_chunk(digest, view, VERIFY_PARALLEL_ABOVE)
                 yield view
 
     def open_write(self) -> LmdbBlobWriter:
