@@ -6,6 +6,7 @@ would answer is asserted here at the ``Vfs`` level.
 
 from __future__ import annotations
 
+import bisect
 import errno
 import os
 import random
@@ -32,6 +33,7 @@ from tvix_castore.digests import EMPTY_BLOB_DIGEST, B3Digest
 from tvix_castore.directory import Directory
 from tvix_castore.directoryservice.memory import MemoryDirectoryService
 from tvix_castore.errors import StorageError
+from tvix_castore.fs import vfs as vfs_module
 from tvix_castore.fs.inodes import MODE_DIRECTORY, ROOT_INO, InodeTracker, attr_of
 from tvix_castore.fs.root_nodes import DictRootNodes
 from tvix_castore.fs.vfs import XATTR_BLOB_DIGEST, XATTR_DIRECTORY_DIGEST, Vfs, VfsError
@@ -314,22 +316,53 @@ def test_chunked_sequential_and_random_reads(lmdb_vfs: tuple[Vfs, bytes, int]) -
     v.release(fh)
 
 
-def test_read_nowait_serves_prefetched_chunks(lmdb_vfs: tuple[Vfs, bytes, int]) -> None:
-    """After a sequential read the next chunks arrive without a blocking read."""
+def test_read_nowait_checks_chunks_itself(lmdb_vfs: tuple[Vfs, bytes, int]) -> None:
+    """Chunks in memory are verified by read_nowait on the spot; nothing is fetched ahead."""
     v, data, ino = lmdb_vfs
     fh = v.open(ino)
-    first = v.read(fh, 0, 128 * 1024)
-    assert bytes(first) == data[: 128 * 1024]
-    second_chunk = v._files[fh].starts[1]
-    ok = threading.Event()
+    starts = v._files[fh].starts
+    for offset in range(0, 2 * 1024 * 1024, 128 * 1024):
+        got = v.read_nowait(fh, offset, 128 * 1024)
+        assert got is not None
+        assert bytes(got) == data[offset : offset + 128 * 1024]
+    assert not v._files[fh].prefetching
+    touched = bisect.bisect_right(starts, 2 * 1024 * 1024 - 1)
+    assert [c.digest in v._verified for c in v._files[fh].chunks or ()] == [
+        i < touched for i in range(len(starts))
+    ]
+    v.release(fh)
+
+
+def test_slow_check_starts_a_prefetching_spell(
+    lmdb_vfs: tuple[Vfs, bytes, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a check slow enough to have read from disk, the prefetch threads verify the next
+    chunks and read_nowait serves only those, until the spell's end."""
+    monkeypatch.setattr(vfs_module, "_PREFETCH_SPELL_BYTES", 2 * 1024 * 1024)
+    v, data, ino = lmdb_vfs
+    v._slow_check = 0.0  # every check counts as slow
+    fh = v.open(ino)
+    of = v._files[fh]
+    starts = of.starts
+    assert starts[-1] > starts[1] + 2 * 1024 * 1024  # the last chunk lies past the spell
+    first = v.read_nowait(fh, 0, starts[1])  # checks chunk 0 here, slowly
+    assert first is not None and bytes(first) == data[: starts[1]]
+    assert of.prefetching
+    # Sequential: the prefetch threads fetch the next chunks; read_nowait waits for them.
+    got = None
     for _ in range(200):
-        got = v.read_nowait(fh, second_chunk, 4096)
+        got = v.read_nowait(fh, starts[1], 4096)
         if got is not None:
-            assert bytes(got) == data[second_chunk : second_chunk + 4096]
-            ok.set()
             break
         threading.Event().wait(0.01)
-    assert ok.is_set()
+    assert got is not None and bytes(got) == data[starts[1] : starts[1] + 4096]
+    # Within the spell, a chunk no prefetch reached is not checked here: the adapter must hop.
+    assert v.read_nowait(fh, of.inline_from - 100, 5) is None
+    # Past the spell's end read_nowait checks chunks itself again.
+    end_of_spell = of.inline_from
+    tail = v.read_nowait(fh, starts[-1], 100)
+    assert tail is not None and bytes(tail) == data[starts[-1] : starts[-1] + 100]
+    assert of.inline_from > end_of_spell  # and that slow check started a new spell
     v.release(fh)
 
 
@@ -419,6 +452,7 @@ def test_corrupt_chunk_is_eio_and_never_served(tmp_path: Path) -> None:
         a = v.lookup(ROOT_INO, A)
         assert a is not None
         fh = v.open(a.ino)
+        assert errno_of(v.read_nowait, fh, start + 5, 4096) == errno.EIO  # checked in place
         assert errno_of(v.read, fh, start, 4096) == errno.EIO
         assert errno_of(v.read, fh, start - 10, 4096) == errno.EIO  # straddling into it
         assert bytes(v.read(fh, 0, 1000)) == data[:1000]

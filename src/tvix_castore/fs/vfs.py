@@ -21,9 +21,13 @@ next chunks ahead on a small thread pool, so the kernel's next READ usually find
 hop). Two ways to hold what was fetched:
   - any backend: decoded chunks sit in one bounded LRU cache shared by all open files;
   - a backend whose chunks can be checked in place (LMDB: ``verify_chunk`` and
-    ``join_chunk_ranges``): prefetching only verifies them in the map, off the GIL, and a READ
-    copies its bytes out of the map once, straight into its reply. A bounded LRU set remembers
-    which chunks were verified.
+    ``join_chunk_ranges``): a READ copies its bytes out of the map once, straight into its
+    reply, and a bounded LRU set remembers which chunks were verified. ``read_nowait`` verifies
+    a chunk itself, on the event loop: in memory, BLAKE3 of a chunk takes less than handing it
+    to another thread, and prefetch threads fell behind the READs (the FUSE thread holds the
+    GIL while it replies). A check slow enough to have read the chunk from disk switches the
+    file to prefetching for a while: the prefetch threads verify the next chunks, reading them
+    in side by side, and the event loop serves only what they have verified.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ import itertools
 import logging
 import os
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
@@ -70,6 +75,11 @@ _DEFAULT_CACHE_BYTES = 64 * 1024 * 1024
 # How far past a sequential read the prefetchers fetch: several 1 MiB kernel READs, so that
 # fetching and verifying the next chunks overlaps with serving this one.
 _READAHEAD_BYTES = 4 * 1024 * 1024
+# A chunk check that took longer read the chunk from disk (from memory, BLAKE3 of the largest
+# chunk takes ~0.1 ms). The file's READs then leave the checks to the prefetch threads, for the
+# next this many bytes, before the event loop tries again.
+_SLOW_CHECK_SECONDS = 0.002
+_PREFETCH_SPELL_BYTES = 64 * 1024 * 1024
 # Fetching a chunk is mostly BLAKE3 verification (without the GIL). Two fetchers beside the
 # FUSE thread keep both cores busy; four lost ~25% on the two-core machine to handing the GIL
 # around.
@@ -134,13 +144,24 @@ class StatFs(Frozen):
 class _OpenFile:
     """One open file: its chunk index, or a seekable reader for blobs read as one stream."""
 
-    __slots__ = ("chunks", "digest", "lock", "next_offset", "reader", "size", "starts")
+    __slots__ = (
+        "chunks",
+        "digest",
+        "inline_from",
+        "lock",
+        "next_offset",
+        "prefetching",
+        "reader",
+        "size",
+        "starts",
+    )
 
     def __init__(
         self,
         node: FileNode,
         chunks: tuple[ChunkMeta, ...] | None,
         reader: BlobReader | None,
+        prefetching: bool,
     ) -> None:
         self.digest = node.digest
         self.size = node.size
@@ -150,6 +171,10 @@ class _OpenFile:
         # Readers are not thread-safe; the chunk path needs no lock (the cache is shared).
         self.lock = threading.Lock()
         self.next_offset = 0
+        # Whether sequential READs fetch ahead on the prefetch threads; with chunks checked in
+        # place, only for a spell after a slow check, until READs reach inline_from.
+        self.prefetching = prefetching
+        self.inline_from = 0
 
 
 class Vfs:
@@ -164,6 +189,7 @@ class Vfs:
         list_root: bool = False,
         show_xattr: bool = True,
         cache_bytes: int = _DEFAULT_CACHE_BYTES,
+        slow_check: float = _SLOW_CHECK_SECONDS,
     ) -> None:
         self._root_nodes = root_nodes
         self._blobs = blob_service
@@ -190,6 +216,7 @@ class Vfs:
         self._verify_chunk = verify if join is not None else None
         self._join_ranges = join if verify is not None else None
         self._verified = VerifiedChunks()
+        self._slow_check = slow_check
 
     def close(self) -> None:
         """Stop the prefetch threads and drop open files."""
@@ -371,7 +398,7 @@ class Vfs:
             if reader is None:
                 log.warning("blob %s (inode %d) is missing from the blob service", node.digest, ino)
                 raise VfsError(errno.EIO, f"blob {node.digest} not found")
-        of = _OpenFile(node, index, reader)
+        of = _OpenFile(node, index, reader, prefetching=self._join_ranges is None)
         with self._lock:
             fh = next(self._fh_counter)
             self._files[fh] = of
@@ -395,9 +422,10 @@ class Vfs:
         return data
 
     def read_nowait(self, fh: int, offset: int, size: int) -> bytes | memoryview | None:
-        """Like ``read`` when every chunk it needs is fetched (or verified) already, else None.
+        """Like ``read`` when every chunk it needs is fetched already, else None.
 
-        Never waits for a fetch: the adapter calls it on its event-loop thread.
+        Never waits for a fetch: the adapter calls it on its event-loop thread. With chunks
+        checked in place it verifies them here, unless the file is prefetching.
         """
         of = self._file(fh)
         if of.chunks is None:
@@ -420,7 +448,9 @@ class Vfs:
         chunks, starts = of.chunks, of.starts
         first = bisect.bisect_right(starts, offset) - 1
         last = bisect.bisect_right(starts, end - 1) - 1
-        if offset in (of.next_offset, 0):
+        if of.prefetching and self._join_ranges is not None and offset >= of.inline_from:
+            of.prefetching = False  # the spell is over: try checking chunks here again
+        if offset in (of.next_offset, 0) and of.prefetching:
             # Sequential: the prefetchers fetch this read's missing chunks side by side and
             # keep going well past its end, so the next READs find their bytes in memory.
             self._prefetch(of, first, last, end + _READAHEAD_BYTES)
@@ -451,15 +481,28 @@ class Vfs:
         for i in range(first, last + 1):
             meta = chunks[i]
             if self._verified.size_of(meta.digest) != meta.size:
-                if not wait:
+                if wait:
+                    self._load(meta)
+                elif of.prefetching:
                     return None
-                self._load(meta)
+                else:
+                    self._check_here(of, meta, end)
             start = starts[i]
             ranges.append((meta.digest, max(offset - start, 0), min(end - start, meta.size)))
         with self._service("read", of.digest):
             data: bytes = self._join_ranges(ranges)
         of.next_offset = end
         return data
+
+    def _check_here(self, of: _OpenFile, meta: ChunkMeta, end: int) -> None:
+        """Verify a chunk on this thread; if that was slow, start a prefetching spell."""
+        started = time.perf_counter()
+        self._fetch(meta)
+        self._verified.add(meta.digest, meta.size)
+        if time.perf_counter() - started > self._slow_check:
+            # It came from disk: let the prefetch threads read the next ones in side by side.
+            of.prefetching = True
+            of.inline_from = end + _PREFETCH_SPELL_BYTES
 
     def _is_fetched(self, digest: B3Digest) -> bool:
         if self._join_ranges is not None:
