@@ -12,6 +12,7 @@ import os
 import random
 import stat
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -319,6 +320,7 @@ def test_chunked_sequential_and_random_reads(lmdb_vfs: tuple[Vfs, bytes, int]) -
 def test_read_nowait_checks_chunks_itself(lmdb_vfs: tuple[Vfs, bytes, int]) -> None:
     """Chunks in memory are verified by read_nowait on the spot; nothing is fetched ahead."""
     v, data, ino = lmdb_vfs
+    v._start_verifier = None  # no chunk verifier process either
     fh = v.open(ino)
     starts = v._files[fh].starts
     for offset in range(0, 2 * 1024 * 1024, 128 * 1024):
@@ -333,6 +335,29 @@ def test_read_nowait_checks_chunks_itself(lmdb_vfs: tuple[Vfs, bytes, int]) -> N
     v.release(fh)
 
 
+def test_verifier_process_checks_chunks_ahead(lmdb_vfs: tuple[Vfs, bytes, int]) -> None:
+    """Sequential reads hand the next chunks to the verifier process; its reports count as
+    checks, so read_nowait serves those chunks without hashing them itself."""
+    v, data, ino = lmdb_vfs
+    fh = v.open(ino)
+    of = v._files[fh]
+    assert of.chunks is not None
+    first = v.read_nowait(fh, 0, 4096)  # sequential: starts the verifier, submits chunks 1..
+    assert first is not None and bytes(first) == data[:4096]
+    ahead = of.chunks[3].digest
+    deadline = time.monotonic() + 20
+    while ahead not in v._verified:
+        assert time.monotonic() < deadline, "the verifier never reported chunk 3"
+        v.read_nowait(fh, 0, 10)  # each READ collects the verifier's reports
+        time.sleep(0.01)
+    hashed_here = []
+    v._fetch = hashed_here.append  # type: ignore[method-assign]
+    got = v.read_nowait(fh, of.starts[3], 4096)
+    assert got is not None and bytes(got) == data[of.starts[3] : of.starts[3] + 4096]
+    assert hashed_here == []
+    v.release(fh)
+
+
 def test_slow_check_starts_a_prefetching_spell(
     lmdb_vfs: tuple[Vfs, bytes, int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -341,6 +366,7 @@ def test_slow_check_starts_a_prefetching_spell(
     monkeypatch.setattr(vfs_module, "_PREFETCH_SPELL_BYTES", 2 * 1024 * 1024)
     v, data, ino = lmdb_vfs
     v._slow_check = 0.0  # every check counts as slow
+    v._start_verifier = None  # nothing but the prefetch threads checks chunks ahead
     fh = v.open(ino)
     of = v._files[fh]
     starts = of.starts

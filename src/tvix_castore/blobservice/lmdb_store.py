@@ -55,6 +55,8 @@ from tvix_castore.url import ServiceUrl
 if TYPE_CHECKING:
     from concurrent.futures import Future, ThreadPoolExecutor
 
+    from tvix_castore.blobservice.lmdb_verifier import ChunkVerifier
+
 __all__ = ["LmdbBlobService"]
 
 _ENTRY = struct.Struct(f"<{B3_LEN}sI")
@@ -237,6 +239,13 @@ class LmdbBlobService(BlobService):
             raise DataCorruption(
                 f"chunk {digest} is corrupt in {self.path}: its bytes hash to {B3Digest(actual)}"
             )
+
+    def start_verifier(self) -> ChunkVerifier:
+        """A helper process that checks this store's chunks ahead of a reader (``lmdb_verifier``)."""
+        from tvix_castore.blobservice.lmdb_verifier import ChunkVerifier
+
+        self._check_open()
+        return ChunkVerifier(self.path)
 
     def join_chunk_ranges(self, ranges: Sequence[tuple[B3Digest, int, int]], prefix: bytes = b"") -> bytes:
         """Bytes ``[start, end)`` of each chunk, concatenated: one copy out of one read txn.

@@ -72,6 +72,7 @@ def mount(vfs: Vfs, mountpoint: str, *, threads: int = 4, allow_other: bool = Fa
         raise MountError(f"cannot mount at {path}: {exc}{hint}") from exc
     unmount = True
     try:
+        vfs.start_helpers()
         stopped_by_us = trio.run(_serve, ops, path, threads)
         # After an external umount the kernel has dropped the mount already.
         unmount = stopped_by_us

@@ -25,9 +25,11 @@ hop). Two ways to hold what was fetched:
     reply, and a bounded LRU set remembers which chunks were verified. ``read_nowait`` verifies
     a chunk itself, on the event loop: in memory, BLAKE3 of a chunk takes less than handing it
     to another thread, and prefetch threads fell behind the READs (the FUSE thread holds the
-    GIL while it replies). A check slow enough to have read the chunk from disk switches the
-    file to prefetching for a while: the prefetch threads verify the next chunks, reading them
-    in side by side, and the event loop serves only what they have verified.
+    GIL while it replies). Sequential reads also hand the next chunks to a helper process
+    (``start_verifier``, see ``lmdb_verifier``), which has a GIL of its own: the chunks it
+    reports as checked need no hashing here. A check slow enough to have read the chunk from
+    disk switches the file to prefetching for a while: the prefetch threads verify the next
+    chunks, reading them in side by side, and the event loop serves only what they verified.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
+from typing import Protocol
 
 from tvix_castore.blobservice import BlobReader, BlobService, ChunkData, ChunkMeta
 from tvix_castore.blobservice.memo import ChunkCache, VerifiedChunks
@@ -154,6 +157,7 @@ class _OpenFile:
         "reader",
         "size",
         "starts",
+        "submitted",
     )
 
     def __init__(
@@ -175,6 +179,18 @@ class _OpenFile:
         # place, only for a spell after a slow check, until READs reach inline_from.
         self.prefetching = prefetching
         self.inline_from = 0
+        # Chunks before this index were handed to the chunk verifier (or skipped as verified).
+        self.submitted = 0
+
+
+class _Verifier(Protocol):
+    """What ``start_verifier`` gives: see ``tvix_castore.blobservice.lmdb_verifier``."""
+
+    def submit(self, digests: list[B3Digest]) -> None: ...
+
+    def collect(self) -> list[tuple[B3Digest, int]]: ...
+
+    def close(self) -> None: ...
 
 
 class Vfs:
@@ -217,10 +233,20 @@ class Vfs:
         self._join_ranges = join if verify is not None else None
         self._verified = VerifiedChunks()
         self._slow_check = slow_check
+        # LMDB can also check chunks ahead of sequential reads in a helper process, started on
+        # the first such read.
+        start_verifier = getattr(blob_service, "start_verifier", None)
+        self._start_verifier = start_verifier if self._join_ranges is not None else None
+        self._verifier: _Verifier | None = None
+        self._verifier_lock = threading.Lock()
 
     def close(self) -> None:
-        """Stop the prefetch threads and drop open files."""
+        """Stop the prefetch threads and the chunk verifier, and drop open files."""
         self._prefetcher.shutdown(wait=True, cancel_futures=True)
+        with self._verifier_lock:
+            verifier, self._verifier, self._start_verifier = self._verifier, None, None
+        if verifier is not None:
+            verifier.close()
         with self._lock:
             files, self._files = self._files, {}
         for of in files.values():
@@ -450,10 +476,13 @@ class Vfs:
         last = bisect.bisect_right(starts, end - 1) - 1
         if of.prefetching and self._join_ranges is not None and offset >= of.inline_from:
             of.prefetching = False  # the spell is over: try checking chunks here again
-        if offset in (of.next_offset, 0) and of.prefetching:
+        sequential = offset in (of.next_offset, 0)
+        if sequential and of.prefetching:
             # Sequential: the prefetchers fetch this read's missing chunks side by side and
             # keep going well past its end, so the next READs find their bytes in memory.
             self._prefetch(of, first, last, end + _READAHEAD_BYTES)
+        if sequential and self._start_verifier is not None:
+            self._check_ahead(of, last, end + _READAHEAD_BYTES)
         if self._join_ranges is not None:
             return self._read_in_place(of, offset, end, first, last, wait)
         parts: list[memoryview] = []
@@ -476,6 +505,10 @@ class Vfs:
     ) -> bytes | None:
         """Bytes offset..end from chunks verified in the backend's map, copied out once."""
         assert of.chunks is not None and self._join_ranges is not None
+        verifier = self._verifier
+        if verifier is not None:
+            for digest, size in verifier.collect():
+                self._verified.add(digest, size)
         chunks, starts = of.chunks, of.starts
         ranges: list[tuple[B3Digest, int, int]] = []
         for i in range(first, last + 1):
@@ -503,6 +536,45 @@ class Vfs:
             # It came from disk: let the prefetch threads read the next ones in side by side.
             of.prefetching = True
             of.inline_from = end + _PREFETCH_SPELL_BYTES
+
+    def start_helpers(self) -> None:
+        """Start the chunk verifier now rather than at the first sequential read.
+
+        That read would find it still starting up; a mount calls this as it starts serving.
+        """
+        self._verifier_started()
+
+    def _verifier_started(self) -> _Verifier | None:
+        verifier = self._verifier
+        if verifier is None:
+            with self._verifier_lock:
+                if self._start_verifier is None:
+                    return None  # none to start, or closed
+                if self._verifier is None:
+                    try:
+                        self._verifier = self._start_verifier()
+                    except (OSError, StoreError) as exc:
+                        log.info("no chunk verifier process (%s): checking chunks in process", exc)
+                        self._start_verifier = None
+                        return None
+                verifier = self._verifier
+        return verifier
+
+    def _check_ahead(self, of: _OpenFile, last: int, until: int) -> None:
+        """Hand the chunks after last, up to offset until, to the chunk verifier (each once)."""
+        assert of.chunks is not None
+        verifier = self._verifier_started()
+        if verifier is None:
+            return
+        digests: list[B3Digest] = []
+        i = max(last + 1, of.submitted)
+        while i < len(of.chunks) and of.starts[i] < until:
+            digest = of.chunks[i].digest
+            if digest not in self._verified:
+                digests.append(digest)
+            i += 1
+        of.submitted = i
+        verifier.submit(digests)
 
     def _is_fetched(self, digest: B3Digest) -> bool:
         if self._join_ranges is not None:
