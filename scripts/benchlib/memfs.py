@@ -34,7 +34,12 @@ def main() -> int:
         e.entry_timeout = e.attr_timeout = 1e9
         return e
 
+    initialized = trio.Event()
+
     class MemFs(pyfuse3.Operations):
+        def init(self) -> None:
+            initialized.set()
+
         async def getattr(self, inode: int, ctx: object) -> pyfuse3.EntryAttributes:  # type: ignore[override]
             return attr(inode)
 
@@ -68,10 +73,14 @@ def main() -> int:
 
     options = {"fsname=memfs", "ro", "default_permissions", "nosuid", "nodev"}
     pyfuse3.init(MemFs(), mountpoint, options)
-    _raise_readahead(os.path.abspath(mountpoint))
 
     async def serve() -> None:
         async with trio.open_nursery() as nursery:
+
+            async def tune_readahead() -> None:
+                # As the mount does: after INIT is answered, whose processing caps it again.
+                await initialized.wait()
+                _raise_readahead(os.path.abspath(mountpoint))
 
             async def stop() -> None:
                 with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -80,6 +89,7 @@ def main() -> int:
                         return
 
             nursery.start_soon(stop)
+            nursery.start_soon(tune_readahead)
             await pyfuse3.main(max_tasks=8)
             nursery.cancel_scope.cancel()
 
