@@ -174,8 +174,8 @@ def test_stale_mount_is_cleaned_up(
         force_unmount(first.path)
 
 
-def _verifier_children(pid: int) -> list[int]:
-    """PIDs of the chunk verifier processes whose parent is pid."""
+def _helper_children(pid: int) -> list[int]:
+    """PIDs of the read helper processes whose parent is pid."""
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -185,7 +185,7 @@ def _verifier_children(pid: int) -> list[int]:
             cmdline = (entry / "cmdline").read_bytes()
         except (OSError, IndexError, ValueError):
             continue
-        if ppid == pid and b"tvix_castore.blobservice.lmdb_verifier" in cmdline:
+        if ppid == pid and b"tvix_castore.blobservice.lmdb_read_helper" in cmdline:
             found.append(int(entry.name))
     return found
 
@@ -204,20 +204,20 @@ def _gone(pid: int, seconds: float = 20) -> bool:
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
-def test_chunk_verifier_process_ends_with_the_mount(
+def test_read_helper_process_ends_with_the_mount(
     program: tuple[Path, Path, str], mount: MountFactory, sig: signal.Signals
 ) -> None:
-    """The helper that checks chunks ahead of sequential reads does not outlive the mount,
-    however the mount ends; meanwhile reads through it give the right bytes."""
+    """The helper that prepares sequential reads does not outlive the mount, however the
+    mount ends; meanwhile reads through it give the right bytes."""
     store, src, name = program
     m = mount(store)
     try:
         got = (m.path / name / "data" / "big0").read_bytes()
         assert hashlib.sha256(got).digest() == hashlib.sha256((src / "data" / "big0").read_bytes()).digest()
-        children = _verifier_children(m.proc.pid)
+        children = _helper_children(m.proc.pid)
         assert len(children) == 1, children
         m.stop(sig)
-        assert _gone(children[0]), f"verifier {children[0]} outlived the mount ({sig.name})"
+        assert _gone(children[0]), f"read helper {children[0]} outlived the mount ({sig.name})"
     finally:
         force_unmount(m.path)
 

@@ -12,7 +12,6 @@ import os
 import random
 import stat
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -320,7 +319,6 @@ def test_chunked_sequential_and_random_reads(lmdb_vfs: tuple[Vfs, bytes, int]) -
 def test_read_nowait_checks_chunks_itself(lmdb_vfs: tuple[Vfs, bytes, int]) -> None:
     """Chunks in memory are verified by read_nowait on the spot; nothing is fetched ahead."""
     v, data, ino = lmdb_vfs
-    v._start_verifier = None  # no chunk verifier process either
     fh = v.open(ino)
     starts = v._files[fh].starts
     for offset in range(0, 2 * 1024 * 1024, 128 * 1024):
@@ -335,27 +333,22 @@ def test_read_nowait_checks_chunks_itself(lmdb_vfs: tuple[Vfs, bytes, int]) -> N
     v.release(fh)
 
 
-def test_verifier_process_checks_chunks_ahead(lmdb_vfs: tuple[Vfs, bytes, int]) -> None:
-    """Sequential reads hand the next chunks to the verifier process; its reports count as
-    checks, so read_nowait serves those chunks without hashing them itself."""
+def test_read_helper_prepares_sequential_reads(lmdb_vfs: tuple[Vfs, bytes, int]) -> None:
+    """With the read helper started, sequential READs come from its windows, byte-exact."""
     v, data, ino = lmdb_vfs
+    v.start_helpers()
+    assert v._windows is not None
     fh = v.open(ino)
-    of = v._files[fh]
-    assert of.chunks is not None
-    first = v.read_nowait(fh, 0, 4096)  # sequential: starts the verifier, submits chunks 1..
-    assert first is not None and bytes(first) == data[:4096]
-    ahead = of.chunks[3].digest
-    deadline = time.monotonic() + 20
-    while ahead not in v._verified:
-        assert time.monotonic() < deadline, "the verifier never reported chunk 3"
-        v.read_nowait(fh, 0, 10)  # each READ collects the verifier's reports
-        time.sleep(0.01)
-    hashed_here = []
-    v._fetch = hashed_here.append  # type: ignore[method-assign]
-    got = v.read_nowait(fh, of.starts[3], 4096)
-    assert got is not None and bytes(got) == data[of.starts[3] : of.starts[3] + 4096]
-    assert hashed_here == []
+    served_from_windows = 0
+    step = 256 * 1024
+    for offset in range(0, len(data), step):
+        got = v.read_nowait(fh, offset, step)
+        assert got is not None
+        assert bytes(got) == data[offset : offset + step]
+        served_from_windows += isinstance(got, memoryview)
+    assert served_from_windows >= len(data) // step // 2  # the helper waited for, not raced
     v.release(fh)
+    assert v._windows._files == {}
 
 
 def test_slow_check_starts_a_prefetching_spell(
@@ -366,7 +359,6 @@ def test_slow_check_starts_a_prefetching_spell(
     monkeypatch.setattr(vfs_module, "_PREFETCH_SPELL_BYTES", 2 * 1024 * 1024)
     v, data, ino = lmdb_vfs
     v._slow_check = 0.0  # every check counts as slow
-    v._start_verifier = None  # nothing but the prefetch threads checks chunks ahead
     fh = v.open(ino)
     of = v._files[fh]
     starts = of.starts
@@ -453,8 +445,10 @@ def test_missing_chunk_is_eio(tmp_path: Path) -> None:
         blobs.close()
 
 
-def test_corrupt_chunk_is_eio_and_never_served(tmp_path: Path) -> None:
-    """A chunk whose stored bytes no longer hash to its digest is refused (decision 6)."""
+@pytest.mark.parametrize("helper", [False, True], ids=["in-process", "read-helper"])
+def test_corrupt_chunk_is_eio_and_never_served(tmp_path: Path, helper: bool) -> None:
+    """A chunk whose stored bytes no longer hash to its digest is refused (decision 6), also
+    when the read helper prepares the READs (its window fails; the READ is checked here)."""
     from tvix_castore._lmdb_env import open_env, release_env
     from tvix_castore.blobservice import ChunkMeta
     from tvix_castore.blobservice.lmdb_store import LmdbBlobService
@@ -478,6 +472,15 @@ def test_corrupt_chunk_is_eio_and_never_served(tmp_path: Path) -> None:
         a = v.lookup(ROOT_INO, A)
         assert a is not None
         fh = v.open(a.ino)
+        if helper:
+            v.start_helpers()
+            step = 64 * 1024
+            offset = 0
+            while offset + step <= start:  # sequential READs up to the bad chunk: fine
+                got = v.read_nowait(fh, offset, step)
+                assert got is not None and bytes(got) == data[offset : offset + step]
+                offset += step
+            assert errno_of(v.read_nowait, fh, offset, step) == errno.EIO  # the window failed
         assert errno_of(v.read_nowait, fh, start + 5, 4096) == errno.EIO  # checked in place
         assert errno_of(v.read, fh, start, 4096) == errno.EIO
         assert errno_of(v.read, fh, start - 10, 4096) == errno.EIO  # straddling into it

@@ -53,9 +53,10 @@ from tvix_castore.errors import ClosedError, DataCorruption, StorageError, Store
 from tvix_castore.url import ServiceUrl
 
 if TYPE_CHECKING:
+    import mmap
     from concurrent.futures import Future, ThreadPoolExecutor
 
-    from tvix_castore.blobservice.lmdb_verifier import ChunkVerifier
+    from tvix_castore.blobservice.lmdb_read_helper import ReadHelper
 
 __all__ = ["LmdbBlobService"]
 
@@ -240,12 +241,25 @@ class LmdbBlobService(BlobService):
                 f"chunk {digest} is corrupt in {self.path}: its bytes hash to {B3Digest(actual)}"
             )
 
-    def start_verifier(self) -> ChunkVerifier:
-        """A helper process that checks this store's chunks ahead of a reader (``lmdb_verifier``)."""
-        from tvix_castore.blobservice.lmdb_verifier import ChunkVerifier
+    def start_read_helper(self, slots: int, slot_bytes: int) -> ReadHelper:
+        """A helper process that prepares a reader's next bytes (``lmdb_read_helper``)."""
+        from tvix_castore.blobservice.lmdb_read_helper import ReadHelper
 
         self._check_open()
-        return ChunkVerifier(self.path)
+        return ReadHelper(self.path, slots, slot_bytes)
+
+    def copy_chunk_range(self, digest: B3Digest, start: int, end: int, dest: mmap.mmap, at: int) -> None:
+        """Copy bytes [start, end) of a stored chunk to dest[at:], unchecked (the caller checked).
+
+        Raises:
+            StorageError: the chunk is absent.
+
+        """
+        with self._op("read chunk", digest), self._env.begin(buffers=True) as txn:
+            view = txn.get(digest, db=self._chunks_db)
+            if view is None:
+                raise StorageError(f"chunk {digest} is missing in {self.path}")
+            dest[at : at + end - start] = memoryview(view)[start:end]
 
     def join_chunk_ranges(self, ranges: Sequence[tuple[B3Digest, int, int]], prefix: bytes = b"") -> bytes:
         """Bytes ``[start, end)`` of each chunk, concatenated: one copy out of one read txn.

@@ -25,11 +25,11 @@ hop). Two ways to hold what was fetched:
     reply, and a bounded LRU set remembers which chunks were verified. ``read_nowait`` verifies
     a chunk itself, on the event loop: in memory, BLAKE3 of a chunk takes less than handing it
     to another thread, and prefetch threads fell behind the READs (the FUSE thread holds the
-    GIL while it replies). Sequential reads also hand the next chunks to a helper process
-    (``start_verifier``, see ``lmdb_verifier``), which has a GIL of its own: the chunks it
-    reports as checked need no hashing here. A check slow enough to have read the chunk from
-    disk switches the file to prefetching for a while: the prefetch threads verify the next
-    chunks, reading them in side by side, and the event loop serves only what they verified.
+    GIL while it replies). Better still, sequential reads have their next READs prepared by a
+    helper process with a GIL of its own (``start_read_helper``; see ``windows.py``), and are
+    answered from its shared memory. A check slow enough to have read the chunk from disk
+    switches the file to prefetching for a while: the prefetch threads verify the next chunks,
+    reading them in side by side, and the event loop serves only what they verified.
 """
 
 from __future__ import annotations
@@ -44,7 +44,6 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from typing import Protocol
 
 from tvix_castore.blobservice import BlobReader, BlobService, ChunkData, ChunkMeta
 from tvix_castore.blobservice.memo import ChunkCache, VerifiedChunks
@@ -54,6 +53,7 @@ from tvix_castore.errors import StoreError
 from tvix_castore.frozen import Frozen
 from tvix_castore.fs.inodes import ROOT_INO, Attr, InodeT, InodeTracker, attr_of, root_attr
 from tvix_castore.fs.root_nodes import RootNodes
+from tvix_castore.fs.windows import Helper, ReadWindows, chunk_ranges
 from tvix_castore.nodes import DirectoryNode, FileNode, Node, SymlinkNode
 
 __all__ = [
@@ -83,6 +83,10 @@ _READAHEAD_BYTES = 4 * 1024 * 1024
 # next this many bytes, before the event loop tries again.
 _SLOW_CHECK_SECONDS = 0.002
 _PREFETCH_SPELL_BYTES = 64 * 1024 * 1024
+# The read helper's shared memory: one slot per READ prepared ahead (windows.py), each as big
+# as the largest READ (1 MiB, with our readahead).
+_HELPER_SLOTS = 32
+_HELPER_SLOT_BYTES = 1024 * 1024
 # Fetching a chunk is mostly BLAKE3 verification (without the GIL). Two fetchers beside the
 # FUSE thread keep both cores busy; four lost ~25% on the two-core machine to handing the GIL
 # around.
@@ -157,7 +161,6 @@ class _OpenFile:
         "reader",
         "size",
         "starts",
-        "submitted",
     )
 
     def __init__(
@@ -179,18 +182,6 @@ class _OpenFile:
         # place, only for a spell after a slow check, until READs reach inline_from.
         self.prefetching = prefetching
         self.inline_from = 0
-        # Chunks before this index were handed to the chunk verifier (or skipped as verified).
-        self.submitted = 0
-
-
-class _Verifier(Protocol):
-    """What ``start_verifier`` gives: see ``tvix_castore.blobservice.lmdb_verifier``."""
-
-    def submit(self, digests: list[B3Digest]) -> None: ...
-
-    def collect(self) -> list[tuple[B3Digest, int]]: ...
-
-    def close(self) -> None: ...
 
 
 class Vfs:
@@ -233,20 +224,18 @@ class Vfs:
         self._join_ranges = join if verify is not None else None
         self._verified = VerifiedChunks()
         self._slow_check = slow_check
-        # LMDB can also check chunks ahead of sequential reads in a helper process, started on
-        # the first such read.
-        start_verifier = getattr(blob_service, "start_verifier", None)
-        self._start_verifier = start_verifier if self._join_ranges is not None else None
-        self._verifier: _Verifier | None = None
-        self._verifier_lock = threading.Lock()
+        # LMDB can also prepare the next READs of sequential readers in a helper process.
+        start_helper = getattr(blob_service, "start_read_helper", None)
+        self._start_helper = start_helper if self._join_ranges is not None else None
+        self._windows: ReadWindows | None = None
+        self._helper: Helper | None = None
 
     def close(self) -> None:
-        """Stop the prefetch threads and the chunk verifier, and drop open files."""
+        """Stop the prefetch threads and the read helper, and drop open files."""
         self._prefetcher.shutdown(wait=True, cancel_futures=True)
-        with self._verifier_lock:
-            verifier, self._verifier, self._start_verifier = self._verifier, None, None
-        if verifier is not None:
-            verifier.close()
+        helper, self._helper, self._windows, self._start_helper = self._helper, None, None, None
+        if helper is not None:
+            helper.close()
         with self._lock:
             files, self._files = self._files, {}
         for of in files.values():
@@ -434,6 +423,8 @@ class Vfs:
         """Close a file handle; unknown handles are ignored."""
         with self._lock:
             of = self._files.pop(fh, None)
+        if self._windows is not None:
+            self._windows.forget(fh)
         if of is not None and of.reader is not None:
             with of.lock:
                 of.reader.close()
@@ -456,6 +447,17 @@ class Vfs:
         of = self._file(fh)
         if of.chunks is None:
             return None
+        windows = self._windows
+        if windows is not None:
+            for digest, checked_size in windows.collect(wait_for=(fh, offset)):
+                self._verified.add(digest, checked_size)
+            end = min(offset + size, of.size)
+            if offset < end:
+                sequential = offset in (of.next_offset, 0)
+                view = windows.serve(fh, offset, size, of.chunks, of.starts, of.size, sequential)
+                if view is not None:
+                    of.next_offset = end
+                    return view
         return self._read_chunks(of, offset, size, wait=False)
 
     def _read_stream(self, of: _OpenFile, offset: int, size: int) -> bytes:
@@ -476,13 +478,10 @@ class Vfs:
         last = bisect.bisect_right(starts, end - 1) - 1
         if of.prefetching and self._join_ranges is not None and offset >= of.inline_from:
             of.prefetching = False  # the spell is over: try checking chunks here again
-        sequential = offset in (of.next_offset, 0)
-        if sequential and of.prefetching:
+        if offset in (of.next_offset, 0) and of.prefetching:
             # Sequential: the prefetchers fetch this read's missing chunks side by side and
             # keep going well past its end, so the next READs find their bytes in memory.
             self._prefetch(of, first, last, end + _READAHEAD_BYTES)
-        if sequential and self._start_verifier is not None:
-            self._check_ahead(of, last, end + _READAHEAD_BYTES)
         if self._join_ranges is not None:
             return self._read_in_place(of, offset, end, first, last, wait)
         parts: list[memoryview] = []
@@ -505,14 +504,7 @@ class Vfs:
     ) -> bytes | None:
         """Bytes offset..end from chunks verified in the backend's map, copied out once."""
         assert of.chunks is not None and self._join_ranges is not None
-        verifier = self._verifier
-        if verifier is not None:
-            for digest, size in verifier.collect():
-                self._verified.add(digest, size)
-        chunks, starts = of.chunks, of.starts
-        ranges: list[tuple[B3Digest, int, int]] = []
-        for i in range(first, last + 1):
-            meta = chunks[i]
+        for meta in of.chunks[first : last + 1]:
             if self._verified.size_of(meta.digest) != meta.size:
                 if wait:
                     self._load(meta)
@@ -520,8 +512,7 @@ class Vfs:
                     return None
                 else:
                     self._check_here(of, meta, end)
-            start = starts[i]
-            ranges.append((meta.digest, max(offset - start, 0), min(end - start, meta.size)))
+        ranges = chunk_ranges(of.chunks, of.starts, offset, end)
         with self._service("read", of.digest):
             data: bytes = self._join_ranges(ranges)
         of.next_offset = end
@@ -538,43 +529,20 @@ class Vfs:
             of.inline_from = end + _PREFETCH_SPELL_BYTES
 
     def start_helpers(self) -> None:
-        """Start the chunk verifier now rather than at the first sequential read.
+        """Start the read helper, when the backend has one, for ``read_nowait`` to use.
 
-        That read would find it still starting up; a mount calls this as it starts serving.
+        Only ``read_nowait``'s caller may call this, from the thread that calls that.
         """
-        self._verifier_started()
-
-    def _verifier_started(self) -> _Verifier | None:
-        verifier = self._verifier
-        if verifier is None:
-            with self._verifier_lock:
-                if self._start_verifier is None:
-                    return None  # none to start, or closed
-                if self._verifier is None:
-                    try:
-                        self._verifier = self._start_verifier()
-                    except (OSError, StoreError) as exc:
-                        log.info("no chunk verifier process (%s): checking chunks in process", exc)
-                        self._start_verifier = None
-                        return None
-                verifier = self._verifier
-        return verifier
-
-    def _check_ahead(self, of: _OpenFile, last: int, until: int) -> None:
-        """Hand the chunks after last, up to offset until, to the chunk verifier (each once)."""
-        assert of.chunks is not None
-        verifier = self._verifier_started()
-        if verifier is None:
+        start_helper, self._start_helper = self._start_helper, None
+        if start_helper is None or self._windows is not None:
             return
-        digests: list[B3Digest] = []
-        i = max(last + 1, of.submitted)
-        while i < len(of.chunks) and of.starts[i] < until:
-            digest = of.chunks[i].digest
-            if digest not in self._verified:
-                digests.append(digest)
-            i += 1
-        of.submitted = i
-        verifier.submit(digests)
+        try:
+            helper: Helper = start_helper(_HELPER_SLOTS, _HELPER_SLOT_BYTES)
+        except (OSError, StoreError) as exc:
+            log.info("no read helper process (%s): READs are prepared in process", exc)
+            return
+        self._helper = helper
+        self._windows = ReadWindows(helper)
 
     def _is_fetched(self, digest: B3Digest) -> bool:
         if self._join_ranges is not None:

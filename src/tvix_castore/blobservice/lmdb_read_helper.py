@@ -1,0 +1,277 @@
+"""A helper process that prepares a reader's next bytes from an LMDB store, beside its GIL.
+
+A FUSE mount serves every READ on one thread, which also holds the GIL while it writes the
+reply. Checking the chunks a READ covers (BLAKE3 over bytes from the map) and copying its
+range out of them took as long again as the reply itself, and threads of the same process
+could not take that work over: they waited for the GIL and fell behind. A second process has a
+GIL of its own. It opens the same store and, for each *window* the reader asks for (the byte
+ranges of the chunks one future READ covers), checks those chunks and copies the ranges, one
+after another, into a slot of memory shared with the reader. The reader then answers that
+READ straight from the slot. It trusts the helper's check as its own (our code, over the same
+immutable store); a chunk that is absent or fails its check fails the whole window, and the
+reader falls back to its own path, which reports the error.
+
+Shared memory: ``slots`` slots of ``slot_bytes`` each, in a memfd the child inherits. A slot
+is the parent's to hand out: the child writes one only when asked, and the parent asks again
+only after it has answered the READ the slot served (see ``tvix_castore.fs.windows``).
+
+Wire format (raw bytes over the child's stdin and stdout):
+  parent -> child  ``b"W" slot:u16 seq:u32 n:u16`` then n ranges ``digest:32s start:u32 end:u32``
+                   (at most PIPE_BUF bytes a request, so a non-blocking write is all or nothing);
+  child -> parent  ``b"W" slot:u16 seq:u32 length:u32`` when the window is in its slot
+                   (``FAILED`` as the length when it is not), and ``b"C" digest:32s size:u32``
+                   for each chunk it checked, which the reader may then serve by itself too.
+The child exits when its stdin closes (the parent closed it, or died) and ignores SIGINT: a
+Ctrl-C in the mount's terminal is the parent's to handle.
+"""
+
+from __future__ import annotations
+
+import logging
+import mmap
+import os
+import select
+import signal
+import struct
+import subprocess
+import sys
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from tvix_castore.digests import B3_LEN, B3Digest
+
+if TYPE_CHECKING:
+    from tvix_castore.blobservice.lmdb_store import LmdbBlobService
+
+__all__ = ["FAILED", "MAX_RANGES", "ReadHelper"]
+
+log = logging.getLogger(__name__)
+
+FAILED = 0xFFFFFFFF
+_REQUEST = struct.Struct("<cHIH")
+_RANGE = struct.Struct(f"<{B3_LEN}sII")
+_WINDOW_DONE = struct.Struct("<cHII")
+_CHECKED = struct.Struct(f"<c{B3_LEN}sI")
+# A request must fit in PIPE_BUF (4096 on Linux) to go into the pipe whole or not at all.
+MAX_RANGES = (4096 - _REQUEST.size) // _RANGE.size
+# Chunks the child remembers as checked (it checks each once, like the reader).
+_REMEMBERED = 4096
+
+
+class ReadHelper:
+    """The parent's end. ``request`` windows, ``collect`` what the child finished since.
+
+    Neither call blocks (a request that does not fit in the pipe is refused, and the caller
+    answers that READ itself). Thread-safe. When the child is gone, requests are refused and
+    nothing more arrives.
+    """
+
+    def __init__(self, store_path: str, slots: int, slot_bytes: int) -> None:
+        self.slots = slots
+        self.slot_bytes = slot_bytes
+        self._lock = threading.Lock()
+        self._pending = b""
+        fd = os.memfd_create("tvix-read-windows", os.MFD_CLOEXEC)
+        try:
+            os.ftruncate(fd, slots * slot_bytes)
+            self._shared: mmap.mmap | None = mmap.mmap(fd, slots * slot_bytes)
+            self._proc: subprocess.Popen[bytes] | None = subprocess.Popen(
+                [sys.executable, "-m", __name__, store_path, str(fd), str(slots), str(slot_bytes)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                pass_fds=(fd,),
+            )
+        finally:
+            os.close(fd)
+        assert self._proc.stdin is not None and self._proc.stdout is not None
+        os.set_blocking(self._proc.stdin.fileno(), False)
+        os.set_blocking(self._proc.stdout.fileno(), False)
+        self._view = memoryview(self._shared)
+
+    @property
+    def alive(self) -> bool:
+        """Whether the child still takes requests."""
+        return self._proc is not None
+
+    def request(self, slot: int, seq: int, ranges: Sequence[tuple[B3Digest, int, int]]) -> bool:
+        """Ask for these chunk ranges, concatenated, in slot; False when the request was refused."""
+        if not 0 < len(ranges) <= MAX_RANGES or not 0 <= slot < self.slots:
+            return False
+        message = _REQUEST.pack(b"W", slot, seq, len(ranges)) + b"".join(
+            _RANGE.pack(digest, start, end) for digest, start, end in ranges
+        )
+        with self._lock:
+            proc = self._proc
+            if proc is None:
+                return False
+            assert proc.stdin is not None
+            try:
+                os.write(proc.stdin.fileno(), message)
+            except BlockingIOError:
+                return False
+            except OSError as exc:
+                log.debug("read helper gone (%s)", exc)
+                self._stop(proc)
+                return False
+            return True
+
+    def collect(self) -> tuple[list[tuple[B3Digest, int]], list[tuple[int, int, int]]]:
+        """What the child did since the last call.
+
+        The chunks it checked ``(digest, size)``, and the windows it finished ``(slot, seq,
+        length)``, length ``FAILED`` for a window it could not fill.
+        """
+        with self._lock:
+            proc = self._proc
+            if proc is None:
+                return [], []
+            assert proc.stdout is not None
+            try:
+                got = os.read(proc.stdout.fileno(), 1 << 16)
+            except BlockingIOError:
+                return [], []
+            except OSError:
+                got = b""
+            if not got:
+                log.debug("read helper exited")
+                self._stop(proc)
+                return [], []
+            data = self._pending + got
+        checked: list[tuple[B3Digest, int]] = []
+        windows: list[tuple[int, int, int]] = []
+        pos = 0
+        while pos < len(data):
+            kind = data[pos : pos + 1]
+            if kind == b"C" and pos + _CHECKED.size <= len(data):
+                _, digest, size = _CHECKED.unpack_from(data, pos)
+                checked.append((B3Digest(digest), size))
+                pos += _CHECKED.size
+            elif kind == b"W" and pos + _WINDOW_DONE.size <= len(data):
+                _, slot, seq, length = _WINDOW_DONE.unpack_from(data, pos)
+                windows.append((slot, seq, length))
+                pos += _WINDOW_DONE.size
+            else:
+                break  # a message cut off at the end of this read
+        with self._lock:
+            self._pending = data[pos:]
+        return checked, windows
+
+    def wait(self, timeout: float) -> bool:
+        """Wait up to timeout seconds for news from the child; whether there is any."""
+        proc = self._proc
+        if proc is None or proc.stdout is None:
+            return False
+        try:
+            ready, _, _ = select.select([proc.stdout.fileno()], [], [], timeout)
+        except (OSError, ValueError):  # closed meanwhile
+            return False
+        return bool(ready)
+
+    def slot_view(self, slot: int, length: int) -> memoryview:
+        """The first length bytes of a slot, as the child left them."""
+        start = slot * self.slot_bytes
+        return self._view[start : start + length]
+
+    def close(self) -> None:
+        """Stop the child and wait for it; idempotent. Views from ``slot_view`` must be gone."""
+        with self._lock:
+            if self._proc is not None:
+                self._stop(self._proc)
+            if self._shared is not None:
+                shared, self._shared = self._shared, None
+                try:
+                    self._view.release()
+                    shared.close()
+                except BufferError:
+                    pass  # a slot's view is still referenced: the map goes when it does
+
+    def _stop(self, proc: subprocess.Popen[bytes]) -> None:
+        self._proc = None
+        for pipe in (proc.stdin, proc.stdout):
+            if pipe is not None:
+                pipe.close()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _serve(store_path: str, fd: int, slots: int, slot_bytes: int) -> None:
+    """The child: fill each requested window into its slot, report what was done on stdout."""
+    from tvix_castore.blobservice.lmdb_store import LmdbBlobService
+
+    shared = mmap.mmap(fd, slots * slot_bytes)
+    os.close(fd)
+    service = LmdbBlobService(store_path)
+    checked: OrderedDict[bytes, int] = OrderedDict()
+    pending = b""
+    try:
+        while chunk := os.read(0, 1 << 16):
+            data = pending + chunk
+            pos = 0
+            while pos + _REQUEST.size <= len(data):
+                _, slot, seq, count = _REQUEST.unpack_from(data, pos)
+                end = pos + _REQUEST.size + count * _RANGE.size
+                if end > len(data):
+                    break
+                ranges = [
+                    _RANGE.unpack_from(data, pos + _REQUEST.size + i * _RANGE.size) for i in range(count)
+                ]
+                pos = end
+                length, newly = _fill(service, shared, slot * slot_bytes, slot_bytes, ranges, checked)
+                reply = b"".join(_CHECKED.pack(b"C", d, size) for d, size in newly)
+                os.write(1, reply + _WINDOW_DONE.pack(b"W", slot, seq, length))
+            pending = data[pos:]
+    except BrokenPipeError:
+        pass  # the parent stopped listening
+    finally:
+        service.close()
+        shared.close()
+
+
+def _fill(
+    service: LmdbBlobService,
+    shared: mmap.mmap,
+    base: int,
+    slot_bytes: int,
+    ranges: list[tuple[bytes, int, int]],
+    checked: OrderedDict[bytes, int],
+) -> tuple[int, list[tuple[bytes, int]]]:
+    """Check each range's chunk (once) and copy the range into shared[base:].
+
+    Returns the window's length (FAILED when a chunk is absent or bad, or a range does not fit)
+    and the chunks checked on the way.
+    """
+    from tvix_castore.errors import StoreError
+
+    newly: list[tuple[bytes, int]] = []
+    pos = base
+    try:
+        for digest, start, end in ranges:
+            if end - start > base + slot_bytes - pos or start > end:
+                return FAILED, newly
+            size = checked.get(digest)
+            if size is None:
+                size = service.verify_chunk(B3Digest(digest))
+                if size is None:
+                    return FAILED, newly
+                checked[digest] = size
+                newly.append((digest, size))
+                if len(checked) > _REMEMBERED:
+                    checked.popitem(last=False)
+            if end > size:
+                return FAILED, newly
+            service.copy_chunk_range(B3Digest(digest), start, end, shared, pos)
+            pos += end - start
+    except StoreError:
+        return FAILED, newly
+    return pos - base, newly
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _serve(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))
