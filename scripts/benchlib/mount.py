@@ -10,7 +10,7 @@
 - 1,000 random 4 KiB preads in a fresh mount: median and p99 latency (native for scale);
 - ``find`` and ``ls -lR`` over a 20,000-file store path, first and second pass, vs the same
   tree on local disk (warm);
-- peak RSS of the mount process while a 1 GiB file is read through it;
+- peak anonymous RSS of the mount process and its chunk verifier while a 1 GiB file is read;
 - sequential read of the 512 MiB file with the store on disk (dropped from the page cache) vs
   a native read of the original from disk.
 """
@@ -75,12 +75,29 @@ class _Mount:
                 )
             time.sleep(0.02)
 
-    def status_mib(self, field: str) -> float:
+    def status_mib(self, field: str, pid: int | None = None) -> float:
         """A memory figure from /proc/PID/status (VmHWM, RssAnon, …) in MiB."""
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+        try:
+            text = Path(f"/proc/{pid or self.proc.pid}/status").read_text()
+        except OSError:
+            return 0.0
+        for line in text.splitlines():
             if line.startswith(f"{field}:"):
                 return int(line.split()[1]) / 1024
         return float("nan")
+
+    def children(self) -> list[int]:
+        """PIDs of the processes the mount started (its chunk verifier)."""
+        out = []
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    stat = (entry / "stat").read_text()
+                except OSError:
+                    continue
+                if int(stat.rsplit(")", 1)[1].split()[1]) == self.proc.pid:
+                    out.append(int(entry.name))
+        return out
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -342,7 +359,7 @@ def run(ctx: BenchContext) -> list[Row]:
 
     # Peak RSS while reading 1 GiB. VmHWM counts the LMDB map's file pages the read touched
     # (page cache the kernel can drop at will); RssAnon, sampled during the read, is the
-    # process's own memory, which is what the target is about.
+    # process's own memory, which is what the target is about (with its chunk verifier's).
     m = _ours(store, fresh())
     try:
         reader = subprocess.Popen(
@@ -350,16 +367,30 @@ def run(ctx: BenchContext) -> list[Row]:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
+        helpers = m.children()
+
+        def all_anon() -> float:
+            return m.status_mib("RssAnon") + sum(m.status_mib("RssAnon", pid) for pid in helpers)
+
         anon = 0.0
         while reader.poll() is None:
-            anon = max(anon, m.status_mib("RssAnon"))
+            anon = max(anon, all_anon())
             time.sleep(0.02)
-        anon = max(anon, m.status_mib("RssAnon"))
+        anon = max(anon, all_anon())
         hwm = m.status_mib("VmHWM")
     finally:
         m.stop()
     rows.append(
-        Row(SECTION, "mount peak anon RSS, 1 GiB read", anon, None, "MiB", target=300, better="lower")
+        Row(
+            SECTION,
+            "mount peak anon RSS, 1 GiB read",
+            anon,
+            None,
+            "MiB",
+            target=300,
+            better="lower",
+            note=f"the mount process and its {len(helpers)} helper process(es) together",
+        )
     )
     rows.append(
         Row(
