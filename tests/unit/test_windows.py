@@ -41,15 +41,16 @@ class File:
         chunks = service.chunks(service.put(data))
         assert chunks and len(chunks) > 4
         self.data = data
-        self.chunks = tuple(chunks)
+        self.chunks: tuple[ChunkMeta, ...] | None = tuple(chunks)
         self.starts = [sum(c.size for c in chunks[:i]) for i in range(len(chunks))]
+        self.size = len(data)
 
     def serve(
         self, windows: ReadWindows, fh: int, offset: int, size: int, sequential: bool = True
     ) -> bytes | None:
         """A READ, once its window (if any) is ready: the helper may still be starting up."""
         _ready(windows, fh, offset)
-        got = windows.serve(fh, offset, size, self.chunks, self.starts, len(self.data), sequential)
+        got = windows.serve(fh, self, offset, size, sequential)
         return None if got is None else bytes(got)
 
 
@@ -125,7 +126,7 @@ def test_a_served_slot_is_not_asked_for_again_in_the_same_call(setup: tuple[Lmdb
         size = 256 * KiB
         assert f.serve(windows, 1, 0, size) is None  # plans window [size, 2 size) into slot 0
         _ready(windows, 1, size)
-        view = windows.serve(1, size, size, f.chunks, f.starts, len(f.data), True)
+        view = windows.serve(1, f, size, size, True)
         assert view is not None
         time.sleep(0.3)  # were slot 0 asked for again, the helper would overwrite it now
         assert bytes(view) == f.data[size : 2 * size]

@@ -454,7 +454,7 @@ class Vfs:
             end = min(offset + size, of.size)
             if offset < end:
                 sequential = offset in (of.next_offset, 0)
-                view = windows.serve(fh, offset, size, of.chunks, of.starts, of.size, sequential)
+                view = windows.serve(fh, of, offset, size, sequential)
                 if view is not None:
                     of.next_offset = end
                     return view

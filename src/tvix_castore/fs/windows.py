@@ -53,6 +53,14 @@ class Helper(Protocol):
     def close(self) -> None: ...
 
 
+class ChunkedFile(Protocol):
+    """An open file as windows see it: its chunks, the offsets they start at, its size."""
+
+    chunks: tuple[ChunkMeta, ...] | None
+    starts: list[int]
+    size: int
+
+
 class _Window:
     __slots__ = ("fh", "length", "offset", "ready", "seq")
 
@@ -106,26 +114,17 @@ class ReadWindows:
                 window.ready = True
         return checked
 
-    def serve(
-        self,
-        fh: int,
-        offset: int,
-        size: int,
-        chunks: tuple[ChunkMeta, ...],
-        starts: list[int],
-        file_size: int,
-        sequential: bool,
-    ) -> memoryview | None:
+    def serve(self, fh: int, f: ChunkedFile, offset: int, size: int, sequential: bool) -> memoryview | None:
         """The READ's bytes from its window if ready, else None; plans the next windows."""
         windows = self._files.get(fh)
         slot = None if windows is None else windows.get(offset)
         view = None
         if slot is not None:
             window = self._slots[slot]
-            if window is not None and window.ready and window.length == min(size, file_size - offset):
+            if window is not None and window.ready and window.length == min(size, f.size - offset):
                 view = self._helper.slot_view(slot, window.length)
         if sequential:
-            self._plan(fh, offset, size, chunks, starts, file_size)
+            self._plan(fh, f, offset, size)
         if view is not None:
             self._drop(fh, offset)  # free again, but asked for no earlier than the next call
         return view
@@ -136,24 +135,17 @@ class ReadWindows:
             self._drop(fh, offset)
         self._files.pop(fh, None)
 
-    def _plan(
-        self,
-        fh: int,
-        offset: int,
-        size: int,
-        chunks: tuple[ChunkMeta, ...],
-        starts: list[int],
-        file_size: int,
-    ) -> None:
+    def _plan(self, fh: int, f: ChunkedFile, offset: int, size: int) -> None:
+        assert f.chunks is not None
         helper = self._helper
         windows = self._files.setdefault(fh, {})
         for stale in [o for o in windows if o < offset]:
             self._drop(fh, stale)  # passed by: the reader skipped them, or they were served
         if size > helper.slot_bytes or not helper.alive:
             return
-        end_of_plan = min(offset + size * (WINDOWS_AHEAD + 1), file_size)
+        end_of_plan = min(offset + size * (WINDOWS_AHEAD + 1), f.size)
         for start in range(offset + size, end_of_plan, size):
-            length = min(size, file_size - start)
+            length = min(size, f.size - start)
             planned = windows.get(start)
             if planned is not None:
                 window = self._slots.get(planned)
@@ -162,7 +154,7 @@ class ReadWindows:
                 self._drop(fh, start)  # planned for READs of another size
             if not self._free:
                 break
-            ranges = chunk_ranges(chunks, starts, start, start + length)
+            ranges = chunk_ranges(f.chunks, f.starts, start, start + length)
             slot = self._free.pop()
             seq = next(self._seq)
             if not helper.request(slot, seq, ranges):
