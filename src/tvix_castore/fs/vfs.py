@@ -196,7 +196,6 @@ class Vfs:
         list_root: bool = False,
         show_xattr: bool = True,
         cache_bytes: int = _DEFAULT_CACHE_BYTES,
-        slow_check: float = _SLOW_CHECK_SECONDS,
     ) -> None:
         self._root_nodes = root_nodes
         self._blobs = blob_service
@@ -223,7 +222,7 @@ class Vfs:
         self._verify_chunk = verify if join is not None else None
         self._join_ranges = join if verify is not None else None
         self._verified = VerifiedChunks()
-        self._slow_check = slow_check
+        self._slow_check = _SLOW_CHECK_SECONDS
         # LMDB can also prepare the next READs of sequential readers in a helper process.
         start_helper = getattr(blob_service, "start_read_helper", None)
         self._start_helper = start_helper if self._join_ranges is not None else None
@@ -439,10 +438,12 @@ class Vfs:
         return data
 
     def read_nowait(self, fh: int, offset: int, size: int) -> bytes | memoryview | None:
-        """Like ``read`` when every chunk it needs is fetched already, else None.
+        """Like ``read`` when its bytes are at hand, else None.
 
-        Never waits for a fetch: the adapter calls it on its event-loop thread. With chunks
-        checked in place it verifies them here, unless the file is prefetching.
+        At hand: in the read helper's window for this READ (waited for briefly if it is being
+        filled), or in chunks fetched already; with chunks checked in place, also in chunks
+        verified here and now, unless the file is prefetching. Never waits for a fetch: the
+        adapter calls it on its event-loop thread.
         """
         of = self._file(fh)
         if of.chunks is None:
