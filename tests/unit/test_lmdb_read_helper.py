@@ -31,6 +31,10 @@ def stored(tmp_path: Path) -> Iterator[tuple[LmdbBlobService, bytes, list[ChunkM
     service.close()
 
 
+def _whole(c: ChunkMeta) -> tuple[B3Digest, int, int, int]:
+    return (c.digest, 0, c.size, c.size)
+
+
 def _until_done(
     helper: ReadHelper, windows: int, seconds: float = 20
 ) -> tuple[dict[B3Digest, int], dict[int, tuple[int, int]]]:
@@ -52,8 +56,9 @@ def test_windows_are_filled_with_the_bytes_asked_for(
     helper = service.start_read_helper(4, SLOT)
     try:
         # Slot 0: the tail of chunk 0 and the head of chunk 1; slot 3: all of chunk 2.
-        assert helper.request(0, 7, [(chunks[0].digest, 100, chunks[0].size), (chunks[1].digest, 0, 5000)])
-        assert helper.request(3, 8, [(chunks[2].digest, 0, chunks[2].size)])
+        c0, c1 = chunks[0], chunks[1]
+        assert helper.request(0, 7, [(c0.digest, 100, c0.size, c0.size), (c1.digest, 0, 5000, c1.size)])
+        assert helper.request(3, 8, [_whole(chunks[2])])
         checked, done = _until_done(helper, 2)
         first = chunks[0].size - 100 + 5000
         assert done == {0: (7, first), 3: (8, chunks[2].size)}
@@ -77,17 +82,43 @@ def test_a_window_with_a_bad_chunk_fails_and_vouches_for_nothing_bad(
     finally:
         release_env(raw)
     absent = B3Digest(bytes(range(32)))
-    helper = service.start_read_helper(4, SLOT)
+    c0, c2, c3 = chunks[0], chunks[2], chunks[3]
+    helper = service.start_read_helper(8, SLOT)
     try:
-        assert helper.request(0, 1, [(chunks[0].digest, 0, 10), (chunks[1].digest, 0, 10)])
-        assert helper.request(1, 2, [(absent, 0, 10)])
-        assert helper.request(2, 3, [(chunks[2].digest, 0, chunks[2].size + 1)])  # past its end
-        assert helper.request(3, 4, [(chunks[3].digest, 0, 10)])
-        checked, done = _until_done(helper, 4)
-        assert done == {0: (1, FAILED), 1: (2, FAILED), 2: (3, FAILED), 3: (4, 10)}
+        assert helper.request(0, 1, [(c0.digest, 0, 10, c0.size), (chunks[1].digest, 0, 10, chunks[1].size)])
+        assert helper.request(1, 2, [(absent, 0, 10, 10)])
+        assert helper.request(2, 3, [(c2.digest, 0, c2.size + 1, c2.size + 1)])  # past its end
+        assert helper.request(3, 4, [(c3.digest, 0, 10, c3.size - 1)])  # not the size we know
+        assert helper.request(4, 5, [(c3.digest, 0, 10, c3.size)])
+        checked, done = _until_done(helper, 5)
+        assert done == {0: (1, FAILED), 1: (2, FAILED), 2: (3, FAILED), 3: (4, FAILED), 4: (5, 10)}
         assert chunks[1].digest not in checked and absent not in checked
-        assert checked[chunks[0].digest] == chunks[0].size
+        assert checked[c0.digest] == c0.size
     finally:
+        helper.close()
+
+
+def test_cancelled_requests_are_skipped(
+    stored: tuple[LmdbBlobService, bytes, list[ChunkMeta], list[int]],
+) -> None:
+    """A request cancelled before the child gets to it is reported failed, its chunks unread."""
+    service, _, chunks, _ = stored
+    helper = service.start_read_helper(4, SLOT)
+    proc = helper._proc
+    assert proc is not None
+    try:
+        assert helper.request(0, 1, [_whole(chunks[0])])
+        _until_done(helper, 1)  # the child is up and idle
+        os.kill(proc.pid, signal.SIGSTOP)
+        assert helper.request(1, 2, [_whole(chunks[1])])
+        assert helper.request(2, 3, [_whole(chunks[2])])
+        helper.cancel(1, 2)
+        os.kill(proc.pid, signal.SIGCONT)
+        checked, done = _until_done(helper, 2)
+        assert done == {1: (2, FAILED), 2: (3, chunks[2].size)}
+        assert chunks[1].digest not in checked
+    finally:
+        os.kill(proc.pid, signal.SIGCONT)
         helper.close()
 
 
@@ -97,13 +128,37 @@ def test_requests_it_cannot_take_are_refused(
     service, _, chunks, _ = stored
     helper = service.start_read_helper(2, SLOT)
     try:
-        one = (chunks[0].digest, 0, 1)
+        one = (chunks[0].digest, 0, 1, chunks[0].size)
         assert not helper.request(2, 1, [one])  # no such slot
         assert not helper.request(0, 1, [])
+        assert not helper.request(0, FAILED, [one])  # not a sequence number
         assert not helper.request(0, 1, [one] * (MAX_RANGES + 1))  # would not fit in PIPE_BUF
         assert helper.request(0, 1, [one] * MAX_RANGES)
         _, done = _until_done(helper, 1)
         assert done == {0: (1, MAX_RANGES)}
+    finally:
+        helper.close()
+
+
+def test_modules_in_the_working_directory_cannot_stand_in(
+    stored: tuple[LmdbBlobService, bytes, list[ChunkMeta], list[int]],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The child must not import a ``tvix_castore`` found where the mount was started."""
+    service, data, chunks, _ = stored
+    fake = tmp_path / "cwd" / "tvix_castore"
+    fake.mkdir(parents=True)
+    marker = tmp_path / "imported"
+    (fake / "__init__.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    monkeypatch.chdir(fake.parent)
+    helper = service.start_read_helper(2, SLOT)
+    try:
+        assert helper.request(0, 1, [_whole(chunks[0])])
+        _, done = _until_done(helper, 1)
+        assert done == {0: (1, chunks[0].size)}
+        assert bytes(helper.slot_view(0, chunks[0].size)) == data[: chunks[0].size]
+        assert not marker.exists()
     finally:
         helper.close()
 
@@ -118,7 +173,7 @@ def test_a_dead_child_is_harmless_and_close_ends_the_child(
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(10)
     for _ in range(3):  # the parent notices on its next call and carries on without it
-        helper.request(0, 1, [(chunks[0].digest, 0, 1)])
+        helper.request(0, 1, [(chunks[0].digest, 0, 1, chunks[0].size)])
         assert helper.collect() == ([], [])
     assert not helper.alive
     assert not helper.wait(0.01)

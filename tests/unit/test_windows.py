@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 from collections.abc import Iterator
@@ -134,5 +135,36 @@ def test_a_served_slot_is_not_asked_for_again_in_the_same_call(setup: tuple[Lmdb
         # The next call plans into the slot again.
         assert f.serve(windows, 1, 2 * size, size) is None
         assert list(windows._files[1]) == [3 * size]
+    finally:
+        helper.close()
+
+
+def test_sequence_numbers_wrap_at_32_bits(setup: tuple[LmdbBlobService, File]) -> None:
+    service, f = setup
+    helper = service.start_read_helper(8, MiB)
+    windows = ReadWindows(helper)
+    windows._order = itertools.count(0xFFFFFFFF - 3)  # the wire's u32 runs out within this file
+    try:
+        size = 256 * KiB
+        f.serve(windows, 1, 0, size)
+        for offset in range(size, 4 * MiB, size):
+            assert f.serve(windows, 1, offset, size) == f.data[offset : offset + size]
+    finally:
+        helper.close()
+
+
+def test_an_idle_file_gives_its_slots_to_a_reading_one(setup: tuple[LmdbBlobService, File]) -> None:
+    """A file left open after a few READs must not keep the helper from other files."""
+    service, f = setup
+    helper = service.start_read_helper(8, MiB)
+    windows = ReadWindows(helper)
+    try:
+        size = 256 * KiB
+        f.serve(windows, 1, 0, size)  # file 1 plans 8 windows: every slot
+        _settle(windows, helper)
+        assert not windows._free
+        f.serve(windows, 2, 0, size)  # file 2 takes them back from file 1, which sits idle
+        assert f.serve(windows, 2, size, size) == f.data[size : 2 * size]
+        assert windows._files[1] == {}
     finally:
         helper.close()

@@ -16,13 +16,18 @@ is the parent's to hand out: the child writes one only when asked, and the paren
 only after it has answered the READ the slot served (see ``tvix_castore.fs.windows``).
 
 Wire format (raw bytes over the child's stdin and stdout):
-  parent -> child  ``b"W" slot:u16 seq:u32 n:u16`` then n ranges ``digest:32s start:u32 end:u32``
-                   (at most PIPE_BUF bytes a request, so a non-blocking write is all or nothing);
+  parent -> child  ``b"W" slot:u16 seq:u32 n:u16`` then n ranges ``digest:32s start:u32 end:u32
+                   size:u32`` (size: the chunk's size as the reader knows it; at most PIPE_BUF
+                   bytes a request, so a non-blocking write is all or nothing);
+                   ``b"X" slot:u16 seq:u32``: that request is no longer wanted (the reader
+                   passed it), to be skipped if not begun;
   child -> parent  ``b"W" slot:u16 seq:u32 length:u32`` when the window is in its slot
                    (``FAILED`` as the length when it is not), and ``b"C" digest:32s size:u32``
                    for each chunk it checked, which the reader may then serve by itself too.
-The child exits when its stdin closes (the parent closed it, or died) and ignores SIGINT: a
-Ctrl-C in the mount's terminal is the parent's to handle.
+Before each window the child takes in every message that has arrived, so cancellations reach
+it in time. It exits when its stdin closes (the parent closed it, or died) and ignores SIGINT:
+a Ctrl-C in the mount's terminal is the parent's to handle. It runs with ``python -P``, so that
+nothing from the directory the mount was started in can shadow our modules.
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ import struct
 import subprocess
 import sys
 import threading
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -51,7 +56,8 @@ log = logging.getLogger(__name__)
 
 FAILED = 0xFFFFFFFF
 _REQUEST = struct.Struct("<cHIH")
-_RANGE = struct.Struct(f"<{B3_LEN}sII")
+_RANGE = struct.Struct(f"<{B3_LEN}sIII")
+_CANCEL = struct.Struct("<cHI")
 _WINDOW_DONE = struct.Struct("<cHII")
 _CHECKED = struct.Struct(f"<c{B3_LEN}sI")
 # A request must fit in PIPE_BUF (4096 on Linux) to go into the pipe whole or not at all.
@@ -78,7 +84,7 @@ class ReadHelper:
             os.ftruncate(fd, slots * slot_bytes)
             self._shared: mmap.mmap | None = mmap.mmap(fd, slots * slot_bytes)
             self._proc: subprocess.Popen[bytes] | None = subprocess.Popen(
-                [sys.executable, "-m", __name__, store_path, str(fd), str(slots), str(slot_bytes)],
+                [sys.executable, "-P", "-m", __name__, store_path, str(fd), str(slots), str(slot_bytes)],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.DEVNULL,
@@ -96,13 +102,23 @@ class ReadHelper:
         """Whether the child still takes requests."""
         return self._proc is not None
 
-    def request(self, slot: int, seq: int, ranges: Sequence[tuple[B3Digest, int, int]]) -> bool:
-        """Ask for these chunk ranges, concatenated, in slot; False when the request was refused."""
-        if not 0 < len(ranges) <= MAX_RANGES or not 0 <= slot < self.slots:
+    def request(self, slot: int, seq: int, ranges: Sequence[tuple[B3Digest, int, int, int]]) -> bool:
+        """Ask for these ranges ``(chunk digest, start, end, chunk size)``, concatenated, in slot.
+
+        False when the request was refused.
+        """
+        if not 0 < len(ranges) <= MAX_RANGES or not 0 <= slot < self.slots or not 0 <= seq < FAILED:
             return False
         message = _REQUEST.pack(b"W", slot, seq, len(ranges)) + b"".join(
-            _RANGE.pack(digest, start, end) for digest, start, end in ranges
+            _RANGE.pack(digest, start, end, size) for digest, start, end, size in ranges
         )
+        return self._send(message)
+
+    def cancel(self, slot: int, seq: int) -> None:
+        """That request is no longer wanted; it still gets its report (FAILED if skipped)."""
+        self._send(_CANCEL.pack(b"X", slot, seq))
+
+    def _send(self, message: bytes) -> bool:
         with self._lock:
             proc = self._proc
             if proc is None:
@@ -113,8 +129,7 @@ class ReadHelper:
             except BlockingIOError:
                 return False
             except OSError as exc:
-                log.debug("read helper gone (%s)", exc)
-                self._stop(proc)
+                self._stop(proc, f"its request pipe failed ({exc})")
                 return False
             return True
 
@@ -124,38 +139,41 @@ class ReadHelper:
         The chunks it checked ``(digest, size)``, and the windows it finished ``(slot, seq,
         length)``, length ``FAILED`` for a window it could not fill.
         """
+        checked: list[tuple[B3Digest, int]] = []
+        windows: list[tuple[int, int, int]] = []
         with self._lock:
             proc = self._proc
             if proc is None:
-                return [], []
+                return checked, windows
             assert proc.stdout is not None
             try:
                 got = os.read(proc.stdout.fileno(), 1 << 16)
             except BlockingIOError:
-                return [], []
+                return checked, windows
             except OSError:
                 got = b""
             if not got:
-                log.debug("read helper exited")
-                self._stop(proc)
-                return [], []
+                self._stop(proc, "it exited")
+                return checked, windows
             data = self._pending + got
-        checked: list[tuple[B3Digest, int]] = []
-        windows: list[tuple[int, int, int]] = []
-        pos = 0
-        while pos < len(data):
-            kind = data[pos : pos + 1]
-            if kind == b"C" and pos + _CHECKED.size <= len(data):
-                _, digest, size = _CHECKED.unpack_from(data, pos)
-                checked.append((B3Digest(digest), size))
-                pos += _CHECKED.size
-            elif kind == b"W" and pos + _WINDOW_DONE.size <= len(data):
-                _, slot, seq, length = _WINDOW_DONE.unpack_from(data, pos)
-                windows.append((slot, seq, length))
-                pos += _WINDOW_DONE.size
-            else:
-                break  # a message cut off at the end of this read
-        with self._lock:
+            pos = 0
+            while pos < len(data):
+                kind = data[pos : pos + 1]
+                if kind == b"C":
+                    if pos + _CHECKED.size > len(data):
+                        break  # cut off at the end of this read: the rest comes next time
+                    _, digest, size = _CHECKED.unpack_from(data, pos)
+                    checked.append((B3Digest(digest), size))
+                    pos += _CHECKED.size
+                elif kind == b"W":
+                    if pos + _WINDOW_DONE.size > len(data):
+                        break
+                    _, slot, seq, length = _WINDOW_DONE.unpack_from(data, pos)
+                    windows.append((slot, seq, length))
+                    pos += _WINDOW_DONE.size
+                else:
+                    self._stop(proc, f"it sent an unknown message {kind!r}")
+                    return [], []
             self._pending = data[pos:]
         return checked, windows
 
@@ -188,16 +206,24 @@ class ReadHelper:
                 except BufferError:
                     pass  # a slot's view is still referenced: the map goes when it does
 
-    def _stop(self, proc: subprocess.Popen[bytes]) -> None:
+    def _stop(self, proc: subprocess.Popen[bytes], why: str | None = None) -> None:
+        """End the child (why: what went wrong, when it is not ours to end); lock held."""
         self._proc = None
         for pipe in (proc.stdin, proc.stdout):
             if pipe is not None:
                 pipe.close()
         try:
-            proc.wait(timeout=5)
+            proc.wait(timeout=1)  # it keeps no state: no need to wait long for it
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+        if why is not None:
+            log.warning(
+                "read helper (pid %d) stopped: %s (exit status %s); READs are prepared in process",
+                proc.pid,
+                why,
+                proc.returncode,
+            )
 
 
 def _serve(store_path: str, fd: int, slots: int, slot_bytes: int) -> None:
@@ -208,24 +234,32 @@ def _serve(store_path: str, fd: int, slots: int, slot_bytes: int) -> None:
     os.close(fd)
     service = LmdbBlobService(store_path)
     checked: OrderedDict[bytes, int] = OrderedDict()
+    queue: deque[tuple[int, int, list[tuple[bytes, int, int, int]]]] = deque()
+    cancelled: set[tuple[int, int]] = set()
     pending = b""
+    os.set_blocking(0, False)
     try:
-        while chunk := os.read(0, 1 << 16):
-            data = pending + chunk
-            pos = 0
-            while pos + _REQUEST.size <= len(data):
-                _, slot, seq, count = _REQUEST.unpack_from(data, pos)
-                end = pos + _REQUEST.size + count * _RANGE.size
-                if end > len(data):
-                    break
-                ranges = [
-                    _RANGE.unpack_from(data, pos + _REQUEST.size + i * _RANGE.size) for i in range(count)
-                ]
-                pos = end
-                length, newly = _fill(service, shared, slot * slot_bytes, slot_bytes, ranges, checked)
-                reply = b"".join(_CHECKED.pack(b"C", d, size) for d, size in newly)
-                os.write(1, reply + _WINDOW_DONE.pack(b"W", slot, seq, length))
-            pending = data[pos:]
+        while True:
+            try:
+                got = os.read(0, 1 << 16)
+            except BlockingIOError:
+                got = None
+            if got == b"":
+                break  # the parent closed our stdin, or died
+            if got:
+                pending = _take_in(pending + got, queue, cancelled)
+                continue  # until nothing more has arrived
+            if not queue:
+                select.select([0], [], [])
+                continue
+            slot, seq, ranges = queue.popleft()
+            if (slot, seq) in cancelled:
+                cancelled.discard((slot, seq))
+                os.write(1, _WINDOW_DONE.pack(b"W", slot, seq, FAILED))
+                continue
+            length, newly = _fill(service, shared, slot * slot_bytes, slot_bytes, ranges, checked)
+            reply = b"".join(_CHECKED.pack(b"C", d, size) for d, size in newly)
+            os.write(1, reply + _WINDOW_DONE.pack(b"W", slot, seq, length))
     except BrokenPipeError:
         pass  # the parent stopped listening
     finally:
@@ -233,26 +267,57 @@ def _serve(store_path: str, fd: int, slots: int, slot_bytes: int) -> None:
         shared.close()
 
 
+def _take_in(
+    data: bytes,
+    queue: deque[tuple[int, int, list[tuple[bytes, int, int, int]]]],
+    cancelled: set[tuple[int, int]],
+) -> bytes:
+    """Queue the requests in data and note the cancellations; returns what is left over."""
+    pos = 0
+    while pos < len(data):
+        kind = data[pos : pos + 1]
+        if kind == b"X":
+            if pos + _CANCEL.size > len(data):
+                break
+            _, slot, seq = _CANCEL.unpack_from(data, pos)
+            if any(q[0] == slot and q[1] == seq for q in queue):
+                cancelled.add((slot, seq))
+            pos += _CANCEL.size
+        elif kind == b"W":
+            if pos + _REQUEST.size > len(data):
+                break
+            _, slot, seq, count = _REQUEST.unpack_from(data, pos)
+            end = pos + _REQUEST.size + count * _RANGE.size
+            if end > len(data):
+                break
+            ranges = [_RANGE.unpack_from(data, pos + _REQUEST.size + i * _RANGE.size) for i in range(count)]
+            queue.append((slot, seq, ranges))
+            pos = end
+        else:
+            raise SystemExit(f"unknown request {kind!r}")  # not our parent talking
+    return data[pos:]
+
+
 def _fill(
     service: LmdbBlobService,
     shared: mmap.mmap,
     base: int,
     slot_bytes: int,
-    ranges: list[tuple[bytes, int, int]],
+    ranges: list[tuple[bytes, int, int, int]],
     checked: OrderedDict[bytes, int],
 ) -> tuple[int, list[tuple[bytes, int]]]:
     """Check each range's chunk (once) and copy the range into shared[base:].
 
-    Returns the window's length (FAILED when a chunk is absent or bad, or a range does not fit)
-    and the chunks checked on the way.
+    Returns the window's length (FAILED when a chunk is absent, bad, or not of the size the
+    reader knows, or a range does not fit) and the chunks checked on the way.
     """
     from tvix_castore.errors import StoreError
 
     newly: list[tuple[bytes, int]] = []
     pos = base
     try:
-        for digest, start, end in ranges:
-            if end - start > base + slot_bytes - pos or start > end:
+        for digest, start, end, expected in ranges:
+            if end - start > base + slot_bytes - pos or not start <= end <= expected:
                 return FAILED, newly
             size = checked.get(digest)
             if size is None:
@@ -263,7 +328,7 @@ def _fill(
                 newly.append((digest, size))
                 if len(checked) > _REMEMBERED:
                     checked.popitem(last=False)
-            if end > size:
+            if size != expected:
                 return FAILED, newly
             service.copy_chunk_range(B3Digest(digest), start, end, shared, pos)
             pos += end - start

@@ -28,9 +28,11 @@ __all__ = ["ReadWindows", "chunk_ranges"]
 
 # One window per future READ; this many READs ahead per file.
 WINDOWS_AHEAD = 8
-# A READ whose window is still being filled waits this long for it, rather than doing the
-# same work beside the helper (it is the oldest request, so the helper is on it already).
+# A READ whose window is the helper's oldest unfinished request (so the helper is on it now)
+# waits this long for it, rather than doing the same work beside the helper.
 WAIT_SECONDS = 0.005
+# Sequence numbers go over the wire as u32 (0xFFFFFFFF is not one).
+_SEQ_MODULUS = 0xFFFFFFFF
 
 
 class Helper(Protocol):
@@ -42,7 +44,9 @@ class Helper(Protocol):
     @property
     def alive(self) -> bool: ...
 
-    def request(self, slot: int, seq: int, ranges: Sequence[tuple[B3Digest, int, int]]) -> bool: ...
+    def request(self, slot: int, seq: int, ranges: Sequence[tuple[B3Digest, int, int, int]]) -> bool: ...
+
+    def cancel(self, slot: int, seq: int) -> None: ...
 
     def collect(self) -> tuple[list[tuple[B3Digest, int]], list[tuple[int, int, int]]]: ...
 
@@ -62,14 +66,18 @@ class ChunkedFile(Protocol):
 
 
 class _Window:
-    __slots__ = ("fh", "length", "offset", "ready", "seq")
+    """A slot's request: for which file and offset, in what order asked, and its state."""
 
-    def __init__(self, fh: int, offset: int, length: int, seq: int) -> None:
+    __slots__ = ("fh", "length", "offset", "order", "orphan", "ready", "seq")
+
+    def __init__(self, fh: int, offset: int, length: int, order: int) -> None:
         self.fh = fh
         self.offset = offset
         self.length = length
-        self.seq = seq
+        self.order = order  # grows for ever; seq is its wire form
+        self.seq = order % _SEQ_MODULUS
         self.ready = False
+        self.orphan = False  # no longer wanted; the slot comes back with the helper's report
 
 
 class ReadWindows:
@@ -78,37 +86,46 @@ class ReadWindows:
     def __init__(self, helper: Helper) -> None:
         self._helper = helper
         self._free = list(range(helper.slots))
-        self._slots: dict[int, _Window | None] = {}  # slot -> its window, None when orphaned
+        self._slots: dict[int, _Window] = {}  # slot -> the request it holds
         self._files: dict[int, dict[int, int]] = {}  # fh -> {offset: slot}
-        self._seq = itertools.count(1)
+        self._order = itertools.count(1)
+        self._last_served: dict[int, int] = {}  # fh -> when it last planned (an order)
 
     def collect(self, wait_for: tuple[int, int] | None = None) -> list[tuple[B3Digest, int]]:
         """Take in the helper's news; returns the chunks it checked, ``(digest, size)``.
 
-        wait_for ``(fh, offset)``: if that window is being filled, wait up to WAIT_SECONDS
-        for it first.
+        wait_for ``(fh, offset)``: if that window is the helper's oldest unfinished request,
+        wait up to WAIT_SECONDS for it first. A window further back in the helper's queue is
+        not waited for: the READ is answered the usual way, and the window dropped.
         """
         checked = self._collect()
         if wait_for is not None:
             fh, offset = wait_for
             slot = self._files.get(fh, {}).get(offset, -1)
             window = self._slots.get(slot)
-            deadline = time.monotonic() + WAIT_SECONDS
-            while window is not None and not window.ready and self._slots.get(slot) is window:
-                left = deadline - time.monotonic()
-                if left <= 0 or not self._helper.wait(left):
-                    break
-                checked += self._collect()
+            if window is not None and not window.ready and self._oldest_pending() is window:
+                deadline = time.monotonic() + WAIT_SECONDS
+                while not window.ready and self._slots.get(slot) is window:
+                    left = deadline - time.monotonic()
+                    if left <= 0 or not self._helper.wait(left):
+                        break
+                    checked += self._collect()
         return checked
+
+    def _oldest_pending(self) -> _Window | None:
+        # Cancelled requests do not count: the helper skips them.
+        pending = (w for w in self._slots.values() if not w.ready and not w.orphan)
+        return min(pending, key=lambda w: w.order, default=None)
 
     def _collect(self) -> list[tuple[B3Digest, int]]:
         checked, done = self._helper.collect()
         for slot, seq, length in done:
             window = self._slots.get(slot)
             if window is None or window.seq != seq:
-                self._release(slot)
-            elif length != window.length:  # failed, or not the bytes asked for
-                self._files.get(window.fh, {}).pop(window.offset, None)
+                continue  # not a request we have out: ignore it
+            if window.orphan or length != window.length:  # unwanted, failed, or not as asked
+                if not window.orphan:
+                    self._files.get(window.fh, {}).pop(window.offset, None)
                 self._release(slot)
             else:
                 window.ready = True
@@ -116,13 +133,18 @@ class ReadWindows:
 
     def serve(self, fh: int, f: ChunkedFile, offset: int, size: int, sequential: bool) -> memoryview | None:
         """The READ's bytes from its window if ready, else None; plans the next windows."""
-        windows = self._files.get(fh)
-        slot = None if windows is None else windows.get(offset)
+        slot = self._files.get(fh, {}).get(offset)
+        window = None if slot is None else self._slots.get(slot)
         view = None
-        if slot is not None:
-            window = self._slots[slot]
-            if window is not None and window.ready and window.length == min(size, f.size - offset):
-                view = self._helper.slot_view(slot, window.length)
+        if (
+            slot is not None
+            and window is not None
+            and window.ready
+            and window.fh == fh
+            and window.offset == offset
+            and window.length == min(size, f.size - offset)
+        ):
+            view = self._helper.slot_view(slot, window.length)
         if sequential:
             self._plan(fh, f, offset, size)
         if view is not None:
@@ -134,11 +156,13 @@ class ReadWindows:
         for offset in list(self._files.get(fh, ())):
             self._drop(fh, offset)
         self._files.pop(fh, None)
+        self._last_served.pop(fh, None)
 
     def _plan(self, fh: int, f: ChunkedFile, offset: int, size: int) -> None:
         assert f.chunks is not None
         helper = self._helper
         windows = self._files.setdefault(fh, {})
+        self._last_served[fh] = next(self._order)
         for stale in [o for o in windows if o < offset]:
             self._drop(fh, stale)  # passed by: the reader skipped them, or they were served
         if size > helper.slot_bytes or not helper.alive:
@@ -148,30 +172,49 @@ class ReadWindows:
             length = min(size, f.size - start)
             planned = windows.get(start)
             if planned is not None:
-                window = self._slots.get(planned)
-                if window is not None and window.length == length:
+                if self._slots[planned].length == length:
                     continue
                 self._drop(fh, start)  # planned for READs of another size
-            if not self._free:
+            if not self._free and not self._reclaim(fh):
                 break
-            ranges = chunk_ranges(f.chunks, f.starts, start, start + length)
+            first = bisect.bisect_right(f.starts, start) - 1
+            ranges = [
+                (digest, s, e, f.chunks[first + i].size)
+                for i, (digest, s, e) in enumerate(chunk_ranges(f.chunks, f.starts, start, start + length))
+            ]
             slot = self._free.pop()
-            seq = next(self._seq)
-            if not helper.request(slot, seq, ranges):
+            window = _Window(fh, start, length, next(self._order))
+            if not helper.request(slot, window.seq, ranges):
                 self._free.append(slot)
                 break
             windows[start] = slot
-            self._slots[slot] = _Window(fh, start, length, seq)
+            self._slots[slot] = window
+
+    def _reclaim(self, fh: int) -> bool:
+        """Free the ready windows of the file (other than fh) that went longest unread."""
+        idle = [
+            other
+            for other, windows in self._files.items()
+            if other != fh and any(self._slots[s].ready for s in windows.values())
+        ]
+        if not idle:
+            return False
+        victim = min(idle, key=lambda other: self._last_served.get(other, 0))
+        for offset, slot in list(self._files[victim].items()):
+            if self._slots[slot].ready:
+                self._drop(victim, offset)
+        return bool(self._free)
 
     def _drop(self, fh: int, offset: int) -> None:
         slot = self._files.get(fh, {}).pop(offset, None)
         if slot is None:
             return
-        window = self._slots.get(slot)
-        if window is not None and window.ready:
+        window = self._slots[slot]
+        if window.ready:
             self._release(slot)
-        else:
-            self._slots[slot] = None  # still being filled: free once the helper reports
+        else:  # still being filled: free once the helper reports, and ask it to skip it
+            window.orphan = True
+            self._helper.cancel(slot, window.seq)
 
     def _release(self, slot: int) -> None:
         if slot in self._slots:
