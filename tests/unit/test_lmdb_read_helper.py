@@ -31,8 +31,8 @@ def stored(tmp_path: Path) -> Iterator[tuple[LmdbBlobService, bytes, list[ChunkM
     service.close()
 
 
-def _whole(c: ChunkMeta) -> tuple[B3Digest, int, int, int]:
-    return (c.digest, 0, c.size, c.size)
+def _whole(c: ChunkMeta) -> tuple[ChunkMeta, int, int]:
+    return (c, 0, c.size)
 
 
 def _until_done(
@@ -57,7 +57,7 @@ def test_windows_are_filled_with_the_bytes_asked_for(
     try:
         # Slot 0: the tail of chunk 0 and the head of chunk 1; slot 3: all of chunk 2.
         c0, c1 = chunks[0], chunks[1]
-        assert helper.request(0, 7, [(c0.digest, 100, c0.size, c0.size), (c1.digest, 0, 5000, c1.size)])
+        assert helper.request(0, 7, [(c0, 100, c0.size), (c1, 0, 5000)])
         assert helper.request(3, 8, [_whole(chunks[2])])
         checked, done = _until_done(helper, 2)
         first = chunks[0].size - 100 + 5000
@@ -85,11 +85,11 @@ def test_a_window_with_a_bad_chunk_fails_and_vouches_for_nothing_bad(
     c0, c2, c3 = chunks[0], chunks[2], chunks[3]
     helper = service.start_read_helper(8, SLOT)
     try:
-        assert helper.request(0, 1, [(c0.digest, 0, 10, c0.size), (chunks[1].digest, 0, 10, chunks[1].size)])
-        assert helper.request(1, 2, [(absent, 0, 10, 10)])
-        assert helper.request(2, 3, [(c2.digest, 0, c2.size + 1, c2.size + 1)])  # past its end
-        assert helper.request(3, 4, [(c3.digest, 0, 10, c3.size - 1)])  # not the size we know
-        assert helper.request(4, 5, [(c3.digest, 0, 10, c3.size)])
+        assert helper.request(0, 1, [(c0, 0, 10), (chunks[1], 0, 10)])
+        assert helper.request(1, 2, [(ChunkMeta(absent, 10), 0, 10)])
+        assert helper.request(2, 3, [(ChunkMeta(c2.digest, c2.size + 1), 0, c2.size + 1)])  # past its end
+        assert helper.request(3, 4, [(ChunkMeta(c3.digest, c3.size - 1), 0, 10)])  # not the size we know
+        assert helper.request(4, 5, [(c3, 0, 10)])
         checked, done = _until_done(helper, 5)
         assert done == {0: (1, FAILED), 1: (2, FAILED), 2: (3, FAILED), 3: (4, FAILED), 4: (5, 10)}
         assert chunks[1].digest not in checked and absent not in checked
@@ -128,7 +128,7 @@ def test_requests_it_cannot_take_are_refused(
     service, _, chunks, _ = stored
     helper = service.start_read_helper(2, SLOT)
     try:
-        one = (chunks[0].digest, 0, 1, chunks[0].size)
+        one = (chunks[0], 0, 1)
         assert not helper.request(2, 1, [one])  # no such slot
         assert not helper.request(0, 1, [])
         assert not helper.request(0, FAILED, [one])  # not a sequence number
@@ -173,7 +173,7 @@ def test_a_dead_child_is_harmless_and_close_ends_the_child(
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(10)
     for _ in range(3):  # the parent notices on its next call and carries on without it
-        helper.request(0, 1, [(chunks[0].digest, 0, 1, chunks[0].size)])
+        helper.request(0, 1, [(chunks[0], 0, 1)])
         assert helper.collect() == ([], [])
     assert not helper.alive
     assert not helper.wait(0.01)

@@ -24,7 +24,7 @@ def test_chunk_ranges_follow_the_chunk_offsets() -> None:
     """The chunked-reader vector of spec §2.5: chunk sizes 2, 4, 1, 2, 7."""
     chunks = tuple(ChunkMeta(B3Digest(bytes([i]) * 32), n) for i, n in enumerate([2, 4, 1, 2, 7]))
     starts = [0, 2, 6, 7, 9]
-    d = [c.digest for c in chunks]
+    d = chunks
     assert chunk_ranges(chunks, starts, 0, 16) == [
         (d[0], 0, 2),
         (d[1], 0, 4),

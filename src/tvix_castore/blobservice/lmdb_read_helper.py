@@ -41,10 +41,12 @@ import struct
 import subprocess
 import sys
 import threading
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from tvix_castore.blobservice import ChunkMeta
+from tvix_castore.blobservice.memo import VerifiedChunks
 from tvix_castore.digests import B3_LEN, B3Digest
 
 if TYPE_CHECKING:
@@ -102,15 +104,15 @@ class ReadHelper:
         """Whether the child still takes requests."""
         return self._proc is not None
 
-    def request(self, slot: int, seq: int, ranges: Sequence[tuple[B3Digest, int, int, int]]) -> bool:
-        """Ask for these ranges ``(chunk digest, start, end, chunk size)``, concatenated, in slot.
+    def request(self, slot: int, seq: int, ranges: Sequence[tuple[ChunkMeta, int, int]]) -> bool:
+        """Ask for these ranges ``(chunk, start, end)``, concatenated, in slot.
 
         False when the request was refused.
         """
         if not 0 < len(ranges) <= MAX_RANGES or not 0 <= slot < self.slots or not 0 <= seq < FAILED:
             return False
         message = _REQUEST.pack(b"W", slot, seq, len(ranges)) + b"".join(
-            _RANGE.pack(digest, start, end, size) for digest, start, end, size in ranges
+            _RANGE.pack(chunk.digest, start, end, chunk.size) for chunk, start, end in ranges
         )
         return self._send(message)
 
@@ -233,7 +235,7 @@ def _serve(store_path: str, fd: int, slots: int, slot_bytes: int) -> None:
     shared = mmap.mmap(fd, slots * slot_bytes)
     os.close(fd)
     service = LmdbBlobService(store_path)
-    checked: OrderedDict[bytes, int] = OrderedDict()
+    checked = VerifiedChunks(_REMEMBERED)
     queue: deque[tuple[int, int, list[tuple[bytes, int, int, int]]]] = deque()
     cancelled: set[tuple[int, int]] = set()
     pending = b""
@@ -304,7 +306,7 @@ def _fill(
     base: int,
     slot_bytes: int,
     ranges: list[tuple[bytes, int, int, int]],
-    checked: OrderedDict[bytes, int],
+    checked: VerifiedChunks,
 ) -> tuple[int, list[tuple[bytes, int]]]:
     """Check each range's chunk (once) and copy the range into shared[base:].
 
@@ -316,21 +318,19 @@ def _fill(
     newly: list[tuple[bytes, int]] = []
     pos = base
     try:
-        for digest, start, end, expected in ranges:
+        for raw, start, end, expected in ranges:
             if end - start > base + slot_bytes - pos or not start <= end <= expected:
                 return FAILED, newly
-            size = checked.get(digest)
+            digest = B3Digest(raw)
+            known = checked.size_of(digest)
+            size = service.copy_chunk_range(digest, start, end, shared, pos, check=known is None)
             if size is None:
-                size = service.verify_chunk(B3Digest(digest))
-                if size is None:
-                    return FAILED, newly
-                checked[digest] = size
+                return FAILED, newly
+            if known is None:
+                checked.add(digest, size)
                 newly.append((digest, size))
-                if len(checked) > _REMEMBERED:
-                    checked.popitem(last=False)
             if size != expected:
                 return FAILED, newly
-            service.copy_chunk_range(B3Digest(digest), start, end, shared, pos)
             pos += end - start
     except StoreError:
         return FAILED, newly

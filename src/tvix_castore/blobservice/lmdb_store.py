@@ -248,18 +248,27 @@ class LmdbBlobService(BlobService):
         self._check_open()
         return ReadHelper(self.path, slots, slot_bytes)
 
-    def copy_chunk_range(self, digest: B3Digest, start: int, end: int, dest: mmap.mmap, at: int) -> None:
-        """Copy bytes [start, end) of a stored chunk to dest[at:], unchecked (the caller checked).
+    def copy_chunk_range(
+        self, digest: B3Digest, start: int, end: int, dest: mmap.mmap, at: int, *, check: bool
+    ) -> int | None:
+        """Copy bytes [start, end) of a stored chunk to dest[at:]; its size, or None when absent.
+
+        With check, the chunk is checked against digest first (a caller that checked it before
+        passes False). Nothing is copied when end is past the chunk's end.
 
         Raises:
-            StorageError: the chunk is absent.
+            DataCorruption: check, and the stored bytes do not hash to digest.
 
         """
         with self._op("read chunk", digest), self._env.begin(buffers=True) as txn:
             view = txn.get(digest, db=self._chunks_db)
             if view is None:
-                raise StorageError(f"chunk {digest} is missing in {self.path}")
-            dest[at : at + end - start] = memoryview(view)[start:end]
+                return None
+            if check:
+                self._check_chunk(digest, view)
+            if end <= len(view):
+                dest[at : at + end - start] = memoryview(view)[start:end]
+            return len(view)
 
     def join_chunk_ranges(self, ranges: Sequence[tuple[B3Digest, int, int]], prefix: bytes = b"") -> bytes:
         """Bytes ``[start, end)`` of each chunk, concatenated: one copy out of one read txn.

@@ -227,14 +227,13 @@ class Vfs:
         start_helper = getattr(blob_service, "start_read_helper", None)
         self._start_helper = start_helper if self._join_ranges is not None else None
         self._windows: ReadWindows | None = None
-        self._helper: Helper | None = None
 
     def close(self) -> None:
         """Stop the prefetch threads and the read helper, and drop open files."""
         self._prefetcher.shutdown(wait=True, cancel_futures=True)
-        helper, self._helper, self._windows, self._start_helper = self._helper, None, None, None
-        if helper is not None:
-            helper.close()
+        windows, self._windows, self._start_helper = self._windows, None, None
+        if windows is not None:
+            windows.close()
         with self._lock:
             files, self._files = self._files, {}
         for of in files.values():
@@ -484,7 +483,7 @@ class Vfs:
             # keep going well past its end, so the next READs find their bytes in memory.
             self._prefetch(of, first, last, end + _READAHEAD_BYTES)
         if self._join_ranges is not None:
-            return self._read_in_place(of, offset, end, first, last, wait)
+            return self._read_in_place(of, offset, end, wait)
         parts: list[memoryview] = []
         for i in range(first, last + 1):
             meta = chunks[i]
@@ -500,12 +499,11 @@ class Vfs:
             return parts[0]
         return b"".join(parts)
 
-    def _read_in_place(
-        self, of: _OpenFile, offset: int, end: int, first: int, last: int, wait: bool
-    ) -> bytes | None:
+    def _read_in_place(self, of: _OpenFile, offset: int, end: int, wait: bool) -> bytes | None:
         """Bytes offset..end from chunks verified in the backend's map, copied out once."""
         assert of.chunks is not None and self._join_ranges is not None
-        for meta in of.chunks[first : last + 1]:
+        pieces = chunk_ranges(of.chunks, of.starts, offset, end)
+        for meta, _, _ in pieces:
             if self._verified.size_of(meta.digest) != meta.size:
                 if wait:
                     self._load(meta)
@@ -513,9 +511,8 @@ class Vfs:
                     return None
                 else:
                     self._check_here(of, meta, end)
-        ranges = chunk_ranges(of.chunks, of.starts, offset, end)
         with self._service("read", of.digest):
-            data: bytes = self._join_ranges(ranges)
+            data: bytes = self._join_ranges([(meta.digest, start, stop) for meta, start, stop in pieces])
         of.next_offset = end
         return data
 
@@ -535,14 +532,13 @@ class Vfs:
         Only ``read_nowait``'s caller may call this, from the thread that calls that.
         """
         start_helper, self._start_helper = self._start_helper, None
-        if start_helper is None or self._windows is not None:
+        if start_helper is None:
             return
         try:
             helper: Helper = start_helper(_HELPER_SLOTS, _HELPER_SLOT_BYTES)
         except (OSError, StoreError) as exc:
             log.info("no read helper process (%s): READs are prepared in process", exc)
             return
-        self._helper = helper
         self._windows = ReadWindows(helper)
 
     def _is_fetched(self, digest: B3Digest) -> bool:

@@ -44,7 +44,7 @@ class Helper(Protocol):
     @property
     def alive(self) -> bool: ...
 
-    def request(self, slot: int, seq: int, ranges: Sequence[tuple[B3Digest, int, int, int]]) -> bool: ...
+    def request(self, slot: int, seq: int, ranges: Sequence[tuple[ChunkMeta, int, int]]) -> bool: ...
 
     def cancel(self, slot: int, seq: int) -> None: ...
 
@@ -89,7 +89,11 @@ class ReadWindows:
         self._slots: dict[int, _Window] = {}  # slot -> the request it holds
         self._files: dict[int, dict[int, int]] = {}  # fh -> {offset: slot}
         self._order = itertools.count(1)
-        self._last_served: dict[int, int] = {}  # fh -> when it last planned (an order)
+        self._last_planned: dict[int, int] = {}  # fh -> when it last planned (an order)
+
+    def close(self) -> None:
+        """Stop the helper."""
+        self._helper.close()
 
     def collect(self, wait_for: tuple[int, int] | None = None) -> list[tuple[B3Digest, int]]:
         """Take in the helper's news; returns the chunks it checked, ``(digest, size)``.
@@ -133,12 +137,11 @@ class ReadWindows:
 
     def serve(self, fh: int, f: ChunkedFile, offset: int, size: int, sequential: bool) -> memoryview | None:
         """The READ's bytes from its window if ready, else None; plans the next windows."""
-        slot = self._files.get(fh, {}).get(offset)
-        window = None if slot is None else self._slots.get(slot)
+        slot = self._files.get(fh, {}).get(offset, -1)
+        window = self._slots.get(slot)
         view = None
         if (
-            slot is not None
-            and window is not None
+            window is not None
             and window.ready
             and window.fh == fh
             and window.offset == offset
@@ -156,13 +159,13 @@ class ReadWindows:
         for offset in list(self._files.get(fh, ())):
             self._drop(fh, offset)
         self._files.pop(fh, None)
-        self._last_served.pop(fh, None)
+        self._last_planned.pop(fh, None)
 
     def _plan(self, fh: int, f: ChunkedFile, offset: int, size: int) -> None:
         assert f.chunks is not None
         helper = self._helper
         windows = self._files.setdefault(fh, {})
-        self._last_served[fh] = next(self._order)
+        self._last_planned[fh] = next(self._order)
         for stale in [o for o in windows if o < offset]:
             self._drop(fh, stale)  # passed by: the reader skipped them, or they were served
         if size > helper.slot_bytes or not helper.alive:
@@ -177,11 +180,7 @@ class ReadWindows:
                 self._drop(fh, start)  # planned for READs of another size
             if not self._free and not self._reclaim(fh):
                 break
-            first = bisect.bisect_right(f.starts, start) - 1
-            ranges = [
-                (digest, s, e, f.chunks[first + i].size)
-                for i, (digest, s, e) in enumerate(chunk_ranges(f.chunks, f.starts, start, start + length))
-            ]
+            ranges = chunk_ranges(f.chunks, f.starts, start, start + length)
             slot = self._free.pop()
             window = _Window(fh, start, length, next(self._order))
             if not helper.request(slot, window.seq, ranges):
@@ -199,7 +198,7 @@ class ReadWindows:
         ]
         if not idle:
             return False
-        victim = min(idle, key=lambda other: self._last_served.get(other, 0))
+        victim = min(idle, key=lambda other: self._last_planned.get(other, 0))
         for offset, slot in list(self._files[victim].items()):
             if self._slots[slot].ready:
                 self._drop(victim, offset)
@@ -224,14 +223,14 @@ class ReadWindows:
 
 def chunk_ranges(
     chunks: tuple[ChunkMeta, ...], starts: list[int], offset: int, end: int
-) -> list[tuple[B3Digest, int, int]]:
-    """The ``(chunk digest, start, end)`` pieces that make up bytes offset..end of a file.
+) -> list[tuple[ChunkMeta, int, int]]:
+    """The ``(chunk, start, end)`` pieces that make up bytes offset..end of a file.
 
     starts are the offsets where its chunks begin; offset < end <= the file's size.
     """
     first = bisect.bisect_right(starts, offset) - 1
     last = bisect.bisect_right(starts, end - 1) - 1
     return [
-        (chunks[i].digest, max(offset - starts[i], 0), min(end - starts[i], chunks[i].size))
+        (chunks[i], max(offset - starts[i], 0), min(end - starts[i], chunks[i].size))
         for i in range(first, last + 1)
     ]
