@@ -44,12 +44,6 @@ PARALLEL_ABOVE = 1 << 20
 """From this size an input is hashed on several threads. Importing keeps the cores busy anyway
 (reading, chunking, the NAR's SHA-256 on another thread): smaller inputs gain nothing there."""
 
-VERIFY_PARALLEL_ABOVE = 128 * 1024
-"""The same for checking stored chunks one after another on one thread (a NAR being written),
-with nothing else hashing beside it: from 128 KiB two threads beat one (on our machines 4.2
-against 3.1 GB/s at 128 KiB, 5.5 at 512 KiB). Not where several threads already verify at once
-(the mount reading ahead): there the extra threads only compete for the same cores."""
-
 
 def blake3_digest(data: bytes | bytearray | memoryview, parallel_above: int = PARALLEL_ABOVE) -> bytes:
     """Raw BLAKE3-256 of data; on several threads from parallel_above bytes."""

@@ -94,3 +94,64 @@ def test_missing_chunk_of_multi_chunk_blob(services: Services) -> None:
     assert opened is not None
     with pytest.raises(StorageError, match=re.escape(str(chunks[1].digest))):
         list(opened[1])
+
+
+@pytest.mark.parametrize("where", ["later half of the first batch", "last chunk"])
+def test_corrupt_chunk_of_long_blob_refused_by_views(services: Services, where: str) -> None:
+    """Chunks are checked in batches, half on a second thread: a bad one anywhere is refused.
+
+    Nothing of its batch is handed out; the batches before it come out whole and in order.
+    """
+    data = os.urandom(12 * 1024 * 1024)  # ~48 chunks: three batches
+    digest = services.blob_service.put(data)
+    chunks = services.blob_service.chunks(digest)
+    assert chunks is not None and len(chunks) > 2 * 16
+    bad = 12 if where == "later half of the first batch" else len(chunks) - 1
+    start = sum(c.size for c in chunks[:bad])
+    original = data[start : start + chunks[bad].size]
+    _chunks_table_put(services, chunks[bad].digest, bytes([original[0] ^ 1]) + original[1:])
+    opened = _lmdb(services).open_views(digest)
+    assert opened is not None
+    handed_out = bytearray()
+    with pytest.raises(DataCorruption, match=re.escape(str(chunks[bad].digest))):
+        for view in opened[1]:
+            handed_out += view
+    batch_start = sum(c.size for c in chunks[: bad - bad % 16])
+    assert bytes(handed_out) == data[:batch_start]
+
+
+def test_concurrent_views_all_checked_and_whole(services: Services) -> None:
+    """Readers at once share the one verifier thread or check alone; each gets its bytes."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    blobs = [os.urandom(5 * 1024 * 1024 + i) for i in range(4)]
+    digests = [services.blob_service.put(b) for b in blobs]
+
+    def read(digest: B3Digest) -> bytes:
+        opened = _lmdb(services).open_views(digest)
+        assert opened is not None
+        return b"".join(bytes(v) for v in opened[1])
+
+    with ThreadPoolExecutor(4) as pool:
+        assert list(pool.map(read, digests * 3)) == blobs * 3
+
+
+def test_worker_takes_work_only_when_idle() -> None:
+    """submit_if_idle refuses while a task is unfinished, and accepts again once it is done."""
+    import threading
+
+    from tvix_castore.blobservice.lmdb_store import _Worker
+
+    worker = _Worker("test-worker")
+    release = threading.Event()
+    first = worker.submit(release.wait, 10)
+    assert worker.submit_if_idle(lambda: 1) is None
+    release.set()
+    first.result(timeout=10)
+    later = worker.submit_if_idle(lambda: 2)
+    for _ in range(100):  # the done callback runs just after result() returns
+        if later is not None:
+            break
+        release.wait(0.01)
+        later = worker.submit_if_idle(lambda: 2)
+    assert later is not None and later.result(timeout=10) == 2

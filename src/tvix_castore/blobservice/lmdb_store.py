@@ -32,7 +32,7 @@ import threading
 from collections.abc import Callable, Generator, Sequence
 from contextlib import suppress
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, cast, final
+from typing import TYPE_CHECKING, Any, TypeVar, cast, final
 
 import blake3
 import lmdb
@@ -45,7 +45,6 @@ from tvix_castore.digests import (
     B3_LEN,
     EMPTY_BLOB_DIGEST,
     PARALLEL_ABOVE,
-    VERIFY_PARALLEL_ABOVE,
     B3Digest,
     blake3_digest,
 )
@@ -59,6 +58,8 @@ if TYPE_CHECKING:
     from tvix_castore.blobservice.lmdb_read_helper import ReadHelper
 
 __all__ = ["LmdbBlobService"]
+
+_T = TypeVar("_T")
 
 _ENTRY = struct.Struct(f"<{B3_LEN}sI")
 
@@ -83,21 +84,43 @@ class _Worker:
         self._name = name
         self._lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
+        self._unfinished = 0
         os.register_at_fork(after_in_child=self._forget)
 
     def _forget(self) -> None:
         self._lock = threading.Lock()
         self._pool = None
+        self._unfinished = 0
 
-    def submit(self, fn: Callable[..., None], *args: object) -> Future[None]:
+    def submit(self, fn: Callable[..., _T], *args: object) -> Future[_T]:
         with self._lock:
-            if self._pool is None:
-                # Imported here: commands that only read never write large blobs.
-                from concurrent.futures import ThreadPoolExecutor
+            future = self._submit(fn, *args)
+        # Outside the lock: a task already done runs the callback right here.
+        future.add_done_callback(self._finished)
+        return future
 
-                self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=self._name)
-            pool = self._pool
-        return pool.submit(fn, *args)
+    def submit_if_idle(self, fn: Callable[..., _T], *args: object) -> Future[_T] | None:
+        """Like submit, but None (nothing submitted) while earlier tasks are unfinished."""
+        with self._lock:
+            if self._unfinished:
+                return None
+            future = self._submit(fn, *args)
+        future.add_done_callback(self._finished)
+        return future
+
+    def _submit(self, fn: Callable[..., _T], *args: object) -> Future[_T]:
+        """Queue fn (lock held)."""
+        if self._pool is None:
+            # Imported here: commands that only read never write large blobs.
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=self._name)
+        self._unfinished += 1
+        return self._pool.submit(fn, *args)
+
+    def _finished(self, _: Future[Any]) -> None:
+        with self._lock:
+            self._unfinished -= 1
 
 
 # Commits the chunk batches of large blobs. A writer hands a full batch to it and goes on
@@ -108,6 +131,14 @@ _COMMITTER = _Worker("lmdb-blob-commit")
 # MIN_SIZE, and for inputs that large blake3 releases the GIL. (A Python thread, not blake3's
 # own pool: that one hangs a forked child that hashes again.)
 _HASHER = _Worker("lmdb-blob-hash")
+
+
+# Checks the later half of each batch of chunks a NAR is written from (``_check_batch``).
+_VERIFIER = _Worker("lmdb-blob-verify")
+# Chunks read and checked together by open_views: about 4 MiB, in one read transaction.
+_VERIFY_BATCH = 16
+def _digests_of(views: Sequence[ChunkData]) -> list[bytes]:
+    return [blake3.blake3(view).digest() for view in views]
 
 
 def _update_all(hasher: Any, chunks: list[ChunkData]) -> None:
@@ -315,13 +346,14 @@ class LmdbBlobService(BlobService):
     def open_views(self, digest: B3Digest) -> tuple[int, Generator[memoryview, None, None]] | None:
         """The blob's size and its bytes as zero-copy views into the map; None when absent.
 
-        Each view is checked against its chunk's BLAKE3 digest before it is yielded, and lives
-        in a read transaction that ends when the next view is requested: the iterating thread
-        must consume each view (write, hash or copy it) before asking for the next one, and
-        never keep it, and must close the generator when it stops early (an error while
-        writing, say): ``close()`` of this service waits for its open transaction. One chunk per
-        transaction, so each transaction is short. A single-chunk blob under 64 KiB is copied
-        instead (checked as well), saving its second transaction.
+        Each view is checked against its chunk's BLAKE3 digest before it is yielded. Views come
+        in batches of up to 16 chunks (about 4 MiB), read and checked together in one read
+        transaction that ends when the batch's last view has been consumed: the iterating
+        thread must consume each view (write, hash or copy it) before asking for the next one,
+        and never keep it, and must close the generator when it stops early (an error while
+        writing, say): ``close()`` of this service waits for its open transaction. A
+        single-chunk blob under 64 KiB is copied instead (checked as well), saving its second
+        transaction.
 
         Raises (while iterating):
             DataCorruption: a chunk's bytes do not hash to its digest.
@@ -349,15 +381,43 @@ class LmdbBlobService(BlobService):
         yield memoryview(data)
 
     def _views(self, blob: B3Digest, chunk_list: list[ChunkMeta]) -> Generator[memoryview, None, None]:
-        for chunk in chunk_list:
-            digest = chunk.digest
-            with self._op("read chunk", digest), self._env.begin(buffers=True) as txn:
-                view = txn.get(digest, db=self._chunks_db)
-                if view is None:
-                    raise StorageError(f"chunk {digest} of blob {blob} is missing in {self.path}")
-                # One chunk after another on this thread: the spare core helps hash it.
-                self._check_chunk(digest, view, VERIFY_PARALLEL_ABOVE)
-                yield view
+        for first in range(0, len(chunk_list), _VERIFY_BATCH):
+            batch = chunk_list[first : first + _VERIFY_BATCH]
+            with self._op("read chunks"), self._env.begin(buffers=True) as txn:
+                views: list[memoryview] = []
+                for chunk in batch:
+                    view = txn.get(chunk.digest, db=self._chunks_db)
+                    if view is None:
+                        raise StorageError(f"chunk {chunk.digest} of blob {blob} is missing in {self.path}")
+                    views.append(view)
+                self._check_batch(batch, views)
+                yield from views
+
+    def _check_batch(self, chunks: list[ChunkMeta], views: list[memoryview]) -> None:
+        """Check views against their chunks' digests, the later half on the verifier thread.
+
+        With nothing else hashing beside it (a NAR being written), a second Python thread makes
+        use of the spare core; blake3's own thread pool, woken for every chunk, often lost more
+        than it gained here.
+        """
+        half = len(views) // 2
+        later: Future[list[bytes]] | None = None
+        # Only an idle verifier takes work: several readers at once (a daemon's CalculateNAR
+        # calls) keep the cores busy by themselves and should not queue behind each other.
+        if half:
+            later = _VERIFIER.submit_if_idle(_digests_of, views[half:])
+        if later is None:
+            half = len(views)
+        try:
+            actual = _digests_of(views[:half])
+        finally:
+            if later is not None:
+                actual += later.result()
+        for chunk, digest in zip(chunks, actual, strict=True):
+            if digest != chunk.digest:
+                raise DataCorruption(
+                    f"chunk {chunk.digest} is corrupt in {self.path}: its bytes hash to {B3Digest(digest)}"
+                )
 
     def open_write(self) -> LmdbBlobWriter:
         """A streaming writer; the blob becomes readable when it is closed."""
