@@ -5,10 +5,12 @@ backend verified every byte); Put streams the client's messages into a backend w
 answers the digest the backend computed. A Put whose client cancels or fails midway aborts
 the writer: no blob appears, neither the whole nor the part received. Two leftovers are possible,
 both correct under their own digests and referenced by nothing: the chunks a chunking backend
-already committed (as tvix's chunking backends keep them), and, rarely, the part received of an
-upload under 1 MiB whose client process died, since grpcio can report that death as a normal end
-of stream a moment before the cancellation (see ``stream_was_cancelled``; waiting for it on
-every small Put would cost each one ~5 ms).
+already committed (as tvix's chunking backends keep them), and, rarely, the first message of
+an upload whose client process died right after sending it. grpcio can report a client's death
+as a normal end of stream a moment before the cancellation (see ``stream_was_cancelled``), so a
+Put of several messages waits those few milliseconds before it commits; one of a single message
+(how our client sends every blob up to 1 MiB, and most blobs are) does not, as the wait would
+cost each of them ~5 ms.
 
 Read and Put carry every byte of every blob, so ``add_to_server`` registers them with the
 BlobChunk codec of ``blob_chunk`` instead of protobuf objects. From a store whose chunks can be
@@ -201,11 +203,11 @@ class BlobServicer:
             writer = self._blobs.open_write()
         except StoreError as exc:
             abort_with(context, exc)
-        received = 0
+        messages = 0
         try:
             for data in request_iterator:
                 writer.write(data)
-                received += len(data)
+                messages += 1
         except grpc.RpcError:
             # The client cancelled or vanished: drop what arrived.
             writer.abort()
@@ -217,9 +219,9 @@ class BlobServicer:
         except BaseException:
             writer.abort()
             raise
-        # For anything of 1 MiB or more, make sure the end was a real half-close before
-        # committing; below that the wait would dominate the call (see the module docstring).
-        if stream_was_cancelled(context, settle=received >= READ_PIECE):
+        # After more than one message, make sure the end was a real half-close before
+        # committing; for a single one the wait would dominate the call (module docstring).
+        if stream_was_cancelled(context, settle=messages > 1):
             writer.abort()
             abort(context, grpc.StatusCode.CANCELLED, "upload cancelled")
         try:
