@@ -133,6 +133,11 @@ def _prepare_mountpoint(path: str) -> None:
         raise MountError(f"mount point {path} does not exist: create an empty directory first") from None
     except OSError as exc:
         if exc.errno != errno.ENOTCONN:
+            if os.path.ismount(path):
+                # A live filesystem that does not answer statfs (a FUSE one without it: ENOSYS).
+                raise MountError(
+                    f"mount point {path} is already mounted (statfs fails: {exc.strerror}); unmount it first"
+                ) from exc
             raise MountError(f"mount point {path}: {exc.strerror}") from exc
         log.warning("%s is a stale mount (transport endpoint is not connected); unmounting it lazily", path)
         _lazy_unmount(path)
