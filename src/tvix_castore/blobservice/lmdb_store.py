@@ -137,6 +137,8 @@ _HASHER = _Worker("lmdb-blob-hash")
 _VERIFIER = _Worker("lmdb-blob-verify")
 # Chunks read and checked together by open_views: about 4 MiB, in one read transaction.
 _VERIFY_BATCH = 16
+
+
 def _digests_of(views: Sequence[ChunkData]) -> list[bytes]:
     return [blake3.blake3(view).digest() for view in views]
 

@@ -99,7 +99,8 @@ class LoopGuard(grpc.ServerInterceptor):  # type: ignore[misc]
         self._own_id = own_id
 
     def intercept_service(
-        self, continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
         details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler | None:
         """The method's handler: refusing the call if it loops, else noting its chain."""
