@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from tvix_cli import needs_nix, nix_dump, nix_store, one_line_error, tvix
+from tvix_cli import TVIX_STORE, cli_env, needs_nix, nix_dump, nix_store, one_line_error, tvix
 
 pytestmark = [pytest.mark.nix, needs_nix]
 
@@ -192,6 +192,72 @@ def test_import_stdlib_tree(tmp_path: Path) -> None:
     check_against_nix(tmp_path, src)
 
 
+def test_nar_follows_symlinks_inside_the_store(tmp_path: Path) -> None:
+    """``nar`` of a path through symlinks in the store writes what ``nix-store --dump`` of it
+    writes: links on the way are followed (relative ones, chains, links into another store path
+    by absolute path or by ``..``), the last one only before a trailing slash. A file taken for
+    a directory, a missing entry or a loop is a one-line error, as it is for Nix."""
+    store = tmp_path / "tvix"
+    # A directory laid out like the store, so that the kernel resolves the source trees' links
+    # to the same places as ours resolve in the store.
+    layout = tmp_path / "layout"
+    layout.mkdir()
+    other_src = layout / "other"
+    (other_src / "lib").mkdir(parents=True)
+    (other_src / "lib" / "f").write_bytes(b"in another store path\n")
+    other = tvix(store, "import", other_src).stdout.decode().strip()
+    (layout / "other").rename(layout / other.removeprefix("/nix/store/"))
+    other_src = layout / other.removeprefix("/nix/store/")
+    src = layout / "tree"
+    (src / "sub" / "deep").mkdir(parents=True)
+    (src / "sub" / "b").write_bytes(b"b\n")
+    (src / "sub" / "deep" / "d").write_bytes(b"d\n")
+    os.symlink("sub", src / "x")
+    os.symlink("x", src / "y")
+    os.symlink(f"../{other_src.name}/lib", src / "up")
+    os.symlink(f"{other}/lib", src / "abs")
+    os.symlink("loop2", src / "loop1")
+    os.symlink("loop1", src / "loop2")
+    store_path = tvix(store, "import", src).stdout.decode().strip()
+    for inside in ("x/b", "y", "y/", "x/deep/d", "y/deep/", "x/deep/../b", "up/f", "up/", "up"):
+        # Strings, not Paths: pathlib would drop the trailing slashes.
+        assert tvix(store, "nar", f"{store_path}/{inside}").stdout == nix_dump(f"{src}/{inside}"), inside
+    # An absolute link leads into the real /nix/store, which Nix's side here does not have.
+    assert tvix(store, "nar", f"{store_path}/abs/f").stdout == nix_dump(other_src / "lib" / "f")
+    assert tvix(store, "nar", f"{store_path}/abs/").stdout == nix_dump(other_src / "lib")
+    assert tvix(store, "nar", f"{store_path}/abs").stdout == nix_dump(f"{src}/abs")
+    for inside, message in (
+        ("sub/b/", f"'{store_path}/sub/b' is not a directory"),
+        ("x/b/c", f"'{store_path}/sub/b' is not a directory"),
+        ("x/nope", f"'{store_path}/sub/nope' does not exist in the store"),
+        ("loop1/", "too many levels of symbolic links"),
+    ):
+        assert message in one_line_error(tvix(store, "nar", f"{store_path}/{inside}", check=False)), inside
+        assert subprocess.run(["nix-store", "--dump", f"{src}/{inside}"], capture_output=True).returncode != 0
+
+
+def test_absolute_store_path_arguments_need_no_working_directory(tmp_path: Path) -> None:
+    """An absolute argument works from a working directory that was removed, as with Nix."""
+    store = tmp_path / "tvix"
+    (tmp_path / "src").mkdir()
+    src = make_nested(tmp_path / "src")
+    store_path = tvix(store, "import", src).stdout.decode().strip()
+    whole = tvix(store, "path-info", store_path).stdout
+    gone = tmp_path / "gone"
+    for args, expected in ((["nar", store_path], nix_dump(src)), (["path-info", store_path], whole)):
+        gone.mkdir()
+        # The shell starts in gone and removes it before tvix-store starts there.
+        res = subprocess.run(
+            ["sh", "-c", f'rmdir "{gone}" && exec "$@"', "sh", TVIX_STORE, *args],
+            cwd=gone,
+            capture_output=True,
+            env=cli_env(store),
+            timeout=120,
+        )
+        assert res.returncode == 0, res.stderr
+        assert res.stdout == expected, args
+
+
 def test_store_path_arguments_as_nix_takes_them(tmp_path: Path) -> None:
     """nar and path-info take what Nix takes: a path inside a store path, redundant slashes,
     '.' and '..', a symlink into the store (./result); path-info prints each store path once,
@@ -202,7 +268,8 @@ def test_store_path_arguments_as_nix_takes_them(tmp_path: Path) -> None:
     store_path = tvix(store, "import", src).stdout.decode().strip()
     # nar of an entry inside the store path: nix-store --dump of the same entry.
     for inside in ("a", "a/script.sh", "a/relative-link", "big.bin", "empty-dir"):
-        assert tvix(store, "nar", f"{store_path}/{inside}").stdout == nix_dump(src / inside), inside
+        # Strings, not Paths: pathlib would drop the trailing slashes.
+        assert tvix(store, "nar", f"{store_path}/{inside}").stdout == nix_dump(f"{src}/{inside}"), inside
     missing_inside = tvix(store, "nar", f"{store_path}/a/nope", check=False)
     assert f"{store_path}/a/nope" in one_line_error(missing_inside)
     # Spellings of the same store path, and a symlink to it outside the store.

@@ -1,14 +1,12 @@
 """``tvix-store nar STORE_PATH``: write the store path's NAR to stdout, streamed.
 
 The bytes are those ``nix-store --dump`` writes for the original tree. As with Nix, the
-argument may name a path inside a store path (its NAR is that entry's) or a symlink such as
-``./result`` that leads into the store.
+argument may name a path inside a store path (its NAR is that entry's, symlinks on the way
+followed) or a symlink such as ``./result`` that leads into the store.
 """
 
 from __future__ import annotations
 
-import os
-import sys
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -33,30 +31,17 @@ def register(
 
 def run(args: argparse.Namespace) -> int:
     """Render the NAR."""
-    from tvix_castore.directoryservice.traverse import descend_to
     from tvix_store.cli.stdio import OutputError, stdout_binary
-    from tvix_store.cli.store_path_args import store_path_argument
+    from tvix_store.cli.store_path_args import node_to_dump, store_path_argument
     from tvix_store.nar.renderer import write_nar
     from tvix_store.services import construct_services
 
-    store_path, inside = store_path_argument(args.store_path)
+    store_path_argument(args.store_path)  # a malformed argument fails before the store is opened
     services = construct_services(
         args.blob_service_addr, args.directory_service_addr, args.path_info_service_addr
     )
     try:
-        info = services.path_info_service.get(store_path.digest)
-        if info is None or info.store_path != store_path:
-            print(f"error: path '{store_path.absolute()}' is not in the store", file=sys.stderr)
-            return 1
-        node = info.node
-        if inside:
-            # Like nix-store --dump of a path inside a store path: the NAR of that entry.
-            found = descend_to(services.directory_service, node, os.fsencode(inside))
-            if found is None:
-                where = f"{store_path.absolute()}/{inside}"
-                print(f"error: path '{where}' does not exist in the store", file=sys.stderr)
-                return 1
-            node = found
+        _, node = node_to_dump(args.store_path, services.path_info_service, services.directory_service)
         out = stdout_binary("the NAR")
 
         def write(piece: bytes | memoryview) -> object:

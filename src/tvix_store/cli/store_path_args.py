@@ -2,17 +2,27 @@
 
 ``/nix/store/<hash>-<name>``, possibly followed by a path inside it, written with redundant
 slashes, ``.`` or ``..``; or a symlink outside the store (``./result``) whose chain of targets
-leads into it, as Nix follows such links.
+leads into it, as Nix follows such links. ``node_to_dump`` goes on inside the store as the
+kernel does for ``nix-store --dump``: symlinks on the way are followed (into other store paths
+too), the last component only when a slash follows it.
 """
 
 from __future__ import annotations
 
 import os
+from collections import deque
+from typing import TYPE_CHECKING
 
 from nix_compat.errors import StorePathError
 from nix_compat.store_path import STORE_DIR, STORE_DIR_WITH_SLASH, StorePath, canon_path
+from tvix_castore.errors import StorageError
+from tvix_castore.nodes import DirectoryNode, Node, SymlinkNode
 
-__all__ = ["store_path_argument"]
+if TYPE_CHECKING:
+    from tvix_castore.directoryservice import DirectoryService
+    from tvix_store.pathinfoservice import PathInfoService
+
+__all__ = ["node_to_dump", "store_path_argument"]
 
 # As many links as the kernel follows in one path lookup.
 _MAX_LINKS = 40
@@ -26,7 +36,8 @@ def store_path_argument(arg: str) -> tuple[StorePath, str]:
             path there.
 
     """
-    path = canon_path(os.path.join(os.getcwd(), arg))
+    # os.getcwd only for a relative arg: it fails when the working directory was removed.
+    path = canon_path(arg if arg.startswith("/") else os.path.join(os.getcwd(), arg))
     for _ in range(_MAX_LINKS):
         if path.startswith(STORE_DIR_WITH_SLASH):
             return StorePath.from_absolute_path_full(path)
@@ -36,3 +47,100 @@ def store_path_argument(arg: str) -> tuple[StorePath, str]:
             break
         path = canon_path(os.path.join(os.path.dirname(path), target))
     raise StorePathError(f"{arg!r} is not in the store directory {STORE_DIR}")
+
+
+def node_to_dump(
+    arg: str, path_infos: PathInfoService, directories: DirectoryService
+) -> tuple[StorePath, Node]:
+    """The store path arg leads into and the node ``nix-store --dump`` of arg would write.
+
+    Raises:
+        StorePathError: arg leads outside the store, into a store path that is not in it, to
+            no entry, through a file as if it were a directory, or round too many symlinks;
+            the message names what arg led to.
+        StorageError: a Directory on the way is missing from the store.
+
+    """
+    store_path, inside = store_path_argument(arg)
+    # A trailing slash (or "/.") makes the kernel follow a final symlink and want a directory.
+    want_directory = arg.endswith(("/", "/."))
+    # The nodes walked through from the store path's root, and their names; the last is where
+    # we are. A symlink gets in only to be replaced by its target at the next step.
+    walked: list[Node] = [_root_node(store_path, path_infos)]
+    names: list[str] = []
+    pending = _components(inside)
+    links = 0
+    while True:
+        here = walked[-1]
+        if isinstance(here, SymlinkNode) and (pending or want_directory):
+            links += 1
+            if links > _MAX_LINKS:
+                raise StorePathError(f"too many levels of symbolic links in {arg!r}")
+            target = os.fsdecode(here.target)
+            walked.pop()
+            if names:
+                names.pop()
+            if target.startswith("/") or not walked:
+                # Absolute, or the store path itself is the link: relative to the store directory.
+                base = target if target.startswith("/") else f"{STORE_DIR}/{target}"
+                store_path, rest = _leads_to(arg, "/".join([base, *pending]))
+                walked, names = [_root_node(store_path, path_infos)], []
+                pending = _components(rest)
+            else:
+                pending.extendleft(reversed(_components(target)))
+            continue
+        if not pending:
+            break
+        name = pending.popleft()
+        if name == ".":
+            continue
+        if name == "..":
+            if len(walked) > 1:
+                walked.pop()
+                names.pop()
+                continue
+            # Up into the store directory: what follows names another store path.
+            if not pending:
+                raise StorePathError(f"{arg!r} leads to {STORE_DIR}, which is not a store path")
+            store_path, rest = _leads_to(arg, "/".join([STORE_DIR, *pending]))
+            walked, names = [_root_node(store_path, path_infos)], []
+            pending = _components(rest)
+            continue
+        where = _absolute(store_path, names)
+        if not isinstance(here, DirectoryNode):
+            raise StorePathError(f"path '{where}' is not a directory (following {arg!r})")
+        directory = directories.get(here.digest)
+        if directory is None:
+            raise StorageError(f"directory {here.digest} of '{where}' is missing from the store")
+        child = directory.get(os.fsencode(name))
+        if child is None:
+            missing = _absolute(store_path, [*names, name])
+            raise StorePathError(f"path '{missing}' does not exist in the store")
+        walked.append(child)
+        names.append(name)
+    if want_directory and not isinstance(walked[-1], DirectoryNode):
+        raise StorePathError(f"path '{_absolute(store_path, names)}' is not a directory (following {arg!r})")
+    return store_path, walked[-1]
+
+
+def _leads_to(arg: str, path: str) -> tuple[StorePath, str]:
+    """store_path_argument of path, which arg led to through a symlink."""
+    try:
+        return store_path_argument(path)
+    except StorePathError as exc:
+        raise StorePathError(f"{arg!r} leads to {path!r}: {exc}") from exc
+
+
+def _components(path: str) -> deque[str]:
+    return deque(c for c in path.split("/") if c)
+
+
+def _root_node(store_path: StorePath, path_infos: PathInfoService) -> Node:
+    info = path_infos.get(store_path.digest)
+    if info is None or info.store_path != store_path:
+        raise StorePathError(f"path '{store_path.absolute()}' is not in the store")
+    return info.node
+
+
+def _absolute(store_path: StorePath, names: list[str]) -> str:
+    return "/".join([store_path.absolute(), *names])
