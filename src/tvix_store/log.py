@@ -67,18 +67,21 @@ def parse_level(text: str) -> int:
 def parse_directives(spec: str, default: int) -> Directives:
     """Parse a RUST_LOG value; raises LogConfigError naming the bad directive.
 
-    Span filters (``target[span]=level``) cannot apply to Python loggers: such a directive is
-    skipped with a warning rather than widening or narrowing what its target logs.
+    default (``--log-level``) applies only when the value holds no directive at all, as
+    tracing's ``with_default_directive``: ``tvix_castore=trace`` alone shows that target and
+    nothing else. Span filters (``target[span]=level``) cannot apply to Python loggers: such a
+    directive is skipped with a warning rather than widening or narrowing what its target logs.
     """
     targets: list[tuple[str, int]] = []
     ignored: list[str] = []
+    level_given: int | None = None
     for raw in spec.split(","):
         directive = raw.strip()
         if not directive:
             continue
         word = directive.lower()
         if _NUMERIC.get(word, word) in LEVELS:
-            default = parse_level(word)
+            level_given = parse_level(word)
             continue
         match = _DIRECTIVE_RE.fullmatch(directive)
         if match is None or not (match["target"] or match["span"]):
@@ -91,6 +94,10 @@ def parse_directives(spec: str, default: int) -> Directives:
             ignored.append(directive)
             continue
         targets.append((match["target"].replace("::", "."), level))
+    if level_given is not None:
+        default = level_given
+    elif targets or ignored:
+        default = LEVELS["off"]
     return Directives(default, tuple(targets), tuple(ignored))
 
 
@@ -111,8 +118,9 @@ def setup_logging(log_level: str = "info", rust_log: str | None = None) -> Direc
     root.setLevel(directives.default)
     for target, level in directives.targets:
         logging.getLogger(target).setLevel(level)
+    own = logging.getLogger(__name__)
     for directive in directives.ignored:
-        logging.getLogger(__name__).warning(
-            "RUST_LOG directive %r ignored: span filters are not supported", directive
-        )
+        # Shown whatever the levels: the directive that would have chosen them is the one ignored.
+        message = "RUST_LOG directive %r ignored: span filters are not supported"
+        own.handle(own.makeRecord(__name__, logging.WARNING, __file__, 0, message, (directive,), None))
     return directives

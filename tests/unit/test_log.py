@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 from tvix_cli import cli_env, tvix
 
-from tvix_store.log import TRACE, Directives, LogConfigError, parse_directives, parse_level
+from tvix_store.log import LEVELS, TRACE, Directives, LogConfigError, parse_directives, parse_level
+
+OFF = LEVELS["off"]
 
 
 @pytest.mark.parametrize(
@@ -19,18 +21,23 @@ from tvix_store.log import TRACE, Directives, LogConfigError, parse_directives, 
             "info,tvix_store=trace,tvix_castore=trace",
             Directives(logging.INFO, (("tvix_store", TRACE), ("tvix_castore", TRACE))),
         ),
-        ("tvix_castore::fs=debug", Directives(logging.WARNING, (("tvix_castore.fs", logging.DEBUG),))),
+        # Directives without a bare level: the default (--log-level) is not added, as with
+        # tracing's with_default_directive; nothing but the targets named logs.
+        ("tvix_castore::fs=debug", Directives(OFF, (("tvix_castore.fs", logging.DEBUG),))),
         ("5", Directives(TRACE, ())),
-        ("0,tvix_store=3", Directives(logging.CRITICAL + 10, (("tvix_store", logging.INFO),))),
+        ("0,tvix_store=3", Directives(OFF, (("tvix_store", logging.INFO),))),
+        ("tvix_store=3,debug", Directives(logging.DEBUG, (("tvix_store", logging.INFO),))),
         ("DEBUG", Directives(logging.DEBUG, ())),
         # A target without a level, or with an empty one, is everything (trace) for it.
-        ("tvix_store", Directives(logging.WARNING, (("tvix_store", TRACE),))),
-        ("tvix_store=", Directives(logging.WARNING, (("tvix_store", TRACE),))),
-        ("tvix-store=debug", Directives(logging.WARNING, (("tvix-store", logging.DEBUG),))),
+        ("tvix_store", Directives(OFF, (("tvix_store", TRACE),))),
+        ("tvix_store=", Directives(OFF, (("tvix_store", TRACE),))),
+        ("tvix-store=debug", Directives(OFF, (("tvix-store", logging.DEBUG),))),
         # Span filters parse, but cannot apply to Python loggers: kept aside to warn about.
-        ("tvix_store[import]=debug", Directives(logging.WARNING, (), ("tvix_store[import]=debug",))),
-        ("[span]", Directives(logging.WARNING, (), ("[span]",))),
-        (" info , ,tvix_store=off ", Directives(logging.INFO, (("tvix_store", logging.CRITICAL + 10),))),
+        ("tvix_store[import]=debug", Directives(OFF, (), ("tvix_store[import]=debug",))),
+        ("[span]", Directives(OFF, (), ("[span]",))),
+        (" info , ,tvix_store=off ", Directives(logging.INFO, (("tvix_store", OFF),))),
+        # No directive at all: the default stays.
+        (" , ", Directives(logging.WARNING, ())),
     ],
 )
 def test_directives(spec: str, expected: Directives) -> None:
@@ -82,3 +89,17 @@ def test_rust_log_target_of_tvix_reaches_our_logger(tmp_path: Path) -> None:
     assert b"DEBUG tvix_store.import" not in quiet
     loud = tvix(store, "import", root / "f", env=cli_env(store, RUST_LOG="tvix_store::import=debug")).stderr
     assert b"DEBUG tvix_store.import" in loud
+
+
+def test_rust_log_targets_replace_the_log_level(tmp_path: Path) -> None:
+    """With RUST_LOG naming only targets, --log-level adds nothing (tracing's default directive
+    applies only to an empty filter); an ignored span filter is still warned about."""
+    (tmp_path / "f").write_bytes(b"x")
+    store = tmp_path / "store"
+    env = cli_env(store, RUST_LOG="tvix_castore=trace")
+    res = tvix(store, "--log-level", "debug", "import", tmp_path / "f", env=env)
+    assert b"tvix_store.import" not in res.stderr, res.stderr
+    shown = tvix(store, "--log-level", "debug", "import", tmp_path / "f", env=cli_env(store, RUST_LOG=""))
+    assert b"DEBUG tvix_store.import" in shown.stderr
+    span = tvix(store, "import", tmp_path / "f", env=cli_env(store, RUST_LOG="tvix_store[x]=debug")).stderr
+    assert span.count(b"\n") == 1 and b"WARNING tvix_store.log: RUST_LOG directive" in span, span
