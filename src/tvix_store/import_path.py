@@ -263,19 +263,11 @@ def open_nar_stream(source: BinaryIO) -> BinaryIO:
             break
         head += more
     raw = io.BufferedReader(_Prefixed(head, source), 1 << 20)
-    if head.startswith(_MAGIC_XZ):
-        import lzma
+    for magic, compression in ((_MAGIC_XZ, "xz"), (_MAGIC_ZSTD, "zstd"), (_MAGIC_BZ2, "bzip2")):
+        if head.startswith(magic):
+            from tvix_store.binary_cache.fetch import decompress
 
-        return cast(BinaryIO, lzma.LZMAFile(raw, "rb"))
-    if head.startswith(_MAGIC_ZSTD):
-        import zstandard
-
-        reader = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
-        return cast(BinaryIO, io.BufferedReader(reader, 1 << 20))
-    if head.startswith(_MAGIC_BZ2):
-        import bz2
-
-        return cast(BinaryIO, bz2.BZ2File(raw, "rb"))
+            return decompress(cast(BinaryIO, raw), compression, "the NAR")
     return cast(BinaryIO, raw)
 
 

@@ -186,6 +186,39 @@ def test_decompressed_pieces_detect_truncation(comp):
         b"".join(decompressed_pieces(io.BytesIO(packed[: len(packed) // 2]).read, comp, "u"))
 
 
+@pytest.mark.parametrize("comp", ["gzip", "bzip2", "xz", "zstd"])
+def test_decompressed_pieces_stay_small(comp):
+    """A highly compressible input (a file of zeros in a NAR) comes out in pieces of a few MiB,
+    never as what a whole input piece expands to (zstd's decompressobj gave 1 GiB at once)."""
+    import bz2
+    import gzip
+    import io
+    import lzma
+
+    size = 256 * 1024 * 1024
+    packed = {"gzip": gzip.compress, "bzip2": bz2.compress, "xz": lzma.compress,
+              "zstd": zstandard.ZstdCompressor().compress}[comp](bytes(size))  # fmt: skip
+    largest = total = 0
+    for piece in decompressed_pieces(io.BytesIO(packed).read, comp, "u"):
+        largest = max(largest, len(piece))
+        total += len(piece)
+    assert total == size
+    assert largest <= 2 * 1024 * 1024
+
+
+@pytest.mark.parametrize("comp", ["gzip", "bzip2", "xz"])
+def test_decompressed_pieces_refuse_trailing_data(comp):
+    """Bytes after the end of the compressed stream are an error, not silently dropped."""
+    import bz2
+    import gzip
+    import io
+    import lzma
+
+    packed = {"gzip": gzip.compress, "bzip2": bz2.compress, "xz": lzma.compress}[comp](b"x" * 1000)
+    with pytest.raises(EOFError, match="after the end"):
+        b"".join(decompressed_pieces(io.BytesIO(packed + b"junk").read, comp, "u"))
+
+
 def test_references_first_orders_closure():
     from tvix_castore.nodes import SymlinkNode
     from tvix_store.path_info import PathInfo

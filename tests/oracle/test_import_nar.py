@@ -75,3 +75,44 @@ def test_import_nar_trailing_garbage(tmp_path: Path, tree: tuple[Path, bytes, st
     res = tvix(store, "import", "--nar", "-", "--name", "payload", input=tree[1] + b"junk", check=False)
     assert "after the end of the NAR" in one_line_error(res)
     assert all_paths(store) == b""
+
+
+@pytest.mark.parametrize(
+    ("kind", "damage", "expected"),
+    [
+        ("xz", "junk", "data after the end of the compressed stream"),
+        ("bz2", "junk", "data after the end of the compressed stream"),
+        ("zst", "junk", "Unknown frame descriptor"),
+        ("xz", "cut", "ended before its end marker"),
+        ("bz2", "cut", "ended before its end marker"),
+    ],
+)
+def test_import_damaged_compressed_nar(
+    tmp_path: Path, tree: tuple[Path, bytes, str], kind: str, damage: str, expected: str
+) -> None:
+    """Bytes after the compressed stream, or a stream cut before its end marker (even where the
+    NAR inside is whole), are refused naming the input, and nothing is added (xz and bzip2
+    readers used to drop trailing data)."""
+    data = compressed(tree[1], kind)
+    data = data + b"junk" if damage == "junk" else data[:-4]
+    store = tmp_path / "tvix"
+    f = tmp_path / f"payload.nar.{kind}"
+    f.write_bytes(data)
+    line = one_line_error(tvix(store, "import", "--nar", f, "--name", "payload", check=False))
+    assert expected in line and f.name in line, line
+    assert all_paths(store) == b""
+
+
+@pytest.mark.parametrize("kind", ["xz", "bz2"])
+def test_import_concatenated_compressed_nar(tmp_path: Path, tree: tuple[Path, bytes, str], kind: str) -> None:
+    """A NAR compressed as several streams one after another (as pixz or pbzip2 write it), or an
+    xz stream with NUL padding after it, reads as the whole NAR."""
+    _, nar, expected = tree
+    half = len(nar) // 2
+    data = compressed(nar[:half], kind) + compressed(nar[half:], kind)
+    if kind == "xz":
+        data += bytes(8)
+    store = tmp_path / "tvix"
+    res = tvix(store, "import", "--nar", "-", "--name", "payload", input=data)
+    assert res.stdout.decode() == expected + "\n"
+    assert tvix(store, "nar", expected).stdout == nar

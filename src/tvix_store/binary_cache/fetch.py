@@ -144,63 +144,74 @@ def decompressed_pieces(read: Callable[[int], bytes], compression: str, url: str
     """The uncompressed bytes of what read(n) yields, in pieces of up to a few MiB.
 
     Feeds whole MiB of input per call into the decompressor objects (which release the GIL),
-    so that a helper thread running this holds the GIL rarely.
+    so that a helper thread running this holds the GIL rarely. The decompressor's module is
+    loaded here, before the first piece, so that ``read_errors`` knows its errors by then.
+
+    Raises:
+        BinaryCacheError: compression is not one Nix writes.
+
+    Raises (while iterating): EOFError for a stream cut short or followed by other data, and
+    the decompressor's own error for corrupt data.
+
     """
     if compression == "none":
-        while data := read(_BUFFER):
-            yield data
-        return
-    if compression == "xz":
-        import lzma
-
-        d: Any = lzma.LZMADecompressor()
-    elif compression == "bzip2":
-        import bz2
-
-        d = bz2.BZ2Decompressor()
-    elif compression == "gzip":
-        import zlib
-
-        d = zlib.decompressobj(wbits=31)
-    elif compression == "zstd":
+        return _plain_pieces(read)
+    if compression == "zstd":
         import zstandard
 
-        d = zstandard.ZstdDecompressor().decompressobj(read_across_frames=True)
-    else:
+        # Pulled through a stream reader, whose reads give at most what is asked for: zstd's
+        # decompressobj gives everything one input piece holds, and a MiB of zstd can hold
+        # GiBs (a file of zeros in the NAR), all in memory at once.
+        reader = zstandard.ZstdDecompressor().stream_reader(
+            cast(BinaryIO, _ReadFunction(read)), read_size=_BUFFER, read_across_frames=True
+        )
+        return iter(lambda: reader.read(2 * _BUFFER), b"")
+    new_decompressor = _DECOMPRESSORS.get(compression)
+    if new_decompressor is None:
         raise BinaryCacheError(
             f"{url}: unsupported compression {compression!r} (supported: {', '.join(COMPRESSIONS)})"
         )
+    return _stream_pieces(read, compression, new_decompressor)
+
+
+def _plain_pieces(read: Callable[[int], bytes]) -> Iterator[bytes]:
+    while data := read(_BUFFER):
+        yield data
+
+
+def _stream_pieces(
+    read: Callable[[int], bytes], compression: str, new_decompressor: Callable[[], Any]
+) -> Iterator[bytes]:
+    d = new_decompressor()
     # Small output pieces keep the consumer close behind: when decompression ends, little is
     # left to ingest (8 MiB pieces left ~40 ms of ingesting after the last byte was out).
     limit = 2 * _BUFFER
-    zlib_like = compression == "gzip"
+    pending = b""  # input left over after the end of a stream
     while True:
-        raw = read(_BUFFER)
+        raw = pending or read(_BUFFER)
+        pending = b""
         if not raw:
-            if compression == "zstd":
-                break
-            if zlib_like:
+            if compression == "gzip":
                 tail = d.flush()
                 if tail:
                     yield tail
-                if not d.eof:
-                    raise EOFError("compressed stream ended before its end marker")
-                return
             if not d.eof:
                 raise EOFError("compressed stream ended before its end marker")
             return
-        if zlib_like:
+        if d.eof:
+            # Streams may follow one another (as pbzip2 or pixz write them), an xz stream also
+            # NUL padding; anything else after the end is not part of the file.
+            if compression == "xz" and not raw.strip(b"\0"):
+                continue
+            if not raw.startswith(_MAGICS[compression][: len(raw)]):
+                raise EOFError("data after the end of the compressed stream")
+            d = new_decompressor()
+        if compression == "gzip":
             out = d.decompress(raw, limit)
             while out:
                 yield out
                 out = d.decompress(d.unconsumed_tail, limit) if d.unconsumed_tail else b""
-        elif compression == "zstd":
-            out = d.decompress(raw)
-            if out:
-                yield out
         else:
-            if d.eof:
-                raise EOFError("data after the end of the compressed stream")
             out = d.decompress(raw, limit)
             while True:
                 if out:
@@ -208,32 +219,80 @@ def decompressed_pieces(read: Callable[[int], bytes], compression: str, url: str
                 if d.eof or d.needs_input:
                     break
                 out = d.decompress(b"", limit)
+        if d.eof:
+            pending = d.unused_data
+
+
+def _xz() -> Any:
+    import lzma
+
+    return lzma.LZMADecompressor(lzma.FORMAT_XZ)
+
+
+def _bzip2() -> Any:
+    import bz2
+
+    return bz2.BZ2Decompressor()
+
+
+def _gzip() -> Any:
+    import zlib
+
+    return zlib.decompressobj(wbits=31)
+
+
+_DECOMPRESSORS: dict[str, Callable[[], Any]] = {"xz": _xz, "bzip2": _bzip2, "gzip": _gzip}
+# How each stream of these formats starts.
+_MAGICS = {"xz": b"\xfd7zXZ\x00", "bzip2": b"BZh", "gzip": b"\x1f\x8b"}
+
+
+class _ReadFunction(io.RawIOBase):
+    """A read(n) function as the file object a stream reader wants."""
+
+    def __init__(self, read: Callable[[int], bytes]) -> None:
+        self._read = read
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        return self._read(size if size >= 0 else _BUFFER)
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        data = self._read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
 
 
 def decompress(stream: BinaryIO, compression: str, url: str) -> BinaryIO:
-    """Wrap stream so that reading it yields the uncompressed bytes."""
+    """Wrap stream so that reading it yields the uncompressed bytes (``decompressed_pieces``).
+
+    Raises (while reading): EOFError for a stream cut short or followed by other data, and the
+    decompressor's own error for corrupt data.
+    """
     if compression == "none":
         return stream
-    buffered = (
-        io.BufferedReader(cast(io.RawIOBase, stream), _BUFFER) if not hasattr(stream, "peek") else stream
-    )
-    if compression == "xz":
-        import lzma
+    pieces = decompressed_pieces(stream.read, compression, url)
+    return cast(BinaryIO, io.BufferedReader(_PiecesReader(pieces), _BUFFER))
 
-        return cast(BinaryIO, lzma.LZMAFile(buffered, "rb"))
-    if compression == "bzip2":
-        import bz2
 
-        return cast(BinaryIO, bz2.BZ2File(buffered, "rb"))
-    if compression == "gzip":
-        import gzip
+class _PiecesReader(io.RawIOBase):
+    """An iterator of byte strings as a readable stream."""
 
-        return cast(BinaryIO, gzip.GzipFile(fileobj=buffered, mode="rb"))
-    if compression == "zstd":
-        import zstandard
+    def __init__(self, pieces: Iterator[bytes]) -> None:
+        self._pieces = pieces
+        self._piece = memoryview(b"")
 
-        reader = zstandard.ZstdDecompressor().stream_reader(buffered, read_across_frames=True)
-        return cast(BinaryIO, io.BufferedReader(cast(io.RawIOBase, reader), _BUFFER))
-    raise BinaryCacheError(
-        f"{url}: unsupported compression {compression!r} (supported: {', '.join(COMPRESSIONS)})"
-    )
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        while not self._piece:
+            piece = next(self._pieces, None)
+            if piece is None:
+                return 0
+            self._piece = memoryview(piece)
+        n = min(len(buffer), len(self._piece))
+        buffer[:n] = self._piece[:n]
+        self._piece = self._piece[n:]
+        return n

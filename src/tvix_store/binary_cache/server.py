@@ -26,14 +26,11 @@ from __future__ import annotations
 
 import base64
 import binascii
-import bz2
 import contextlib
-import gzip
 import hashlib
 import http.server
 import io
 import logging
-import lzma
 import os
 import re
 import socket
@@ -58,7 +55,7 @@ from tvix_castore.frozen import Frozen
 from tvix_castore.nodes import DirectoryNode, FileNode, Node
 from tvix_castore.proto_conv import anonymous_node_from_proto, node_to_proto
 from tvix_store.binary_cache.download import NARINFO_LIMIT
-from tvix_store.binary_cache.fetch import read_errors
+from tvix_store.binary_cache.fetch import decompress, read_errors
 from tvix_store.nar.calculation import nar_size as nar_size_of
 from tvix_store.nar.ingest import ingest_nar
 from tvix_store.nar.renderer import write_nar
@@ -212,16 +209,7 @@ def _decompressor(raw: io.RawIOBase, compression: str) -> BinaryIO:
         compression = "gzip"
     if compression == "none":
         return cast(BinaryIO, buffered)
-    if compression == "xz":
-        return cast(BinaryIO, lzma.LZMAFile(buffered, "rb"))
-    if compression == "bzip2":
-        return cast(BinaryIO, bz2.BZ2File(buffered, "rb"))
-    if compression == "gzip":
-        return cast(BinaryIO, gzip.GzipFile(fileobj=buffered, mode="rb"))
-    import zstandard
-
-    reader = zstandard.ZstdDecompressor().stream_reader(buffered, read_across_frames=True)
-    return cast(BinaryIO, io.BufferedReader(cast(io.RawIOBase, reader), _COPY_CHUNK))
+    return decompress(cast(BinaryIO, buffered), compression, "the upload")
 
 
 class _RangeWriter:
