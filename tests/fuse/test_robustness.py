@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
-from fuse_mounts import MountFactory, force_unmount, is_mounted
+from fuse_mounts import MountFactory, force_unmount, is_mounted, start_mount
 from tvix_cli import TVIX_STORE, cli_env, tvix
 
 MiB = 1024 * 1024
@@ -133,6 +133,69 @@ def test_signal_unmounts_and_exits_zero(
     said = {signal.SIGINT: "interrupt", signal.SIGTERM: "terminate signal", signal.SIGHUP: "hangup"}[sig]
     assert f"{said} received, unmounting" in m.logs()
     assert "unmount occurred, terminating" in m.logs()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP], ids=lambda s: s.name)
+def test_signal_while_mounting_still_unmounts(
+    program: tuple[Path, Path, str], tmp_path: Path, sig: signal.Signals
+) -> None:
+    """A signal the moment the mount appears (still setting up) ends it as cleanly: exit 0, no
+    stale mount. It used to kill the process mounted, or be lost, in one run of four."""
+    store, _, _ = program
+    for i in range(12):
+        mnt = tmp_path / f"m{i}"
+        mnt.mkdir()
+        proc = subprocess.Popen(
+            [TVIX_STORE, "mount", str(mnt)], env=cli_env(store), stderr=subprocess.DEVNULL
+        )
+        try:
+            deadline = time.monotonic() + 30
+            while not is_mounted(mnt) and proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.001)
+            os.kill(proc.pid, sig)
+            assert proc.wait(20) == 0, i
+            assert not is_mounted(mnt), i
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            force_unmount(mnt)
+
+
+def test_more_signals_while_stopping_do_no_harm(program: tuple[Path, Path, str], mount: MountFactory) -> None:
+    """Signals after the first are logged, not fatal, and the mount leaves the tree at the
+    first: a reader whose READ is being answered cannot keep it mounted."""
+    store, _, name = program
+    m = mount(store)
+    assert (m.path / name / "data" / "small").read_bytes() == b"small\n"
+    os.kill(m.proc.pid, signal.SIGTERM)
+    for _ in range(5):
+        os.kill(m.proc.pid, signal.SIGTERM)
+        os.kill(m.proc.pid, signal.SIGINT)
+    assert m.proc.wait(20) == 0
+    assert not is_mounted(m.path)
+    assert m.logs().count("received, unmounting") == 1, m.logs()
+
+
+def test_mount_point_through_a_symlink(program: tuple[Path, Path, str], tmp_path: Path) -> None:
+    """A mount point named through a symlink is found in mountinfo: readahead is raised."""
+    store, _, name = program
+    (tmp_path / "real" / "m").mkdir(parents=True)
+    os.symlink(tmp_path / "real", tmp_path / "link")
+    m = start_mount(store, tmp_path / "link" / "m", wait=False)
+    try:
+        deadline = time.monotonic() + 30
+        while not is_mounted(tmp_path / "real" / "m"):
+            assert m.proc.poll() is None and time.monotonic() < deadline, m.logs()
+            time.sleep(0.02)
+        assert (tmp_path / "link" / "m" / name / "data" / "small").read_bytes() == b"small\n"
+        deadline = time.monotonic() + 10
+        while "readahead set to 1024 KiB" not in m.logs() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "readahead set to 1024 KiB" in m.logs(), m.logs()
+    finally:
+        assert m.stop() == 0
+        force_unmount(tmp_path / "real" / "m")
 
 
 def test_external_umount_ends_the_process(program: tuple[Path, Path, str], mount: MountFactory) -> None:

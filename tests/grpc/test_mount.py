@@ -142,3 +142,55 @@ def test_stopped_daemon_fails_reads_instead_of_hanging(mounted: tuple[Path, str,
             assert exc.errno == errno.EIO
             assert time.monotonic() < deadline, "reads did not recover after SIGCONT"
             time.sleep(0.2)
+
+
+def test_signal_detaches_at_once_while_a_read_waits_on_a_stopped_daemon(
+    daemon_proc: DaemonProc, tmp_path: Path
+) -> None:
+    """SIGTERM while a READ waits on a daemon that stopped answering: the mount leaves the tree
+    at once (the process may take until the call fails to end), so that even a SIGKILL then
+    leaves nothing stale. It used to stay mounted ~25 s, and a second signal killed it so."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "later.txt").write_bytes(b"not read before the daemon stops\n")
+    path = tvix(tmp_path / "c", "import", src, *daemon_proc.addr_flags()).stdout.decode().strip()
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    proc = subprocess.Popen(
+        [TVIX_STORE, "mount", str(mnt), *daemon_proc.addr_flags()],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=cli_env(tmp_path / "mount-home"),
+    )
+    reader = None
+    try:
+        deadline = time.monotonic() + 30
+        while not _mounted(mnt):
+            assert proc.poll() is None and time.monotonic() < deadline, "mount did not appear"
+            time.sleep(0.05)
+        target = mnt / os.path.basename(path) / "later.txt"
+        os.stat(target)
+        daemon_proc.proc.send_signal(signal.SIGSTOP)
+        reader = subprocess.Popen(["cat", str(target)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(0.5)  # its READ is now waiting on the daemon
+        proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 5
+        while _mounted(mnt):
+            assert time.monotonic() < deadline, "still mounted 5 s after SIGTERM"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)  # logged, not fatal
+        time.sleep(0.3)
+        assert proc.poll() is None or proc.returncode == 0
+        proc.kill()
+        proc.wait(20)
+        assert not _mounted(mnt)
+        assert os.listdir(mnt) == []
+    finally:
+        daemon_proc.proc.send_signal(signal.SIGCONT)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(20)
+        if reader is not None:
+            reader.wait(60)
+        if _mounted(mnt):
+            subprocess.run(["fusermount3", "-u", "-z", str(mnt)], check=False)

@@ -3,6 +3,11 @@
 ``mount()`` runs in the foreground. It ends, after unmounting, on SIGINT, SIGTERM or SIGHUP, and also
 when someone else unmounts the filesystem (``umount``/``fusermount3 -u``). A stale mount left
 by a crashed process ("Transport endpoint is not connected") is lazily unmounted first.
+Those signals are caught from before the mount exists to after it is gone: one that comes while
+the mount is being set up stops it as soon as it serves, and further ones are only logged. On
+the first, the mount is detached from the tree at once (a lazy unmount), so that nothing stale
+is left even if the process then takes long to end (a READ waiting on an unreachable daemon) or
+is killed meanwhile.
 Once the kernel's INIT is answered (processing the reply resets it), the kernel's readahead
 for our mount is raised to 1 MiB when permitted: the kernel then sends 1 MiB READs instead of
 128 KiB ones, the largest single speed-up there is for a Python filesystem (see perf-notes).
@@ -48,7 +53,8 @@ def mount(vfs: Vfs, mountpoint: str, *, threads: int = 4, allow_other: bool = Fa
             mount, or the kernel refused the mount.
 
     """
-    path = os.path.abspath(mountpoint)
+    # Resolved as /proc/self/mountinfo will show it (a symlink on the way must not hide it).
+    path = os.path.realpath(mountpoint)
     _prepare_mountpoint(path)
     # tvix mounts with MS_NOSUID|MS_NODEV|MS_NOATIME|MS_RDONLY; atimes would never change anyway.
     options = {
@@ -64,30 +70,52 @@ def mount(vfs: Vfs, mountpoint: str, *, threads: int = 4, allow_other: bool = Fa
         options.add("allow_other")
     ops = FuseOperations(vfs, threads)
     keep_large_buffers()
-    log.info("mounting (mount_path=%s)", path)
+    stop = _StopSignals()
+    previous = {signum: signal.signal(signum, stop.note) for signum in _SIGNAL_WORDS}
     try:
-        pyfuse3.init(ops, path, options)
-    except RuntimeError as exc:
-        hint = " (is user_allow_other set in /etc/fuse.conf?)" if allow_other and os.geteuid() else ""
-        raise MountError(f"cannot mount at {path}: {exc}{hint}") from exc
-    unmount = True
-    try:
-        vfs.start_helpers()
-        stopped_by_us = trio.run(_serve, ops, path, threads)
-        # After an external umount the kernel has dropped the mount already.
-        unmount = stopped_by_us
-    except BaseException:
-        log.error("the FUSE main loop failed; unmounting")
-        raise
+        log.info("mounting (mount_path=%s)", path)
+        try:
+            pyfuse3.init(ops, path, options)
+        except RuntimeError as exc:
+            hint = " (is user_allow_other set in /etc/fuse.conf?)" if allow_other and os.geteuid() else ""
+            raise MountError(f"cannot mount at {path}: {exc}{hint}") from exc
+        unmount = True
+        try:
+            trio.run(_serve, ops, vfs, path, threads, stop)
+            # After an external umount, or our own detaching one, the mount is gone already.
+            unmount = not stop.detached and stop.signum is not None
+        except BaseException:
+            log.error("the FUSE main loop failed; unmounting")
+            raise
+        finally:
+            pyfuse3.close(unmount=unmount)
+            vfs.close()
     finally:
-        pyfuse3.close(unmount=unmount)
-        vfs.close()
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     log.info("unmount occurred, terminating…")
 
 
-async def _serve(ops: FuseOperations, path: str, threads: int) -> bool:
-    """Run pyfuse3's loop beside a signal watcher; True when a signal ended it."""
-    stopped = False
+class _StopSignals:
+    """The stop signals of one mount: the first one and whether it detached the mount.
+
+    ``note`` is the plain signal handler for the time trio's receiver is not listening (setting
+    up, tearing down); ``_serve`` acts on a signal noted before it listened.
+    """
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.detached = False
+
+    def note(self, signum: int, frame: object) -> None:
+        if self.signum is None:
+            self.signum = signum
+        else:
+            log.info("%s received while stopping", _SIGNAL_WORDS[signum])
+
+
+async def _serve(ops: FuseOperations, vfs: Vfs, path: str, threads: int, stop: _StopSignals) -> None:
+    """Run pyfuse3's loop beside a signal watcher until a signal or an unmount ends it."""
     async with trio.open_nursery() as nursery:
 
         async def tune_readahead() -> None:
@@ -95,24 +123,35 @@ async def _serve(ops: FuseOperations, path: str, threads: int) -> bool:
             await ops.initialized.wait()
             _raise_readahead(path)
 
-        async def watch_signals() -> None:
-            nonlocal stopped
+        def stopping(signum: int) -> None:
+            # tvix's words for Ctrl-C, so that log watchers see what they know.
+            log.info("%s received, unmounting…", _SIGNAL_WORDS[signum])
+            pyfuse3.terminate()
+            # Out of the tree now: a READ stuck on an unreachable daemon can hold the loop up
+            # for a while, and the process may be killed meanwhile; then nothing stale is left.
+            stop.detached = _lazy_unmount(path)
+
+        async def watch_signals(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
             # SIGHUP too: a mount started from a terminal that closes must not die mounted.
             with trio.open_signal_receiver(*_SIGNAL_WORDS) as signals:
+                task_status.started()
+                if stop.signum is not None:  # came while the mount was being set up
+                    stopping(stop.signum)
+                # Listening to the end, so that a second signal cannot kill us mid-unmount.
                 async for signum in signals:
-                    # tvix's words for Ctrl-C, so that log watchers see what they know.
-                    what = _SIGNAL_WORDS[signum]
-                    log.info("%s received, unmounting…", what)
-                    stopped = True
-                    pyfuse3.terminate()
-                    return
+                    if stop.signum is None:
+                        stop.signum = signum
+                        stopping(signum)
+                    else:
+                        log.info("%s received while stopping", _SIGNAL_WORDS[signum])
 
-        nursery.start_soon(watch_signals)
+        await nursery.start(watch_signals)
+        # Started here, after the signals are ours: the child inherits no pending handler state.
+        vfs.start_helpers()
         nursery.start_soon(tune_readahead)
         # Workers only wait on threads; a few more tasks than threads keep every thread busy.
         await pyfuse3.main(min_tasks=1, max_tasks=max(4, threads * 2))
         nursery.cancel_scope.cancel()
-    return stopped
 
 
 _SIGNAL_WORDS: dict[int, str] = {
@@ -164,14 +203,16 @@ def _prepare_mountpoint(path: str) -> None:
         raise MountError(f"mount point {path} is not empty{mounted}")
 
 
-def _lazy_unmount(path: str) -> None:
+def _lazy_unmount(path: str) -> bool:
+    """Detach the mount at path from the tree (it lives on while in use); whether that worked."""
     for cmd in (["fusermount3", "-u", "-z", path], ["umount", "-l", path]):
         if shutil.which(cmd[0]) is None:
             continue
         res = subprocess.run(cmd, capture_output=True, check=False)
         if res.returncode == 0:
-            return
+            return True
         log.debug("%s failed: %s", " ".join(cmd), res.stderr.decode(errors="replace").strip())
+    return False
 
 
 def _raise_readahead(path: str) -> None:
