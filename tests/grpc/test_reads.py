@@ -334,3 +334,31 @@ def test_stalled_readers_do_not_freeze_the_daemon(served: Served) -> None:
                 assert exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
                 assert time.monotonic() < deadline, "the daemon did not recover"
                 time.sleep(0.1)
+
+
+def test_chunk_rotting_after_a_good_read_is_data_loss(served: Served) -> None:
+    """Each Read checks what it sends: a chunk read fine once and damaged on disk afterwards is
+    refused on a later Read (tvix's client does not re-hash, so a daemon that trusted its first
+    check for ever would hand rot on)."""
+    import time
+
+    import grpc
+
+    from tvix_castore.blobservice.lmdb_store import LmdbBlobService
+    from tvix_castore.blobservice.memo import CHECK_HOLDS
+
+    blobs = served.services.blob_service
+    assert isinstance(blobs, LmdbBlobService)
+    data = os.urandom(100_000)
+    digest = blobs.put(data)
+    assert b"".join(_raw_read(served, digest)) == data
+    env: Any = blobs._env
+    table: Any = blobs._store.table("chunks") if blobs._store is not None else None
+    with env.begin(write=True, db=table) as txn:
+        stored = bytearray(txn.get(digest))
+        stored[5000] ^= 0xFF
+        txn.put(digest, bytes(stored))
+    time.sleep(CHECK_HOLDS + 0.2)
+    with pytest.raises(grpc.RpcError) as info:
+        _raw_read(served, digest)
+    assert info.value.code() == grpc.StatusCode.DATA_LOSS

@@ -155,3 +155,21 @@ def test_worker_takes_work_only_when_idle() -> None:
         release.wait(0.01)
         later = worker.submit_if_idle(lambda: 2)
     assert later is not None and later.result(timeout=10) == 2
+
+
+def test_a_check_holds_only_briefly() -> None:
+    """VerifiedChunks forgets a check after its time: later reads of the chunk are checked again."""
+    import time
+
+    from tvix_castore.blobservice.memo import VerifiedChunks
+
+    checked = VerifiedChunks(holds=0.2)
+    digest = B3Digest.of(b"chunk")
+    checked.add(digest, 5)
+    assert checked.size_of(digest) == 5 and digest in checked
+    time.sleep(0.3)
+    assert checked.size_of(digest) is None and digest not in checked
+    small = VerifiedChunks(max_count=2)
+    for i in range(3):
+        small.add(B3Digest.of(bytes([i])), i)
+    assert B3Digest.of(b"\x00") not in small and small.size_of(B3Digest.of(b"\x02")) == 2

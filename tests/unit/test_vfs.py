@@ -513,3 +513,39 @@ def test_pathinfo_root_nodes_match_whole_basename() -> None:
     assert roots.get_by_basename(b"0000000000000000000000000000000-test") is None
     assert roots.get_by_basename(b"not a store path") is None
     assert list(roots.list()) == [(b"00000000000000000000000000000000-test", node)]
+
+
+def test_chunk_rotting_after_a_good_read_is_caught(tmp_path: Path) -> None:
+    """A check holds only briefly (memo.CHECK_HOLDS): a chunk read fine once and damaged on disk
+    afterwards is refused when read again later, not served from the earlier check."""
+    import time
+
+    from tvix_castore._lmdb_env import open_env, release_env
+    from tvix_castore.blobservice.lmdb_store import LmdbBlobService
+    from tvix_castore.blobservice.memo import CHECK_HOLDS
+
+    blobs = LmdbBlobService(str(tmp_path / "s"))
+    data = random.Random(5).randbytes(1024 * 1024)
+    digest = blobs.put(data)
+    chunks = blobs.chunks(digest) or []
+    v = Vfs(DictRootNodes({A: FileNode(digest, len(data))}), blobs, MemoryDirectoryService())
+    try:
+        a = v.lookup(ROOT_INO, A)
+        assert a is not None
+        fh = v.open(a.ino)
+        assert bytes(v.read(fh, 0, len(data))) == data
+        store = open_env(str(tmp_path / "s"))
+        try:
+            with store.env.begin(write=True) as txn:
+                rotten = bytearray(data[: chunks[0].size])
+                rotten[7] ^= 1
+                txn.put(chunks[0].digest, bytes(rotten), db=store.table("chunks"))
+        finally:
+            release_env(store)
+        time.sleep(CHECK_HOLDS + 0.2)
+        assert errno_of(v.read_nowait, fh, 0, 4096) == errno.EIO
+        assert errno_of(v.read, fh, 0, 4096) == errno.EIO
+        v.release(fh)
+    finally:
+        v.close()
+        blobs.close()

@@ -64,7 +64,7 @@ _WINDOW_DONE = struct.Struct("<cHII")
 _CHECKED = struct.Struct(f"<c{B3_LEN}sI")
 # A request must fit in PIPE_BUF (4096 on Linux) to go into the pipe whole or not at all.
 MAX_RANGES = (4096 - _REQUEST.size) // _RANGE.size
-# Chunks the child remembers as checked (it checks each once, like the reader).
+# Chunks the child remembers as just checked (a chunk two windows share is checked once).
 _REMEMBERED = 4096
 
 

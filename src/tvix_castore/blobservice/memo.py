@@ -2,24 +2,30 @@
 
 - ``ChunkCache``: verified chunk bytes by digest, bounded in bytes (the FUSE layer's and the
   gRPC client's fetched chunks).
-- ``VerifiedChunks``: which stored chunks were already checked against their digest, with their
-  sizes, bounded in count (the FUSE layer and the daemon, reading LMDB chunks in place). A chunk
-  is never rewritten under its digest, so a check holds while the store is open.
+- ``VerifiedChunks``: which stored chunks were just checked against their digest, with their
+  sizes, bounded in count (the FUSE layer, its read helper and the daemon, reading LMDB chunks
+  in place). A chunk is never rewritten under its digest, but the disk under it can rot once
+  its pages are read again: a check holds for ``CHECK_HOLDS`` seconds only. That spares a chunk
+  read in pieces (READs and messages that start or end inside it) or by several readers at once
+  a check per piece, and keeps every read of it later checked again (decision 6).
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections import OrderedDict
 
 from tvix_castore.blobservice import ChunkData
 from tvix_castore.digests import B3Digest
 
-__all__ = ["VERIFIED_REMEMBERED", "ChunkCache", "VerifiedChunks"]
+__all__ = ["CHECK_HOLDS", "VERIFIED_REMEMBERED", "ChunkCache", "VerifiedChunks"]
 
 VERIFIED_REMEMBERED = 65536
-"""How many checked chunks a ``VerifiedChunks`` remembers by default (~100 bytes each; ~16 GiB of
-chunks of the average size)."""
+"""How many checked chunks a ``VerifiedChunks`` remembers at most (~100 bytes each)."""
+
+CHECK_HOLDS = 1.0
+"""Seconds for which a chunk's check counts for further reads of it."""
 
 
 class ChunkCache:
@@ -67,28 +73,37 @@ class ChunkCache:
 
 
 class VerifiedChunks:
-    """Sizes of chunks checked against their digests, least recently used forgotten beyond max_count."""
+    """Sizes of chunks checked against their digests in the last ``holds`` seconds.
 
-    def __init__(self, max_count: int = VERIFIED_REMEMBERED) -> None:
+    Beyond max_count the least recently used are forgotten too.
+    """
+
+    def __init__(self, max_count: int = VERIFIED_REMEMBERED, holds: float = CHECK_HOLDS) -> None:
         self._max = max_count
+        self._holds = holds
         self._lock = threading.Lock()
-        self._sizes: OrderedDict[B3Digest, int] = OrderedDict()
+        self._checked: OrderedDict[B3Digest, tuple[int, float]] = OrderedDict()
 
     def size_of(self, digest: B3Digest) -> int | None:
-        """The size the chunk had when it was checked, or None if it was not (or is forgotten)."""
+        """The size the chunk had when it was checked, or None if it was not lately."""
         with self._lock:
-            size = self._sizes.get(digest)
-            if size is not None:
-                self._sizes.move_to_end(digest)
+            entry = self._checked.get(digest)
+            if entry is None:
+                return None
+            size, when = entry
+            if time.monotonic() - when > self._holds:
+                del self._checked[digest]
+                return None
+            self._checked.move_to_end(digest)
             return size
 
     def __contains__(self, digest: object) -> bool:
         return self.size_of(digest) is not None  # type: ignore[arg-type]
 
     def add(self, digest: B3Digest, size: int) -> None:
-        """Remember digest as checked, with the size it had."""
+        """Remember digest as checked just now, with the size it had."""
         with self._lock:
-            self._sizes[digest] = size
-            self._sizes.move_to_end(digest)
-            if len(self._sizes) > self._max:
-                self._sizes.popitem(last=False)
+            self._checked[digest] = (size, time.monotonic())
+            self._checked.move_to_end(digest)
+            if len(self._checked) > self._max:
+                self._checked.popitem(last=False)

@@ -16,8 +16,9 @@ Read and Put carry every byte of every blob, so ``add_to_server`` registers them
 BlobChunk codec of ``blob_chunk`` instead of protobuf objects. From a store whose chunks can be
 checked where they lie (LMDB), Read verifies each chunk in the map and copies whole chunks, up
 to 1 MiB, straight into a message behind its header: one copy, and few messages (grpcio's cost
-is per message). A chunk is hashed the first time it is read, not again for every client that
-reads it (its digest and size are remembered, bounded; clients verify what they receive anyway).
+is per message). A chunk is hashed every time it is read, except within a second of its last
+check (``memo.VerifiedChunks``: several clients reading it at once cost one check). tvix's own
+client does not re-hash what it receives, so for a tvix client this check is the only one.
 Put hands the backend views into the received messages.
 """
 
