@@ -127,6 +127,9 @@ def grpc_target(listen: str) -> str:
     host, sep, port = listen.rpartition(":")
     if not sep or not host or not port.isdigit():
         raise InvalidRequest(f"invalid listen address {listen!r}: expected host:port, [v6]:port or /socket")
+    if int(port) > 65535:
+        # grpc-core would take the port modulo 65536, or any free one, and we would report this.
+        raise InvalidRequest(f"invalid listen address {listen!r}: port out of range 0-65535")
     return listen
 
 

@@ -251,11 +251,21 @@ def test_port_zero_logs_the_chosen_port(tmp_path: Path) -> None:
         assert proc.wait(timeout=60) == 0
 
 
-def test_bad_listen_address(tmp_path: Path) -> None:
-    """An unusable listen address is one error line and exit status 1."""
-    res = tvix(tmp_path / "s", "daemon", "-l", "not-an-address", check=False)
+@pytest.mark.parametrize(
+    ("listen", "says"),
+    [
+        ("not-an-address", "expected host:port"),
+        # grpc-core would listen on the port modulo 65536 (or any free one for 65536).
+        ("127.0.0.1:99999", "port out of range 0-65535"),
+        ("127.0.0.1:65536", "port out of range 0-65535"),
+    ],
+)
+def test_bad_listen_address(tmp_path: Path, listen: str, says: str) -> None:
+    """An unusable listen address is one error line naming it and exit status 1."""
+    res = tvix(tmp_path / "s", "daemon", "-l", listen, check=False)
     assert res.returncode == 1
-    assert res.stderr.decode().splitlines()[-1].startswith("error: ")
+    last = res.stderr.decode().splitlines()[-1]
+    assert last.startswith("error: ") and listen in last and says in last, last
 
 
 @pytest.mark.parametrize("unix", [True, False])
