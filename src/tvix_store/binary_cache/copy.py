@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from contextlib import contextmanager
 
 from nix_compat import nixbase32
 from nix_compat.errors import NarError
@@ -144,6 +145,22 @@ def _run_all(pool: ThreadPoolExecutor, futures: list[Future[None]]) -> None:
             raise exc
 
 
+@contextmanager
+def _pool(workers: int, name: str) -> Iterator[ThreadPoolExecutor]:
+    """A thread pool that is waited for on the way out, except after an interrupt (Ctrl-C).
+
+    Then its queued tasks are dropped and the running ones left behind: a download from a
+    stalled cache would otherwise hold the interrupt up until its socket timed out.
+    """
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=name)
+    try:
+        yield pool
+    except KeyboardInterrupt:
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
+
+
 def copy_closure(
     services: Services,
     base_url: str,
@@ -190,7 +207,7 @@ def _copy_closure(
     seen: set[bytes] = set()
     pending: list[Future[None]] = []
 
-    with ThreadPoolExecutor(max_workers=_NARINFO_JOBS, thread_name_prefix="narinfo") as pool:
+    with _pool(_NARINFO_JOBS, "narinfo") as pool:
 
         def visit(path: StorePath, referrer: StorePath | None) -> None:
             with lock:
@@ -237,7 +254,7 @@ def _copy_closure(
 
     log.debug("closure walked: %d to copy, %d present", len(narinfos), len(result.present))
     infos: dict[bytes, PathInfo] = {}
-    with ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="nar") as pool:
+    with _pool(max(1, jobs), "nar") as pool:
 
         def fetch(narinfo: NarInfo) -> None:
             with lock:
@@ -406,10 +423,7 @@ def copy_local_closure(
         with lock:
             infos[entry.path.digest] = info
 
-    with (
-        BackgroundWriteback(services.blob_service),
-        ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="ingest") as pool,
-    ):
+    with BackgroundWriteback(services.blob_service), _pool(max(1, jobs), "ingest") as pool:
         _run_all(pool, [pool.submit(ingest, e) for e in todo])
     _put_all(services, infos, result, on_path)
     return result

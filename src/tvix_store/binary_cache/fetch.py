@@ -120,8 +120,52 @@ def open_url(url: str) -> tuple[BinaryIO, int | None] | None:
         raise klass(f"GET {url}: {reason}") from exc
     except HTTPException as exc:
         raise BinaryCacheError(f"GET {url}: {exc}") from exc
-    length = response.headers.get("Content-Length")
-    return cast(BinaryIO, response), int(length) if length and length.isdigit() else None
+    header = response.headers.get("Content-Length")
+    length = int(header) if header and header.isdigit() else None
+    stream = cast(BinaryIO, response) if length is None else _whole(response, length)
+    encoding = (response.headers.get("Content-Encoding") or "identity").strip().lower()
+    if encoding != "identity":
+        # As Nix's downloads do: S3 caches serve narinfos and listings so (narinfo-compression).
+        compression = _CONTENT_ENCODINGS.get(encoding)
+        if compression is None:
+            response.close()
+            raise BinaryCacheError(f"GET {url}: unsupported Content-Encoding {encoding!r}")
+        return decompress(stream, compression, url), None
+    return stream, length
+
+
+# HTTP Content-Encoding values -> our decompressors' names.
+_CONTENT_ENCODINGS = {"gzip": "gzip", "x-gzip": "gzip", "xz": "xz", "bzip2": "bzip2", "zstd": "zstd"}
+
+
+class _Whole(io.RawIOBase):
+    """A response body that must come whole: ending before Content-Length is an error.
+
+    http.client takes a connection closed early for the end of the body; a narinfo cut short
+    would then parse, missing its last lines (references, signatures).
+    """
+
+    def __init__(self, response: Any, length: int) -> None:
+        self._response = response
+        self._left = length
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        n: int = self._response.readinto(buffer)
+        if not n and len(buffer) and self._left > 0:
+            raise EOFError(f"the body ended {self._left} bytes short of its Content-Length")
+        self._left -= n
+        return n
+
+    def close(self) -> None:
+        self._response.close()
+        super().close()
+
+
+def _whole(response: Any, length: int) -> BinaryIO:
+    return cast(BinaryIO, io.BufferedReader(_Whole(response, length), _BUFFER))
 
 
 def fetch_bytes(url: str, limit: int) -> bytes | None:

@@ -230,7 +230,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         status = 1
     except KeyboardInterrupt:
         status = 130
-    if argv is None and args.command in _QUICK_EXIT:
+    if argv is None and (args.command in _QUICK_EXIT or status == 130):
+        # After Ctrl-C too: threads left working (a download from a stalled cache) must not
+        # hold the exit up. Nothing is lost: the stores are safe against a kill at any point.
         exit_now(status)
     return status
 
