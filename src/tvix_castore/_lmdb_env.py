@@ -8,7 +8,7 @@ Tables (named databases):
   ``chunks``      chunk digest (32 B) -> chunk bytes
   ``blobs``       blob digest (32 B) -> chunk list (see blobservice/lmdb_store.py)
   ``directories`` directory digest (32 B) -> canonical Directory encoding
-  ``pathinfos``   store path digest (20 B) -> PathInfo encoding
+  ``pathinfos``   store path digest (20 B) -> 0, BLAKE3 of the PathInfo encoding, the encoding
   ``narcache``    root node encoding digest -> (nar_size, nar_sha256) of its NAR
 
 Durability: the environment is opened without a sync per commit (``sync=False``), because an
@@ -124,6 +124,11 @@ def open_env(path: str) -> LmdbStore:
             _refuse_unusable_store_files(real)
             env, read_only = _open_lmdb(real)
             try:
+                if not read_only:
+                    # A process killed inside a read transaction leaves its reader slot taken
+                    # and its snapshot pinned: freed pages are not reused (the file grows), and
+                    # once every slot is taken no process can read. LMDB clears them only here.
+                    env.reader_check()
                 _refuse_truncated_data_file(real, env)
                 tables = {name: env.open_db(name.encode(), create=not read_only) for name in TABLES}
             except BaseException:

@@ -96,3 +96,77 @@ def test_path_info_under_wrong_key(raw: LmdbStore, infos: PathInfoService) -> No
     _put_raw(raw, "pathinfos", b"\x01" * 20, encode_path_info(PATH_INFO))
     with pytest.raises(DataCorruption):
         infos.get(b"\x01" * 20)
+
+
+def test_damaged_byte_in_a_path_info(raw: LmdbStore, infos: PathInfoService) -> None:
+    """A PathInfo carries the digest of its encoding: one damaged byte in it is refused, where
+    it would have decoded into other metadata."""
+    infos.put(PATH_INFO)
+    db: Any = raw.table("pathinfos")
+    with raw.env.begin(db=db) as txn:
+        stored = bytearray(txn.get(PATH_INFO.store_path.digest))
+    stored[-40] ^= 1
+    _put_raw(raw, "pathinfos", PATH_INFO.store_path.digest, bytes(stored))
+    with pytest.raises(DataCorruption, match="does not match its digest"):
+        infos.get(PATH_INFO.store_path.digest)
+    with pytest.raises(DataCorruption):
+        list(infos.list())
+
+
+def test_path_info_written_before_digests_still_reads(raw: LmdbStore, infos: PathInfoService) -> None:
+    """A bare encoding, as stores written before the digest was added hold, is read as it is."""
+    _put_raw(raw, "pathinfos", PATH_INFO.store_path.digest, encode_path_info(PATH_INFO))
+    assert infos.get(PATH_INFO.store_path.digest) == PATH_INFO
+    assert list(infos.list()) == [PATH_INFO]
+
+
+_HOLD = """
+import sys, time, lmdb
+env = lmdb.open(sys.argv[1], max_dbs=10, map_size=1 << 40, max_readers=1024)
+print("open", flush=True)
+time.sleep(120)
+"""
+_DIE_READING = """
+import os, signal, sys, lmdb
+env = lmdb.open(sys.argv[1], max_dbs=10, map_size=1 << 40, max_readers=1024)
+txn = env.begin()
+print(os.getpid(), flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+_READERS = """
+import sys, lmdb
+print(lmdb.open(sys.argv[1], max_dbs=10, map_size=1 << 40, max_readers=1024).readers())
+"""
+
+
+def test_readers_of_killed_processes_are_cleared(tmp_path: Path) -> None:
+    """A process killed inside a read transaction leaves its reader slot taken while another
+    process keeps the store open (a mount, a daemon); the next command to open the store frees
+    it, so the file does not grow for ever and the slots do not run out."""
+    import subprocess
+    import sys
+
+    from tvix_cli import tvix
+
+    store = tmp_path / "store"
+    (tmp_path / "f").write_bytes(b"x")
+    tvix(store, "import", tmp_path / "f")
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD, str(store)], stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == b"open\n"
+        dead = subprocess.run(
+            [sys.executable, "-c", _DIE_READING, str(store)], capture_output=True, timeout=60
+        ).stdout.split()[0]
+
+        def readers() -> list[bytes]:
+            out = subprocess.run(
+                [sys.executable, "-c", _READERS, str(store)], capture_output=True, check=True, timeout=60
+            ).stdout
+            return [line.split()[0] for line in out.splitlines()[1:] if line.strip()]
+
+        assert dead in readers()
+        tvix(store, "path-info", "--all")
+        assert dead not in readers()
+    finally:
+        holder.kill()
+        holder.wait()

@@ -549,3 +549,24 @@ def test_chunk_rotting_after_a_good_read_is_caught(tmp_path: Path) -> None:
     finally:
         v.close()
         blobs.close()
+
+
+def test_file_whose_blob_has_another_size_is_eio(tmp_path: Path) -> None:
+    """A FileNode whose size differs from its blob's (a damaged PathInfo or Directory) cannot
+    be opened: it would read short, or end before its st_size. nar refuses it too."""
+    from tvix_castore.blobservice.lmdb_store import LmdbBlobService
+
+    blobs = LmdbBlobService(str(tmp_path / "s"))
+    data = random.Random(6).randbytes(2 * 1024 * 1024)
+    digest = blobs.put(data)
+    try:
+        for claimed in (len(data) - 1, len(data) + 1):
+            v = Vfs(DictRootNodes({A: FileNode(digest, claimed)}), blobs, MemoryDirectoryService())
+            try:
+                a = v.lookup(ROOT_INO, A)
+                assert a is not None
+                assert errno_of(v.open, a.ino) == errno.EIO
+            finally:
+                v.close()
+    finally:
+        blobs.close()

@@ -93,6 +93,15 @@ _HELPER_SLOT_BYTES = 1024 * 1024
 _PREFETCH_THREADS = 2
 
 
+def _size_mismatch(node: FileNode, ino: int, stored: int) -> VfsError:
+    """EIO for a file whose blob is not as long as its FileNode says, which nar refuses too.
+
+    Served, it would read short, or end before its st_size.
+    """
+    log.warning("blob %s (inode %d) is %d bytes, its FileNode says %d", node.digest, ino, stored, node.size)
+    return VfsError(errno.EIO, f"blob {node.digest} is {stored} bytes, not {node.size}")
+
+
 class VfsError(Exception):
     """A filesystem operation failed with errno ``errno``."""
 
@@ -402,6 +411,9 @@ class Vfs:
         reader = None
         if chunks:
             index: tuple[ChunkMeta, ...] | None = tuple(chunks)
+            stored = sum(c.size for c in chunks)
+            if stored != node.size:
+                raise _size_mismatch(node, ino, stored)
         elif node.size <= _WHOLE_BLOB_MAX:
             index = (ChunkMeta(node.digest, node.size),)
         else:
@@ -411,6 +423,9 @@ class Vfs:
             if reader is None:
                 log.warning("blob %s (inode %d) is missing from the blob service", node.digest, ino)
                 raise VfsError(errno.EIO, f"blob {node.digest} not found")
+            if reader.size() != node.size:
+                reader.close()
+                raise _size_mismatch(node, ino, reader.size())
         of = _OpenFile(node, index, reader, prefetching=self._join_ranges is None)
         with self._lock:
             fh = next(self._fh_counter)

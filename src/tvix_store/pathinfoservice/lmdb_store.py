@@ -2,7 +2,12 @@
 
 This module is an IO shell: validation lives in ``path_info.py`` and ``proto_conv.py``.
 
-Layout: ``pathinfos`` maps the 20-byte store-path digest to the PathInfo's protobuf encoding.
+Layout: ``pathinfos`` maps the 20-byte store-path digest to a zero byte, the BLAKE3 digest of
+the PathInfo's protobuf encoding, and that encoding. Chunks and Directories are checked against
+the digests they are stored under; a PathInfo has none of its own, so it carries one: a damaged
+byte in it (a NarHash, a reference, a node's size) is an error, not different metadata. A
+value that is the bare encoding (stores written before the digest was added; a protobuf
+message never starts with a zero byte) is read unchecked.
 
 Crash safety: the environment does not fsync per commit (see ``_lmdb_env``). A PathInfo is
 what makes a store path visible, so ``put`` first syncs the environment (every blob and
@@ -20,6 +25,7 @@ import threading
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, cast, final
 
+import blake3
 import lmdb
 
 from tvix_castore._lmdb_env import LmdbStore, lmdb_errors, open_env, path_from_url, release_env
@@ -38,6 +44,9 @@ if TYPE_CHECKING:
 __all__ = ["LmdbPathInfoService"]
 
 _LIST_BATCH = 256
+# A checked value: this byte, the encoding's BLAKE3 digest, the encoding.
+_CHECKED = b"\x00"
+_DIGEST_LEN = 32
 
 
 @final
@@ -85,7 +94,8 @@ class LmdbPathInfoService(PathInfoService):
         store = self._store
         if store is None:
             raise ClosedError("LMDB path info service is closed")
-        value = encode_path_info(info)
+        encoded = encode_path_info(info)
+        value = _CHECKED + blake3.blake3(encoded).digest() + encoded
         store.sync()
         with (
             lmdb_errors(self.path, "path info", f"put {info.store_path.basename()}"),
@@ -128,6 +138,12 @@ class LmdbPathInfoService(PathInfoService):
             return self._nar_cache
 
     def _decode(self, key: bytes, data: bytes) -> PathInfo:
+        if data[:1] == _CHECKED:
+            digest, data = data[1 : 1 + _DIGEST_LEN], data[1 + _DIGEST_LEN :]
+            if blake3.blake3(data).digest() != digest:
+                raise DataCorruption(
+                    f"PathInfo {key.hex()} in {self.path} is corrupt: it does not match its digest"
+                )
         try:
             info = decode_path_info(data)
         except PathInfoError as exc:
