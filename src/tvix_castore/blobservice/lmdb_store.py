@@ -41,13 +41,7 @@ from tvix_castore._lmdb_env import LmdbStore, explain, open_env, path_from_url, 
 from tvix_castore.blobservice import BlobReader, BlobService, BlobWriter, ChunkData, ChunkMeta
 from tvix_castore.blobservice.chunked_reader import BytesBlobReader, ChunkedReader
 from tvix_castore.chunker import MIN_SIZE, Chunker
-from tvix_castore.digests import (
-    B3_LEN,
-    EMPTY_BLOB_DIGEST,
-    PARALLEL_ABOVE,
-    B3Digest,
-    blake3_digest,
-)
+from tvix_castore.digests import B3_LEN, EMPTY_BLOB_DIGEST, B3Digest, blake3_digest
 from tvix_castore.errors import ClosedError, DataCorruption, StorageError, StoreError
 from tvix_castore.url import ServiceUrl
 
@@ -140,7 +134,7 @@ _VERIFY_BATCH = 16
 
 
 def _digests_of(views: Sequence[ChunkData]) -> list[bytes]:
-    return [blake3.blake3(view).digest() for view in views]
+    return [blake3_digest(view) for view in views]
 
 
 def _update_all(hasher: Any, chunks: list[ChunkData]) -> None:
@@ -266,13 +260,17 @@ class LmdbBlobService(BlobService):
             self._check_chunk(digest, view)
             return len(view)
 
-    def _check_chunk(self, digest: B3Digest, data: ChunkData, parallel_above: int = PARALLEL_ABOVE) -> None:
+    def _check_chunk(self, digest: B3Digest, data: ChunkData) -> None:
         """Raise DataCorruption unless data hashes to digest."""
-        actual = blake3_digest(data, parallel_above)
+        actual = blake3_digest(data)
         if actual != digest:
-            raise DataCorruption(
-                f"chunk {digest} is corrupt in {self.path}: its bytes hash to {B3Digest(actual)}"
-            )
+            raise self._corrupt(digest, actual)
+
+    def _corrupt(self, digest: B3Digest, actual: bytes) -> DataCorruption:
+        """The error for a chunk stored under digest whose bytes hash to actual."""
+        return DataCorruption(
+            f"chunk {digest} is corrupt in {self.path}: its bytes hash to {B3Digest(actual)}"
+        )
 
     def start_read_helper(self, slots: int, slot_bytes: int) -> ReadHelper:
         """A helper process that prepares a reader's next bytes (``lmdb_read_helper``)."""
@@ -413,13 +411,11 @@ class LmdbBlobService(BlobService):
         try:
             actual = _digests_of(views[:half])
         finally:
-            if later is not None:
-                actual += later.result()
-        for chunk, digest in zip(chunks, actual, strict=True):
+            # Also after a failure here: the verifier reads the views until it is done.
+            rest = later.result() if later is not None else []
+        for chunk, digest in zip(chunks, actual + rest, strict=True):
             if digest != chunk.digest:
-                raise DataCorruption(
-                    f"chunk {chunk.digest} is corrupt in {self.path}: its bytes hash to {B3Digest(digest)}"
-                )
+                raise self._corrupt(chunk.digest, digest)
 
     def open_write(self) -> LmdbBlobWriter:
         """A streaming writer; the blob becomes readable when it is closed."""

@@ -25,11 +25,11 @@ import threading
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, cast, final
 
-import blake3
 import lmdb
 
 from tvix_castore._lmdb_env import LmdbStore, lmdb_errors, open_env, path_from_url, release_env
 from tvix_castore.blobservice import BlobService
+from tvix_castore.digests import B3_LEN, blake3_digest
 from tvix_castore.directoryservice import DirectoryService
 from tvix_castore.errors import ClosedError, DataCorruption
 from tvix_castore.url import ServiceUrl
@@ -46,7 +46,6 @@ __all__ = ["LmdbPathInfoService"]
 _LIST_BATCH = 256
 # A checked value: this byte, the encoding's BLAKE3 digest, the encoding.
 _CHECKED = b"\x00"
-_DIGEST_LEN = 32
 
 
 @final
@@ -95,7 +94,7 @@ class LmdbPathInfoService(PathInfoService):
         if store is None:
             raise ClosedError("LMDB path info service is closed")
         encoded = encode_path_info(info)
-        value = _CHECKED + blake3.blake3(encoded).digest() + encoded
+        value = _CHECKED + blake3_digest(encoded) + encoded
         store.sync()
         with (
             lmdb_errors(self.path, "path info", f"put {info.store_path.basename()}"),
@@ -139,8 +138,8 @@ class LmdbPathInfoService(PathInfoService):
 
     def _decode(self, key: bytes, data: bytes) -> PathInfo:
         if data[:1] == _CHECKED:
-            digest, data = data[1 : 1 + _DIGEST_LEN], data[1 + _DIGEST_LEN :]
-            if blake3.blake3(data).digest() != digest:
+            digest, data = data[1 : 1 + B3_LEN], data[1 + B3_LEN :]
+            if blake3_digest(data) != digest:
                 raise DataCorruption(
                     f"PathInfo {key.hex()} in {self.path} is corrupt: it does not match its digest"
                 )
