@@ -70,6 +70,17 @@ def node_to_dump(
     names: list[str] = []
     pending = _components(inside)
     links = 0
+
+    def restart_at(path: str) -> None:
+        """Go on from path, a place in the store that arg led to, from its store path's root."""
+        nonlocal store_path, walked, names, pending
+        try:
+            store_path, rest = store_path_argument(path)
+        except StorePathError as exc:
+            raise StorePathError(f"{arg!r} leads to {path!r}: {exc}") from exc
+        walked, names = [_root_node(store_path, path_infos)], []
+        pending = _components(rest)
+
     while True:
         here = walked[-1]
         if isinstance(here, SymlinkNode) and (pending or want_directory):
@@ -83,9 +94,7 @@ def node_to_dump(
             if target.startswith("/") or not walked:
                 # Absolute, or the store path itself is the link: relative to the store directory.
                 base = target if target.startswith("/") else f"{STORE_DIR}/{target}"
-                store_path, rest = _leads_to(arg, "/".join([base, *pending]))
-                walked, names = [_root_node(store_path, path_infos)], []
-                pending = _components(rest)
+                restart_at("/".join([base, *pending]))
             else:
                 pending.extendleft(reversed(_components(target)))
             continue
@@ -102,9 +111,7 @@ def node_to_dump(
             # Up into the store directory: what follows names another store path.
             if not pending:
                 raise StorePathError(f"{arg!r} leads to {STORE_DIR}, which is not a store path")
-            store_path, rest = _leads_to(arg, "/".join([STORE_DIR, *pending]))
-            walked, names = [_root_node(store_path, path_infos)], []
-            pending = _components(rest)
+            restart_at("/".join([STORE_DIR, *pending]))
             continue
         where = _absolute(store_path, names)
         if not isinstance(here, DirectoryNode):
@@ -121,14 +128,6 @@ def node_to_dump(
     if want_directory and not isinstance(walked[-1], DirectoryNode):
         raise StorePathError(f"path '{_absolute(store_path, names)}' is not a directory (following {arg!r})")
     return store_path, walked[-1]
-
-
-def _leads_to(arg: str, path: str) -> tuple[StorePath, str]:
-    """store_path_argument of path, which arg led to through a symlink."""
-    try:
-        return store_path_argument(path)
-    except StorePathError as exc:
-        raise StorePathError(f"{arg!r} leads to {path!r}: {exc}") from exc
 
 
 def _components(path: str) -> deque[str]:
