@@ -228,9 +228,8 @@ def _put_path_info(services: Services, name: str, root: Node, nar_size: int, nar
 
 # -- NAR input streams -----------------------------------------------------------------------------
 
-_MAGIC_XZ = b"\xfd7zXZ\x00"
-_MAGIC_ZSTD = b"\x28\xb5\x2f\xfd"
-_MAGIC_BZ2 = b"BZh"
+# Compressions an import detects by the stream's first bytes (``fetch.MAGICS``).
+_DETECTED = ("xz", "zstd", "bzip2")
 
 
 class _Prefixed(io.RawIOBase):
@@ -256,19 +255,20 @@ class _Prefixed(io.RawIOBase):
 
 def open_nar_stream(source: BinaryIO) -> BinaryIO:
     """Wrap source so that reading it yields the NAR: xz, zstd and bzip2 are detected by magic."""
+    from tvix_store.binary_cache.fetch import MAGICS, decompress
+
+    wanted = max(len(MAGICS[c]) for c in _DETECTED)
     head = b""
-    while len(head) < len(_MAGIC_XZ):
-        more = source.read(len(_MAGIC_XZ) - len(head))
+    while len(head) < wanted:
+        more = source.read(wanted - len(head))
         if not more:
             break
         head += more
-    raw = io.BufferedReader(_Prefixed(head, source), 1 << 20)
-    for magic, compression in ((_MAGIC_XZ, "xz"), (_MAGIC_ZSTD, "zstd"), (_MAGIC_BZ2, "bzip2")):
-        if head.startswith(magic):
-            from tvix_store.binary_cache.fetch import decompress
-
-            return decompress(cast(BinaryIO, raw), compression, "the NAR")
-    return cast(BinaryIO, raw)
+    raw = cast(BinaryIO, io.BufferedReader(_Prefixed(head, source), 1 << 20))
+    for compression in _DETECTED:
+        if head.startswith(MAGICS[compression]):
+            return decompress(raw, compression, "the NAR")
+    return raw
 
 
 def open_nar_file(file: str) -> BinaryIO:

@@ -21,6 +21,7 @@ from tvix_store.binary_cache import BinaryCacheError, CacheUnavailable
 
 __all__ = [
     "COMPRESSIONS",
+    "MAGICS",
     "cache_base_url",
     "decompress",
     "decompressed_pieces",
@@ -247,7 +248,7 @@ def _stream_pieces(
             # NUL padding; anything else after the end is not part of the file.
             if compression == "xz" and not raw.strip(b"\0"):
                 continue
-            if not raw.startswith(_MAGICS[compression][: len(raw)]):
+            if not raw.startswith(MAGICS[compression][: len(raw)]):
                 raise EOFError("data after the end of the compressed stream")
             d = new_decompressor()
         if compression == "gzip":
@@ -286,8 +287,8 @@ def _gzip() -> Any:
 
 
 _DECOMPRESSORS: dict[str, Callable[[], Any]] = {"xz": _xz, "bzip2": _bzip2, "gzip": _gzip}
-# How each stream of these formats starts.
-_MAGICS = {"xz": b"\xfd7zXZ\x00", "bzip2": b"BZh", "gzip": b"\x1f\x8b"}
+MAGICS = {"xz": b"\xfd7zXZ\x00", "zstd": b"\x28\xb5\x2f\xfd", "bzip2": b"BZh", "gzip": b"\x1f\x8b"}
+"""How a stream of each compression starts."""
 
 
 class _ReadFunction(io.RawIOBase):

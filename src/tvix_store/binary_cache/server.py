@@ -55,7 +55,7 @@ from tvix_castore.frozen import Frozen
 from tvix_castore.nodes import DirectoryNode, FileNode, Node
 from tvix_castore.proto_conv import anonymous_node_from_proto, node_to_proto
 from tvix_store.binary_cache.download import NARINFO_LIMIT
-from tvix_store.binary_cache.fetch import decompress, read_errors
+from tvix_store.binary_cache.fetch import MAGICS, decompress, read_errors
 from tvix_store.nar.calculation import nar_size as nar_size_of
 from tvix_store.nar.ingest import ingest_nar
 from tvix_store.nar.renderer import write_nar
@@ -77,7 +77,6 @@ IDLE_TIMEOUT = 300.0
 _COPY_CHUNK = 1 << 20
 _SUFFIX_COMPRESSION = {"": "none", ".xz": "xz", ".zst": "zstd", ".bz2": "bzip2", ".gz": "gzip"}
 _RANGE_RE = re.compile(r"bytes=(\d*)-(\d*)")
-_GZIP_MAGIC = b"\x1f\x8b"
 
 
 class _BadRequest(Exception):
@@ -203,7 +202,7 @@ class _HashingReader(io.RawIOBase):
 
 def _decompressor(raw: io.RawIOBase, compression: str) -> BinaryIO:
     buffered = io.BufferedReader(raw, _COPY_CHUNK)
-    if compression == "none" and buffered.peek(2)[:2] == _GZIP_MAGIC:
+    if compression == "none" and buffered.peek(2)[:2] == MAGICS["gzip"]:
         # Nix names its gzip-compressed NARs plain ``.nar`` (its URL suffixes omit gzip); a NAR
         # itself starts with the length of "nix-archive-1", never with these bytes.
         compression = "gzip"
