@@ -23,7 +23,14 @@ from nix_compat.narinfo import NarInfo
 from nix_compat.signing import VerifyingKey
 from nix_compat.store_path import STORE_DIR_WITH_SLASH, StorePath
 from tvix_store.binary_cache import BinaryCacheError
-from tvix_store.binary_cache.fetch import decompressed_pieces, fetch_bytes, join_url, open_url, read_errors
+from tvix_store.binary_cache.fetch import (
+    DOWNLOAD_ATTEMPTS,
+    decompressed_pieces,
+    fetch_bytes,
+    join_url,
+    open_url,
+    read_errors,
+)
 
 __all__ = [
     "NARINFO_LIMIT",
@@ -50,8 +57,12 @@ def parse_wanted_path(text: str) -> StorePath:
     return StorePath.from_bytes(text)
 
 
-def fetch_narinfo(base_url: str, digest: bytes, trusted_keys: Sequence[VerifyingKey] = ()) -> NarInfo | None:
+def fetch_narinfo(
+    base_url: str, digest: bytes, trusted_keys: Sequence[VerifyingKey] = (), attempts: int = DOWNLOAD_ATTEMPTS
+) -> NarInfo | None:
     """The narinfo of the store path with this digest, or None if the cache does not have it.
+
+    attempts: how often a transient failure is tried (see ``fetch``).
 
     Raises:
         BinaryCacheError: unreadable or malformed narinfo, a StorePath of another digest, or
@@ -59,7 +70,7 @@ def fetch_narinfo(base_url: str, digest: bytes, trusted_keys: Sequence[Verifying
 
     """
     url = join_url(base_url, f"{nixbase32.encode(digest)}.narinfo")
-    data = fetch_bytes(url, NARINFO_LIMIT)
+    data = fetch_bytes(url, NARINFO_LIMIT, attempts)
     if data is None:
         return None
     try:
@@ -123,8 +134,8 @@ class NarDownload:
 
     _DEPTH = 8
 
-    def __init__(self, base_url: str, narinfo: NarInfo) -> None:
-        """Open narinfo's NAR and start decompressing it.
+    def __init__(self, base_url: str, narinfo: NarInfo, attempts: int = DOWNLOAD_ATTEMPTS) -> None:
+        """Open narinfo's NAR and start decompressing it (attempts: see ``fetch.open_url``).
 
         Raises:
             BinaryCacheError: the NAR is not in the cache, or cannot be opened.
@@ -132,7 +143,7 @@ class NarDownload:
         """
         self.narinfo = narinfo
         self.url = join_url(base_url, narinfo.url)
-        opened = open_url(self.url)
+        opened = open_url(self.url, attempts)
         if opened is None:
             raise BinaryCacheError(f"{self.url}: NAR of {narinfo.store_path.absolute()} not found")
         self._raw = opened[0]
@@ -216,8 +227,9 @@ def start_downloads(
 ) -> dict[bytes, NarDownload]:
     """Begin the NAR downloads of (up to limit of) paths, by store path digest; best effort.
 
-    For ``copy`` to call before it opens the store. Whatever fails here is skipped: the copy's
-    own walk of the closure meets the problem again and reports it.
+    For ``copy`` to call before it opens the store. Whatever fails here is skipped, at the first
+    attempt: the copy's own walk of the closure meets the problem again, tries again, and
+    reports it.
     """
     started: dict[bytes, NarDownload] = {}
     errors: tuple[type[BaseException], ...] = (BinaryCacheError, *read_errors())
@@ -225,9 +237,9 @@ def start_downloads(
         if path.digest in started:
             continue
         try:
-            narinfo = fetch_narinfo(base_url, path.digest, trusted_keys)
+            narinfo = fetch_narinfo(base_url, path.digest, trusted_keys, attempts=1)
             if narinfo is not None and narinfo.store_path == path:
-                started[path.digest] = NarDownload(base_url, narinfo)
+                started[path.digest] = NarDownload(base_url, narinfo, attempts=1)
         except errors:
             continue
     return started

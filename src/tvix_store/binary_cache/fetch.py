@@ -5,22 +5,32 @@ path without a trailing slash keeps its last segment (spec §15 item 9: ``http:/
 ``x.narinfo`` is ``http://h/foo/x.narinfo``). ``open_url`` streams a response (None for 404/403/410
 or a missing file); ``decompress`` wraps a stream for the narinfo ``Compression`` values Nix
 writes. Every failure becomes a ``BinaryCacheError`` naming the URL and, for HTTP, the status.
+
+Transient failures are tried again, as Nix's downloads do (``download-attempts``, 5 by default):
+a refused, reset or timed-out connection, HTTP 408 and 429, and 5xx other than 501, 505 and 511,
+up to ``DOWNLOAD_ATTEMPTS`` attempts in all, after 250 ms, then twice as long each time (with
+jitter). ``open_url`` tries again until the response starts; ``fetch_bytes`` also when its body
+is cut short. A body streamed to its reader is not fetched again: the reader has its bytes.
 """
 
 from __future__ import annotations
 
 import io
+import logging
 import os
+import random
 import socket
 import sys
+import time
 import urllib.parse
 from collections.abc import Callable, Iterator
-from typing import Any, BinaryIO, cast
+from typing import Any, BinaryIO, TypeVar, cast
 
 from tvix_store.binary_cache import BinaryCacheError, CacheUnavailable
 
 __all__ = [
     "COMPRESSIONS",
+    "DOWNLOAD_ATTEMPTS",
     "MAGICS",
     "cache_base_url",
     "decompress",
@@ -31,11 +41,14 @@ __all__ = [
     "read_errors",
 ]
 
+log = logging.getLogger(__name__)
+_T = TypeVar("_T")
+
 TIMEOUT = 60.0
 _BUFFER = 1 << 20
 _NOT_FOUND = (403, 404, 410)
-# A proxy or server that is down or overloaded: worth a retry.
-_UNAVAILABLE = (502, 503, 504)
+DOWNLOAD_ATTEMPTS = 5
+_FIRST_RETRY_SECONDS = 0.25
 COMPRESSIONS = ("none", "xz", "zstd", "bzip2", "gzip")
 
 
@@ -88,8 +101,41 @@ def join_url(base: str, name: str) -> str:
     return urllib.parse.urljoin(urllib.parse.urlunsplit((parts.scheme, parts.netloc, path, "", "")), name)
 
 
-def open_url(url: str) -> tuple[BinaryIO, int | None] | None:
-    """Open url for streaming: (stream, length if known), or None when the cache has no such file."""
+def _transient_status(code: int) -> bool:
+    """Whether an HTTP error status is worth another attempt, as Nix judges it.
+
+    408 (the server timed out waiting for us), 429 (too many requests), and server errors but
+    501 (not implemented), 505 (HTTP version not supported) and 511 (a captive portal).
+    """
+    return code in (408, 429) or (500 <= code < 600 and code not in (501, 505, 511))
+
+
+def _attempts(attempt: Callable[[], _T], attempts: int) -> _T:
+    """attempt(), again after a CacheUnavailable, up to attempts times in all."""
+    for n in range(1, attempts + 1):
+        try:
+            return attempt()
+        except CacheUnavailable as exc:
+            if n == attempts == 1:
+                raise
+            if n == attempts:
+                raise CacheUnavailable(f"{exc} (after {n} attempts)") from exc
+            delay = _FIRST_RETRY_SECONDS * 2 ** (n - 1 + random.uniform(0.0, 0.5))
+            log.warning("%s; retrying in %d ms", exc, delay * 1000)
+            time.sleep(delay)
+    raise AssertionError("unreachable")
+
+
+def open_url(url: str, attempts: int = DOWNLOAD_ATTEMPTS) -> tuple[BinaryIO, int | None] | None:
+    """Open url for streaming: (stream, length if known), or None when the cache has no such file.
+
+    Transient failures before the response starts are tried again, up to attempts in all (see
+    the module docstring).
+    """
+    return _attempts(lambda: _open_once(url), attempts)
+
+
+def _open_once(url: str) -> tuple[BinaryIO, int | None] | None:
     parts = urllib.parse.urlsplit(url)
     if parts.scheme == "file":
         path = urllib.parse.unquote(parts.path)
@@ -111,7 +157,7 @@ def open_url(url: str) -> tuple[BinaryIO, int | None] | None:
         exc.close()
         if exc.code in _NOT_FOUND:
             return None
-        klass = CacheUnavailable if exc.code in _UNAVAILABLE else BinaryCacheError
+        klass = CacheUnavailable if _transient_status(exc.code) else BinaryCacheError
         raise klass(f"GET {url}: HTTP {exc.code} {exc.reason}") from exc
     except (URLError, OSError) as exc:
         reason = exc.reason if isinstance(exc, URLError) else exc
@@ -169,9 +215,25 @@ def _whole(response: Any, length: int) -> BinaryIO:
     return cast(BinaryIO, io.BufferedReader(_Whole(response, length), _BUFFER))
 
 
-def fetch_bytes(url: str, limit: int) -> bytes | None:
-    """The whole body at url (at most limit bytes), or None when absent."""
-    opened = open_url(url)
+def fetch_bytes(url: str, limit: int, attempts: int = DOWNLOAD_ATTEMPTS) -> bytes | None:
+    """The whole body at url (at most limit bytes), or None when absent.
+
+    Transient failures are tried again, a body cut short included, up to attempts in all (see
+    the module docstring).
+    """
+    return _attempts(lambda: _fetch_once(url, limit), attempts)
+
+
+def _cut_short(exc: BaseException) -> bool:
+    """Whether a read failed because the connection went: reset, timed out, or closed early."""
+    if isinstance(exc, ConnectionError | TimeoutError | EOFError):
+        return True
+    client = sys.modules.get("http.client")  # never loaded for file:// caches
+    return client is not None and isinstance(exc, client.IncompleteRead)
+
+
+def _fetch_once(url: str, limit: int) -> bytes | None:
+    opened = _open_once(url)
     if opened is None:
         return None
     stream, _ = opened
@@ -179,7 +241,8 @@ def fetch_bytes(url: str, limit: int) -> bytes | None:
         try:
             data = stream.read(limit + 1)
         except read_errors() as exc:
-            raise BinaryCacheError(f"GET {url}: read failed: {exc}") from exc
+            klass = CacheUnavailable if _cut_short(exc) else BinaryCacheError
+            raise klass(f"GET {url}: read failed: {exc}") from exc
     if len(data) > limit:
         raise BinaryCacheError(f"GET {url}: response larger than {limit} bytes")
     return data
