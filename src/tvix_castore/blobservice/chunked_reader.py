@@ -4,7 +4,10 @@
 chunk through an injected ``fetch(digest)`` callable, so it serves every backend (LMDB, gRPC,
 combined) without knowing how chunks are stored. The fetch callable is responsible for checking
 each chunk against its digest; it returns None when the chunk is absent, and that becomes an
-error only when a read actually reaches the chunk (tvix ``chunked_reader.rs``).
+error only when a read actually reaches the chunk (tvix ``chunked_reader.rs``). Given the blob's
+own digest too (a chunk list from a server we do not trust to have sent this blob's), it also
+hashes the chunks it fetches in order from the first, and refuses the last one unless the whole
+blob hashes to that digest.
 
 ``BytesBlobReader`` serves a blob held in memory (memory backend, single-chunk blobs, the gRPC
 client's small-blob path). Neither reader is thread-safe; each has one user at a time.
@@ -19,7 +22,7 @@ from typing import Any
 
 from tvix_castore.blobservice import BlobReader, ChunkMeta
 from tvix_castore.digests import B3Digest
-from tvix_castore.errors import ClosedError, InvalidRequest, StorageError
+from tvix_castore.errors import ClosedError, DataCorruption, InvalidRequest, StorageError
 
 __all__ = ["BytesBlobReader", "ChunkFetcher", "ChunkedReader", "PositionedBlobReader", "resolve_seek"]
 
@@ -120,9 +123,16 @@ class ChunkedReader(PositionedBlobReader):
     Random access costs one chunk fetch: the chunk holding a position is found by binary search
     over the chunk start offsets, nothing before it is read. The most recently fetched chunk is
     kept, so sequential small reads fetch each chunk once.
+
+    whole: the blob's digest, to check the chunks against as a whole (see the module docstring).
+    A reader that reads the blob from its start to its end gets a DataCorruption instead of the
+    last chunk's bytes when the chunks are not that blob's; one that skips a chunk is not
+    checked so.
     """
 
-    def __init__(self, chunks: Sequence[ChunkMeta], fetch: ChunkFetcher) -> None:
+    def __init__(
+        self, chunks: Sequence[ChunkMeta], fetch: ChunkFetcher, whole: B3Digest | None = None
+    ) -> None:
         super().__init__()
         if not chunks:
             raise ValueError("ChunkedReader needs at least one chunk")
@@ -138,6 +148,10 @@ class ChunkedReader(PositionedBlobReader):
         self._fetch = fetch
         self._cached_index = -1
         self._cached: bytes | memoryview = b""
+        self._whole = whole
+        self._hasher: Any = None  # hashes chunks 0.._hashed - 1 of the blob, while whole is checked
+        self._hashed = 0
+        self._not_whole: DataCorruption | None = None  # the chunks are not whole's: the last is refused
 
     @property
     def chunk_offsets(self) -> tuple[int, ...]:
@@ -151,6 +165,8 @@ class ChunkedReader(PositionedBlobReader):
         return bisect.bisect_right(self._starts, pos) - 1
 
     def _chunk(self, index: int) -> bytes | memoryview:
+        if self._not_whole is not None and index == len(self._chunks) - 1:
+            raise self._not_whole
         if index != self._cached_index:
             meta = self._chunks[index]
             data = self._fetch(meta.digest)
@@ -160,9 +176,26 @@ class ChunkedReader(PositionedBlobReader):
                 raise StorageError(
                     f"chunk {meta.digest} (#{index}) has {len(data)} bytes, expected {meta.size}"
                 )
+            if self._whole is not None and index == self._hashed:
+                self._hash_in_order(index, data)
             self._cached_index = index
             self._cached = data
         return self._cached
+
+    def _hash_in_order(self, index: int, data: bytes | memoryview) -> None:
+        """Add the next chunk to the hash of the whole; at the last, compare it with whole."""
+        if self._hasher is None:
+            import blake3
+
+            self._hasher = blake3.blake3()
+        self._hasher.update(data)
+        self._hashed = index + 1
+        if self._hashed == len(self._chunks) and self._hasher.digest() != self._whole:
+            self._not_whole = DataCorruption(
+                f"blob {self._whole}: its {len(self._chunks)} chunks make up other contents "
+                f"({B3Digest(self._hasher.digest())})"
+            )
+            raise self._not_whole
 
     def read(self, size: int | None = -1) -> bytes:
         """Up to size bytes (all remaining for -1/None); b"" at the end.

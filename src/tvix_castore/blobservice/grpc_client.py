@@ -260,7 +260,8 @@ class GrpcBlobService(BlobService):
         if chunks is None:
             return None
         if chunks:
-            return ChunkedReader(chunks, _Prefetcher(self, digest, chunks).fetch)
+            # The chunk list is the server's word: the chunks are checked as the blob too.
+            return ChunkedReader(chunks, _Prefetcher(self, digest, chunks).fetch, whole=digest)
         return self._read_whole(digest)
 
     def _read_whole(self, digest: B3Digest) -> BlobReader | None:

@@ -14,6 +14,7 @@ from typing import final
 
 import grpc
 
+from nix_compat import nixbase32
 from tvix.store.protos import rpc_pathinfo_pb2 as rpc_pb
 from tvix.store.protos import rpc_pathinfo_pb2_grpc as pb_grpc
 from tvix_castore.blobservice import BlobService
@@ -73,21 +74,35 @@ class GrpcPathInfoService(PathInfoService):
             if rpc_code(exc) == grpc.StatusCode.NOT_FOUND:
                 return None
             raise error_of(exc, f"{self._name}: get of path info") from exc
-        return self._validated(msg)
+        info = self._validated(msg)
+        if info.store_path.digest != digest:
+            # Served on (serve-cache, a daemon in front) it would stand for the path asked for.
+            raise StorageError(
+                f"{self._name}: asked for the path info of {nixbase32.encode(digest)}, "
+                f"the server sent the one of {info.store_path.absolute()}"
+            )
+        return info
 
     def put(self, info: PathInfo) -> PathInfo:
         """Store info on the server; returns what the server stored.
 
-        First waits for the blob uploads to the same server still in flight (write-behind, see
-        ``tvix_castore.blobservice.grpc_client``) and fails if one failed: a PathInfo is only
-        stored once everything uploaded before it has arrived.
+        That may carry more signatures than info, and must be info otherwise: an import prints
+        the store path it returns. First waits for the blob uploads to the same server still in
+        flight (write-behind, see ``tvix_castore.blobservice.grpc_client``) and fails if one
+        failed: a PathInfo is only stored once everything uploaded before it has arrived.
         """
         self._uploads.wait()
         try:
             msg = self._stub.Put(path_info_to_proto(info))
         except grpc.RpcError as exc:
             raise error_of(exc, f"{self._name}: put of {info.store_path.absolute()}") from exc
-        return self._validated(msg)
+        stored = self._validated(msg)
+        if stored.with_signatures(info.signatures) != info:
+            raise StorageError(
+                f"{self._name}: put of {info.store_path.absolute()}: the server answered a PathInfo "
+                f"that differs from the one sent (store path {stored.store_path.absolute()})"
+            )
+        return stored
 
     def list(self) -> Iterator[PathInfo]:
         """Every PathInfo, streamed."""
