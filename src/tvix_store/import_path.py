@@ -187,7 +187,7 @@ def import_nar(
     """
     name = validate_name(name)
     inner = stream.read
-    from tvix_store.binary_cache.fetch import read_errors
+    from tvix_store.binary_cache.compression import read_errors
 
     decompress_errors = read_errors()
 
@@ -228,7 +228,7 @@ def _put_path_info(services: Services, name: str, root: Node, nar_size: int, nar
 
 # -- NAR input streams -----------------------------------------------------------------------------
 
-# Compressions an import detects by the stream's first bytes (``fetch.MAGICS``).
+# Compressions an import detects by the stream's first bytes (``compression.MAGICS``).
 _DETECTED = ("xz", "zstd", "bzip2")
 
 
@@ -255,7 +255,7 @@ class _Prefixed(io.RawIOBase):
 
 def open_nar_stream(source: BinaryIO) -> BinaryIO:
     """Wrap source so that reading it yields the NAR: xz, zstd and bzip2 are detected by magic."""
-    from tvix_store.binary_cache.fetch import MAGICS, decompress
+    from tvix_store.binary_cache.compression import MAGICS, decompress
 
     wanted = max(len(MAGICS[c]) for c in _DETECTED)
     head = b""

@@ -20,8 +20,8 @@ from nix_compat.nar import NarWriter
 from nix_compat.narinfo import NarInfo
 from nix_compat.signing import SigningKey
 from nix_compat.store_path import build_nar_sha256_path
+from tvix_store.binary_cache.compression import decompressed_pieces
 from tvix_store.binary_cache.copy import _references_first
-from tvix_store.binary_cache.fetch import decompressed_pieces
 from tvix_store.binary_cache.server import (
     IDLE_TIMEOUT,
     BinaryCacheServer,

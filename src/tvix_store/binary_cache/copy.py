@@ -31,8 +31,8 @@ from tvix_castore.blobservice import BlobService
 from tvix_castore.directoryservice import DirectoryService
 from tvix_castore.frozen import Frozen
 from tvix_store.binary_cache import BinaryCacheError
+from tvix_store.binary_cache.compression import read_errors
 from tvix_store.binary_cache.download import NarDownload, fetch_narinfo
-from tvix_store.binary_cache.fetch import read_errors
 from tvix_store.nar.ingest import ingest_nar
 from tvix_store.path_info import PathInfo
 from tvix_store.services import Services

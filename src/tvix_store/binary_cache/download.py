@@ -23,14 +23,8 @@ from nix_compat.narinfo import NarInfo
 from nix_compat.signing import VerifyingKey
 from nix_compat.store_path import STORE_DIR_WITH_SLASH, StorePath
 from tvix_store.binary_cache import BinaryCacheError
-from tvix_store.binary_cache.fetch import (
-    DOWNLOAD_ATTEMPTS,
-    decompressed_pieces,
-    fetch_bytes,
-    join_url,
-    open_url,
-    read_errors,
-)
+from tvix_store.binary_cache.compression import decompressed_pieces, read_errors
+from tvix_store.binary_cache.fetch import DOWNLOAD_ATTEMPTS, fetch_bytes, join_url, open_url
 
 __all__ = [
     "NARINFO_LIMIT",

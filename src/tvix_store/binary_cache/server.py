@@ -54,8 +54,8 @@ from tvix_castore.errors import StoreError
 from tvix_castore.frozen import Frozen
 from tvix_castore.nodes import DirectoryNode, FileNode, Node
 from tvix_castore.proto_conv import anonymous_node_from_proto, node_to_proto
+from tvix_store.binary_cache.compression import MAGICS, decompress, read_errors
 from tvix_store.binary_cache.download import NARINFO_LIMIT
-from tvix_store.binary_cache.fetch import MAGICS, decompress, read_errors
 from tvix_store.nar.calculation import nar_size as nar_size_of
 from tvix_store.nar.ingest import ingest_nar
 from tvix_store.nar.renderer import write_nar
