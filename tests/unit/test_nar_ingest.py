@@ -106,3 +106,38 @@ def test_ingest_truncated_stores_no_directory(services: Services, cut: int) -> N
         ingest(services, NAR_CONTENTS_COMPLICATED[:cut])
     assert services.directory_service.get(DIRECTORY_WITH_KEEP.digest()) is None
     assert services.directory_service.get(DIRECTORY_COMPLICATED.digest()) is None
+
+
+def _deep_nar(depth: int) -> bytes:
+    """A root directory with `depth` directories nested below it, each holding a file "0"
+    beside the next directory "a" (so every level has a child waiting for its parent)."""
+    level = (b"entry", b"(", b"name", b"0", b"node", b"(", b"type", b"regular", b"contents", b"x", b")", b")")
+    tokens = [b"nix-archive-1", b"(", b"type", b"directory"]
+    for _ in range(depth):
+        tokens += [*level, b"entry", b"(", b"name", b"a", b"node", b"(", b"type", b"directory"]
+    tokens += [b")", b")"] * depth + [b")"]
+    return nar(*tokens)
+
+
+def test_deepest_nar_round_trips(services: Services) -> None:
+    """2047 directories below the root (2048 in all, the most a NAR may nest): ingested and
+    rendered back byte for byte."""
+    from nix_compat.nar.wire import MAX_DEPTH
+
+    data = _deep_nar(MAX_DEPTH - 1)
+    root, _, _ = ingest(services, data)
+    out = io.BytesIO()
+    write_nar(out.write, root, services.blob_service, services.directory_service)
+    assert out.getvalue() == data
+
+
+def test_nar_nested_too_deep_is_refused(services: Services) -> None:
+    """One level more is refused where it starts: a NAR Nix could neither make nor unpack, which
+    would otherwise cost memory that grows with the square of its depth."""
+    from nix_compat.nar.wire import MAX_DEPTH
+
+    data = _deep_nar(MAX_DEPTH)
+    with pytest.raises(NarError, match=f"directories nested more than {MAX_DEPTH} deep"):
+        ingest(services, data)
+    with pytest.raises(NarError, match="nested more than"):
+        ingest(services, _deep_nar(30_000))

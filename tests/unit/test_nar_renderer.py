@@ -138,3 +138,27 @@ def test_calculate_nar_uses_cache(services: Services) -> None:
     ghost = FileNode(B3Digest.of(b"absent"), 5)
     cache.put_nar_cache(ghost, 1, bytes(32))
     assert calc.calculate_nar(ghost) == (1, bytes(32))
+
+
+def test_tree_nested_too_deep_is_not_rendered(services: Services) -> None:
+    """Directories can be put (over gRPC, say) deeper than a NAR may nest; rendering one is a
+    clear error, not a NAR no Nix can unpack."""
+    from nix_compat.nar.wire import MAX_DEPTH
+
+    node: Node = Directory().as_node()
+    services.directory_service.put(Directory())
+    for _ in range(MAX_DEPTH):  # the root and MAX_DEPTH below it
+        directory = Directory({b"a": node})
+        services.directory_service.put(directory)
+        node = directory.as_node()
+    with pytest.raises(NarRenderError, match=f"nested more than {MAX_DEPTH} directories deep"):
+        render(node, services)
+    # One level less renders.
+    assert render(_child(node, services), services)
+
+
+def _child(node: Node, s: Services) -> Node:
+    assert isinstance(node, DirectoryNode)
+    directory = s.directory_service.get(node.digest)
+    assert directory is not None
+    return dict(directory.entries())[b"a"]

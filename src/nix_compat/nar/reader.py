@@ -90,6 +90,8 @@ class NarReader:
                 self._finish_file(bool(stack))
                 node_done = True
             elif tag == b"directory":
+                if len(stack) == wire.MAX_DEPTH:
+                    self._fail(f"directories nested more than {wire.MAX_DEPTH} deep", offset)
                 yield _DIRECTORY_START
                 stack.append(None)
                 node_done = False

@@ -11,6 +11,10 @@ import struct
 
 MAX_NAME_LEN = 255
 MAX_TARGET_LEN = 4095
+MAX_DEPTH = 2048
+"""Directories a NAR may nest. Nix dumps and restores trees through whole paths of at most
+PATH_MAX (4096) bytes, two or more per level, so no NAR Nix makes or can unpack goes deeper;
+deeper ones only cost a reader memory and time."""
 
 _U64 = struct.Struct("<Q")
 pack_u64 = _U64.pack

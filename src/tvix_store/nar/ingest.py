@@ -63,11 +63,13 @@ def _entries(
     reader: NarReader, blob_service: BlobService, on_file: Callable[[int], object] | None
 ) -> Iterator[IngestionEntry]:
     """Translate the reader's pre-order events into leaves-first entries."""
-    open_dirs: list[EntryPath] = []
+    # The names of the open directories below the root, outermost first: each entry's path is
+    # made from them as it comes, so a tree n deep holds n names, not n paths of up to n names.
+    open_names: list[bytes] = []
     path: EntryPath = ()
     for event in reader:
         if isinstance(event, Entry):
-            path = (*open_dirs[-1], event.name)
+            path = (*open_names, event.name)
         elif isinstance(event, File):
             with blob_service.open_write() as writer:
                 for data in reader.file_contents(READ_CHUNK):
@@ -79,6 +81,9 @@ def _entries(
         elif isinstance(event, Symlink):
             yield SymlinkEntry(path, event.target)
         elif isinstance(event, DirectoryStart):
-            open_dirs.append(path)
+            if path:  # not the root: the entry just read is this directory
+                open_names.append(path[-1])
         elif isinstance(event, DirectoryEnd):
-            yield DirectoryEntry(open_dirs.pop())
+            yield DirectoryEntry(tuple(open_names))
+            if open_names:
+                open_names.pop()

@@ -13,6 +13,7 @@ from collections.abc import Callable, Generator, Iterator
 
 from nix_compat.errors import NarError
 from nix_compat.nar import NarWriter
+from nix_compat.nar.wire import MAX_DEPTH
 from tvix_castore.blobservice import BlobReader, BlobService
 from tvix_castore.blobservice.chunked_reader import ChunkedReader
 from tvix_castore.digests import B3Digest
@@ -46,8 +47,8 @@ def write_nar(
     but never copied.
 
     Raises:
-        NarRenderError: a blob or directory is missing, or a blob's length is not the size its
-            FileNode records.
+        NarRenderError: a blob or directory is missing, a blob's length is not the size its
+            FileNode records, or directories nest deeper than ``MAX_DEPTH``.
 
     """
     writer = NarWriter(write)
@@ -88,6 +89,12 @@ def _node(
         directory = directory_service.get(node.digest)
         if directory is None:
             raise NarRenderError(f"directory {node.digest} not found (entry {format_path(path)!r})")
+        if len(stack) == MAX_DEPTH:
+            # Nix could neither have dumped such a tree nor unpack its NAR (see MAX_DEPTH).
+            raise NarRenderError(
+                f"directory {node.digest} is nested more than {MAX_DEPTH} directories deep, "
+                f"deeper than a NAR may go (entry {format_path(path[:8])!r}…)"
+            )
         writer.begin_directory()
         stack.append((path, iter(directory.entries())))
     else:  # pragma: no cover - Node is a closed union
