@@ -108,3 +108,51 @@ class CAHash(Frozen):
         if not sep or algo not in DIGEST_LENGTHS:
             raise NixHashError(f"invalid content address {text!r}")
         return cls(kind, NixHash(algo, _decode_digest(algo, digest)))
+
+
+class HashModulo:
+    """A hash of a stream with every occurrence of ``modulus`` zeroed, and where each was.
+
+    What Nix checks a content address against (its ``HashModuloSink``): a store path's content
+    may name the path itself, whose hash part cannot be known before the content is hashed, so
+    that hash part (the modulus) counts as NUL bytes, and the offsets where it occurred are
+    hashed after the content as ``|<offset>`` each. Content that does not name itself hashes
+    as it is. Fed in pieces of any size.
+    """
+
+    def __init__(self, algo: str, modulus: bytes) -> None:
+        import hashlib
+
+        if algo not in DIGEST_LENGTHS or not modulus:
+            raise NixHashError(f"cannot hash modulo with {algo!r} and {modulus!r}")
+        self._hasher = hashlib.new(algo)
+        self._algo = algo
+        self._modulus = modulus
+        self._held = b""  # the last len(modulus) - 1 bytes: an occurrence may start in them
+        self._offset = 0  # of _held in the stream
+        self._matches: list[int] = []
+
+    def update(self, data: bytes | bytearray | memoryview) -> None:
+        """Add the next piece of the stream."""
+        modulus = self._modulus
+        buffer = self._held + bytes(data)
+        found = buffer.find(modulus)
+        if found >= 0:
+            out = bytearray(buffer)
+            while found >= 0:
+                self._matches.append(self._offset + found)
+                out[found : found + len(modulus)] = bytes(len(modulus))
+                found = buffer.find(modulus, found + len(modulus))
+            buffer = bytes(out)
+        keep = min(len(buffer), len(modulus) - 1)
+        done = len(buffer) - keep
+        self._hasher.update(memoryview(buffer)[:done])
+        self._held = buffer[done:]
+        self._offset += done
+
+    def finish(self) -> NixHash:
+        """The hash of everything fed, modulo ``modulus``; the object is spent."""
+        self._hasher.update(self._held)
+        for offset in self._matches:
+            self._hasher.update(f"|{offset}".encode())
+        return NixHash(self._algo, self._hasher.digest())

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
-from cache_helpers import COMPRESSIONS, assert_same_as_nix, stored_paths
-from tvix_cli import all_paths, one_line_error, tvix
+from cache_helpers import COMPRESSIONS, NIX, _sri_to_nix, assert_same_as_nix, stored_paths
+from tvix_cli import all_paths, nix_dump, nix_store, one_line_error, tvix
 
 from nix_compat.narinfo import NarInfo
 
@@ -209,3 +210,58 @@ def test_early_start_skips_what_the_walk_then_reports(tmp_path, nix_closure):
 
     assert start_downloads(cache, [top], parse_trusted_keys(other_key)) == {}
     assert start_downloads(f"file://{tmp_path}/gone", [top]) == {}
+
+
+def _with_ca(cache: Path, path: str, ca: str) -> None:
+    """Give path's narinfo the CA line ca (replacing any): no signature covers that line."""
+    f = _narinfo_of(cache, path)
+    lines = [line for line in f.read_text().splitlines() if not line.startswith("CA: ")]
+    f.write_text("\n".join([*lines, f"CA: {ca}"]) + "\n")
+
+
+def test_a_ca_line_the_content_does_not_match_is_refused(tmp_path, nix_closure):
+    """The CA line of a narinfo is checked against the content, as Nix does when it adds the
+    path: a directory cannot be a text or flat file address, and a NAR address must be the
+    hash of the NAR. Nothing is stored."""
+    leaf = _leaf(nix_closure)
+    source = next(p for p in nix_closure["paths"] if p.endswith("-src"))
+    nar_hash = nix_closure["path_info"][leaf]["narHash"]
+    cases = [
+        (leaf, f"text:{_sri_to_nix(nar_hash)}", "which needs a regular file, not a directory"),
+        (leaf, f"fixed:{_sri_to_nix(nar_hash)}", "which needs a regular file, not a directory"),
+        (source, "fixed:r:sha1:" + "0" * 32, "CA mismatch for"),
+    ]
+    for i, (path, ca, words) in enumerate(cases):
+        cache = tmp_path / f"cache{i}"
+        shutil.copytree(nix_closure["caches"]["none"], cache)
+        _with_ca(cache, path, ca)
+        _check_refused(tmp_path / f"c{i}", cache, nix_closure, words, path)
+
+
+def test_ca_paths_of_other_kinds_and_hashes_are_copied(tmp_path):
+    """Paths Nix added with ``--add-fixed`` (a directory by its NAR's sha1, a file by its
+    contents' sha512): their CA lines check out, and are kept."""
+    root = tmp_path / "nixroot"
+    d = tmp_path / "d"
+    (d / "sub").mkdir(parents=True)
+    (d / "sub" / "f").write_text("some file\n")
+    f = tmp_path / "flat.txt"
+    f.write_text("flat contents\n")
+    store_opt = f"local?root={root}"
+    added = [
+        nix_store(root, "--add-fixed", "--recursive", "sha1", d).decode().strip(),
+        nix_store(root, "--add-fixed", "sha512", f).decode().strip(),
+    ]
+    cache = tmp_path / "cache"
+    res = subprocess.run(
+        [*NIX, "copy", "--from", store_opt, "--to", f"file://{cache}?compression=xz", *added],
+        capture_output=True,
+        timeout=600,
+    )
+    assert res.returncode == 0, res.stderr.decode()
+    store = tmp_path / "store"
+    tvix(store, "copy", "--from", f"file://{cache}", *added)
+    text = all_paths(store).decode()
+    assert "CA: fixed:r:sha1:" in text and "CA: fixed:sha512:" in text, text
+    for p in added:
+        assert tvix(store, "nar", p).stdout == nix_dump(root / p.lstrip("/"))

@@ -172,6 +172,12 @@ def _get(url: str) -> tuple[int, str]:
         return exc.code, exc.read().decode()
 
 
+def _with_ca(narinfo: str, ca: str) -> bytes:
+    assert "\nCA: text:" in narinfo  # the premise: a text path (builtins.toFile)
+    lines = narinfo.splitlines(True)
+    return "".join(f"CA: {ca}\n" if line.startswith("CA: ") else line for line in lines).encode()
+
+
 def test_bad_requests_get_400_and_nothing_is_stored(tmp_path, nix_closure):
     """Mismatched names, bad NARs, unknown NarHash, malformed names: 400, store unchanged, still serving."""
     store = tmp_path / "store"
@@ -195,6 +201,9 @@ def test_bad_requests_get_400_and_nothing_is_stored(tmp_path, nix_closure):
             (f"{url}/short.narinfo", note_narinfo.encode(), 400),
             (_narinfo_url(url, note), b"StorePath: /nix/store/nonsense\n", 400),
             (_narinfo_url(url, note), note_narinfo.replace("NarHash", "XarHash").encode(), 400),
+            # a CA line the content does not match (no signature covers it)
+            (_narinfo_url(url, note), _with_ca(note_narinfo, "text:sha256:" + "0" * 52), 400),
+            (_narinfo_url(url, note), _with_ca(note_narinfo, "fixed:r:sha1:" + "0" * 32), 400),
             # a NarHash that was never uploaded
             (_narinfo_url(url, leaf), leaf_narinfo, 400),
             (f"{url}/log/foo", b"x", 400),

@@ -79,3 +79,35 @@ def test_cahash_round_trip(text, kind, algo):
 def test_cahash_rejects(text):
     with pytest.raises(NixHashError):
         CAHash.parse(text)
+
+
+def test_hash_modulo_without_the_modulus_is_the_plain_hash():
+    import hashlib
+
+    from nix_compat.nixhash import HashModulo
+
+    data = b"no self reference in here " * 1000
+    h = HashModulo("sha1", b"x" * 32)
+    h.update(data)
+    assert h.finish() == NixHash("sha1", hashlib.sha1(data).digest())
+
+
+def test_hash_modulo_zeroes_each_occurrence_and_hashes_where_it_was():
+    """Nix's HashModuloSink: occurrences count as NULs, then "|offset" for each, in order; the
+    result does not depend on how the stream is cut, occurrences across cuts included."""
+    import hashlib
+
+    from nix_compat.nixhash import HashModulo
+
+    modulus = b"0123456789abcdfghijklmnpqrsvwxyz"
+    data = b"head " + modulus + b" middle " + modulus + modulus + b" tail"
+    first = 5
+    second = first + 32 + 8
+    zeroed = b"head " + bytes(32) + b" middle " + bytes(64) + b" tail"
+    expected_input = zeroed + f"|{first}|{second}|{second + 32}".encode()
+    expected = NixHash("sha256", hashlib.sha256(expected_input).digest())
+    for cut in (1, 3, 7, 31, 32, 33, len(data)):
+        h = HashModulo("sha256", modulus)
+        for i in range(0, len(data), cut):
+            h.update(data[i : i + cut])
+        assert h.finish() == expected, cut

@@ -33,6 +33,7 @@ from tvix_castore.frozen import Frozen
 from tvix_store.binary_cache import BinaryCacheError
 from tvix_store.binary_cache.compression import read_errors
 from tvix_store.binary_cache.download import NarDownload, fetch_narinfo
+from tvix_store.content_address import content_hasher, content_mismatch
 from tvix_store.nar.ingest import ingest_nar
 from tvix_store.path_info import PathInfo
 from tvix_store.services import Services
@@ -66,8 +67,9 @@ def fetch_path_info(
     download: the NAR's download, if it was already started (and is closed here).
 
     Raises:
-        BinaryCacheError: the NAR is missing, unreadable, malformed or truncated, or its size or
-            hash differs from the narinfo's NarSize/NarHash (or FileSize/FileHash).
+        BinaryCacheError: the NAR is missing, unreadable, malformed or truncated, its size or
+            hash differs from the narinfo's NarSize/NarHash (or FileSize/FileHash), or the
+            content is not what the narinfo's CA says (no signature covers that line).
 
     """
     path = narinfo.store_path.absolute()
@@ -78,8 +80,20 @@ def fetch_path_info(
     # Download and decompression (which release the GIL) run in a thread beside ingestion.
     download.set_on_bytes(on_bytes)
     read = download.read
+    ca = narinfo.ca
+    ca_hash = content_hasher(narinfo.store_path, ca) if ca is not None and ca.kind == "nar" else None
+    if ca_hash is not None:
+        update = ca_hash.update
+
+        def ingest_read(n: int) -> bytes:
+            data = read(n)
+            update(data)
+            return data
+
+    else:
+        ingest_read = read
     try:
-        root, nar_sha256, nar_size = ingest_nar(blob_service, directory_service, read)
+        root, nar_sha256, nar_size = ingest_nar(blob_service, directory_service, ingest_read)
         trailing = read(1)
     except NarError as exc:
         raise BinaryCacheError(f"{url}: NAR of {path}: {exc}") from exc
@@ -111,6 +125,11 @@ def fetch_path_info(
             f"narinfo says sha256:{nixbase32.encode(narinfo.file_hash)}, "
             f"the file hashes to sha256:{nixbase32.encode(file_sha256)}"
         )
+    if ca is not None:
+        # As Nix checks it when it adds the path: no signature covers the CA line.
+        mismatch = content_mismatch(narinfo.store_path, ca, root, blob_service, directory_service, ca_hash)
+        if mismatch is not None:
+            raise BinaryCacheError(f"{url}: {mismatch}")
     return PathInfo(
         store_path=narinfo.store_path,
         node=root,
