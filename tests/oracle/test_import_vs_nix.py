@@ -236,6 +236,34 @@ def test_nar_follows_symlinks_inside_the_store(tmp_path: Path) -> None:
         assert subprocess.run(["nix-store", "--dump", f"{src}/{inside}"], capture_output=True).returncode != 0
 
 
+def test_nar_follows_symlinks_outside_the_store(tmp_path: Path) -> None:
+    """A symlink outside the store anywhere on the argument's way leads in, as the kernel
+    resolves the path for ``nix-store --dump``: a ``result`` link with a path below it, a link
+    to the store directory, a link to a directory holding such links, and ``..`` after a link
+    (taken from the link's target, not lexically)."""
+    store = tmp_path / "tvix"
+    src = make_nested(tmp_path / "src")
+    store_path = tvix(store, "import", src).stdout.decode().strip()
+    inside = next(p.name for p in src.iterdir() if p.is_dir())
+    links = tmp_path / "links"
+    (links / "deeper").mkdir(parents=True)
+    os.symlink(store_path, links / "result")
+    os.symlink("/nix/store", links / "st")
+    os.symlink(links, tmp_path / "via")
+    os.symlink("../result", links / "deeper" / "up")
+    cases = [
+        (f"{links}/result/{inside}", src / inside),
+        (f"{links}/st/{Path(store_path).name}/{inside}", src / inside),
+        (f"{tmp_path}/via/result/{inside}", src / inside),
+        (f"{links}/deeper/up/{inside}", src / inside),
+        (f"{tmp_path}/via/deeper/../result", src),
+    ]
+    for arg, original in cases:
+        assert tvix(store, "nar", arg).stdout == nix_dump(original), arg
+    res = tvix(store, "nar", f"{links}/deeper/nothing/{inside}", check=False)
+    assert "is not in the store directory" in one_line_error(res)
+
+
 def test_absolute_store_path_arguments_need_no_working_directory(tmp_path: Path) -> None:
     """An absolute argument works from a working directory that was removed, as with Nix."""
     store = tmp_path / "tvix"

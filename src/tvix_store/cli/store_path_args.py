@@ -1,10 +1,12 @@
 """Store paths as command arguments: what ``nix path-info`` and ``nix-store --dump`` accept.
 
 ``/nix/store/<hash>-<name>``, possibly followed by a path inside it, written with redundant
-slashes, ``.`` or ``..``; or a symlink outside the store (``./result``) whose chain of targets
-leads into it, as Nix follows such links. ``node_to_dump`` goes on inside the store as the
-kernel does for ``nix-store --dump``: symlinks on the way are followed (into other store paths
-too), the last component only when a slash follows it.
+slashes, ``.`` or ``..``; or a path outside the store whose symlinks lead into it: a link such
+as ``./result``, or a path through one (``./result/bin/foo``, ``./store-link/<hash>-<name>``).
+Outside the store, links are followed component by component, as the kernel does; the store
+directory and the path to it are taken as they are written. ``node_to_dump`` goes on inside
+the store as the kernel does for ``nix-store --dump``: symlinks on the way are followed (into
+other store paths too), the last component only when a slash follows it.
 """
 
 from __future__ import annotations
@@ -37,16 +39,50 @@ def store_path_argument(arg: str) -> tuple[StorePath, str]:
 
     """
     # os.getcwd only for a relative arg: it fails when the working directory was removed.
-    path = canon_path(arg if arg.startswith("/") else os.path.join(os.getcwd(), arg))
-    for _ in range(_MAX_LINKS):
-        if path.startswith(STORE_DIR_WITH_SLASH):
-            return StorePath.from_absolute_path_full(path)
-        try:
-            target = os.readlink(path)
-        except OSError:
-            break
-        path = canon_path(os.path.join(os.path.dirname(path), target))
+    path = canon_path(_into_store(arg if arg.startswith("/") else os.path.join(os.getcwd(), arg), arg))
+    if path.startswith(STORE_DIR_WITH_SLASH):
+        return StorePath.from_absolute_path_full(path)
     raise StorePathError(f"{arg!r} is not in the store directory {STORE_DIR}")
+
+
+def _into_store(path: str, arg: str) -> str:
+    """Absolute path with its symlinks outside the store followed, the rest as written.
+
+    Component by component, as the kernel resolves a path, until it reaches the store
+    directory, a place on the way to it (``/nix``), or the end.
+
+    Raises:
+        StorePathError: more than ``_MAX_LINKS`` links.
+
+    """
+    pending = deque(path.split("/"))
+    here = ""  # resolved so far: absolute, without a trailing slash ("" is the root)
+    links = 0
+    while pending:
+        name = pending.popleft()
+        if name in ("", "."):
+            continue
+        if name == "..":
+            here = here.rpartition("/")[0]
+            continue
+        candidate = f"{here}/{name}"
+        if candidate == STORE_DIR or candidate.startswith(STORE_DIR_WITH_SLASH):
+            return "/".join([candidate, *pending])
+        if STORE_DIR.startswith(candidate + "/"):
+            here = candidate
+            continue
+        try:
+            target = os.readlink(candidate)
+        except OSError:  # not a link (or not there): a name like any other
+            here = candidate
+            continue
+        links += 1
+        if links > _MAX_LINKS:
+            raise StorePathError(f"too many levels of symbolic links in {arg!r}")
+        if target.startswith("/"):
+            here = ""
+        pending.extendleft(reversed(target.split("/")))
+    return here or "/"
 
 
 def node_to_dump(
