@@ -30,7 +30,9 @@ def default_data_dir() -> str:
         return os.path.abspath(home)
     if os.geteuid() == 0:
         return "/var/lib/tvix-store"
-    xdg = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    xdg = os.environ.get("XDG_DATA_HOME", "")
+    if not os.path.isabs(xdg):  # the XDG base directory spec: relative values are ignored
+        xdg = os.path.join(os.path.expanduser("~"), ".local", "share")
     return os.path.join(xdg, "tvix-store")
 
 

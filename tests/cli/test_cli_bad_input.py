@@ -452,3 +452,40 @@ def test_paths_with_url_special_characters(tmp_path: Path, short_dir: Path) -> N
         f"--blob-service-addr=grpc+unix://{short_dir}/s%20p%23%25/e.sock", check=False,
     )
     assert "it is this daemon's own listen address" in one_line_error(res)
+
+
+@pytest.mark.parametrize("command", ["import", "nar", "path-info"])
+def test_relative_argument_in_a_removed_working_directory(tmp_path: Path, command: str) -> None:
+    """A relative argument where the working directory was removed: one error line saying so,
+    as Nix's "cannot get cwd", not a bare "[Errno 2]"."""
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    res = subprocess.run(
+        ["sh", "-c", f'rmdir "{gone}" && exec "$@"', "sh", TVIX_STORE, command, "foo"],
+        cwd=gone,
+        capture_output=True,
+        env=cli_env(tmp_path / "store"),
+        timeout=120,
+    )
+    assert one_line_error(res) == "error: cannot get the current directory: No such file or directory"
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None, reason="needs root and setpriv")
+def test_relative_xdg_data_home_is_ignored(shared_tmp: Path) -> None:
+    """The XDG base directory spec: a relative $XDG_DATA_HOME is ignored, so a user's default
+    store is ~/.local/share/tvix-store (root's is /var/lib/tvix-store, whatever XDG says)."""
+    home = shared_tmp / "home"
+    home.mkdir(mode=0o777)
+    os.chmod(home, 0o777)
+    src = shared_tmp / "f"
+    src.write_bytes(b"x")
+    os.chmod(src, 0o644)
+    env = {k: v for k, v in cli_env(shared_tmp).items() if k != "TVIX_STORE_HOME"}
+    env.update(HOME=str(home), XDG_DATA_HOME="relative/dir")
+    nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    res = subprocess.run(
+        [*nobody, TVIX_STORE, "import", str(src)], capture_output=True, env=env, cwd=shared_tmp, timeout=120
+    )
+    assert res.returncode == 0, res.stderr
+    assert (home / ".local" / "share" / "tvix-store").is_dir()
+    assert not (shared_tmp / "relative").exists()

@@ -8,6 +8,7 @@ stderr; any StoreError or Nix-format error becomes one ``error: …`` line and e
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -226,7 +227,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         status = func(args)
     except (StoreError, NixCompatError, OSError, OutputError) as exc:
         log.debug("command failed", exc_info=True)
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {_explained(exc)}", file=sys.stderr)
         status = 1
     except KeyboardInterrupt:
         status = 130
@@ -235,6 +236,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         # hold the exit up. Nothing is lost: the stores are safe against a kill at any point.
         exit_now(status)
     return status
+
+
+def _explained(exc: BaseException) -> str:
+    """The error's message; for an OSError naming no file, what it most likely was about."""
+    if isinstance(exc, FileNotFoundError) and exc.filename is None:
+        try:
+            os.getcwd()
+        except OSError as cwd_error:
+            # A relative path (an argument, TVIX_STORE_HOME) was made absolute in a working
+            # directory that was removed: the bare "[Errno 2]" would name nothing.
+            return f"cannot get the current directory: {cwd_error.strerror}"
+    return str(exc)
 
 
 # Commands whose output is their stdout, read by whatever it is piped into.
