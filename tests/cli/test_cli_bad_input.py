@@ -168,6 +168,20 @@ def test_unknown_store_path(tmp_path: Path) -> None:
         assert missing in one_line_error(tvix(store, cmd, missing, check=False))
 
 
+def test_path_info_of_known_and_unknown_paths(tmp_path: Path) -> None:
+    """As ``nix path-info``: the known paths are printed, each unknown one is an error line
+    after them, and the exit status is 1."""
+    store = tmp_path / "store"
+    (tmp_path / "a").write_bytes(b"a")
+    (tmp_path / "b").write_bytes(b"b")
+    a, b = tvix(store, "import", tmp_path / "a", tmp_path / "b").stdout.decode().split()
+    missing = [f"/nix/store/{c * 32}-nothing" for c in "01"]
+    res = tvix(store, "path-info", a, missing[0], b, missing[1], check=False)
+    assert res.returncode == 1
+    assert res.stdout == tvix(store, "path-info", a, b).stdout
+    assert res.stderr.decode().splitlines() == [f"error: path '{m}' is not in the store" for m in missing]
+
+
 def test_invalid_store_path_argument(tmp_path: Path) -> None:
     """A malformed store path argument is named in the error."""
     store = tmp_path / "store"

@@ -3,8 +3,9 @@
 Narinfo text uses ``URL: nar/<nixbase32 NAR hash>.nar`` and ``Compression: none``, as a
 binary cache serving uncompressed NARs would. ``--json`` prints a list shaped like
 ``nix path-info --json`` (path, narHash in SRI form, narSize, references, ca, signatures,
-deriver). An unknown store path is an error naming it; with ``--json`` it is listed as
-``{"path": …, "valid": false}``, as Nix lists it. Arguments are taken as Nix takes them: a path
+deriver). An unknown store path is an error naming it, after the paths that are known are
+printed (exit status 1); with ``--json`` it is listed as ``{"path": …, "valid": false}``, as
+Nix lists it. Arguments are taken as Nix takes them: a path
 inside a store path or a symlink into the store stands for that store path, and each store path
 is printed once, in order.
 """
@@ -78,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
     services = construct_services(
         args.blob_service_addr, args.directory_service_addr, args.path_info_service_addr
     )
+    missing: list[StorePath] = []
     try:
         # In order; an unknown path (only with --json, else an error) as its StorePath.
         found: list[PathInfo | StorePath] = []
@@ -91,8 +93,8 @@ def run(args: argparse.Namespace) -> int:
                 info = services.path_info_service.get(sp.digest)
                 if info is None or info.store_path != sp:
                     if not args.json:
-                        print(f"error: path '{sp.absolute()}' is not in the store", file=sys.stderr)
-                        return 1
+                        missing.append(sp)  # reported once the others are printed, as Nix does
+                        continue
                     found.append(sp)
                 else:
                     found.append(info)
@@ -107,5 +109,8 @@ def run(args: argparse.Namespace) -> int:
         text = json.dumps(items, separators=(",", ":")) + "\n"
     else:
         text = "\n".join(narinfo_text(f) for f in found if not isinstance(f, StorePath))
-    write_stdout_text("the path info", text)
-    return 0
+    if text:
+        write_stdout_text("the path info", text)
+    for sp in missing:
+        print(f"error: path '{sp.absolute()}' is not in the store", file=sys.stderr)
+    return 1 if missing else 0
