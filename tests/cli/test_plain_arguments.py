@@ -82,3 +82,21 @@ def test_tvix_command_line_conveniences() -> None:
     bad = _run("--otlp=maybe", "path-info", "--all")
     assert bad.returncode == 2
     assert "invalid value 'maybe' for '--otlp'" in bad.stderr
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--blob-service-addr", "", "path-info", "--all"],
+        ["--directory-service-addr=", "import", "x"],
+        ["nar", "--path-info-service-addr", "", "/nix/store/00000000000000000000000000000000-x"],
+        ["daemon", "-l", ""],
+        ["serve-cache", "--listen-address="],
+    ],
+)
+def test_an_empty_address_is_a_usage_error(argv: list[str]) -> None:
+    """``--blob-service-addr "$UNSET"`` must not quietly mean the embedded store (or the
+    default listen address): as clap passes "" on to the URL parser, which refuses it."""
+    res = _run(*argv)
+    assert res.returncode == 2, res
+    assert "may not be empty" in res.stderr and res.stdout == ""

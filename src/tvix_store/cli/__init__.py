@@ -25,6 +25,19 @@ log = logging.getLogger(__name__)
 CommandFunc = Callable[["argparse.Namespace"], int]
 
 
+def nonempty(value: str) -> str:
+    """An option value that may not be empty.
+
+    ``--blob-service-addr "$UNSET"`` is a mistake, not a request for the default (which leaving
+    the option out asks for).
+    """
+    import argparse
+
+    if not value:
+        raise argparse.ArgumentTypeError("may not be empty")
+    return value
+
+
 def _common_options(suppress: bool) -> argparse.ArgumentParser:
     """Options accepted both before and after the subcommand name."""
     import argparse
@@ -41,18 +54,21 @@ def _common_options(suppress: bool) -> argparse.ArgumentParser:
         "--blob-service-addr",
         default=default,
         metavar="URL",
+        type=nonempty,
         help="blob service URL (env BLOB_SERVICE_ADDR; default: the embedded store)",
     )
     p.add_argument(
         "--directory-service-addr",
         default=default,
         metavar="URL",
+        type=nonempty,
         help="directory service URL (env DIRECTORY_SERVICE_ADDR)",
     )
     p.add_argument(
         "--path-info-service-addr",
         default=default,
         metavar="URL",
+        type=nonempty,
         help="path info service URL (env PATH_INFO_SERVICE_ADDR)",
     )
     if not suppress:

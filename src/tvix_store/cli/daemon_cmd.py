@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 
+from tvix_store.cli import nonempty
+
 __all__ = ["register"]
 
 
@@ -31,6 +33,7 @@ def register(
         "--listen-address",
         default=None,
         metavar="ADDR",
+        type=nonempty,
         help="host:port, [v6]:port, or a unix socket path starting with / or . (default [::1]:8000)",
     )
     p.set_defaults(func=run)
@@ -43,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     from tvix_store.server import DEFAULT_LISTEN, refuse_serving_itself, serve
     from tvix_store.services import construct_services, service_urls
 
-    listen = args.listen_address or DEFAULT_LISTEN
+    listen = DEFAULT_LISTEN if args.listen_address is None else args.listen_address
     urls = service_urls(args.blob_service_addr, args.directory_service_addr, args.path_info_service_addr)
     refuse_serving_itself(listen, urls)
     if any("grpc" in url.lower() for url in urls):

@@ -15,6 +15,8 @@ import os
 import tempfile
 import threading
 
+from tvix_store.cli import nonempty
+
 __all__ = ["register"]
 
 log = logging.getLogger(__name__)
@@ -35,6 +37,7 @@ def register(
         "--listen-address",
         default="[::1]:9000",
         metavar="ADDR",
+        type=nonempty,
         help="HOST:PORT or [V6]:PORT ([::1]:9000)",
     )
     p.add_argument(
