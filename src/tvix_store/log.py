@@ -101,13 +101,23 @@ def parse_directives(spec: str, default: int) -> Directives:
     return Directives(default, tuple(targets), tuple(ignored))
 
 
+class _Handler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Log lines to stderr, below a progress line that is there (which takes it away first)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from tvix_store.progress import clear_line
+
+        clear_line(self.stream)
+        super().emit(record)
+
+
 def setup_logging(log_level: str = "info", rust_log: str | None = None) -> Directives:
     """Configure the root logger; RUST_LOG (from the environment if not given) wins."""
     default = parse_level(log_level)
     if rust_log is None:
         rust_log = os.environ.get("RUST_LOG")
     directives = parse_directives(rust_log, default) if rust_log else Directives(default, ())
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _Handler(sys.stderr)
     handler.setFormatter(
         logging.Formatter("%(asctime)s %(levelname)5s %(name)s: %(message)s", "%Y-%m-%dT%H:%M:%S")
     )

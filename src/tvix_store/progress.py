@@ -1,19 +1,41 @@
 """A tiny progress line on stderr for long imports, shown only when stderr is a terminal.
 
 Counts files and bytes and redraws at most ten times a second; ``finish()`` erases the line so
-that nothing of it remains in the terminal's scrollback (spec decision 3: quiet otherwise).
+that nothing of it remains in the terminal's scrollback (spec decision 3: quiet otherwise). The
+line is cut to the terminal's width (a wrapped line could not be erased), and ``clear_line``
+lets the log handler take it away before a log line goes to the same terminal; the next update
+draws it again below.
 """
 
 from __future__ import annotations
 
+import os
 import sys
+import threading
 import time
 from typing import TextIO
 
-__all__ = ["Progress"]
+__all__ = ["Progress", "clear_line"]
 
 _INTERVAL = 0.1
 _SPINNER = "|/-\\"
+_ERASE = "\r\x1b[2K"
+# The progress line drawn now, if any: drawing it and writing a log line take turns.
+_lock = threading.Lock()
+_drawn: Progress | None = None
+
+
+def clear_line(stream: TextIO) -> None:
+    """Erase the progress line from stream, if one is drawn there.
+
+    For whatever writes a line of its own to the terminal (the log handler); the progress line
+    comes back at its next update.
+    """
+    global _drawn
+    with _lock:
+        if _drawn is not None and _drawn._stream is stream:
+            stream.write(_ERASE)
+            _drawn = None
 
 
 def _mib(n: int) -> str:
@@ -32,7 +54,6 @@ class Progress:
         self._start = time.monotonic()
         self._next_draw = self._start + _INTERVAL
         self._frame = 0
-        self._drawn = False
 
     def add_bytes(self, n: int) -> None:
         """Count n more bytes read."""
@@ -47,21 +68,43 @@ class Progress:
             self._draw()
 
     def _draw(self) -> None:
+        global _drawn
         now = time.monotonic()
         self._next_draw = now + _INTERVAL
         elapsed = max(now - self._start, 1e-9)
         self._frame = (self._frame + 1) % len(_SPINNER)
-        line = (
-            f"{_SPINNER[self._frame]} {self.label}: {self.files} files, {_mib(self.bytes)}"
-            f" @ {_mib(int(self.bytes / elapsed))}/s ({elapsed:.1f}s)"
-        )
-        self._stream.write("\r\x1b[2K" + line)
-        self._stream.flush()
-        self._drawn = True
+        rate = _mib(int(self.bytes / elapsed))
+        stats = f": {self.files} files, {_mib(self.bytes)} @ {rate}/s ({elapsed:.1f}s)"
+        line = _fit(f"{_SPINNER[self._frame]} ", self.label, stats, self._width())
+        with _lock:
+            self._stream.write(_ERASE + line)
+            self._stream.flush()
+            _drawn = self
+
+    def _width(self) -> int:
+        try:
+            columns = os.get_terminal_size(self._stream.fileno()).columns
+        except (OSError, ValueError, AttributeError):  # not a terminal after all
+            columns = 0
+        return columns or 80  # 0: a terminal that was never given a size
 
     def finish(self) -> None:
         """Erase the line, if one was drawn."""
-        if self._drawn:
-            self._stream.write("\r\x1b[2K")
-            self._stream.flush()
-            self._drawn = False
+        global _drawn
+        with _lock:
+            if _drawn is self:
+                self._stream.write(_ERASE)
+                self._stream.flush()
+                _drawn = None
+
+
+def _fit(head: str, label: str, stats: str, width: int) -> str:
+    """The line of head, label and stats, in fewer than width columns.
+
+    A label too long loses its middle ("importing /tmp/…/dir"): what is done, and to what.
+    """
+    room = width - 1 - len(head) - len(stats)
+    if len(label) > room:
+        kept = room - 1  # beside the "…"
+        label = label[: kept // 2] + "…" + label[len(label) - (kept - kept // 2) :] if kept > 0 else ""
+    return (head + label + stats)[: max(width - 1, 0)]

@@ -59,3 +59,57 @@ def test_progress_on_tty(tmp_path: Path) -> None:
     assert b"files" in seen
     assert b"MiB" in seen
     assert seen.endswith(b"\r\x1b[2K")
+
+
+def _stderr_on_pty(args: list[str], env: dict[str, str], columns: int) -> bytes:
+    """What a command writes to a pty of the given width as its stderr (stdout discarded)."""
+    import fcntl
+    import struct
+    import termios
+
+    primary, secondary = pty.openpty()
+    fcntl.ioctl(secondary, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
+    try:
+        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=secondary, env=env)
+        os.close(secondary)
+        secondary = -1
+        seen = b""
+        while True:
+            try:
+                data = os.read(primary, 65536)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not data:
+                break
+            seen += data
+        assert proc.wait(timeout=120) == 0
+    finally:
+        os.close(primary)
+        if secondary != -1:
+            os.close(secondary)
+    return seen
+
+
+def test_progress_line_fits_a_narrow_terminal(tmp_path: Path) -> None:
+    """A line wider than the terminal would wrap, and erasing it would leave its first rows
+    behind at every redraw: the label gives way (its start first) and the line fits."""
+    deep = tmp_path / ("a-rather-long-directory-name-" * 3) / "and-another"
+    deep.mkdir(parents=True)
+    tree = _tree(deep)
+    seen = _stderr_on_pty([TVIX_STORE, "import", str(tree)], cli_env(tmp_path / "store"), 50)
+    drawn = [line for line in seen.split(b"\r\x1b[2K") if line]
+    assert drawn and all(len(line.decode()) < 50 for line in drawn), drawn
+    assert any(b"\xe2\x80\xa6" in line and b"files" in line for line in drawn), drawn  # "…"
+
+
+def test_log_lines_do_not_run_into_the_progress_line(tmp_path: Path) -> None:
+    """With logging on, a log line takes the progress line away first: each starts a line of
+    its own, not glued to the end of "… MiB/s (0.6s)"."""
+    import re
+
+    tree = _tree(tmp_path)
+    env = cli_env(tmp_path / "store", RUST_LOG="debug")
+    seen = _stderr_on_pty([TVIX_STORE, "import", str(tree)], env, 200)
+    assert b"files" in seen and b" DEBUG " in seen
+    glued = re.findall(rb"s\)\d{4}-\d\d-\d\dT", seen)
+    assert not glued, seen[-2000:]
