@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 import tempfile
+from pathlib import Path
 
 import pytest
+from tvix_cli import tvix
 
 from tvix_store.cli import _plain_arguments, build_parser
 
@@ -100,3 +103,22 @@ def test_an_empty_address_is_a_usage_error(argv: list[str]) -> None:
     res = _run(*argv)
     assert res.returncode == 2, res
     assert "may not be empty" in res.stderr and res.stdout == ""
+
+
+def test_options_anywhere_among_the_arguments(tmp_path: Path) -> None:
+    """As clap and ``nix path-info`` take them: options between the positional arguments, and
+    ``help`` after global options; an unknown option is the subcommand's error, under its usage."""
+    store = tmp_path / "store"
+    (tmp_path / "a").write_bytes(b"a")
+    (tmp_path / "b").write_bytes(b"b")
+    both = tvix(store, "import", tmp_path / "a", "--log-level", "warn", tmp_path / "b").stdout.split()
+    assert both == tvix(store, "import", tmp_path / "a", tmp_path / "b").stdout.split()
+    a, b = (p.decode() for p in both)
+    intermixed = tvix(store, "path-info", a, "--json", b).stdout
+    assert intermixed == tvix(store, "path-info", "--json", a, b).stdout
+    assert json.loads(intermixed)[0]["path"] in (a, b)
+    assert _run("--log-level", "debug", "help", "nar").stdout == _run("nar", "--help").stdout
+    assert _run("--log-level", "debug", "help").stdout == _run("--help").stdout
+    bad = _run("import", "--bogus")
+    assert bad.returncode == 2
+    assert bad.stderr.splitlines()[-1] == "tvix-store import: error: unrecognized arguments: --bogus"

@@ -138,14 +138,10 @@ def _command_modules(only: str | None = None) -> list[ModuleType]:
     return modules
 
 
-def _requested_command(argv: Sequence[str]) -> str | None:
-    """The subcommand argv names, if it clearly names one (else None: build the whole parser).
-
-    Loading one command's module instead of all of them keeps start-up short (the other
-    modules pull in json, tempfile, threading …); the parser then knows only that command.
-    """
+def _command_position(argv: Sequence[str]) -> int | None:
+    """Where the subcommand is in argv: its first argument that is not a global option or value."""
     skip_value = False
-    for arg in argv:
+    for i, arg in enumerate(argv):
         if skip_value:
             skip_value = False
             continue
@@ -155,8 +151,18 @@ def _requested_command(argv: Sequence[str]) -> str | None:
             # argparse accepts unambiguous prefixes of long options too.
             skip_value = "=" not in arg and len(arg) > 2 and any(o.startswith(arg) for o in _VALUE_OPTIONS)
             continue
-        return arg if arg in _COMMANDS else None
+        return i
     return None
+
+
+def _requested_command(argv: Sequence[str]) -> str | None:
+    """The subcommand argv names, if it clearly names one (else None: build the whole parser).
+
+    Loading one command's module instead of all of them keeps start-up short (the other
+    modules pull in json, tempfile, threading …); the parser then knows only that command.
+    """
+    at = _command_position(argv)
+    return argv[at] if at is not None and argv[at] in _COMMANDS else None
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
@@ -169,11 +175,42 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         parents=[_common_options(suppress=False)],
     )
     parser.add_argument("-V", "--version", action="version", version=f"tvix-store {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", parser_class=_command_parser_class()
+    )
     common = _common_options(suppress=True)
     for module in _command_modules(command):
         module.register(sub, common)
     return parser
+
+
+def _command_parser_class() -> type[argparse.ArgumentParser]:
+    """A subcommand's parser: options anywhere among its arguments, as clap and Nix take them.
+
+    ``path-info P1 --json P2``: argparse's plain parse ends the list of paths at the first
+    option and has P2 left over; the intermixed parse collects them all. What is left over is
+    the subcommand's error, under its own usage (the main parser would show its own).
+    """
+    import argparse
+
+    class CommandParser(argparse.ArgumentParser):
+        _intermixing = False
+
+        def parse_known_args(  # type: ignore[override]
+            self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+        ) -> tuple[argparse.Namespace, list[str]]:
+            if self._intermixing:  # the intermixed parse's own passes
+                return super().parse_known_args(args, namespace)
+            self._intermixing = True
+            try:
+                parsed, extras = self.parse_known_intermixed_args(args, namespace)
+            finally:
+                self._intermixing = False
+            if extras:
+                self.error(f"unrecognized arguments: {' '.join(extras)}")
+            return parsed, extras
+
+    return CommandParser
 
 
 def _plain_arguments(argv: Sequence[str]) -> Any:
@@ -221,9 +258,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except _UsageError as exc:
         print(f"tvix-store: error: {exc}", file=sys.stderr)
         return 2
-    if arguments[:1] == ["help"]:
+    at = _command_position(arguments)
+    if at is not None and arguments[at] == "help":
         # clap's `help [COMMAND]`: the help of the program, or of that command.
-        arguments = [*arguments[1:2], "--help"]
+        arguments = [*arguments[:at], *arguments[at + 1 : at + 2], "--help"]
     args = _plain_arguments(arguments)
     if args is None:
         args = build_parser(_requested_command(arguments)).parse_args(arguments)
