@@ -122,3 +122,26 @@ def test_options_anywhere_among_the_arguments(tmp_path: Path) -> None:
     bad = _run("import", "--bogus")
     assert bad.returncode == 2
     assert bad.stderr.splitlines()[-1] == "tvix-store import: error: unrecognized arguments: --bogus"
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "message"),
+    [
+        (["--log-level", "bogus", "path-info", "--all"], {}, "--log-level: invalid log level 'bogus'"),
+        (["mount", "/nonexistent-mnt"], {"THREADS": "abc"}, "THREADS: not a number: 'abc'"),
+        (["mount", "--threads", "abc", "/nonexistent-mnt"], {}, "not a number: 'abc'"),
+    ],
+)
+def test_bad_option_values_are_usage_errors(argv: list[str], env: dict[str, str], message: str) -> None:
+    """A bad value for a flag, or for the env var standing in for one, exits 2 as clap's usage
+    errors do (RUST_LOG, not a flag, stays an ordinary error: exit 1)."""
+    with tempfile.TemporaryDirectory(prefix="tvix-cli-") as home:
+        res = subprocess.run(
+            [sys.executable, "-m", "tvix_store", *argv],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "TVIX_STORE_HOME": home, **env},
+            timeout=60,
+        )
+    assert res.returncode == 2, res
+    assert message in res.stderr

@@ -38,6 +38,19 @@ def nonempty(value: str) -> str:
     return value
 
 
+def _log_level(value: str) -> str:
+    """A --log-level value, checked while parsing: a bad one is a usage error, as with clap."""
+    import argparse
+
+    from tvix_store.log import LogConfigError, parse_level
+
+    try:
+        parse_level(value)
+    except LogConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return value
+
+
 def _common_options(suppress: bool) -> argparse.ArgumentParser:
     """Options accepted both before and after the subcommand name."""
     import argparse
@@ -47,6 +60,7 @@ def _common_options(suppress: bool) -> argparse.ArgumentParser:
     p.add_argument(
         "--log-level",
         default=argparse.SUPPRESS if suppress else "info",
+        type=_log_level,
         metavar="LEVEL",
         help="error|warn|info|debug|trace (default info; RUST_LOG takes priority)",
     )

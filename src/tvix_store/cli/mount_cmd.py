@@ -26,16 +26,17 @@ _TRUE = frozenset({"true", "1", "yes", "on"})
 _FALSE = frozenset({"false", "0", "no", "off", ""})
 
 
-def _env_flag(name: str) -> bool:
-    """A boolean environment variable as tvix's flags read them (true/false, 1/0, yes/no, on/off)."""
+def _env_flag(name: str, parser: argparse.ArgumentParser) -> bool:
+    """A boolean environment variable as tvix's flags read them (true/false, 1/0, yes/no, on/off).
+
+    Another value is a usage error, as clap makes it.
+    """
     value = os.environ.get(name, "").strip().lower()
     if value in _TRUE:
         return True
     if value in _FALSE:
         return False
-    from tvix_castore.errors import InvalidRequest
-
-    raise InvalidRequest(f"{name}: not a boolean: {os.environ[name]!r} (use true or false)")
+    parser.error(f"{name}: not a boolean: {os.environ[name]!r} (use true or false)")
 
 
 def register(
@@ -70,7 +71,7 @@ def register(
         metavar="N",
         help="worker threads for store requests (env THREADS; default: number of CPUs)",
     )
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, parser=p)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -86,10 +87,8 @@ def run(args: argparse.Namespace) -> int:
         try:
             threads = _positive(env) if env.strip() else (os.cpu_count() or 4)
         except argparse.ArgumentTypeError as exc:
-            from tvix_castore.errors import InvalidRequest
-
-            raise InvalidRequest(f"THREADS: {exc}") from None
-    allow_other = args.allow_other if args.allow_other is not None else _env_flag("ALLOW_OTHER")
+            args.parser.error(f"THREADS: {exc}")
+    allow_other = args.allow_other if args.allow_other is not None else _env_flag("ALLOW_OTHER", args.parser)
     services = construct_services(
         args.blob_service_addr, args.directory_service_addr, args.path_info_service_addr
     )
