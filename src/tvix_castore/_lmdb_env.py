@@ -148,8 +148,10 @@ def _open_lmdb(directory: str) -> tuple[lmdb.Environment, bool]:
     """Open the environment for writing or, on a read-only filesystem, for reading only.
 
     A store on a read-only filesystem (a read-only bind mount, a store on install media) can
-    still be listed, rendered and mounted; LMDB uses no lock file there, as no writer can exist.
-    Returns the environment and whether it is read-only.
+    still be listed, rendered and mounted. LMDB keeps no reader table there, so nothing stops
+    a writer that has the same files open through another path (the bind mount's source) from
+    reusing the pages a reader is on: such a store is refused while another process has it open
+    (``_refuse_store_in_use``). Returns the environment and whether it is read-only.
     """
 
     def open_env_at(readonly: bool) -> lmdb.Environment:
@@ -174,10 +176,41 @@ def _open_lmdb(directory: str) -> tuple[lmdb.Environment, bool]:
     except lmdb.Error as exc:
         if not _on_read_only_filesystem(directory):
             raise
+        _refuse_store_in_use(directory)
         try:
             return open_env_at(readonly=True), True
         except lmdb.Error:
             raise exc from None
+
+
+def _refuse_store_in_use(directory: str) -> None:
+    """Refuse to read a store without locks while another process has it open.
+
+    Every process with an LMDB environment open holds a lock on the first byte of its lock.mdb
+    (a shared one, or an exclusive one while it is alone): visible from here even through a
+    read-only mount of the same file.
+    """
+    import fcntl
+    import struct
+
+    try:
+        fd = os.open(os.path.join(directory, "lock.mdb"), os.O_RDONLY)
+    except OSError:
+        return  # no lock file: no process ever opened the store where it is writable
+    try:
+        probe = struct.pack("hhqqi", fcntl.F_WRLCK, os.SEEK_SET, 0, 1, 0)
+        answer = fcntl.fcntl(fd, fcntl.F_GETLK, probe)
+    except OSError:
+        return  # the filesystem keeps no locks: nothing to tell
+    finally:
+        os.close(fd)
+    kind, _, _, _, pid = struct.unpack("hhqqi", answer)
+    if kind != fcntl.F_UNLCK:
+        raise StorageError(
+            f"cannot open LMDB store at {directory}: it is on a read-only filesystem and in use by "
+            f"process {pid}, which may write it through another path; LMDB cannot keep a reader "
+            "safe from that writer here (open the store where it is writable)"
+        )
 
 
 def _on_read_only_filesystem(directory: str) -> bool:

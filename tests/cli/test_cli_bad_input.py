@@ -409,6 +409,33 @@ def test_store_on_a_read_only_filesystem(tmp_path: Path, read_only_view: tuple[P
     assert all_paths(store) == listed
 
 
+def test_read_only_view_of_a_store_in_use_is_refused(read_only_view: tuple[Path, Path]) -> None:
+    """Through a read-only mount LMDB keeps no reader table, so a process writing the store
+    through its writable path could reuse the pages a reader is on: while one has it open, the
+    read-only view is one error naming that process; once it is gone, the view reads again."""
+    import sys
+
+    store, view = read_only_view
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from tvix_castore._lmdb_env import open_env; open_env(sys.argv[1]); "
+            "print('open', flush=True); time.sleep(120)",
+            str(store),
+        ],
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == b"open\n"
+        line = one_line_error(tvix(view, "path-info", "--all", check=False))
+        assert f"in use by process {holder.pid}, which may write it through another path" in line, line
+    finally:
+        holder.kill()
+        holder.wait()
+    assert tvix(view, "path-info", "--all").stdout.count(b"StorePath: ") == 1
+
+
 def test_paths_that_are_not_utf8(tmp_path: Path, short_dir: Path) -> None:
     """A store directory whose path is not UTF-8 works; a socket path that is not (grpc-core
     cannot take it) is one error naming it, for a client and for the daemon."""
