@@ -23,9 +23,11 @@ thread; never hold a transaction across a generator ``yield``. Never open before
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -42,6 +44,10 @@ _MAX_READERS = 1024
 
 # A failing write on a filesystem with less room than this says how much room is left.
 _LOW_SPACE = 64 * 1024 * 1024
+
+# How often a process that keeps the store open clears the reader slots of dead processes.
+_READER_CHECK_EVERY = 60.0
+_reader_checked: dict[int, float] = {}  # id(environment) -> when last
 
 _lock = threading.Lock()
 _envs: dict[str, tuple[lmdb.Environment, dict[str, object], int]] = {}
@@ -67,6 +73,21 @@ class LmdbStore:
             self.env.sync(True)
         except lmdb.Error as exc:
             raise StorageError(f"cannot sync LMDB store at {self.path}: {explain(self.path, exc)}") from exc
+
+
+def begin_write(env: lmdb.Environment, db: lmdb._Database | None = None) -> lmdb.Transaction:
+    """A write transaction; before it, at most once a minute, stale reader slots are cleared.
+
+    A process killed inside a read transaction leaves its slot taken and its snapshot pinned:
+    the pages freed since are not reused and the file grows. ``open_env`` clears such slots, but
+    a daemon, mount or cache server keeps the store open for days.
+    """
+    now = time.monotonic()
+    if now - _reader_checked.get(id(env), -_READER_CHECK_EVERY) >= _READER_CHECK_EVERY:
+        _reader_checked[id(env)] = now
+        with contextlib.suppress(lmdb.Error):
+            env.reader_check()
+    return env.begin(write=True, db=db)
 
 
 def explain(path: str, exc: lmdb.Error) -> str:

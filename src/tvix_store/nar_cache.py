@@ -19,7 +19,7 @@ from typing import cast, final
 
 import lmdb
 
-from tvix_castore._lmdb_env import LmdbStore, open_env, release_env
+from tvix_castore._lmdb_env import LmdbStore, begin_write, open_env, release_env
 from tvix_castore.digests import blake3_digest
 from tvix_castore.errors import DataCorruption, StorageError
 from tvix_castore.nodes import Node
@@ -116,7 +116,7 @@ class LmdbNarCache(NarCache):
         _check(nar_size, nar_sha256)
         key = nar_cache_key(node)
         try:
-            with self._env.begin(write=True, db=self._db) as txn:
+            with begin_write(self._env, self._db) as txn:
                 txn.put(key, _VALUE.pack(nar_size, nar_sha256))
         except lmdb.Error as exc:
             raise StorageError(f"LMDB NAR cache: put: {exc}") from exc

@@ -170,3 +170,34 @@ def test_readers_of_killed_processes_are_cleared(tmp_path: Path) -> None:
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_a_process_keeping_the_store_open_clears_stale_readers(tmp_path: Path) -> None:
+    """A daemon or mount keeps the store open for days, and no other process may open it
+    meanwhile: its own writes clear the slots of readers killed mid-read (at most once a
+    minute), so they do not pin old pages for ever."""
+    import subprocess
+    import sys
+
+    from tvix_castore import _lmdb_env
+    from tvix_castore.blobservice.lmdb_store import LmdbBlobService
+
+    blobs = LmdbBlobService(str(tmp_path / "store"))  # this process is the long-running one
+    try:
+        blobs.put(b"first")
+        env = blobs._env
+        dead = subprocess.run(
+            [sys.executable, "-c", _DIE_READING, str(tmp_path / "store")], capture_output=True, timeout=60
+        ).stdout.split()[0]
+
+        def readers() -> list[bytes]:
+            return [line.split()[0] for line in env.readers().encode().splitlines()[1:] if line.strip()]
+
+        assert dead in readers()
+        blobs.put(b"second, within the minute")
+        assert dead in readers()
+        _lmdb_env._reader_checked.clear()  # as if a minute had passed
+        blobs.put(b"third")
+        assert dead not in readers()
+    finally:
+        blobs.close()

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast, final
 import blake3
 import lmdb
 
-from tvix_castore._lmdb_env import LmdbStore, explain, open_env, path_from_url, release_env
+from tvix_castore._lmdb_env import LmdbStore, begin_write, explain, open_env, path_from_url, release_env
 from tvix_castore.blobservice import BlobReader, BlobService, BlobWriter, ChunkData, ChunkMeta
 from tvix_castore.blobservice.chunked_reader import BytesBlobReader, ChunkedReader
 from tvix_castore.chunker import MIN_SIZE, Chunker
@@ -424,7 +424,7 @@ class LmdbBlobService(BlobService):
 
     def _commit(self, chunks: list[tuple[B3Digest, ChunkData]], blob: tuple[B3Digest, bytes] | None) -> None:
         """Store chunks (skipping present ones) and then, optionally, a blob's chunk list."""
-        with self._op("write"), self._env.begin(write=True) as txn:
+        with self._op("write"), begin_write(self._env) as txn:
             for digest, data in chunks:
                 # NOOVERWRITE: a present chunk is neither copied nor rewritten (dedup).
                 txn.put(digest, data, db=self._chunks_db, overwrite=False)

@@ -20,7 +20,7 @@ from typing import cast, final
 
 import lmdb
 
-from tvix_castore._lmdb_env import LmdbStore, lmdb_errors, open_env, path_from_url, release_env
+from tvix_castore._lmdb_env import LmdbStore, begin_write, lmdb_errors, open_env, path_from_url, release_env
 from tvix_castore.digests import B3Digest, blake3_digest
 from tvix_castore.directory import Directory
 from tvix_castore.directoryservice import DirectoryService
@@ -124,7 +124,7 @@ class LmdbDirectoryService(DirectoryService):
     def _write(self, directories: list[Directory]) -> None:
         if self._store is None:
             raise ClosedError("LMDB directory service is closed")
-        with lmdb_errors(self.path, "directory", "put"), self._env.begin(write=True, db=self._db) as txn:
+        with lmdb_errors(self.path, "directory", "put"), begin_write(self._env, self._db) as txn:
             for directory in directories:
                 # NOOVERWRITE: a present Directory has the same bytes; don't rewrite its pages.
                 txn.put(directory.digest(), directory.encode(), overwrite=False)

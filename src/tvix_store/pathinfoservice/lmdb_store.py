@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, cast, final
 
 import lmdb
 
-from tvix_castore._lmdb_env import LmdbStore, lmdb_errors, open_env, path_from_url, release_env
+from tvix_castore._lmdb_env import LmdbStore, begin_write, lmdb_errors, open_env, path_from_url, release_env
 from tvix_castore.blobservice import BlobService
 from tvix_castore.digests import B3_LEN, blake3_digest
 from tvix_castore.directoryservice import DirectoryService
@@ -98,7 +98,7 @@ class LmdbPathInfoService(PathInfoService):
         store.sync()
         with (
             lmdb_errors(self.path, "path info", f"put {info.store_path.basename()}"),
-            self._env.begin(write=True, db=self._db) as txn,
+            begin_write(self._env, self._db) as txn,
         ):
             txn.put(info.store_path.digest, value)
         store.sync()
