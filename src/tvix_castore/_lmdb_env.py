@@ -148,8 +148,9 @@ def open_env(path: str) -> LmdbStore:
                 if not read_only:
                     # A process killed inside a read transaction leaves its reader slot taken
                     # and its snapshot pinned: freed pages are not reused (the file grows), and
-                    # once every slot is taken no process can read. LMDB clears them only here.
+                    # once every slot is taken no process can read (see also begin_write).
                     env.reader_check()
+                    _reader_checked[id(env)] = time.monotonic()
                 _refuse_truncated_data_file(real, env)
                 tables = {name: env.open_db(name.encode(), create=not read_only) for name in TABLES}
             except BaseException:
@@ -160,9 +161,25 @@ def open_env(path: str) -> LmdbStore:
             # that is not UTF-8 it decodes with replacement characters).
             shown = os.fsencode(real).decode("utf-8", "replace")
             text = str(exc).removeprefix(f"{real}: ").removeprefix(f"{shown}: ")
-            raise StorageError(f"cannot open LMDB store at {real}: {text}") from exc
+            raise StorageError(f"cannot open LMDB store at {real}: {text}{_map_limit(exc)}") from exc
         _envs[real] = (env, tables, 1)
         return LmdbStore(real, env, tables)
+
+
+def _map_limit(exc: BaseException) -> str:
+    """Why the map could not be made, when an address-space limit (``ulimit -v``) is the cause."""
+    import errno
+    import resource
+
+    if getattr(exc, "errno", None) != errno.ENOMEM and "Cannot allocate memory" not in str(exc):
+        return ""
+    limit, _ = resource.getrlimit(resource.RLIMIT_AS)
+    if limit == resource.RLIM_INFINITY or limit >= _MAP_SIZE:
+        return ""
+    return (
+        f" (the store maps {_MAP_SIZE >> 30} GiB of address space, which takes no memory, but "
+        f"this process may use only {limit >> 20} MiB of it: raise `ulimit -v`)"
+    )
 
 
 def _open_lmdb(directory: str) -> tuple[lmdb.Environment, bool]:

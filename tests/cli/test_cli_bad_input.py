@@ -530,3 +530,16 @@ def test_relative_xdg_data_home_is_ignored(shared_tmp: Path) -> None:
     assert res.returncode == 0, res.stderr
     assert (home / ".local" / "share" / "tvix-store").is_dir()
     assert not (shared_tmp / "relative").exists()
+
+
+def test_address_space_limit_is_named(tmp_path: Path) -> None:
+    """Under ``ulimit -v`` the store's 1 TiB map (address space, not memory) cannot be made:
+    the error says so and what to raise, not a bare "Cannot allocate memory"."""
+    res = subprocess.run(
+        ["sh", "-c", 'ulimit -v 4000000 && exec "$@"', "sh", TVIX_STORE, "path-info", "--all"],
+        capture_output=True,
+        env=cli_env(tmp_path / "store"),
+        timeout=120,
+    )
+    line = one_line_error(res)
+    assert "Cannot allocate memory" in line and "raise `ulimit -v`" in line, line
