@@ -446,3 +446,31 @@ def test_stop_lets_downloads_in_flight_finish(tmp_path: Path, again: bool) -> No
     log = (tmp_path / "serve.log").read_text()
     assert "signal again to end them now" in log
     assert "Traceback" not in log, log
+
+
+def test_a_client_that_stops_reading_pins_no_snapshot(tmp_path):
+    """A client that stops reading a NAR holds the server's write up for as long as the idle
+    timeout allows: the server must not hold a read transaction meanwhile, whose snapshot would
+    keep every page freed by later writes from being reused (the store file would grow)."""
+    import lmdb
+
+    store = tmp_path / "store"
+    big = tmp_path / "big"
+    big.write_bytes(os.urandom(48 * 1024 * 1024))
+    path = tvix(store, "import", big).stdout.decode().strip()
+    digest = path.removeprefix("/nix/store/")[:32]
+    with serve_cache(store) as url:
+        with urllib.request.urlopen(f"{url}/{digest}.narinfo", timeout=10) as r:
+            nar_url = NarInfo.parse(r.read()).url
+        host, port = url.removeprefix("http://").rstrip("/").rsplit(":", 1)
+        with socket.create_connection((host, int(port)), timeout=10) as conn:
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            conn.sendall(f"GET /{nar_url} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            assert conn.recv(4096).startswith(b"HTTP/1.")  # then nothing more is read
+            time.sleep(1.0)  # the server fills the socket's buffers and blocks
+            env = lmdb.open(str(store), max_dbs=10, map_size=1 << 40, max_readers=1024, readonly=True)
+            try:
+                rows = [line.split() for line in env.readers().splitlines()[1:] if line.strip()]
+            finally:
+                env.close()
+            assert all(row[2] == "-" for row in rows), rows  # no read transaction open

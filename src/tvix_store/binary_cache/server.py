@@ -660,9 +660,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         tee = cache.writer(key, nar_size) if cache is not None and status == 200 else None
         out = _RangeWriter(self.wfile.write if tee is None else tee.tee(self.wfile.write), start, end)
         try:
-            # zero_copy: every sink here (sendall, the cache file's buffered write, the range
-            # slice) is done with a piece before it returns, so pieces may be views of the map.
-            write_nar(out, node, services.blob_service, services.directory_service, zero_copy=True)
+            # Not zero_copy: views of the map would keep a read transaction open while a client
+            # that stopped reading (for up to IDLE_TIMEOUT) holds sendall up, and that snapshot
+            # pins every page freed meanwhile: the store file would grow with each upload.
+            write_nar(out, node, services.blob_service, services.directory_service)
         except _Abort:
             return
         except (BrokenPipeError, ConnectionResetError):
