@@ -2,10 +2,9 @@
 
 Run as ``python -P nosync.py ARGS...`` (``-P``: nothing beside this file shadows a package): the
 command ``tvix-store ARGS...``, except that the LMDB store is never synced to disk (neither its
-commits' data pages, nor the syncs around a PathInfo put, nor an import's background
-write-back). ``nix-store --add`` syncs only its SQLite database, not the files it adds; the
-store section runs this beside our real import, so that the table shows what our durability
-costs against Nix.
+commits' data pages, nor the syncs around a PathInfo put, nor an import's background write-back). ``nix-store --add`` syncs
+only its SQLite database, not the files it adds; the store section runs this beside our real
+import, so that the table shows what our durability costs against Nix.
 """
 
 from __future__ import annotations
