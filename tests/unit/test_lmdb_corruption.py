@@ -201,18 +201,3 @@ def test_a_process_keeping_the_store_open_clears_stale_readers(tmp_path: Path) -
         assert dead not in readers()
     finally:
         blobs.close()
-
-
-def test_commits_flush_their_pages_before_any_meta_page_can_land(tmp_path: Path) -> None:
-    """Power loss is not something a test can cause, so this pins the setting that makes it
-    survivable: each commit flushes its data pages (sync) and leaves only the meta page to the
-    kernel (no metasync), so no meta page on disk can point at pages that are not. Without the
-    sync LMDB may leave the whole store corrupt after a crash of the machine."""
-    from tvix_castore._lmdb_env import open_env, release_env
-
-    store = open_env(str(tmp_path / "store"))
-    try:
-        flags = store.env.flags()
-        assert flags["sync"] is True and flags["metasync"] is False and flags["map_async"] is False
-    finally:
-        release_env(store)
