@@ -118,9 +118,12 @@ class HashModulo:
     that hash part (the modulus) counts as NUL bytes, and the offsets where it occurred are
     hashed after the content as ``|<offset>`` each. Content that does not name itself hashes
     as it is. Fed in pieces of any size.
+
+    With ``hashing=False`` it only looks for the modulus (``matched``): a caller that hashes the
+    stream as it is anyway has its answer in that hash when nothing matched.
     """
 
-    def __init__(self, algo: str, modulus: bytes) -> None:
+    def __init__(self, algo: str, modulus: bytes, *, hashing: bool = True) -> None:
         import hashlib
 
         if algo not in DIGEST_LENGTHS or not modulus:
@@ -128,13 +131,28 @@ class HashModulo:
         self._hasher = hashlib.new(algo)
         self._algo = algo
         self._modulus = modulus
+        self.hashing = hashing
         self._held = b""  # the last len(modulus) - 1 bytes: an occurrence may start in them
         self._offset = 0  # of _held in the stream
         self._matches: list[int] = []
 
+    @property
+    def matched(self) -> bool:
+        """Whether the modulus occurred in what was fed so far."""
+        return bool(self._matches)
+
     def update(self, data: bytes | bytearray | memoryview) -> None:
         """Add the next piece of the stream."""
         modulus = self._modulus
+        if not self.hashing:
+            if not self._matches:  # after one occurrence only "whether" is asked
+                piece = data if isinstance(data, bytes) else bytes(data)
+                tail = len(modulus) - 1
+                edge = self._held + piece[:tail]
+                if modulus in edge or modulus in piece:
+                    self._matches.append(-1)
+                self._held = (edge if len(piece) < tail else piece)[-tail:]
+            return
         buffer = self._held + bytes(data)
         found = buffer.find(modulus)
         if found >= 0:
@@ -152,6 +170,8 @@ class HashModulo:
 
     def finish(self) -> NixHash:
         """The hash of everything fed, modulo ``modulus``; the object is spent."""
+        if not self.hashing:
+            raise NixHashError("this HashModulo only looked for its modulus")
         self._hasher.update(self._held)
         for offset in self._matches:
             self._hasher.update(f"|{offset}".encode())

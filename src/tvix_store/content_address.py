@@ -9,18 +9,27 @@ does not cover the line, so whatever takes narinfos from elsewhere (``copy``, up
 
 from __future__ import annotations
 
-from nix_compat.nixhash import CAHash, HashModulo
+from nix_compat.nixhash import CAHash, HashModulo, NixHash
 from nix_compat.store_path import StorePath
 from tvix_castore.blobservice import BlobService
 from tvix_castore.directoryservice import DirectoryService
 from tvix_castore.nodes import DirectoryNode, FileNode, Node
 
-__all__ = ["content_hasher", "content_mismatch"]
+__all__ = ["content_hasher", "content_mismatch", "nar_checker"]
 
 
 def content_hasher(store_path: StorePath, ca: CAHash) -> HashModulo:
     """A hasher for what ca covers, modulo store_path's hash part; feed it the NAR or the file."""
     return HashModulo(ca.hash.algo, store_path.encoded_digest.encode())
+
+
+def nar_checker(store_path: StorePath, ca: CAHash) -> HashModulo:
+    """What to feed a ``fixed:r:`` path's NAR to as it comes in, for ``content_mismatch``.
+
+    For sha256 it only looks for the path's hash part: the NAR's own SHA-256 (which the ingest
+    computes anyway) is the answer unless the NAR names its own path.
+    """
+    return HashModulo(ca.hash.algo, store_path.encoded_digest.encode(), hashing=ca.hash.algo != "sha256")
 
 
 def content_mismatch(
@@ -29,20 +38,27 @@ def content_mismatch(
     node: Node,
     blob_service: BlobService,
     directory_service: DirectoryService,
-    nar_hashed: HashModulo | None = None,
+    nar_fed: HashModulo | None = None,
+    nar_sha256: bytes | None = None,
 ) -> str | None:
     """Why node is not the content ca says, or None when it is.
 
-    nar_hashed: for a ``fixed:r:`` address, a ``content_hasher`` already fed the path's NAR (as
-    it was ingested); without it the NAR is rendered from the store and hashed here.
+    nar_fed: for a ``fixed:r:`` address, a ``nar_checker`` already fed the path's NAR as it was
+    ingested, and nar_sha256 the NAR's SHA-256; without them (or when the NAR names its own
+    path) the NAR is rendered from the store and hashed here.
     """
+    actual: NixHash | None = None
     if ca.kind == "nar":
-        hasher = nar_hashed
-        if hasher is None:
+        if nar_fed is not None and nar_fed.hashing:
+            actual = nar_fed.finish()
+        elif nar_fed is not None and not nar_fed.matched and nar_sha256 is not None:
+            actual = NixHash("sha256", nar_sha256)
+        else:
             from tvix_store.nar.renderer import write_nar
 
             hasher = content_hasher(store_path, ca)
             write_nar(hasher.update, node, blob_service, directory_service)
+            actual = hasher.finish()
     else:
         if not isinstance(node, FileNode):
             kind = "directory" if isinstance(node, DirectoryNode) else "symlink"
@@ -54,7 +70,7 @@ def content_mismatch(
         with reader:
             while piece := reader.read(1 << 20):
                 hasher.update(piece)
-    actual = hasher.finish()
+        actual = hasher.finish()
     if actual != ca.hash:
         return (
             f"CA mismatch for {store_path.absolute()}: the claim is {ca}, "

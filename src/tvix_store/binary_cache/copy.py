@@ -33,7 +33,7 @@ from tvix_castore.frozen import Frozen
 from tvix_store.binary_cache import BinaryCacheError
 from tvix_store.binary_cache.compression import read_errors
 from tvix_store.binary_cache.download import NarDownload, fetch_narinfo
-from tvix_store.content_address import content_hasher, content_mismatch
+from tvix_store.content_address import content_mismatch, nar_checker
 from tvix_store.nar.ingest import ingest_nar
 from tvix_store.path_info import PathInfo
 from tvix_store.services import Services
@@ -81,7 +81,7 @@ def fetch_path_info(
     download.set_on_bytes(on_bytes)
     read = download.read
     ca = narinfo.ca
-    ca_hash = content_hasher(narinfo.store_path, ca) if ca is not None and ca.kind == "nar" else None
+    ca_hash = nar_checker(narinfo.store_path, ca) if ca is not None and ca.kind == "nar" else None
     if ca_hash is not None:
         update = ca_hash.update
 
@@ -127,7 +127,9 @@ def fetch_path_info(
         )
     if ca is not None:
         # As Nix checks it when it adds the path: no signature covers the CA line.
-        mismatch = content_mismatch(narinfo.store_path, ca, root, blob_service, directory_service, ca_hash)
+        mismatch = content_mismatch(
+            narinfo.store_path, ca, root, blob_service, directory_service, ca_hash, nar_sha256
+        )
         if mismatch is not None:
             raise BinaryCacheError(f"{url}: {mismatch}")
     return PathInfo(
