@@ -29,14 +29,25 @@ def test_progress_on_tty(tmp_path: Path) -> None:
     """With stderr on a pty, a progress line (files, MiB) appears and is erased; stdout is unchanged."""
     tree = _tree(tmp_path)
     plain = tvix(tmp_path / "store-a", "import", tree).stdout
+    out, seen = _on_pty([TVIX_STORE, "import", str(tree)], cli_env(tmp_path / "store-b"))
+    assert out == plain
+    assert b"importing" in seen
+    assert b"files" in seen
+    assert b"MiB" in seen
+    assert seen.endswith(b"\r\x1b[2K")
+
+
+def _on_pty(args: list[str], env: dict[str, str], columns: int | None = None) -> tuple[bytes, bytes]:
+    """Run a command with stderr on a pty (of the given width, if any): (stdout, the pty's bytes)."""
+    import fcntl
+    import struct
+    import termios
+
     primary, secondary = pty.openpty()
+    if columns is not None:
+        fcntl.ioctl(secondary, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
     try:
-        proc = subprocess.Popen(
-            [TVIX_STORE, "import", str(tree)],
-            stdout=subprocess.PIPE,
-            stderr=secondary,
-            env=cli_env(tmp_path / "store-b"),
-        )
+        proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=secondary, env=env)
         os.close(secondary)
         secondary = -1
         seen = b""
@@ -54,40 +65,7 @@ def test_progress_on_tty(tmp_path: Path) -> None:
         if secondary != -1:
             os.close(secondary)
     assert proc.returncode == 0
-    assert out == plain
-    assert b"importing" in seen
-    assert b"files" in seen
-    assert b"MiB" in seen
-    assert seen.endswith(b"\r\x1b[2K")
-
-
-def _stderr_on_pty(args: list[str], env: dict[str, str], columns: int) -> bytes:
-    """What a command writes to a pty of the given width as its stderr (stdout discarded)."""
-    import fcntl
-    import struct
-    import termios
-
-    primary, secondary = pty.openpty()
-    fcntl.ioctl(secondary, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
-    try:
-        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=secondary, env=env)
-        os.close(secondary)
-        secondary = -1
-        seen = b""
-        while True:
-            try:
-                data = os.read(primary, 65536)
-            except OSError:  # EIO: the child closed the terminal
-                break
-            if not data:
-                break
-            seen += data
-        assert proc.wait(timeout=120) == 0
-    finally:
-        os.close(primary)
-        if secondary != -1:
-            os.close(secondary)
-    return seen
+    return out, seen
 
 
 def test_progress_line_fits_a_narrow_terminal(tmp_path: Path) -> None:
@@ -96,7 +74,7 @@ def test_progress_line_fits_a_narrow_terminal(tmp_path: Path) -> None:
     deep = tmp_path / ("a-rather-long-directory-name-" * 3) / "and-another"
     deep.mkdir(parents=True)
     tree = _tree(deep)
-    seen = _stderr_on_pty([TVIX_STORE, "import", str(tree)], cli_env(tmp_path / "store"), 50)
+    _, seen = _on_pty([TVIX_STORE, "import", str(tree)], cli_env(tmp_path / "store"), 50)
     drawn = [line for line in seen.split(b"\r\x1b[2K") if line]
     assert drawn and all(len(line.decode()) < 50 for line in drawn), drawn
     assert any(b"\xe2\x80\xa6" in line and b"files" in line for line in drawn), drawn  # "…"
@@ -109,7 +87,7 @@ def test_log_lines_do_not_run_into_the_progress_line(tmp_path: Path) -> None:
 
     tree = _tree(tmp_path)
     env = cli_env(tmp_path / "store", RUST_LOG="debug")
-    seen = _stderr_on_pty([TVIX_STORE, "import", str(tree)], env, 200)
+    _, seen = _on_pty([TVIX_STORE, "import", str(tree)], env, 200)
     assert b"files" in seen and b" DEBUG " in seen
     glued = re.findall(rb"s\)\d{4}-\d\d-\d\dT", seen)
     assert not glued, seen[-2000:]
