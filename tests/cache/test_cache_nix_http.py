@@ -6,6 +6,7 @@ import urllib.parse
 
 import pytest
 from cache_helpers import static_server
+from fixtures import PATH_INFO
 from tvix_cli import nix_dump
 
 from nix_compat.store_path import StorePath
@@ -44,8 +45,9 @@ def test_from_url_rules(tmp_path):
     assert isinstance(svc, NixHttpPathInfoService)
     assert svc.base_url == "http://192.0.2.1/foo"
     assert [k.name for k in svc.trusted_keys] == ["a-1"]
-    with pytest.raises(InvalidRequest, match="put not supported"):
-        svc.put(None)  # type: ignore[arg-type]
+    refused = f"cannot put {PATH_INFO.store_path.absolute()} into .* read-only"
+    with pytest.raises(InvalidRequest, match=refused):
+        svc.put(PATH_INFO)
     with pytest.raises(InvalidRequest, match="list not supported"):
         svc.list()
     # tvix's names of the services to ingest into: "default" is the one this command has.
@@ -121,3 +123,53 @@ def test_nix_http_refuses_bad_signature_and_compressions(tmp_path, nix_closure):
         with pytest.raises(BinaryCacheError, match="no valid signature"):
             services.path_info_service.get(digest)
         services.close()
+
+
+@pytest.mark.nix
+def test_cache_stores_nothing_in_near_when_the_blobs_did_not_arrive(tmp_path, nix_closure, short_dir):
+    """With a blob service that writes behind (gRPC) and refuses the blobs, a far hit must not
+    leave near a PathInfo whose blobs never arrived (near is asked first, so far would never
+    be asked again)."""
+    from tvix_castore.blobservice.memory import MemoryBlobService
+    from tvix_castore.directoryservice.memory import MemoryDirectoryService
+    from tvix_castore.errors import StorageError
+    from tvix_store.pathinfoservice.memory import MemoryPathInfoService
+    from tvix_store.server import Daemon
+
+    class RefusingBlobs(MemoryBlobService):
+        def _store(self, digest: object, data: bytes) -> None:
+            raise StorageError("no room left")
+
+    sock = str(short_dir / "refusing.sock")
+    daemon = Daemon(Services(RefusingBlobs(), MemoryDirectoryService(), MemoryPathInfoService()), sock)
+    caches_dir = nix_closure["caches"]["none"].parent
+    leaf = next(p for p in nix_closure["paths"] if p.endswith("-h6-leaf"))
+    digest = StorePath.from_absolute_path(leaf).digest
+    near = f"lmdb://{tmp_path / 'near'}"
+    try:
+        with static_server(caches_dir) as base:
+            url = f"cache://?near={near}&far={urllib.parse.quote(f'nix+{base}/cache-none', safe=':/')}"
+            services = construct_services(f"grpc+unix://{sock}", "memory://", url)
+            try:
+                with pytest.raises(StorageError, match="no room left"):
+                    services.path_info_service.get(digest)
+                assert services.path_info_service.get_held(digest) is None
+            finally:
+                services.close()
+    finally:
+        daemon.stop(grace=1.0)
+
+
+@pytest.mark.nix
+def test_copy_into_a_cache_store_does_not_ask_its_far_side(tmp_path, nix_closure):
+    """Whether a path is already in the destination is asked of near alone, as Nix asks without
+    substituting: a far side that is down (or would fetch it from elsewhere) plays no part."""
+    from tvix_cli import all_paths, tvix
+
+    store = tmp_path / "store"
+    far = "nix+http://127.0.0.1:1/nothing-listens-here"
+    url = f"cache://?near=lmdb://{store}&far={urllib.parse.quote(far, safe=':/')}"
+    source = f"file://{nix_closure['caches']['none']}"
+    res = tvix(store, "copy", "--path-info-service-addr", url, "--from", source, nix_closure["top"])
+    assert res.stderr == b""  # not a single retry of the far side
+    assert all_paths(store).count(b"StorePath: ") == len(nix_closure["paths"])

@@ -233,7 +233,8 @@ def _copy_closure(
         def visit(path: StorePath, referrer: StorePath | None) -> None:
             with lock:
                 early = early_downloads.get(path.digest)
-            if services.path_info_service.get(path.digest) is not None:
+            # What the store holds itself: a cache:// store must not fetch it from its far side.
+            if services.path_info_service.get_held(path.digest) is not None:
                 with lock:
                     result.present.append(path)
                     early_downloads.pop(path.digest, None)
@@ -416,7 +417,7 @@ def copy_local_closure(
     result = CopyResult()
     todo = []
     for entry in entries:
-        if services.path_info_service.get(entry.path.digest) is not None:
+        if services.path_info_service.get_held(entry.path.digest) is not None:
             result.present.append(entry.path)
         else:
             todo.append(entry)

@@ -34,6 +34,14 @@ class PathInfoService(abc.ABC):
     def get(self, digest: bytes) -> PathInfo | None:
         """The PathInfo whose store path has this 20-byte digest, or None."""
 
+    def get_held(self, digest: bytes) -> PathInfo | None:
+        """Like ``get``, but only what this service holds itself.
+
+        Nothing is fetched from elsewhere (a ``cache://`` far side, a binary cache), as with
+        Nix's NoSubstitute queries: for asking whether a path is in a store before copying it.
+        """
+        return self.get(digest)
+
     @abc.abstractmethod
     def put(self, info: PathInfo) -> PathInfo:
         """Store (or overwrite) info; returns what was stored (maybe with more signatures)."""

@@ -3,8 +3,10 @@
 ``get`` asks near first; on a miss it asks far and puts what far returns into near, so the next
 lookup is local. With a ``nix+http`` far side, far's ``get`` has already ingested the NAR into
 the blob and directory services the two share, so the PathInfo put into near is complete.
-``put`` goes to near only; ``list`` lists near. Both URLs are percent-encoded query values
-(a ``far=nix+http://…?trusted-public-keys=…`` needs its ``&`` escaped as ``%26``; ``+`` stays literal).
+``put`` goes to near only; ``list`` lists near; ``get_held`` asks near alone (``copy``'s "is it
+there already?", which must not fetch from far). Both URLs are percent-encoded query values,
+decoded once as such and then as URLs (a ``far=nix+http://…?trusted-public-keys=…`` needs its
+``&`` escaped as ``%26``, and a ``%`` of a nested escape is ``%25``; ``+`` stays literal).
 """
 
 from __future__ import annotations
@@ -69,6 +71,10 @@ class CachePathInfoService(PathInfoService):
             return None
         log.debug("fetched %s from the far path info service", info.store_path.absolute())
         return self.near.put(info)
+
+    def get_held(self, digest: bytes) -> PathInfo | None:
+        """Near's PathInfo: far is not asked."""
+        return self.near.get_held(digest)
 
     def put(self, info: PathInfo) -> PathInfo:
         """Store in near."""

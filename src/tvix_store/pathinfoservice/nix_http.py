@@ -92,11 +92,22 @@ class NixHttpPathInfoService(PathInfoService):
         narinfo = fetch_narinfo(self.base_url, digest, self.trusted_keys)
         if narinfo is None:
             return None
-        return fetch_path_info(self.base_url, narinfo, self._blobs, self._dirs)
+        info = fetch_path_info(self.base_url, narinfo, self._blobs, self._dirs)
+        # A blob service that writes behind (gRPC) may still be uploading: whoever stores the
+        # PathInfo (a cache:// near side) must not point at blobs that never arrive.
+        self._blobs.flush()
+        return info
+
+    def get_held(self, digest: bytes) -> PathInfo | None:
+        """None: a binary cache is fetched from, never held."""
+        return None
 
     def put(self, info: PathInfo) -> PathInfo:
         """Refused: a binary cache is read-only here."""
-        raise InvalidRequest("put not supported for this backend")
+        raise InvalidRequest(
+            f"cannot put {info.store_path.absolute()} into the binary cache {self.base_url}: "
+            "nix+http path info services are read-only"
+        )
 
     def list(self) -> Iterator[PathInfo]:
         """Refused: binary caches cannot be listed."""
