@@ -178,3 +178,20 @@ def test_import_through_a_lying_server_fails(tmp_path: Path, lying: tuple[str, _
     assert res.stdout == b""
     line = one_line_error(res)
     assert "differs from the one sent" in line, line
+
+
+def test_a_chunk_list_with_an_empty_chunk_is_refused(swapping: tuple[str, _SwappedChunkLists]) -> None:
+    """No read ever falls in a chunk of 0 bytes, so the whole-blob check would never reach
+    the end of such a list: another blob plus an empty chunk read back as this one."""
+    from tvix_castore.digests import EMPTY_BLOB_DIGEST
+
+    url, blobs = swapping
+    x, y = b"R" * 100_000, os.urandom(100_000)
+    x_digest, y_digest = blobs.put(x), blobs.put(y)
+    blobs.swapped = {x_digest: [ChunkMeta(y_digest, len(y)), ChunkMeta(EMPTY_BLOB_DIGEST, 0)]}
+    client = blob_from_addr(url)
+    try:
+        with pytest.raises(StorageError, match="chunk #1 is empty"):
+            client.open_read(x_digest)
+    finally:
+        client.close()

@@ -156,6 +156,10 @@ class GrpcBlobService(BlobService):
                 raise StorageError(
                     f"{self._name}: blob {digest}: Invalid digest length {len(c.digest)} for chunk #{i}"
                 )
+            if c.size == 0:
+                # No chunker makes one, and no read would ever fetch it (nor check the blob
+                # as a whole past it): a list holding one is not this blob's.
+                raise StorageError(f"{self._name}: blob {digest}: chunk #{i} is empty")
             out.append(ChunkMeta(B3Digest(c.digest), c.size))
         if len(out) > 2:
             self._remember(digest, out)
