@@ -145,3 +145,14 @@ def test_bad_option_values_are_usage_errors(argv: list[str], env: dict[str, str]
         )
     assert res.returncode == 2, res
     assert message in res.stderr
+
+
+def test_arguments_after_a_double_dash_are_positional(tmp_path: Path) -> None:
+    """``import -- -dash`` imports the file named -dash, as before options could come anywhere."""
+    (tmp_path / "-dash").write_bytes(b"d")
+    (tmp_path / "a").write_bytes(b"a")
+    store = tmp_path / "store"
+    out = tvix(store, "import", "--", "-dash", cwd=tmp_path).stdout.decode().split()
+    assert len(out) == 1 and out[0].endswith("--dash")
+    both = tvix(store, "import", "--", "a", "-dash", cwd=tmp_path).stdout.decode().split()
+    assert both[1] == out[0] and both[0].endswith("-a")

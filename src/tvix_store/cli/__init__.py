@@ -213,7 +213,9 @@ def _command_parser_class() -> type[argparse.ArgumentParser]:
         def parse_known_args(  # type: ignore[override]
             self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
         ) -> tuple[argparse.Namespace, list[str]]:
-            if self._intermixing:  # the intermixed parse's own passes
+            if self._intermixing or (args is not None and "--" in args):
+                # The intermixed parse's own passes; and after "--" every argument is a
+                # positional one, which only the plain parse keeps so.
                 return super().parse_known_args(args, namespace)
             self._intermixing = True
             try:
