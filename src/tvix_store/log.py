@@ -105,10 +105,10 @@ class _Handler(logging.StreamHandler):  # type: ignore[type-arg]
     """Log lines to stderr, below a progress line that is there (which takes it away first)."""
 
     def emit(self, record: logging.LogRecord) -> None:
-        from tvix_store.progress import clear_line
+        from tvix_store.progress import line_cleared
 
-        clear_line(self.stream)
-        super().emit(record)
+        with line_cleared(self.stream):
+            super().emit(record)
 
 
 def setup_logging(log_level: str = "info", rust_log: str | None = None) -> Directives:

@@ -13,9 +13,12 @@ import os
 import sys
 import threading
 import time
+import unicodedata
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TextIO
 
-__all__ = ["Progress", "clear_line"]
+__all__ = ["Progress", "line_cleared"]
 
 _INTERVAL = 0.1
 _SPINNER = "|/-\\"
@@ -25,17 +28,19 @@ _lock = threading.Lock()
 _drawn: Progress | None = None
 
 
-def clear_line(stream: TextIO) -> None:
-    """Erase the progress line from stream, if one is drawn there.
+@contextmanager
+def line_cleared(stream: TextIO) -> Iterator[None]:
+    """Erase the progress line from stream, if one is drawn there, and keep it away meanwhile.
 
-    For whatever writes a line of its own to the terminal (the log handler); the progress line
-    comes back at its next update.
+    For whatever writes a line of its own to the terminal (the log handler), inside the block;
+    the progress line comes back at its next update after it.
     """
     global _drawn
     with _lock:
         if _drawn is not None and _drawn._stream is stream:
             stream.write(_ERASE)
             _drawn = None
+        yield
 
 
 def _mib(n: int) -> str:
@@ -99,12 +104,40 @@ class Progress:
 
 
 def _fit(head: str, label: str, stats: str, width: int) -> str:
-    """The line of head, label and stats, in fewer than width columns.
+    """The line of head, label and stats, in fewer than width columns of the terminal.
 
     A label too long loses its middle ("importing /tmp/…/dir"): what is done, and to what.
+    Characters the terminal would not show as one column each are measured as they show
+    (wide ones as two), or replaced (control characters, undecodable bytes of a file name).
     """
-    room = width - 1 - len(head) - len(stats)
-    if len(label) > room:
+    label = "".join(c if c.isprintable() and not 0xD800 <= ord(c) <= 0xDFFF else "?" for c in label)
+    room = width - 1 - _columns(head) - _columns(stats)
+    if _columns(label) > room:
         kept = room - 1  # beside the "…"
-        label = label[: kept // 2] + "…" + label[len(label) - (kept - kept // 2) :] if kept > 0 else ""
-    return (head + label + stats)[: max(width - 1, 0)]
+        label = _head(label, kept // 2) + "…" + _tail(label, kept - kept // 2) if kept > 0 else ""
+    return _head(head + label + stats, max(width - 1, 0))
+
+
+def _column_width(c: str) -> int:
+    if unicodedata.combining(c):
+        return 0
+    return 2 if unicodedata.east_asian_width(c) in ("W", "F") else 1
+
+
+def _columns(text: str) -> int:
+    return sum(_column_width(c) for c in text)
+
+
+def _head(text: str, columns: int) -> str:
+    """The longest start of text that fits in columns."""
+    used = 0
+    for i, c in enumerate(text):
+        used += _column_width(c)
+        if used > columns:
+            return text[:i]
+    return text
+
+
+def _tail(text: str, columns: int) -> str:
+    """The longest end of text that fits in columns."""
+    return _head(text[::-1], columns)[::-1]

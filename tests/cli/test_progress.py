@@ -91,3 +91,14 @@ def test_log_lines_do_not_run_into_the_progress_line(tmp_path: Path) -> None:
     assert b"files" in seen and b" DEBUG " in seen
     glued = re.findall(rb"s\)\d{4}-\d\d-\d\dT", seen)
     assert not glued, seen[-2000:]
+
+
+def test_wide_and_undecodable_labels_fit_the_columns() -> None:
+    """Width is measured in terminal columns: a wide character takes two, and a file name
+    byte that is not UTF-8 (which stderr would escape as four) shows as one "?"."""
+    from tvix_store.progress import _columns, _fit
+
+    stats = ": 1 files, 1.0 MiB @ 1.0 MiB/s (0.1s)"
+    for label in ("importing /tmp/" + "写真" * 30, "importing " + "x\udcff" * 30):
+        line = _fit("| ", label, stats, 80)
+        assert _columns(line) < 80 and "\udcff" not in line and line.endswith(stats), line

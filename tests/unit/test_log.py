@@ -103,3 +103,49 @@ def test_rust_log_targets_replace_the_log_level(tmp_path: Path) -> None:
     assert b"DEBUG tvix_store.import" in shown.stderr
     span = tvix(store, "import", tmp_path / "f", env=cli_env(store, RUST_LOG="tvix_store[x]=debug")).stderr
     assert span.count(b"\n") == 1 and b"WARNING tvix_store.log: RUST_LOG directive" in span, span
+
+
+def test_log_lines_and_progress_redraws_do_not_interleave() -> None:
+    """A log record is written whole while the progress line is away: a redraw from another
+    thread cannot land between the erase and the record (copy's download threads draw while
+    its workers log retries)."""
+    import io
+    import logging
+    import sys
+    import threading
+
+    from tvix_store.log import _Handler
+    from tvix_store.progress import Progress
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    term = Terminal()
+    handler = _Handler(term)
+    handler.setFormatter(logging.Formatter("LOG %(message)s"))
+    logger = logging.getLogger("test-interleave")
+    logger.propagate = False
+    logger.addHandler(handler)
+    progress = Progress("drawing", stream=term, enabled=True)
+    stop = threading.Event()
+
+    def draw() -> None:
+        while not stop.is_set():
+            progress._draw()
+
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    drawer = threading.Thread(target=draw)
+    drawer.start()
+    try:
+        for i in range(3000):
+            logger.warning("retry %d", i)
+    finally:
+        stop.set()
+        drawer.join()
+        sys.setswitchinterval(old)
+        logger.removeHandler(handler)
+    text = term.getvalue()
+    assert text.count("LOG retry") == 3000
+    assert "s)LOG" not in text  # a record run on from the end of a progress line
