@@ -45,9 +45,9 @@ PARALLEL_ABOVE = 1 << 20
 (reading, chunking, the NAR's SHA-256 on another thread): smaller inputs gain nothing there."""
 
 
-def blake3_digest(data: bytes | bytearray | memoryview, parallel_above: int = PARALLEL_ABOVE) -> bytes:
-    """Raw BLAKE3-256 of data; on several threads from parallel_above bytes."""
-    if len(data) >= parallel_above:
+def blake3_digest(data: bytes | bytearray | memoryview) -> bytes:
+    """Raw BLAKE3-256 of data; on several threads from PARALLEL_ABOVE bytes."""
+    if len(data) >= PARALLEL_ABOVE:
         return blake3.blake3(data, max_threads=blake3.blake3.AUTO).digest()
     return blake3.blake3(data).digest()
 
