@@ -107,11 +107,13 @@ class _StopSignals:
         self.signum: int | None = None
         self.detached = False
 
-    def note(self, signum: int, frame: object) -> None:
+    def note(self, signum: int, frame: object = None) -> bool:
+        """Note a signal; whether it is the first (the one that stops the mount)."""
         if self.signum is None:
             self.signum = signum
-        else:
-            log.info("%s received while stopping", _SIGNAL_WORDS[signum])
+            return True
+        log.info("%s received while stopping", _SIGNAL_WORDS[signum])
+        return False
 
 
 async def _serve(ops: FuseOperations, vfs: Vfs, path: str, threads: int, stop: _StopSignals) -> None:
@@ -139,11 +141,8 @@ async def _serve(ops: FuseOperations, vfs: Vfs, path: str, threads: int, stop: _
                     stopping(stop.signum)
                 # Listening to the end, so that a second signal cannot kill us mid-unmount.
                 async for signum in signals:
-                    if stop.signum is None:
-                        stop.signum = signum
+                    if stop.note(signum):
                         stopping(signum)
-                    else:
-                        log.info("%s received while stopping", _SIGNAL_WORDS[signum])
 
         await nursery.start(watch_signals)
         # Started here, after the signals are ours: the child inherits no pending handler state.
