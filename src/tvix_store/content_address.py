@@ -32,6 +32,32 @@ def nar_checker(store_path: StorePath, ca: CAHash) -> HashModulo:
     return HashModulo(ca.hash.algo, store_path.encoded_digest.encode(), hashing=ca.hash.algo != "sha256")
 
 
+def _nar_hash(
+    store_path: StorePath,
+    ca: CAHash,
+    node: Node,
+    blob_service: BlobService,
+    directory_service: DirectoryService,
+    fed: HashModulo | None,
+    nar_sha256: bytes | None,
+) -> NixHash:
+    """The hash of node's NAR as a ``fixed:r:`` address counts it (see ``content_mismatch``)."""
+    from tvix_store.nar.renderer import write_nar
+
+    if fed is None:
+        # With the NAR's SHA-256 known, a search for the hash part is all a sha256 address needs.
+        fed = nar_checker(store_path, ca) if nar_sha256 is not None else content_hasher(store_path, ca)
+        write_nar(fed.update, node, blob_service, directory_service)
+    if fed.hashing:
+        return fed.finish()
+    if not fed.matched and nar_sha256 is not None:
+        return NixHash("sha256", nar_sha256)
+    # The NAR names its own path: hashed again, modulo its hash part.
+    hasher = content_hasher(store_path, ca)
+    write_nar(hasher.update, node, blob_service, directory_service)
+    return hasher.finish()
+
+
 def content_mismatch(
     store_path: StorePath,
     ca: CAHash,
@@ -43,22 +69,12 @@ def content_mismatch(
 ) -> str | None:
     """Why node is not the content ca says, or None when it is.
 
-    nar_fed: for a ``fixed:r:`` address, a ``nar_checker`` already fed the path's NAR as it was
-    ingested, and nar_sha256 the NAR's SHA-256; without them (or when the NAR names its own
-    path) the NAR is rendered from the store and hashed here.
+    For a ``fixed:r:`` address: nar_sha256 is the NAR's SHA-256, if known, and nar_fed a
+    ``nar_checker`` already fed the NAR as it was ingested; without it the NAR is rendered from
+    the store and fed to one here.
     """
-    actual: NixHash | None = None
     if ca.kind == "nar":
-        if nar_fed is not None and nar_fed.hashing:
-            actual = nar_fed.finish()
-        elif nar_fed is not None and not nar_fed.matched and nar_sha256 is not None:
-            actual = NixHash("sha256", nar_sha256)
-        else:
-            from tvix_store.nar.renderer import write_nar
-
-            hasher = content_hasher(store_path, ca)
-            write_nar(hasher.update, node, blob_service, directory_service)
-            actual = hasher.finish()
+        actual = _nar_hash(store_path, ca, node, blob_service, directory_service, nar_fed, nar_sha256)
     else:
         if not isinstance(node, FileNode):
             kind = "directory" if isinstance(node, DirectoryNode) else "symlink"

@@ -90,3 +90,17 @@ def test_search_only_finds_the_modulus_across_pieces() -> None:
     clean.update(HASH_PART[:-1])
     clean.update(b"!" + HASH_PART[1:])
     assert not clean.matched
+
+
+@pytest.mark.parametrize("names_itself", [False, True])
+def test_a_stored_nar_is_rendered_and_checked(services: Services, names_itself: bool) -> None:
+    """Without a checker fed on the way in (an upload's narinfo comes after its NAR), the NAR
+    is rendered from the store: its known SHA-256 answers unless it names its own path."""
+    contents = b"at /nix/store/" + HASH_PART if names_itself else b"plain"
+    data = _file_nar(contents)
+    root, nar_sha256, _ = ingest_nar(services.blob_service, services.directory_service, io.BytesIO(data).read)
+    good = CAHash("nar", _modulo("sha256", data))
+    wrong = CAHash("nar", NixHash("sha256", hashlib.sha256(data + b"x").digest()))
+    blobs, dirs = services.blob_service, services.directory_service
+    assert content_mismatch(PATH, good, root, blobs, dirs, nar_sha256=nar_sha256) is None
+    assert "CA mismatch" in (content_mismatch(PATH, wrong, root, blobs, dirs, nar_sha256=nar_sha256) or "")

@@ -803,6 +803,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 uploaded.node,
                 services.blob_service,
                 services.directory_service,
+                nar_sha256=narinfo.nar_hash,  # the uploaded NAR's: it is found under that hash
             )
             if mismatch is not None:
                 raise _BadRequest(f"{name}: {mismatch}")
