@@ -77,18 +77,19 @@ def _transient_status(code: int) -> bool:
 
 def _attempts(attempt: Callable[[], _T], attempts: int) -> _T:
     """attempt(), again after a CacheUnavailable, up to attempts times in all."""
-    for n in range(1, attempts + 1):
+    for n in range(1, attempts):
         try:
             return attempt()
         except CacheUnavailable as exc:
-            if n == attempts == 1:
-                raise
-            if n == attempts:
-                raise CacheUnavailable(f"{exc} (after {n} attempts)") from exc
             delay = _FIRST_RETRY_SECONDS * 2 ** (n - 1 + random.uniform(0.0, 0.5))
             log.warning("%s; retrying in %d ms", exc, delay * 1000)
             time.sleep(delay)
-    raise AssertionError("unreachable")
+    try:
+        return attempt()
+    except CacheUnavailable as exc:
+        if attempts == 1:
+            raise
+        raise CacheUnavailable(f"{exc} (after {attempts} attempts)") from exc
 
 
 def open_url(url: str, attempts: int = DOWNLOAD_ATTEMPTS) -> tuple[BinaryIO, int | None] | None:
