@@ -113,3 +113,32 @@ def test_20000_file_tree_mounted(tmp_path: Path, mount: MountFactory) -> None:
     assert compare_tree(src, mounted) == 1 + 200 * 102
     res = subprocess.run(["find", str(mounted)], capture_output=True, check=True)
     assert len(res.stdout.splitlines()) == 1 + 200 * 102
+
+
+def test_identical_directories_keep_their_own_parents(tmp_path: Path, mount: MountFactory) -> None:
+    """A process inside one copy of a directory stays there when the other copy is looked up.
+
+    pkgA and pkgB hold the same ``bin`` and different ``share``. Were both ``bin`` one inode,
+    the kernel would move its single dentry to pkgB's when pkgB/bin is looked up, and a shell
+    in pkgA/bin would print pkgB's path and read pkgB's ``../share/data``.
+    """
+    src = tmp_path / "src"
+    for pkg in ("pkgA", "pkgB"):
+        (src / pkg / "bin").mkdir(parents=True)
+        (src / pkg / "share").mkdir()
+        tool = src / pkg / "bin" / "tool"
+        tool.write_text("#!/bin/sh\necho hi\n")
+        tool.chmod(0o755)
+        (src / pkg / "share" / "data").write_text(f"I am {pkg}\n")
+    store = tmp_path / "store"
+    paths = tvix(store, "import", "pkgA", "pkgB", cwd=src).stdout.decode().split()
+    m = mount(store)
+    a, b = (m.path / os.path.basename(p) for p in paths)
+    script = (
+        f'cd "{a}/bin" && ls "{b}/bin" >/dev/null && cat "{b}/share/data" >/dev/null'
+        " && /bin/pwd && cat ../share/data"
+    )
+    out = subprocess.run(["sh", "-c", script], capture_output=True, check=True).stdout.decode()
+    assert out == f"{a}/bin\nI am pkgA\n"
+    assert os.stat(a / "bin").st_ino != os.stat(b / "bin").st_ino
+    assert os.stat(a / "bin" / "tool").st_ino == os.stat(b / "bin" / "tool").st_ino

@@ -105,22 +105,32 @@ def read_all(vfs: Vfs, ino: int, step: int = 4096) -> bytes:
 # -- inodes ---------------------------------------------------------------------------------
 
 
-def test_tracker_dedups_by_content_and_starts_after_root() -> None:
+def test_tracker_dedups_files_and_symlinks_by_content_and_starts_after_root() -> None:
     t = InodeTracker()
-    f = t.put(FileNode(BLOB_A_DIGEST, 2))
+    f = t.put(FileNode(BLOB_A_DIGEST, 2), ROOT_INO, b"a")
     assert f == ROOT_INO + 1
-    assert t.put(FileNode(BLOB_A_DIGEST, 2)) == f
-    assert t.put(SymlinkNode(b"x")) == t.put(SymlinkNode(b"x")) != f
-    assert t.put(DIRECTORY_WITH_KEEP.as_node()) == t.put(DirectoryNode(DIRECTORY_WITH_KEEP.digest(), 2))
+    assert t.put(FileNode(BLOB_A_DIGEST, 2), 7, b"elsewhere") == f
+    assert t.put(SymlinkNode(b"x"), ROOT_INO, b"l") == t.put(SymlinkNode(b"x"), 9, b"m") != f
     assert t.get(f) == FileNode(BLOB_A_DIGEST, 2)
     assert t.get(ROOT_INO) is None and t.get(999) is None
+
+
+def test_tracker_gives_each_place_of_a_directory_its_own_inode() -> None:
+    """Linux keeps one dentry per directory inode: a shared one would move between parents."""
+    t = InodeTracker()
+    node = DIRECTORY_WITH_KEEP.as_node()
+    here = t.put(node, ROOT_INO, b"x")
+    assert t.put(DirectoryNode(DIRECTORY_WITH_KEEP.digest(), 2), ROOT_INO, b"x") == here
+    assert t.put(node, ROOT_INO, b"y") != here
+    assert t.put(node, here, b"x") != here
+    assert t.get(here) == node
 
 
 def test_tracker_keeps_executable_copies_apart() -> None:
     """An executable and a plain copy of the same bytes both keep their own mode."""
     t = InodeTracker()
-    plain = t.put(FileNode(BLOB_A_DIGEST, 2))
-    exe = t.put(FileNode(BLOB_A_DIGEST, 2, executable=True))
+    plain = t.put(FileNode(BLOB_A_DIGEST, 2), ROOT_INO, b"a")
+    exe = t.put(FileNode(BLOB_A_DIGEST, 2, executable=True), ROOT_INO, b"b")
     assert plain != exe
     assert attr_of(exe, t.get(exe)).mode == stat.S_IFREG | 0o555  # type: ignore[arg-type]
     assert attr_of(plain, t.get(plain)).mode == stat.S_IFREG | 0o444  # type: ignore[arg-type]
@@ -185,11 +195,13 @@ def test_readdir_order_and_shared_inodes(vfs: Vfs) -> None:
     by = {e.name: e.attr for e in entries}
     assert stat.S_ISREG(by[b".keep"].mode) and by[b".keep"].size == 0
     assert stat.S_ISLNK(by[b"aa"].mode) and stat.S_ISDIR(by[b"keep"].mode)
-    assert by[b"keep"].ino == w.ino  # same Directory, same inode
+    assert by[b"keep"].ino != w.ino  # same Directory in another place: an inode of its own
+    assert vfs.lookup(c.ino, b"keep") == by[b"keep"]  # the same place: the same inode
     assert by[b"aa"].ino == ln.ino  # same target, same inode
     deep = vfs.children(by[b"keep"].ino).entries
     assert [e.name for e in deep] == [b".keep"]
-    assert deep[0].attr.ino == by[b".keep"].ino
+    assert deep[0].attr.ino == by[b".keep"].ino  # same file contents, same inode
+    assert vfs.children(w.ino).entries == deep
 
 
 def test_missing_directory_is_eio(vfs: Vfs, caplog: pytest.LogCaptureFixture) -> None:

@@ -1,9 +1,17 @@
 """Inode numbers for castore nodes: pure bookkeeping, no IO (tvix ``fs/inode_tracker.rs``).
 
-Same content gets the same inode across the whole mount, because content never changes:
-regular files by (blob digest, executable bit), symlinks by target, directories by Directory
-digest. tvix keys files by digest alone, so a file's executable bit would depend on which copy
-was seen first; keeping the bit in the key gives each copy its own correct mode instead.
+Files and symlinks with the same content share an inode across the whole mount, because
+content never changes: regular files by (blob digest, executable bit), symlinks by target.
+tvix keys files by digest alone, so a file's executable bit would depend on which copy was
+seen first; keeping the bit in the key gives each copy its own correct mode instead.
+
+Directories get one inode per place (parent inode, name), not one per Directory digest as in
+tvix: Linux gives a directory inode a single dentry, so the kernel moves a shared directory
+from one parent to the other whenever the other copy is looked up. A process inside
+``<A>-pkg/bin`` would then find its working directory, ``..`` and ``$ORIGIN`` in ``<B>-pkg``
+once anything touched ``<B>-pkg/bin``, an identical directory. Files and symlinks may have
+several names (as hard links do), so sharing theirs is safe.
+
 The root is inode 1; allocation starts at 2 and inodes are never freed (the store is immutable
 and entries are cached by the kernel forever).
 
@@ -66,20 +74,20 @@ def root_attr() -> Attr:
     return Attr(ROOT_INO, MODE_DIRECTORY, 0)
 
 
-_Key = tuple[str, B3Digest, bool] | tuple[str, bytes]
+_Key = tuple[str, B3Digest, bool] | tuple[str, bytes] | tuple[str, int, bytes]
 
 
-def _key(node: Node) -> _Key:
+def _key(node: Node, parent: int, name: bytes) -> _Key:
     if isinstance(node, FileNode):
         return ("f", node.digest, node.executable)
     if isinstance(node, DirectoryNode):
-        return ("d", node.digest)
+        return ("d", parent, name)
     assert isinstance(node, SymlinkNode)
     return ("l", node.target)
 
 
 class InodeTracker:
-    """Hands out inode numbers for nodes, deduplicated by content."""
+    """Hands out inode numbers: by content for files and symlinks, by place for directories."""
 
     __slots__ = ("_by_ino", "_by_key", "_next")
 
@@ -88,9 +96,13 @@ class InodeTracker:
         self._by_key: dict[_Key, InodeT] = {}
         self._next = ROOT_INO + 1
 
-    def put(self, node: Node) -> InodeT:
-        """The inode of node: an existing one for the same content, else a new one."""
-        key = _key(node)
+    def put(self, node: Node, parent: int, name: bytes) -> InodeT:
+        """The inode of node, entry name of directory inode parent (``ROOT_INO`` at the top).
+
+        An existing one for a file or symlink of the same content, or for the directory that
+        was handed out at that place before; else a new one.
+        """
+        key = _key(node, parent, name)
         ino = self._by_key.get(key)
         if ino is None:
             ino = InodeT(self._next)

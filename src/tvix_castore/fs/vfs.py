@@ -276,7 +276,7 @@ class Vfs:
         if node is None:
             return None
         with self._lock:
-            entry = DirEntry(name, attr_of(self._tracker.put(node), node))
+            entry = DirEntry(name, attr_of(self._tracker.put(node, ROOT_INO, name), node))
             return self._root_entries.setdefault(name, entry)
 
     def children(self, ino: int) -> Listing:
@@ -304,7 +304,7 @@ class Vfs:
             log.warning("directory %s (inode %d) is missing from the directory service", node.digest, ino)
             raise VfsError(errno.EIO, f"directory {node.digest} not found")
         with self._lock:
-            entries = tuple(DirEntry(n, attr_of(self._tracker.put(c), c)) for n, c in directory)
+            entries = tuple(DirEntry(n, attr_of(self._tracker.put(c, ino, n), c)) for n, c in directory)
             return self._listings.setdefault(ino, Listing(entries))
 
     def cached_children(self, ino: int) -> Listing | None:
@@ -325,7 +325,7 @@ class Vfs:
         entries = []
         with self._lock:
             for name, node in found:
-                entry = DirEntry(name, attr_of(self._tracker.put(node), node))
+                entry = DirEntry(name, attr_of(self._tracker.put(node, ROOT_INO, name), node))
                 entries.append(self._root_entries.setdefault(name, entry))
         return Listing(tuple(entries))
 
