@@ -11,16 +11,14 @@ Tables (named databases):
   ``pathinfos``   store path digest (20 B) -> 0, BLAKE3 of the PathInfo encoding, the encoding
   ``narcache``    root node encoding digest -> (nar_size, nar_sha256) of its NAR
 
-Durability: the environment is opened without a sync per commit (``sync=False``), because an
-import makes thousands of small blob and directory commits and each fsync costs ~1 ms. Instead
-``LmdbStore.sync()`` flushes everything to disk, and the path-info service calls it before and
-after committing a PathInfo: a PathInfo is visible only after every byte it points to is durable,
-and a killed process (kill -9) never loses a commit at all, since the data is in the page cache.
-The price: a crash of the machine between two syncs (during an import, or while a daemon takes
-blobs) can leave a meta page on disk pointing at pages that never got there, which LMDB, with
-no page checksums, reads as a damaged store. Flushing each commit's pages (MDB_NOMETASYNC)
-would close that window, but doubled the time of a 256 MiB import (0.53 -> 1.04 s, against
-Nix's 0.84) and made an import through the daemon, one commit per blob, a third slower.
+Durability: every commit flushes its pages to disk before it writes the meta page that makes
+them current (LMDB's MDB_NOMETASYNC), so a crash of the machine at any point leaves the store as
+it was after some commit: never a meta page pointing at pages that did not reach the disk (LMDB
+has no page checksums, and would read such a store as damaged). The meta page itself is flushed
+by the next commit or ``LmdbStore.sync()``, which the path-info service calls after committing
+a PathInfo, so a PathInfo that was acknowledged stays. Each flush costs about a millisecond, and
+a daemon takes blobs many at a time: ``GroupCommit`` lets the writes of threads that find a
+commit under way go out together in the next one.
 
 Thread rules (py-lmdb "Threads"): open and finish every transaction inside one call on one
 thread; never hold a transaction across a generator ``yield``. Never open before ``fork()``.
@@ -33,7 +31,7 @@ import os
 import stat
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import lmdb
@@ -55,18 +53,93 @@ _READER_CHECK_EVERY = 60.0
 _reader_checked: dict[int, float] = {}  # id(environment) -> when last
 
 _lock = threading.Lock()
-_envs: dict[str, tuple[lmdb.Environment, dict[str, object], int]] = {}
+_envs: dict[str, tuple[lmdb.Environment, dict[str, object], GroupCommit, int]] = {}
+
+
+class _Write:
+    """One thread's writes waiting in a GroupCommit."""
+
+    __slots__ = ("done", "error", "wake", "work")
+
+    def __init__(self, work: Callable[[lmdb.Transaction], object]) -> None:
+        self.work = work
+        self.wake = threading.Event()
+        self.done = False
+        self.error: BaseException | None = None
+
+
+class GroupCommit:
+    """Writes of many threads to one environment, committed in groups: one disk flush each.
+
+    ``write`` runs its work in a write transaction and returns once that is committed. A thread
+    that finds no commit under way commits its own work at once; the others queue theirs, and
+    when a commit ends, the first queued thread commits everything queued by then in one
+    transaction. A group whose commit fails is tried again one write at a time, so each thread
+    gets the error of its own work only.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._queue: list[_Write] = []
+        self._leading = False
+
+    def write(self, env: lmdb.Environment, work: Callable[[lmdb.Transaction], object]) -> None:
+        """Run work(txn) in a committed write transaction; raises what work or LMDB raised."""
+        mine = _Write(work)
+        with self._lock:
+            self._queue.append(mine)
+            lead = not self._leading
+            self._leading = True
+        if not lead:
+            mine.wake.wait()  # woken when done, or to commit the queue itself
+        if not mine.done:
+            self._commit_queue(env)
+        if mine.error is not None:
+            raise mine.error
+
+    def _commit_queue(self, env: lmdb.Environment) -> None:
+        with self._lock:
+            group, self._queue = self._queue, []
+        try:
+            try:
+                with begin_write(env) as txn:
+                    for write in group:
+                        write.work(txn)
+            except Exception:  # each write learns its own outcome below
+                for write in group:
+                    try:
+                        with begin_write(env) as txn:
+                            write.work(txn)
+                    except Exception as exc:  # handed to the thread it belongs to
+                        write.error = exc
+        except BaseException as exc:  # KeyboardInterrupt: no waiting thread may hang
+            for write in group:
+                if write.error is None:
+                    write.error = exc
+            raise
+        finally:
+            for write in group:
+                write.done = True
+                write.wake.set()
+            with self._lock:
+                if self._queue:
+                    self._queue[0].wake.set()  # the next group's commit falls to its first thread
+                else:
+                    self._leading = False
 
 
 class LmdbStore:
-    """An open environment plus handles of its named tables."""
+    """An open environment, handles of its named tables, and its group commits."""
 
-    __slots__ = ("env", "path", "tables")
+    __slots__ = ("env", "path", "tables", "writes")
 
-    def __init__(self, path: str, env: lmdb.Environment, tables: dict[str, object]) -> None:
+    def __init__(
+        self, path: str, env: lmdb.Environment, tables: dict[str, object], writes: GroupCommit
+    ) -> None:
         self.path = path
         self.env = env
         self.tables = tables
+        self.writes = writes
 
     def table(self, name: str) -> object:
         """The handle of a named table (one of TABLES)."""
@@ -142,9 +215,9 @@ def open_env(path: str) -> LmdbStore:
     with _lock:
         cached = _envs.get(real)
         if cached is not None:
-            env, tables, users = cached
-            _envs[real] = (env, tables, users + 1)
-            return LmdbStore(real, env, tables)
+            env, tables, writes, users = cached
+            _envs[real] = (env, tables, writes, users + 1)
+            return LmdbStore(real, env, tables, writes)
         try:
             os.makedirs(real, exist_ok=True)
             _refuse_unusable_store_files(real)
@@ -167,8 +240,9 @@ def open_env(path: str) -> LmdbStore:
             shown = os.fsencode(real).decode("utf-8", "replace")
             text = str(exc).removeprefix(f"{real}: ").removeprefix(f"{shown}: ")
             raise StorageError(f"cannot open LMDB store at {real}: {text}{_map_limit(exc)}") from exc
-        _envs[real] = (env, tables, 1)
-        return LmdbStore(real, env, tables)
+        writes = GroupCommit()
+        _envs[real] = (env, tables, writes, 1)
+        return LmdbStore(real, env, tables, writes)
 
 
 def _map_limit(exc: BaseException) -> str:
@@ -210,7 +284,9 @@ def _open_lmdb(directory: str) -> tuple[lmdb.Environment, bool]:
             readahead=True,
             # Readers open short transactions from many threads (gRPC, FUSE workers).
             lock=True,
-            sync=False,
+            # Each commit flushes its pages before its meta page (see the module docstring).
+            sync=True,
+            metasync=False,
             readonly=readonly,
         )
 
@@ -302,9 +378,9 @@ def release_env(store: LmdbStore) -> None:
         cached = _envs.get(store.path)
         if cached is None:
             return
-        env, tables, users = cached
+        env, tables, writes, users = cached
         if users > 1:
-            _envs[store.path] = (env, tables, users - 1)
+            _envs[store.path] = (env, tables, writes, users - 1)
             return
         del _envs[store.path]
         env.close()

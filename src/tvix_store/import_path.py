@@ -35,7 +35,6 @@ from tvix_store.nar.ingest import ingest_nar
 from tvix_store.path_info import PathInfo
 from tvix_store.progress import Progress
 from tvix_store.services import Services
-from tvix_store.writeback import BackgroundWriteback
 
 __all__ = [
     "ThreadedSha256",
@@ -152,15 +151,14 @@ def import_path(services: Services, path: str, progress: Progress | None = None)
     fs_path = os.path.abspath(path)
     hasher = ThreadedSha256()
     try:
-        with BackgroundWriteback(services.blob_service):
-            writer = NarWriter(hasher)
-            root = ingest_path(
-                services.blob_service,
-                services.directory_service,
-                fs_path,
-                _NarObserver(writer, progress),
-            )
-            writer.close()
+        writer = NarWriter(hasher)
+        root = ingest_path(
+            services.blob_service,
+            services.directory_service,
+            fs_path,
+            _NarObserver(writer, progress),
+        )
+        writer.close()
     except BaseException:
         hasher.abort()
         raise
@@ -202,10 +200,9 @@ def import_nar(
 
     on_file = None if progress is None else (lambda _size: progress.add_file())
     try:
-        with BackgroundWriteback(services.blob_service):
-            root, nar_sha256, nar_size = ingest_nar(
-                services.blob_service, services.directory_service, read, on_file
-            )
+        root, nar_sha256, nar_size = ingest_nar(
+            services.blob_service, services.directory_service, read, on_file
+        )
     except NarError as exc:
         raise NarError(f"{source}: {exc}") from exc
     if read(1):

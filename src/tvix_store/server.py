@@ -38,7 +38,6 @@ from tvix_castore.url import ServiceUrl
 from tvix_store.grpc.pathinfo_servicer import PathInfoServicer
 from tvix_store.services import Services
 from tvix_store.stopping import GRACE_SECONDS, stop_signals
-from tvix_store.writeback import BackgroundWriteback
 
 __all__ = [
     "DEFAULT_LISTEN",
@@ -257,9 +256,6 @@ class Daemon:
         if self.port == 0:
             raise InvalidRequest(f"cannot listen on {listen}")
         self._server.start()
-        # Without it the sync before a PathInfo put wrote back a whole import at once (~0.1 s
-        # for the stdlib tree); a local import overlaps that write-back with its own work.
-        self._writeback = BackgroundWriteback(services.blob_service)
         if not target.startswith("unix:") and listen.endswith(":0"):
             listen = f"{listen[:-2]}:{self.port}"  # port 0: say which port the kernel chose
         log.info("starting daemon listen_address=%s", listen)
@@ -270,7 +266,6 @@ class Daemon:
         self._server.stop(grace).wait()
         # grpcio never shuts its executor down: without this the pool's threads outlive us.
         self._pool.shutdown(wait=False)
-        self._writeback.close()
         if self.listen.startswith(("/", ".")):
             # grpcio leaves the socket file behind; a restart would unlink it anyway.
             with contextlib.suppress(OSError):

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast, final
 import blake3
 import lmdb
 
-from tvix_castore._lmdb_env import LmdbStore, begin_write, explain, open_env, path_from_url, release_env
+from tvix_castore._lmdb_env import LmdbStore, explain, open_env, path_from_url, release_env
 from tvix_castore.blobservice import BlobReader, BlobService, BlobWriter, ChunkData, ChunkMeta
 from tvix_castore.blobservice.chunked_reader import BytesBlobReader, ChunkedReader
 from tvix_castore.chunker import MIN_SIZE, Chunker
@@ -423,13 +423,24 @@ class LmdbBlobService(BlobService):
         return LmdbBlobWriter(self)
 
     def _commit(self, chunks: list[tuple[B3Digest, ChunkData]], blob: tuple[B3Digest, bytes] | None) -> None:
-        """Store chunks (skipping present ones) and then, optionally, a blob's chunk list."""
-        with self._op("write"), begin_write(self._env) as txn:
+        """Store chunks (skipping present ones) and then, optionally, a blob's chunk list.
+
+        In a group commit with the writes of other threads (a daemon takes many blobs at once).
+        """
+        chunks_db, blobs_db = self._chunks_db, self._blobs_db
+
+        def work(txn: lmdb.Transaction) -> None:
             for digest, data in chunks:
                 # NOOVERWRITE: a present chunk is neither copied nor rewritten (dedup).
-                txn.put(digest, data, db=self._chunks_db, overwrite=False)
+                txn.put(digest, data, db=chunks_db, overwrite=False)
             if blob is not None:
-                txn.put(blob[0], blob[1], db=self._blobs_db, overwrite=False)
+                txn.put(blob[0], blob[1], db=blobs_db, overwrite=False)
+
+        store = self._store
+        if store is None:
+            raise ClosedError("LMDB blob service is closed")
+        with self._op("write"):
+            store.writes.write(self._env, work)
 
 
 @final

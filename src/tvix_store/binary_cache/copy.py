@@ -37,7 +37,6 @@ from tvix_store.content_address import content_mismatch, nar_checker
 from tvix_store.nar.ingest import ingest_nar
 from tvix_store.path_info import PathInfo
 from tvix_store.services import Services
-from tvix_store.writeback import BackgroundWriteback
 
 __all__ = [
     "ClosureEntry",
@@ -290,8 +289,7 @@ def _copy_closure(
 
         # Biggest NARs first, so that one big path does not start last.
         order = sorted(narinfos.values(), key=lambda n: n.nar_size, reverse=True)
-        with BackgroundWriteback(services.blob_service):
-            _run_all(pool, [pool.submit(fetch, n) for n in order])
+        _run_all(pool, [pool.submit(fetch, n) for n in order])
     _put_all(services, infos, result, on_path)
     return result
 
@@ -445,7 +443,7 @@ def copy_local_closure(
         with lock:
             infos[entry.path.digest] = info
 
-    with BackgroundWriteback(services.blob_service), _pool(max(1, jobs), "ingest") as pool:
+    with _pool(max(1, jobs), "ingest") as pool:
         _run_all(pool, [pool.submit(ingest, e) for e in todo])
     _put_all(services, infos, result, on_path)
     return result

@@ -9,11 +9,11 @@ byte in it (a NarHash, a reference, a node's size) is an error, not different me
 value that is the bare encoding (stores written before the digest was added; a protobuf
 message never starts with a zero byte) is read unchecked.
 
-Crash safety: the environment does not fsync per commit (see ``_lmdb_env``). A PathInfo is
-what makes a store path visible, so ``put`` first syncs the environment (every blob and
-Directory the PathInfo points to becomes durable), then commits the PathInfo, then syncs again
-(the PathInfo itself becomes durable before ``put`` returns). A crash at any point leaves either
-no PathInfo or one whose data is all on disk.
+Crash safety: every commit flushes its pages, and with them all that earlier commits wrote,
+before its meta page makes it current (see ``_lmdb_env``). A PathInfo is what makes a store
+path visible, and it is committed after every blob and Directory it points to, so a crash at
+any point leaves either no PathInfo or one whose data is all on disk. ``put`` then syncs once
+more, flushing the PathInfo commit's own meta page: a PathInfo that ``put`` returned stays.
 
 ``list`` reads in batches, one short read transaction each, resuming after the last key seen;
 no transaction stays open while the generator is suspended.
@@ -89,13 +89,12 @@ class LmdbPathInfoService(PathInfoService):
         return None if data is None else self._decode(bytes(digest), data)
 
     def put(self, info: PathInfo) -> PathInfo:
-        """Store info durably, replacing any old one; its data is made durable first."""
+        """Store info durably, replacing any old one (after its data, by commit order)."""
         store = self._store
         if store is None:
             raise ClosedError("LMDB path info service is closed")
         encoded = encode_path_info(info)
         value = _CHECKED + blake3_digest(encoded) + encoded
-        store.sync()
         with (
             lmdb_errors(self.path, "path info", f"put {info.store_path.basename()}"),
             begin_write(self._env, self._db) as txn,

@@ -1,0 +1,149 @@
+"""LMDB durability: each commit flushes its pages first, and concurrent writes share commits."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import lmdb
+import pytest
+
+from tvix_castore._lmdb_env import GroupCommit, LmdbStore, open_env, release_env
+from tvix_castore.blobservice.lmdb_store import LmdbBlobService
+from tvix_castore.digests import B3Digest, blake3_digest
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[LmdbStore]:
+    s = open_env(str(tmp_path / "store"))
+    yield s
+    release_env(s)
+
+
+def _last_txn(env: lmdb.Environment) -> int:
+    txn_id: int = env.info()["last_txnid"]
+    return txn_id
+
+
+def _queued(group: GroupCommit) -> int:
+    with group._lock:
+        return len(group._queue)
+
+
+def test_every_commit_flushes_its_pages_before_its_meta_page(store: LmdbStore) -> None:
+    """MDB_NOMETASYNC: a machine crash can lose the last commit but never damage the store."""
+    flags = store.env.flags()
+    assert flags["sync"] is True
+    assert flags["metasync"] is False
+
+
+def test_writes_queued_during_a_commit_go_out_in_one(store: LmdbStore) -> None:
+    table = store.table("blobs")
+    first_in = threading.Event()
+    release_first = threading.Event()
+
+    def slow(txn: lmdb.Transaction) -> None:
+        first_in.set()
+        release_first.wait(10)
+        txn.put(b"first", b"1", db=table)
+
+    leader = threading.Thread(target=store.writes.write, args=(store.env, slow))
+    leader.start()
+    assert first_in.wait(10)
+    before = _last_txn(store.env)
+    followers = [
+        threading.Thread(
+            target=store.writes.write,
+            args=(store.env, lambda txn, i=i: txn.put(b"k%d" % i, b"v", db=table)),
+        )
+        for i in range(8)
+    ]
+    for t in followers:
+        t.start()
+    deadline = time.monotonic() + 10
+    while _queued(store.writes) < 8 and time.monotonic() < deadline:
+        time.sleep(0.001)
+    assert _queued(store.writes) == 8
+    release_first.set()
+    for t in (leader, *followers):
+        t.join(10)
+    # The leader's own commit, then one for all eight writes queued behind it.
+    assert _last_txn(store.env) == before + 2
+    with store.env.begin(db=table) as txn:
+        assert txn.get(b"first") == b"1"
+        assert all(txn.get(b"k%d" % i) == b"v" for i in range(8))
+
+
+def test_a_failing_write_fails_alone(store: LmdbStore) -> None:
+    """A group whose commit fails is retried write by write: each thread gets its own outcome."""
+    table = store.table("blobs")
+    first_in = threading.Event()
+    release_first = threading.Event()
+    errors: dict[str, BaseException | None] = {}
+
+    def run(name: str, work: Callable[[lmdb.Transaction], object]) -> None:
+        try:
+            store.writes.write(store.env, work)
+            errors[name] = None
+        except BaseException as exc:  # recorded for the assertions
+            errors[name] = exc
+
+    def slow(txn: lmdb.Transaction) -> None:
+        first_in.set()
+        release_first.wait(10)
+
+    def bad(txn: lmdb.Transaction) -> None:
+        txn.put(b"bad", b"x", db=table)
+        raise ValueError("this write is refused")
+
+    leader = threading.Thread(target=run, args=("slow", slow))
+    leader.start()
+    assert first_in.wait(10)
+    threads = [
+        threading.Thread(target=run, args=("good1", lambda txn: txn.put(b"good1", b"1", db=table))),
+        threading.Thread(target=run, args=("bad", bad)),
+        threading.Thread(target=run, args=("good2", lambda txn: txn.put(b"good2", b"2", db=table))),
+    ]
+    for t in threads:
+        t.start()
+        while _queued(store.writes) < threads.index(t) + 1:
+            time.sleep(0.001)
+    release_first.set()
+    for t in (leader, *threads):
+        t.join(10)
+    assert errors["slow"] is None and errors["good1"] is None and errors["good2"] is None
+    assert isinstance(errors["bad"], ValueError)
+    with store.env.begin(db=table) as txn:
+        assert txn.get(b"good1") == b"1" and txn.get(b"good2") == b"2"
+        assert txn.get(b"bad") is None
+
+
+def test_concurrent_blob_puts_share_commits(tmp_path: Path) -> None:
+    """64 threads putting small blobs at once (a daemon's uploads) need far fewer commits."""
+    service = LmdbBlobService(str(tmp_path / "store"))
+    try:
+        store = service._store
+        assert store is not None
+        before = _last_txn(store.env)
+        blobs = [b"blob %d " % i * 100 for i in range(256)]
+        start = threading.Barrier(64)
+
+        def put_some(mine: list[bytes]) -> None:
+            start.wait(10)
+            for data in mine:
+                writer = service.open_write()
+                writer.write(data)
+                writer.close()
+
+        threads = [threading.Thread(target=put_some, args=(blobs[i::64],)) for i in range(64)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        for data in blobs:
+            assert service.read_chunk(B3Digest(blake3_digest(data))) == data
+        assert _last_txn(store.env) - before < len(blobs)
+    finally:
+        service.close()
