@@ -237,6 +237,24 @@ def test_stale_mount_is_cleaned_up(
         force_unmount(first.path)
 
 
+def test_mount_point_inside_a_stale_mount_names_it(
+    program: tuple[Path, Path, str], mount: MountFactory
+) -> None:
+    """Only the dead mount can be detached: the error names it, not the directory inside it."""
+    store, _, _ = program
+    first = mount(store)
+    first.stop(signal.SIGKILL)
+    try:
+        res = tvix(store, "mount", first.path / "sub", check=False)
+        logs = res.stderr.decode()
+        assert res.returncode == 1, logs
+        assert f"lies inside {first.path}, a stale mount" in logs, logs
+        assert f"fusermount3 -uz {first.path}'" in logs, logs
+        assert is_mounted(first.path)  # left for its owner to detach
+    finally:
+        force_unmount(first.path)
+
+
 def _helper_children(pid: int) -> list[int]:
     """PIDs of the read helper processes whose parent is pid."""
     found = []

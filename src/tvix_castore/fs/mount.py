@@ -177,6 +177,13 @@ def _prepare_mountpoint(path: str) -> None:
                     f"mount point {path} is already mounted (statfs fails: {exc.strerror}); unmount it first"
                 ) from exc
             raise MountError(f"mount point {path}: {exc.strerror}") from exc
+        dead = _enclosing_mount(path)
+        if dead != path:
+            # Only the dead mount itself can be detached, and it is not ours to detach.
+            raise MountError(
+                f"mount point {path} lies inside {dead}, a stale mount (transport endpoint is not "
+                f"connected); run 'fusermount3 -uz {dead}' (or 'umount -l {dead}' as root) first"
+            ) from exc
         log.warning("%s is a stale mount (transport endpoint is not connected); unmounting it lazily", path)
         _lazy_unmount(path)
         try:
@@ -229,19 +236,29 @@ def _raise_readahead(path: str) -> None:
         log.info("readahead set to %s KiB on %s", knob.read_text().strip(), knob)
 
 
-def _mount_device(path: str) -> str | None:
-    """The ``major:minor`` of the last mount at path, from /proc/self/mountinfo."""
-    found = None
+def _mounts() -> list[tuple[str, str]]:
+    """Every mount as ``(mount point, major:minor)``, from /proc/self/mountinfo; [] if unreadable."""
     try:
         lines = Path("/proc/self/mountinfo").read_text().splitlines()
     except OSError:
-        return None
-    for line in lines:
-        fields = line.split()
-        # Field 5 (index 4) is the mount point with spaces etc. escaped as octal.
-        if len(fields) > 4 and _unescape(fields[4]) == path:
-            found = fields[2]
+        return []
+    # Field 5 (index 4) is the mount point with spaces etc. escaped as octal; field 3 the device.
+    return [(_unescape(f[4]), f[2]) for f in (line.split() for line in lines) if len(f) > 4]
+
+
+def _mount_device(path: str) -> str | None:
+    """The ``major:minor`` of the last mount at path."""
+    found = None
+    for point, device in _mounts():
+        if point == path:
+            found = device
     return found
+
+
+def _enclosing_mount(path: str) -> str:
+    """The mount point of the mount that path is on: itself when mounted, else an ancestor."""
+    inside = [point for point, _ in _mounts() if path == point or path.startswith(point.rstrip("/") + "/")]
+    return max(inside, key=len, default="/")
 
 
 def _unescape(field: str) -> str:
