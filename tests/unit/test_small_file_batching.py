@@ -12,6 +12,7 @@ import pytest
 from store_services import LOCAL_KINDS, local_services
 
 from tvix_castore.blobservice import BlobService
+from tvix_castore.blobservice.lmdb_store import LmdbBlobService
 from tvix_castore.chunker import MIN_SIZE
 from tvix_castore.digests import EMPTY_BLOB_DIGEST, B3Digest
 from tvix_castore.ingest import DirectoryEntry, RegularEntry, SymlinkEntry
@@ -63,6 +64,18 @@ def test_put_many_stores_like_open_write(tmp_path: Path) -> None:
             assert one.blob_service.put(data) == digest
             assert batched.blob_service.chunks(digest) == one.blob_service.chunks(digest)
         assert batched.blob_service.chunks(digests[4])  # the multi-chunk blob has an index
+
+
+def test_put_many_is_one_commit_with_chunked_blobs(tmp_path: Path) -> None:
+    """LMDB: a batch, its multi-chunk blobs included, costs one transaction (one disk flush)."""
+    with local_services("lmdb", tmp_path) as s:
+        blob_service = s.blob_service
+        assert isinstance(blob_service, LmdbBlobService) and blob_service._store is not None
+        env = blob_service._store.env
+        before = env.info()["last_txnid"]
+        digests = blob_service.put_many(_blobs())
+        assert env.info()["last_txnid"] == before + 1
+        assert blob_service.chunks(digests[4])  # stored chunked, with its chunk list
 
 
 class _CountingBlobs(BlobService):

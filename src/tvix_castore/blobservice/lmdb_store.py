@@ -40,7 +40,7 @@ import lmdb
 from tvix_castore._lmdb_env import LmdbStore, explain, open_env, path_from_url, release_env
 from tvix_castore.blobservice import BlobReader, BlobService, BlobWriter, ChunkData, ChunkMeta
 from tvix_castore.blobservice.chunked_reader import BytesBlobReader, ChunkedReader
-from tvix_castore.chunker import MIN_SIZE, Chunker
+from tvix_castore.chunker import MIN_SIZE, Chunker, chunk_bytes
 from tvix_castore.digests import B3_LEN, EMPTY_BLOB_DIGEST, B3Digest, blake3_digest
 from tvix_castore.errors import ClosedError, DataCorruption, StorageError, StoreError
 from tvix_castore.url import ServiceUrl
@@ -324,24 +324,42 @@ class LmdbBlobService(BlobService):
             return b"".join(parts)
 
     def put_many(self, blobs: Sequence[bytes]) -> list[B3Digest]:
-        """Store several blobs; the single-chunk ones all in one write transaction.
+        """Store several blobs in one write transaction, so one disk flush for them all.
 
-        A blob shorter than the chunker's minimum size is always exactly one chunk, keyed by
-        its own digest: storing it needs no chunker and no index entry, and committing a batch
-        of them at once saves the per-transaction cost that dominates small files.
+        A blob shorter than the chunker's minimum size is exactly one chunk, keyed by its own
+        digest; a longer one is cut as a streamed write would cut it, and its chunk list goes
+        in the same transaction. Committing files of an import together saves the
+        per-transaction cost (a flush each) that dominates small files.
         """
         digests: list[B3Digest] = []
-        small: list[tuple[B3Digest, ChunkData]] = []
+        chunks: list[tuple[B3Digest, ChunkData]] = []
+        indexes: list[tuple[B3Digest, bytes]] = []
         for data in blobs:
             if len(data) < MIN_SIZE:
                 digest = B3Digest(blake3_digest(data))
-                small.append((digest, data))
+                chunks.append((digest, data))
             else:
-                digest = self.put(data)
+                digest = self._cut(data, chunks, indexes)
             digests.append(digest)
-        if small:
-            self._commit(small, None)
+        if chunks:
+            self._commit(chunks, indexes)
         return digests
+
+    @staticmethod
+    def _cut(
+        data: bytes, chunks: list[tuple[B3Digest, ChunkData]], indexes: list[tuple[B3Digest, bytes]]
+    ) -> B3Digest:
+        """Add data's chunks (and, for several, its chunk list) to those to commit; its digest."""
+        metas = []
+        for piece in chunk_bytes(data):
+            meta = ChunkMeta(B3Digest(blake3_digest(piece)), len(piece))
+            chunks.append((meta.digest, piece))
+            metas.append(meta)
+        if len(metas) == 1:
+            return metas[0].digest  # the single chunk is the blob, as in LmdbBlobWriter.close
+        digest = B3Digest(blake3_digest(data))
+        indexes.append((digest, encode_chunk_list(metas)))
+        return digest
 
     def open_views(self, digest: B3Digest) -> tuple[int, Generator[memoryview, None, None]] | None:
         """The blob's size and its bytes as zero-copy views into the map; None when absent.
@@ -422,8 +440,10 @@ class LmdbBlobService(BlobService):
         self._check_open()
         return LmdbBlobWriter(self)
 
-    def _commit(self, chunks: list[tuple[B3Digest, ChunkData]], blob: tuple[B3Digest, bytes] | None) -> None:
-        """Store chunks (skipping present ones) and then, optionally, a blob's chunk list.
+    def _commit(
+        self, chunks: list[tuple[B3Digest, ChunkData]], indexes: Sequence[tuple[B3Digest, bytes]] = ()
+    ) -> None:
+        """Store chunks (skipping present ones), then the chunk lists of multi-chunk blobs.
 
         In a group commit with the writes of other threads (a daemon takes many blobs at once).
         """
@@ -433,8 +453,8 @@ class LmdbBlobService(BlobService):
             for digest, data in chunks:
                 # NOOVERWRITE: a present chunk is neither copied nor rewritten (dedup).
                 txn.put(digest, data, db=chunks_db, overwrite=False)
-            if blob is not None:
-                txn.put(blob[0], blob[1], db=blobs_db, overwrite=False)
+            for digest, chunk_list in indexes:
+                txn.put(digest, chunk_list, db=blobs_db, overwrite=False)
 
         store = self._store
         if store is None:
@@ -520,7 +540,7 @@ class LmdbBlobWriter(BlobWriter):
 
     def _flush_in_background(self) -> None:
         self._wait_inflight()
-        self._inflight = _COMMITTER.submit(self._service._commit, self._pending, None)
+        self._inflight = _COMMITTER.submit(self._service._commit, self._pending)
         self._inflight_bytes = self._pending_bytes
         self._pending = []
         self._pending_bytes = 0
@@ -577,7 +597,7 @@ class LmdbBlobWriter(BlobWriter):
             digest = B3Digest(self._hasher.digest())
             index = (digest, encode_chunk_list(self._chunk_list))
         self._first_chunk = None
-        self._service._commit(self._pending, index)
+        self._service._commit(self._pending, () if index is None else (index,))
         self._pending = []
         self._pending_bytes = 0
         self._digest = digest

@@ -34,8 +34,9 @@ from tvix_castore.nodes import Node
 __all__ = ["READ_CHUNK", "SMALL_FILE", "IngestObserver", "ingest_path", "walk_path"]
 
 READ_CHUNK = 1 << 20
-# Files below this size are read whole and stored in batches through ``put_many``.
-SMALL_FILE = 128 * 1024
+# Files below this size are read whole (in one read) and stored in batches through
+# ``put_many``: the LMDB store commits a batch, chunked files included, in one transaction.
+SMALL_FILE = READ_CHUNK
 # A batch is stored once it holds this many bytes of small files, or this many entries.
 _BATCH_BYTES = 4 * 1024 * 1024
 _BATCH_ENTRIES = 1024
