@@ -57,75 +57,104 @@ _envs: dict[str, tuple[lmdb.Environment, dict[str, object], GroupCommit, int]] =
 
 
 class _Write:
-    """One thread's writes waiting in a GroupCommit."""
+    """One thread's work waiting in a GroupCommit; done once its outcome is known."""
 
-    __slots__ = ("done", "error", "wake", "work")
+    __slots__ = ("done", "error", "size", "wake", "work")
 
-    def __init__(self, work: Callable[[lmdb.Transaction], object]) -> None:
+    def __init__(self, work: Callable[[lmdb.Transaction], object], size: int) -> None:
         self.work = work
-        self.wake = threading.Event()
+        self.size = size
+        self.wake = threading.Event()  # set when done, or when it is this thread's turn to lead
         self.done = False
-        self.error: BaseException | None = None
+        self.error: Exception | None = None
 
 
 class GroupCommit:
     """Writes of many threads to one environment, committed in groups: one disk flush each.
 
     ``write`` runs its work in a write transaction and returns once that is committed. A thread
-    that finds no commit under way commits its own work at once; the others queue theirs, and
-    when a commit ends, the first queued thread commits everything queued by then in one
-    transaction. A group whose commit fails is tried again one write at a time, so each thread
-    gets the error of its own work only.
+    that finds no commit under way leads: it commits its own work at once. The others queue
+    theirs; when a commit ends, the first queued thread leads the next, committing what is
+    queued by then (up to ``GROUP_BYTES`` of declared size) in one transaction. A group whose
+    commit fails is tried again one write at a time, so each thread gets the error of its own
+    work only; work must therefore be safe to run twice (puts that do not overwrite are).
+
+    A thread interrupted (KeyboardInterrupt) while it waits takes its work back out of the
+    queue; one interrupted while it leads puts the writes it has not finished back at the
+    front of the queue; either way it hands the lead on, so the others neither hang nor fail.
     """
+
+    GROUP_BYTES = 64 * 1024 * 1024  # the dirty pages a transaction holds in memory until commit
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._queue: list[_Write] = []
-        self._leading = False
+        self._leader: _Write | None = None
 
-    def write(self, env: lmdb.Environment, work: Callable[[lmdb.Transaction], object]) -> None:
-        """Run work(txn) in a committed write transaction; raises what work or LMDB raised."""
-        mine = _Write(work)
+    def write(self, env: lmdb.Environment, work: Callable[[lmdb.Transaction], object], size: int = 0) -> None:
+        """Run work(txn) in a committed write transaction; raises what work or LMDB raised.
+
+        size: about how many bytes work writes (for the group's size limit).
+        """
+        mine = _Write(work, size)
         with self._lock:
             self._queue.append(mine)
-            lead = not self._leading
-            self._leading = True
-        if not lead:
-            mine.wake.wait()  # woken when done, or to commit the queue itself
-        if not mine.done:
-            self._commit_queue(env)
+            if self._leader is None:
+                self._leader = mine
+                mine.wake.set()
+        try:
+            mine.wake.wait()
+            if not mine.done:  # woken to lead
+                self._commit_group(env, mine)
+        finally:
+            self._leave(mine)
         if mine.error is not None:
             raise mine.error
 
-    def _commit_queue(self, env: lmdb.Environment) -> None:
-        with self._lock:
-            group, self._queue = self._queue, []
+    def _commit_group(self, env: lmdb.Environment, mine: _Write) -> None:
+        group: list[_Write] = []
         try:
+            with self._lock:
+                taken = 0
+                size = 0
+                for write in self._queue:
+                    if taken and size + write.size > self.GROUP_BYTES:
+                        break
+                    taken += 1
+                    size += write.size
+                group, self._queue = self._queue[:taken], self._queue[taken:]
             try:
                 with begin_write(env) as txn:
                     for write in group:
                         write.work(txn)
+                for write in group:
+                    write.done = True
             except Exception:  # each write learns its own outcome below
                 for write in group:
-                    try:
-                        with begin_write(env) as txn:
-                            write.work(txn)
-                    except Exception as exc:  # handed to the thread it belongs to
-                        write.error = exc
-        except BaseException as exc:  # KeyboardInterrupt: no waiting thread may hang
-            for write in group:
-                if write.error is None:
-                    write.error = exc
-            raise
+                    if not write.done:
+                        try:
+                            with begin_write(env) as txn:
+                                write.work(txn)
+                        except Exception as exc:  # handed to the thread it belongs to
+                            write.error = exc
+                        write.done = True
         finally:
-            for write in group:
-                write.done = True
-                write.wake.set()
             with self._lock:
-                if self._queue:
-                    self._queue[0].wake.set()  # the next group's commit falls to its first thread
-                else:
-                    self._leading = False
+                # Interrupted: the writes of others not finished go back to the front.
+                self._queue[:0] = [w for w in group if not w.done and w is not mine]
+            for write in group:
+                if write.done and write is not mine:
+                    write.wake.set()
+
+    def _leave(self, mine: _Write) -> None:
+        """The write is over (done or interrupted): out of the queue; its lead, if held, passed on."""
+        with self._lock:
+            if mine in self._queue:
+                self._queue.remove(mine)
+            if self._leader is mine:
+                self._leader = self._queue[0] if self._queue else None
+                if self._leader is not None:
+                    self._leader.wake.set()
 
 
 class LmdbStore:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -76,6 +78,44 @@ def test_writes_queued_during_a_commit_go_out_in_one(store: LmdbStore) -> None:
         assert all(txn.get(b"k%d" % i) == b"v" for i in range(8))
 
 
+def test_a_group_holds_at_most_group_bytes(store: LmdbStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Queued writes beyond the size limit wait for the next group (a transaction keeps its
+    dirty pages in memory until it commits)."""
+    monkeypatch.setattr(store.writes, "GROUP_BYTES", 10)
+    table = store.table("blobs")
+    first_in = threading.Event()
+    release_first = threading.Event()
+
+    def slow(txn: lmdb.Transaction) -> None:
+        first_in.set()
+        release_first.wait(10)
+        txn.put(b"first", b"1", db=table)
+
+    leader = threading.Thread(target=store.writes.write, args=(store.env, slow))
+    leader.start()
+    assert first_in.wait(10)
+    before = _last_txn(store.env)
+    writers = [
+        threading.Thread(
+            target=store.writes.write,
+            args=(store.env, lambda txn, i=i: txn.put(b"k%d" % i, b"v" * 4, db=table), 4),
+        )
+        for i in range(6)
+    ]
+    for t in writers:
+        t.start()
+    deadline = time.monotonic() + 10
+    while _queued(store.writes) < 6 and time.monotonic() < deadline:
+        time.sleep(0.001)
+    release_first.set()
+    for t in (leader, *writers):
+        t.join(10)
+    # The leader's commit, then groups of two 4-byte writes (a third would pass 10 bytes).
+    assert _last_txn(store.env) == before + 1 + 3
+    with store.env.begin(db=table) as txn:
+        assert all(txn.get(b"k%d" % i) == b"vvvv" for i in range(6))
+
+
 def test_a_failing_write_fails_alone(store: LmdbStore) -> None:
     """A group whose commit fails is retried write by write: each thread gets its own outcome."""
     table = store.table("blobs")
@@ -147,3 +187,109 @@ def test_concurrent_blob_puts_share_commits(tmp_path: Path) -> None:
         assert _last_txn(store.env) - before < len(blobs)
     finally:
         service.close()
+
+
+def _interrupt_main_when(condition: Callable[[], bool]) -> threading.Thread:
+    """A thread that sends this process SIGINT (KeyboardInterrupt in the main thread) once
+    condition holds."""
+
+    def run() -> None:
+        deadline = time.monotonic() + 10
+        while not condition() and time.monotonic() < deadline:
+            time.sleep(0.001)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    t = threading.Thread(target=run)
+    t.start()
+    return t
+
+
+def _in_queue(group: GroupCommit, count: int) -> Callable[[], bool]:
+    return lambda: _queued(group) >= count
+
+
+def test_a_thread_interrupted_while_queued_leaves_the_queue(store: LmdbStore) -> None:
+    """Ctrl-C in a waiting main thread must not leave its write queued (every later write
+    would wait for ever behind it)."""
+    assert threading.current_thread() is threading.main_thread()
+    table = store.table("blobs")
+    inside = threading.Event()
+    release = threading.Event()
+
+    def slow(txn: lmdb.Transaction) -> None:
+        inside.set()
+        release.wait(10)
+        txn.put(b"slow", b"1", db=table)
+
+    leader = threading.Thread(target=store.writes.write, args=(store.env, slow))
+    leader.start()
+    assert inside.wait(10)
+    interrupter = _interrupt_main_when(_in_queue(store.writes, 1))
+    with pytest.raises(KeyboardInterrupt):
+        store.writes.write(store.env, lambda txn: txn.put(b"main", b"1", db=table))
+    interrupter.join()
+    release.set()
+    leader.join(10)
+    later = threading.Thread(
+        target=store.writes.write, args=(store.env, lambda txn: txn.put(b"later", b"1", db=table))
+    )
+    later.start()
+    later.join(10)
+    assert not later.is_alive()
+    with store.env.begin(db=table) as txn:
+        assert txn.get(b"slow") == b"1" and txn.get(b"later") == b"1"
+
+
+def test_a_leader_interrupted_hands_the_others_writes_on(store: LmdbStore) -> None:
+    """Ctrl-C in a main thread leading a group: the others' writes are committed all the same,
+    and only the main thread sees the interrupt."""
+    table = store.table("blobs")
+    inside = threading.Event()
+    release = threading.Event()
+    main_in = threading.Event()
+    outcomes: dict[str, BaseException | None] = {}
+
+    def record(name: str, work: Callable[[lmdb.Transaction], object]) -> None:
+        try:
+            store.writes.write(store.env, work)
+            outcomes[name] = None
+        except BaseException as exc:  # recorded for the assertions
+            outcomes[name] = exc
+
+    def hold(txn: lmdb.Transaction) -> None:
+        inside.set()
+        release.wait(10)
+
+    first = threading.Thread(target=record, args=("first", hold))
+    first.start()
+    assert inside.wait(10)
+    followers = [
+        threading.Thread(target=record, args=(f"f{i}", lambda txn, i=i: txn.put(b"f%d" % i, b"1", db=table)))
+        for i in range(3)
+    ]
+
+    def main_work(txn: lmdb.Transaction) -> None:
+        main_in.set()
+        time.sleep(5)  # interrupted here
+        txn.put(b"main", b"1", db=table)
+
+    def queue_followers_then_release() -> None:
+        while _queued(store.writes) < 1:  # the main thread's write
+            time.sleep(0.001)
+        for t in followers:
+            t.start()
+        while _queued(store.writes) < 4:
+            time.sleep(0.001)
+        release.set()
+
+    arranger = threading.Thread(target=queue_followers_then_release)
+    arranger.start()
+    interrupter = _interrupt_main_when(main_in.is_set)
+    with pytest.raises(KeyboardInterrupt):
+        store.writes.write(store.env, main_work)
+    for t in (interrupter, arranger, first, *followers):
+        t.join(10)
+    assert outcomes == {"first": None, "f0": None, "f1": None, "f2": None}
+    with store.env.begin(db=table) as txn:
+        assert all(txn.get(b"f%d" % i) == b"1" for i in range(3))
+        assert txn.get(b"main") is None

@@ -460,7 +460,7 @@ class LmdbBlobService(BlobService):
         if store is None:
             raise ClosedError("LMDB blob service is closed")
         with self._op("write"):
-            store.writes.write(self._env, work)
+            store.writes.write(self._env, work, sum(len(data) for _, data in chunks))
 
 
 @final
