@@ -141,3 +141,36 @@ def test_nar_nested_too_deep_is_refused(services: Services) -> None:
         ingest(services, data)
     with pytest.raises(NarError, match="nested more than"):
         ingest(services, _deep_nar(30_000))
+
+
+def test_small_files_are_stored_in_batches(tmp_path: Path) -> None:
+    """LMDB: the files of a NAR below 1 MiB share commits (a disk flush each), as an import of
+    the same tree from the filesystem does; a bigger one is streamed on its own."""
+    import os
+
+    from tvix_castore.blobservice.lmdb_store import LmdbBlobService
+    from tvix_castore.ingest.fs import ingest_path
+
+    tree = tmp_path / "tree"
+    (tree / "d").mkdir(parents=True)
+    for i in range(300):
+        (tree / "d" / f"f{i:03}").write_bytes(b"%d\n" % i)
+    (tree / "chunked").write_bytes(os.urandom(600 * 1024))  # cut into chunks, still batched
+    (tree / "big").write_bytes(os.urandom(2 * 1024 * 1024))
+    with local_services("memory", tmp_path / "m") as memory:
+        node = ingest_path(memory.blob_service, memory.directory_service, str(tree))
+        out = io.BytesIO()
+        write_nar(out.write, node, memory.blob_service, memory.directory_service)
+    data = out.getvalue()
+    with local_services("lmdb", tmp_path / "l") as s:
+        blob_service = s.blob_service
+        assert isinstance(blob_service, LmdbBlobService) and blob_service._store is not None
+        env = blob_service._store.env
+        before = env.info()["last_txnid"]
+        root, sha, size = ingest(s, data)
+        # One batch of small files, the big file, the Directories.
+        assert env.info()["last_txnid"] - before <= 3
+        assert root == node and size == len(data) and sha == hashlib.sha256(data).digest()
+        again = io.BytesIO()
+        write_nar(again.write, root, s.blob_service, s.directory_service)
+        assert again.getvalue() == data

@@ -21,6 +21,7 @@ from tvix_castore.blobservice import BlobService
 from tvix_castore.digests import B3Digest
 from tvix_castore.directoryservice import DirectoryService
 from tvix_castore.errors import IngestionError
+from tvix_castore.ingest.batch import SMALL_FILE, SmallFileBatch
 from tvix_castore.ingest.entries import (
     DirectoryEntry,
     EntryPath,
@@ -34,12 +35,8 @@ from tvix_castore.nodes import Node
 __all__ = ["READ_CHUNK", "SMALL_FILE", "IngestObserver", "ingest_path", "walk_path"]
 
 READ_CHUNK = 1 << 20
-# Files below this size are read whole (in one read) and stored in batches through
-# ``put_many``: the LMDB store commits a batch, chunked files included, in one transaction.
-SMALL_FILE = READ_CHUNK
-# A batch is stored once it holds this many bytes of small files, or this many entries.
-_BATCH_BYTES = 4 * 1024 * 1024
-_BATCH_ENTRIES = 1024
+# A file below SMALL_FILE (batch.py) is read whole in one read, into its batch.
+assert SMALL_FILE <= READ_CHUNK
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 _KIND_NAMES = {
@@ -96,7 +93,7 @@ def walk_path(
 
     """
     observer = observer or IngestObserver()
-    batch = _SmallFiles(blob_service)
+    batch = SmallFileBatch(blob_service)
     root_b = os.fsencode(root)
     st = _lstat(root_b)
     # Each frame: the directory's entry path, its filesystem path, its remaining child names.
@@ -115,46 +112,6 @@ def walk_path(
         if batch.full():
             yield from batch.flush()
     yield from batch.flush()
-
-
-class _SmallFiles:
-    """Entries held back while the contents of small files collect for one ``put_many``.
-
-    A commit per small file costs more than storing its bytes; batching them amortises that.
-    Entries of every kind queue here in walk order and are released once the batch is stored,
-    so no entry is ever yielded before the blob it names.
-    """
-
-    def __init__(self, blob_service: BlobService) -> None:
-        self._blob_service = blob_service
-        # A RegularEntry whose digest is not known yet is (path, size, executable, batch index).
-        self._entries: list[IngestionEntry | tuple[EntryPath, int, bool, int]] = []
-        self._contents: list[bytes] = []
-        self._bytes = 0
-
-    def add_entry(self, entry: IngestionEntry) -> None:
-        self._entries.append(entry)
-
-    def add_file(self, path: EntryPath, size: int, executable: bool, contents: bytes) -> None:
-        self._entries.append((path, size, executable, len(self._contents)))
-        self._contents.append(contents)
-        self._bytes += len(contents)
-
-    def full(self) -> bool:
-        return self._bytes >= _BATCH_BYTES or len(self._entries) >= _BATCH_ENTRIES
-
-    def flush(self) -> Iterator[IngestionEntry]:
-        digests = self._blob_service.put_many(self._contents) if self._contents else []
-        entries = self._entries
-        self._entries = []
-        self._contents = []
-        self._bytes = 0
-        for entry in entries:
-            if isinstance(entry, tuple):
-                path, size, executable, index = entry
-                yield RegularEntry(path, digests[index], size, executable)
-            else:
-                yield entry
 
 
 def ingest_path(
@@ -183,7 +140,7 @@ def _visit(
     blob_service: BlobService,
     observer: IngestObserver,
     stack: list[tuple[EntryPath, bytes, Iterator[bytes]]],
-    batch: _SmallFiles,
+    batch: SmallFileBatch,
 ) -> None:
     """Handle one node: a leaf's entry goes to batch, a directory is pushed onto stack."""
     mode = st.st_mode

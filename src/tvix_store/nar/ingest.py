@@ -1,7 +1,8 @@
 """NAR ingestion: a NAR stream -> blobs, Directories and a root node (tvix ``store/src/nar/import.rs``).
 
 Shell connecting the pure ``NarReader`` to the services: every byte the reader consumes is
-SHA-256-hashed and counted, file contents are streamed into ``BlobService.open_write()``, and the
+SHA-256-hashed and counted, file contents are stored as blobs (small files in batches, as the
+filesystem walker stores them; bigger ones streamed into ``BlobService.open_write()``), and the
 nodes are handed leaves first to castore's ``ingest_entries``, which uploads the Directories in
 one putter session. The reader stops right after the root node; what follows is not read.
 """
@@ -14,6 +15,7 @@ from collections.abc import Callable, Iterator
 from nix_compat.nar import DirectoryEnd, DirectoryStart, Entry, File, NarReader, Symlink
 from tvix_castore.blobservice import BlobService
 from tvix_castore.directoryservice import DirectoryService
+from tvix_castore.ingest.batch import SMALL_FILE, SmallFileBatch
 from tvix_castore.ingest.entries import (
     DirectoryEntry,
     EntryPath,
@@ -63,6 +65,7 @@ def _entries(
     reader: NarReader, blob_service: BlobService, on_file: Callable[[int], object] | None
 ) -> Iterator[IngestionEntry]:
     """Translate the reader's pre-order events into leaves-first entries."""
+    batch = SmallFileBatch(blob_service)
     # The names of the open directories below the root, outermost first: each entry's path is
     # made from them as it comes, so a tree n deep holds n names, not n paths of up to n names.
     open_names: list[bytes] = []
@@ -71,19 +74,26 @@ def _entries(
         if isinstance(event, Entry):
             path = (*open_names, event.name)
         elif isinstance(event, File):
-            with blob_service.open_write() as writer:
-                for data in reader.file_contents(READ_CHUNK):
-                    writer.write(data)
-                digest = writer.close()
+            if event.size < SMALL_FILE:
+                contents = b"".join(reader.file_contents(READ_CHUNK))
+                batch.add_file(path, event.size, event.executable, contents)
+            else:
+                with blob_service.open_write() as writer:
+                    for data in reader.file_contents(READ_CHUNK):
+                        writer.write(data)
+                    digest = writer.close()
+                batch.add_entry(RegularEntry(path, digest, event.size, event.executable))
             if on_file is not None:
                 on_file(event.size)
-            yield RegularEntry(path, digest, event.size, event.executable)
         elif isinstance(event, Symlink):
-            yield SymlinkEntry(path, event.target)
+            batch.add_entry(SymlinkEntry(path, event.target))
         elif isinstance(event, DirectoryStart):
             if path:  # not the root: the entry just read is this directory
                 open_names.append(path[-1])
         elif isinstance(event, DirectoryEnd):
-            yield DirectoryEntry(tuple(open_names))
+            batch.add_entry(DirectoryEntry(tuple(open_names)))
             if open_names:
                 open_names.pop()
+        if batch.full():
+            yield from batch.flush()
+    yield from batch.flush()
