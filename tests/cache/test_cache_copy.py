@@ -183,21 +183,26 @@ def test_downloads_started_early_are_used_or_abandoned(tmp_path, nix_closure):
         result = copy_closure(services, cache, [top], started=started)
         assert started == {}
         assert sorted(i.store_path.absolute() for i in result.copied) == nix_closure["paths"]
-        assert not first._thread.is_alive()
+        assert not first.take_download()._thread.is_alive()
 
         again = start_downloads(cache, [top])
         second = again[top.digest]
         result = copy_closure(services, cache, [top], started=again)
         assert again == {} and result.copied == [] and result.present == [top]
-        second._thread.join(10)
-        assert not second._thread.is_alive()
+        assert second._done.wait(10)
+        download = second._download  # None when abandoned before the NAR was opened
+        if download is not None:
+            download._thread.join(10)
+            assert not download._thread.is_alive()
     finally:
         services.close()
     assert stored_paths(tmp_path / "store") == nix_closure["paths"]
 
 
-def test_early_start_skips_what_the_walk_then_reports(tmp_path, nix_closure):
-    """A narinfo that fails verification is not started early; the copy's walk reports it."""
+def test_early_start_hands_its_outcome_to_the_copy(tmp_path, nix_closure):
+    """A path started early is asked for once: its narinfo, a verification failure or its
+    absence is what the copy then gets, not asked for again."""
+    from tvix_store.binary_cache import BinaryCacheError
     from tvix_store.binary_cache.download import parse_trusted_keys, parse_wanted_path, start_downloads
 
     cache = f"file://{nix_closure['caches']['signed']}"
@@ -205,11 +210,28 @@ def test_early_start_skips_what_the_walk_then_reports(tmp_path, nix_closure):
     other_key = "other-1:" + "A" * 43 + "="
     untrusted = start_downloads(cache, [top], ())
     assert list(untrusted) == [top.digest]
-    for download in untrusted.values():
-        download.close()
+    narinfo = untrusted[top.digest].narinfo()
+    assert narinfo is not None and narinfo.store_path == top
+    untrusted[top.digest].take_download().close()
 
-    assert start_downloads(cache, [top], parse_trusted_keys(other_key)) == {}
-    assert start_downloads(f"file://{tmp_path}/gone", [top]) == {}
+    wrong_key = start_downloads(cache, [top], parse_trusted_keys(other_key))
+    with pytest.raises(BinaryCacheError, match="no valid signature"):
+        wrong_key[top.digest].narinfo()
+    assert start_downloads(f"file://{tmp_path}/gone", [top])[top.digest].narinfo() is None
+
+
+def test_early_starts_respect_the_limit(nix_closure):
+    """At most limit paths (copy passes min(4, --jobs)) are started early."""
+    from tvix_store.binary_cache.download import parse_wanted_path, start_downloads
+
+    cache = f"file://{nix_closure['caches']['xz']}"
+    paths = [parse_wanted_path(p) for p in nix_closure["paths"]]
+    assert len(paths) > 1
+    for limit in (1, 2):
+        started = start_downloads(cache, paths, limit=limit)
+        assert list(started) == [p.digest for p in paths[:limit]]
+        for early in started.values():
+            early.abandon()
 
 
 def _with_ca(cache: Path, path: str, ca: str) -> None:

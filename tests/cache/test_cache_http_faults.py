@@ -31,16 +31,20 @@ def faulty_server(
     root: Path, fault: str, requests: collections.Counter[str] | None = None
 ) -> Iterator[tuple[str, threading.Event]]:
     """Serve root on 127.0.0.1 with a fault: "cut-narinfo", "gzip-narinfo", "stall-nar",
-    "STATUS*N" (each file's first N GETs answered with that HTTP status; N may be "all"), or
-    "status-in-path" (a GET of /STATUS is answered with that status).
+    "slow-nar" (each NAR answered after 0.5 s), "STATUS*N" (each file's first N GETs answered
+    with that HTTP status; N may be "all"), or "status-in-path" (a GET of /STATUS is answered
+    with that status).
 
     Yields the base URL and an event set once the fault has happened. requests, if given,
-    counts the GETs of each path.
+    counts the GETs of each path, and under "most-nars-at-once" the most NAR GETs that were
+    being answered at the same time.
     """
     happened = threading.Event()
     stop = threading.Event()
     status, _, times = fault.partition("*")
     gets: collections.Counter[str] = collections.Counter() if requests is None else requests
+    nars_now = 0
+    count_lock = threading.Lock()
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def log_message(self, *args: object) -> None:
@@ -69,6 +73,14 @@ def faulty_server(
                 self.end_headers()
                 self.wfile.write(body)
                 return
+            if fault == "slow-nar" and not narinfo:
+                nonlocal nars_now
+                with count_lock:
+                    nars_now += 1
+                    gets["most-nars-at-once"] = max(gets["most-nars-at-once"], nars_now)
+                time.sleep(0.5)  # before the response starts
+                with count_lock:
+                    nars_now -= 1
             self.send_response(200)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
@@ -182,9 +194,20 @@ def test_a_cache_that_stays_down_fails_after_five_attempts(tmp_path, nix_closure
         res = tvix(store, "copy", "--from", url, nix_closure["top"], check=False)
     line = _error_after_retries(res, 5)
     assert ".narinfo" in line and "HTTP 503" in line, line
-    # One GET as the copy starts the first download early (which gives up at once), then five.
-    assert list(gets.values()) == [6], gets
+    # Five in all: the copy's walk takes the outcome of the download it started early.
+    assert list(gets.values()) == [5], gets
     assert all_paths(store) == b""
+
+
+def test_the_paths_asked_for_are_fetched_side_by_side(tmp_path, nix_closure):
+    """The NARs copy starts before it opens the store (up to 4, and --jobs) are fetched at
+    once, not one after another; each file is asked for once."""
+    wanted = nix_closure["paths"][:4]
+    gets: collections.Counter[str] = collections.Counter()
+    with faulty_server(nix_closure["caches"]["xz"], "slow-nar", gets) as (url, _):
+        tvix(tmp_path / "store", "copy", "-j", "4", "--from", url, *wanted)
+    assert gets.pop("most-nars-at-once") == len(wanted), gets
+    assert set(gets.values()) == {1}, gets
 
 
 @pytest.mark.parametrize("status", [501, 505, 400, 401])
@@ -197,7 +220,7 @@ def test_errors_no_retry_mends_end_the_copy_at_once(tmp_path, nix_closure, statu
         res = tvix(store, "copy", "--from", url, nix_closure["top"], check=False)
     line = one_line_error(res)
     assert ".narinfo" in line and f"HTTP {status}" in line, line
-    assert list(gets.values()) == [2], gets  # the early start's GET, and the walk's
+    assert list(gets.values()) == [1], gets  # one GET, by the download started early
     assert all_paths(store) == b""
 
 

@@ -32,7 +32,7 @@ from tvix_castore.directoryservice import DirectoryService
 from tvix_castore.frozen import Frozen
 from tvix_store.binary_cache import BinaryCacheError
 from tvix_store.binary_cache.compression import read_errors
-from tvix_store.binary_cache.download import NarDownload, fetch_narinfo
+from tvix_store.binary_cache.download import EarlyDownload, NarDownload, fetch_narinfo
 from tvix_store.content_address import content_mismatch, nar_checker
 from tvix_store.nar.ingest import ingest_nar
 from tvix_store.path_info import PathInfo
@@ -189,7 +189,7 @@ def copy_closure(
     jobs: int = DEFAULT_JOBS,
     on_bytes: Callable[[int], object] | None = None,
     on_path: Callable[[PathInfo], object] | None = None,
-    started: dict[bytes, NarDownload] | None = None,
+    started: dict[bytes, EarlyDownload] | None = None,
 ) -> CopyResult:
     """Copy paths and their closure from the cache at base_url; paths already present are skipped.
 
@@ -219,7 +219,7 @@ def _copy_closure(
     jobs: int,
     on_bytes: Callable[[int], object] | None,
     on_path: Callable[[PathInfo], object] | None,
-    early_downloads: dict[bytes, NarDownload],
+    early_downloads: dict[bytes, EarlyDownload],
 ) -> CopyResult:
     result = CopyResult()
     narinfos: dict[bytes, NarInfo] = {}
@@ -241,7 +241,7 @@ def _copy_closure(
                     early.abandon()
                 return
             narinfo = (
-                early.narinfo if early is not None else fetch_narinfo(base_url, path.digest, trusted_keys)
+                early.narinfo() if early is not None else fetch_narinfo(base_url, path.digest, trusted_keys)
             )
             if narinfo is None:
                 via = f" (referenced by {referrer.absolute()})" if referrer is not None else ""
@@ -279,7 +279,8 @@ def _copy_closure(
 
         def fetch(narinfo: NarInfo) -> None:
             with lock:
-                download = early_downloads.pop(narinfo.store_path.digest, None)
+                early = early_downloads.pop(narinfo.store_path.digest, None)
+            download = early.take_download() if early is not None else None
             info = fetch_path_info(
                 base_url, narinfo, services.blob_service, services.directory_service, on_bytes, download
             )

@@ -3,9 +3,9 @@
 ``fetch_narinfo`` fetches and checks one narinfo. ``NarDownload`` opens a NAR and runs its
 download, hashing (FileHash) and decompression in a helper thread (all of which release the
 GIL), a bounded queue ahead of whoever reads the NAR. Nothing here touches the store, and the
-module stays light, so ``tvix-store copy`` can start the NARs it was asked for before it loads
-the ingestion code and opens the store: decompression (xz: the bulk of a copy) then overlaps
-the command's start-up.
+module stays light, so ``tvix-store copy`` can start the NARs it was asked for (``EarlyDownload``)
+before it loads the ingestion code and opens the store: decompression (xz: the bulk of a copy)
+then overlaps the command's start-up.
 """
 
 from __future__ import annotations
@@ -23,11 +23,12 @@ from nix_compat.narinfo import NarInfo
 from nix_compat.signing import VerifyingKey
 from nix_compat.store_path import STORE_DIR_WITH_SLASH, StorePath
 from tvix_store.binary_cache import BinaryCacheError
-from tvix_store.binary_cache.compression import decompressed_pieces, read_errors
-from tvix_store.binary_cache.fetch import DOWNLOAD_ATTEMPTS, fetch_bytes, join_url, open_url
+from tvix_store.binary_cache.compression import decompressed_pieces
+from tvix_store.binary_cache.fetch import fetch_bytes, join_url, open_url
 
 __all__ = [
     "NARINFO_LIMIT",
+    "EarlyDownload",
     "NarDownload",
     "fetch_narinfo",
     "parse_trusted_keys",
@@ -51,12 +52,10 @@ def parse_wanted_path(text: str) -> StorePath:
     return StorePath.from_bytes(text)
 
 
-def fetch_narinfo(
-    base_url: str, digest: bytes, trusted_keys: Sequence[VerifyingKey] = (), attempts: int = DOWNLOAD_ATTEMPTS
-) -> NarInfo | None:
+def fetch_narinfo(base_url: str, digest: bytes, trusted_keys: Sequence[VerifyingKey] = ()) -> NarInfo | None:
     """The narinfo of the store path with this digest, or None if the cache does not have it.
 
-    attempts: how often a transient failure is tried (see ``fetch``).
+    A transient failure is tried again (see ``fetch``).
 
     Raises:
         BinaryCacheError: unreadable or malformed narinfo, a StorePath of another digest, or
@@ -64,7 +63,7 @@ def fetch_narinfo(
 
     """
     url = join_url(base_url, f"{nixbase32.encode(digest)}.narinfo")
-    data = fetch_bytes(url, NARINFO_LIMIT, attempts)
+    data = fetch_bytes(url, NARINFO_LIMIT)
     if data is None:
         return None
     try:
@@ -128,8 +127,8 @@ class NarDownload:
 
     _DEPTH = 8
 
-    def __init__(self, base_url: str, narinfo: NarInfo, attempts: int = DOWNLOAD_ATTEMPTS) -> None:
-        """Open narinfo's NAR and start decompressing it (attempts: see ``fetch.open_url``).
+    def __init__(self, base_url: str, narinfo: NarInfo) -> None:
+        """Open narinfo's NAR (trying again after a transient failure) and start decompressing it.
 
         Raises:
             BinaryCacheError: the NAR is not in the cache, or cannot be opened.
@@ -137,7 +136,7 @@ class NarDownload:
         """
         self.narinfo = narinfo
         self.url = join_url(base_url, narinfo.url)
-        opened = open_url(self.url, attempts)
+        opened = open_url(self.url)
         if opened is None:
             raise BinaryCacheError(f"{self.url}: NAR of {narinfo.store_path.absolute()} not found")
         self._raw = opened[0]
@@ -216,24 +215,89 @@ class NarDownload:
         self._thread.join()
 
 
+class EarlyDownload:
+    """A wanted path fetched on a thread of its own while ``copy`` starts up and opens the store.
+
+    Its narinfo is fetched and its NAR opened and decompressed ahead. The fetches make the
+    usual attempts (``fetch``): the copy takes their outcome as its own rather than asking
+    again. ``abandon`` drops the download (the path turned out to be present, or the copy
+    failed) without waiting for it.
+    """
+
+    def __init__(self, base_url: str, path: StorePath, trusted_keys: Sequence[VerifyingKey]) -> None:
+        self._lock = threading.Lock()
+        self._done = threading.Event()
+        self._abandoned = False
+        self._narinfo: NarInfo | None = None
+        self._narinfo_error: Exception | None = None
+        self._download: NarDownload | None = None
+        self._download_error: Exception | None = None
+        thread = threading.Thread(
+            target=self._run, args=(base_url, path, trusted_keys), name="early-download", daemon=True
+        )
+        thread.start()
+
+    def _run(self, base_url: str, path: StorePath, trusted_keys: Sequence[VerifyingKey]) -> None:
+        try:
+            try:
+                narinfo = fetch_narinfo(base_url, path.digest, trusted_keys)
+            except Exception as exc:  # the copy's to report (re-raised by narinfo())
+                self._narinfo_error = exc
+                return
+            self._narinfo = narinfo
+            # A narinfo for another path is the copy's to report; it needs no NAR.
+            if narinfo is None or narinfo.store_path != path or self._abandoned:
+                return
+            try:
+                download = NarDownload(base_url, narinfo)
+            except Exception as exc:  # re-raised by take_download()
+                self._download_error = exc
+                return
+            with self._lock:
+                self._download = download
+                abandoned = self._abandoned
+            if abandoned:
+                download.abandon()
+        finally:
+            self._done.set()
+
+    def narinfo(self) -> NarInfo | None:
+        """The narinfo (None: not in the cache), once fetched; raises what fetching it raised."""
+        self._done.wait()
+        if self._narinfo_error is not None:
+            raise self._narinfo_error
+        return self._narinfo
+
+    def take_download(self) -> NarDownload:
+        """The NAR's download, once opened; raises what opening it raised."""
+        self._done.wait()
+        if self._download_error is not None:
+            raise self._download_error
+        if self._download is None:
+            raise BinaryCacheError("no NAR download was started for this path")  # a caller's bug
+        return self._download
+
+    def abandon(self) -> None:
+        """Drop the download, now or as soon as it is open; does not wait."""
+        with self._lock:
+            self._abandoned = True
+            download = self._download
+        if download is not None:
+            download.abandon()
+
+
 def start_downloads(
     base_url: str, paths: Sequence[StorePath], trusted_keys: Sequence[VerifyingKey] = (), limit: int = 4
-) -> dict[bytes, NarDownload]:
-    """Begin the NAR downloads of (up to limit of) paths, by store path digest; best effort.
+) -> dict[bytes, EarlyDownload]:
+    """Begin fetching (up to limit of) paths, side by side, by store path digest; returns at once.
 
-    For ``copy`` to call before it opens the store. Whatever fails here is skipped, at the first
-    attempt: the copy's own walk of the closure meets the problem again, tries again, and
-    reports it.
+    For ``copy`` to call before it opens the store, so that decompression (the bulk of a copy
+    from an xz cache) overlaps the rest of its start-up.
     """
-    started: dict[bytes, NarDownload] = {}
-    errors: tuple[type[BaseException], ...] = (BinaryCacheError, *read_errors())
-    for path in paths[:limit]:
-        if path.digest in started:
-            continue
-        try:
-            narinfo = fetch_narinfo(base_url, path.digest, trusted_keys, attempts=1)
-            if narinfo is not None and narinfo.store_path == path:
-                started[path.digest] = NarDownload(base_url, narinfo, attempts=1)
-        except errors:
-            continue
+    started: dict[bytes, EarlyDownload] = {}
+    for path in paths:
+        if len(started) >= limit:
+            break
+        if path.digest not in started:
+            started[path.digest] = EarlyDownload(base_url, path, trusted_keys)
     return started

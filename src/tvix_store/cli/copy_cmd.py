@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     except NixCompatError as exc:
         raise BinaryCacheError(f"invalid store path: {exc}") from exc
     keys = parse_trusted_keys(args.trusted_public_keys or "")
-    started = start_downloads(base, wanted, keys)
+    started = start_downloads(base, wanted, keys, limit=min(4, args.jobs))
     try:
         from tvix_store.binary_cache.copy import copy_closure
 
