@@ -3,7 +3,8 @@
 Channels connect lazily unless the URL asks ``?wait-connect=1``. Reconnect backoff is kept short
 (≤ 1 s) so a client, a mount in particular, is usable again soon after a daemon restarts; calls
 made while the server is down fail at once with UNAVAILABLE instead of waiting, and calls waiting
-on a server that stopped answering fail within ~35 s (keepalive pings).
+on a server that stopped answering fail within ~35 s (keepalive pings); a new call to it then
+waits ~20 s for the server's HTTP/2 settings before it fails.
 """
 
 from __future__ import annotations
