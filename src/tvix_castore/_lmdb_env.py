@@ -176,10 +176,26 @@ class LmdbStore:
 
     def sync(self) -> None:
         """Flush all committed transactions to disk (fsync)."""
-        try:
-            self.env.sync(True)
-        except lmdb.Error as exc:
-            raise StorageError(f"cannot sync LMDB store at {self.path}: {explain(self.path, exc)}") from exc
+        _sync(self.path, self.env)
+
+    def sync_others(self) -> None:
+        """Flush the other LMDB stores this process has open (fsync each).
+
+        A PathInfo in this store may point at blobs and Directories kept in another one
+        (``--blob-service-addr lmdb:///a --path-info-service-addr lmdb:///b``): their last
+        commit's meta page must be on disk before the PathInfo is.
+        """
+        with _lock:
+            others = [(path, env) for path, (env, _, _, _) in _envs.items() if path != self.path]
+        for path, env in others:
+            _sync(path, env)
+
+
+def _sync(path: str, env: lmdb.Environment) -> None:
+    try:
+        env.sync(True)
+    except lmdb.Error as exc:
+        raise StorageError(f"cannot sync LMDB store at {path}: {explain(path, exc)}") from exc
 
 
 def begin_write(env: lmdb.Environment, db: lmdb._Database | None = None) -> lmdb.Transaction:

@@ -293,3 +293,32 @@ def test_a_leader_interrupted_hands_the_others_writes_on(store: LmdbStore) -> No
     with store.env.begin(db=table) as txn:
         assert all(txn.get(b"f%d" % i) == b"1" for i in range(3))
         assert txn.get(b"main") is None
+
+
+def test_a_path_info_put_syncs_data_kept_in_another_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With blobs in one LMDB directory and PathInfos in another, our commit does not flush the
+    other store's last meta page: it is synced before the PathInfo goes in."""
+    import tvix_castore._lmdb_env as lmdb_env
+    from tvix_store.import_path import import_path
+    from tvix_store.services import construct_services
+
+    synced: list[str] = []
+    real_sync = lmdb_env._sync
+
+    def recording_sync(path: str, env: lmdb.Environment) -> None:
+        synced.append(path)
+        real_sync(path, env)
+
+    monkeypatch.setattr(lmdb_env, "_sync", recording_sync)
+    data, infos = tmp_path / "data", tmp_path / "infos"
+    services = construct_services(f"lmdb://{data}", f"lmdb://{data}", f"lmdb://{infos}")
+    try:
+        (tmp_path / "tree").mkdir()
+        (tmp_path / "tree" / "f").write_bytes(b"contents")
+        import_path(services, str(tmp_path / "tree"))
+    finally:
+        services.close()
+    # The data store before the PathInfo's own store (whose put syncs it afterwards).
+    assert synced[:2] == [str(data), str(infos)], synced

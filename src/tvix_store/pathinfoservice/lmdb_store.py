@@ -12,8 +12,10 @@ message never starts with a zero byte) is read unchecked.
 Crash safety: every commit flushes its pages, and with them all that earlier commits wrote,
 before its meta page makes it current (see ``_lmdb_env``). A PathInfo is what makes a store
 path visible, and it is committed after every blob and Directory it points to, so a crash at
-any point leaves either no PathInfo or one whose data is all on disk. ``put`` then syncs once
-more, flushing the PathInfo commit's own meta page: a PathInfo that ``put`` returned stays.
+any point leaves either no PathInfo or one whose data is all on disk. Blobs and Directories
+kept in another LMDB directory are synced first (their last meta page is not flushed by our
+commit). ``put`` then syncs once more, flushing the PathInfo commit's own meta page: a
+PathInfo that ``put`` returned stays.
 
 ``list`` reads in batches, one short read transaction each, resuming after the last key seen;
 no transaction stays open while the generator is suspended.
@@ -95,6 +97,7 @@ class LmdbPathInfoService(PathInfoService):
             raise ClosedError("LMDB path info service is closed")
         encoded = encode_path_info(info)
         value = _CHECKED + blake3_digest(encoded) + encoded
+        store.sync_others()
         with (
             lmdb_errors(self.path, "path info", f"put {info.store_path.basename()}"),
             begin_write(self._env, self._db) as txn,
