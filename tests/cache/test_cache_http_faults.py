@@ -31,9 +31,9 @@ def faulty_server(
     root: Path, fault: str, requests: collections.Counter[str] | None = None
 ) -> Iterator[tuple[str, threading.Event]]:
     """Serve root on 127.0.0.1 with a fault: "cut-narinfo", "gzip-narinfo", "stall-nar",
-    "slow-nar" (each NAR answered after 0.5 s), "STATUS*N" (each file's first N GETs answered
-    with that HTTP status; N may be "all"), or "status-in-path" (a GET of /STATUS is answered
-    with that status).
+    "slow-nar" or "slow-nar=SECONDS" (each NAR answered after 0.5 s or SECONDS), "STATUS*N"
+    (each file's first N GETs answered with that HTTP status; N may be "all"), or
+    "status-in-path" (a GET of /STATUS is answered with that status).
 
     Yields the base URL and an event set once the fault has happened. requests, if given,
     counts the GETs of each path, and under "most-nars-at-once" the most NAR GETs that were
@@ -73,12 +73,12 @@ def faulty_server(
                 self.end_headers()
                 self.wfile.write(body)
                 return
-            if fault == "slow-nar" and not narinfo:
+            if fault.startswith("slow-nar") and not narinfo:
                 nonlocal nars_now
                 with count_lock:
                     nars_now += 1
                     gets["most-nars-at-once"] = max(gets["most-nars-at-once"], nars_now)
-                time.sleep(0.5)  # before the response starts
+                time.sleep(float(fault.partition("=")[2] or 0.5))  # before the response starts
                 with count_lock:
                     nars_now -= 1
             self.send_response(200)
@@ -208,6 +208,18 @@ def test_the_paths_asked_for_are_fetched_side_by_side(tmp_path, nix_closure):
         tvix(tmp_path / "store", "copy", "-j", "4", "--from", url, *wanted)
     assert gets.pop("most-nars-at-once") == len(wanted), gets
     assert set(gets.values()) == {1}, gets
+
+
+def test_a_missing_path_is_reported_without_waiting_for_nars(tmp_path, nix_closure):
+    """The walk takes a narinfo started early as soon as it arrives: a path missing from the
+    cache fails the copy at once, not once the other paths' NARs have answered."""
+    present = nix_closure["top"]
+    missing = "/nix/store/" + "0" * 32 + "-missing"
+    started = time.monotonic()
+    with faulty_server(nix_closure["caches"]["xz"], "slow-nar=20", None) as (url, _):
+        res = tvix(tmp_path / "store", "copy", "--from", url, present, missing, check=False)
+    assert time.monotonic() - started < 10
+    assert "is not in the binary cache" in one_line_error(res)
 
 
 @pytest.mark.parametrize("status", [501, 505, 400, 401])

@@ -226,6 +226,7 @@ class EarlyDownload:
 
     def __init__(self, base_url: str, path: StorePath, trusted_keys: Sequence[VerifyingKey]) -> None:
         self._lock = threading.Lock()
+        self._narinfo_known = threading.Event()
         self._done = threading.Event()
         self._abandoned = False
         self._narinfo: NarInfo | None = None
@@ -241,10 +242,12 @@ class EarlyDownload:
         try:
             try:
                 narinfo = fetch_narinfo(base_url, path.digest, trusted_keys)
+                self._narinfo = narinfo
             except Exception as exc:  # the copy's to report (re-raised by narinfo())
                 self._narinfo_error = exc
                 return
-            self._narinfo = narinfo
+            finally:
+                self._narinfo_known.set()
             # A narinfo for another path is the copy's to report; it needs no NAR.
             if narinfo is None or narinfo.store_path != path or self._abandoned:
                 return
@@ -262,8 +265,11 @@ class EarlyDownload:
             self._done.set()
 
     def narinfo(self) -> NarInfo | None:
-        """The narinfo (None: not in the cache), once fetched; raises what fetching it raised."""
-        self._done.wait()
+        """The narinfo (None: not in the cache), once fetched; raises what fetching it raised.
+
+        Does not wait for the NAR: the copy's walk goes on while the NAR's response is awaited.
+        """
+        self._narinfo_known.wait()
         if self._narinfo_error is not None:
             raise self._narinfo_error
         return self._narinfo
