@@ -140,3 +140,20 @@ def test_walker_single_small_file_root(services: Services, tmp_path: Path) -> No
     (entry,) = list(walk_path(services.blob_service, f))
     assert isinstance(entry, RegularEntry) and entry.path == ()
     assert services.blob_service.has(entry.digest)
+
+
+def test_batch_of_deep_entries_is_stored_before_it_holds_too_many_names() -> None:
+    """Entries 2,000 directories deep hold paths of 2,000 names: a batch is released once its
+    paths hold BATCH_NAMES names, not only after BATCH_ENTRIES entries."""
+    from tvix_castore.blobservice.memory import MemoryBlobService
+    from tvix_castore.ingest.batch import BATCH_ENTRIES, BATCH_NAMES, SmallFileBatch
+
+    batch = SmallFileBatch(MemoryBlobService())
+    deep = tuple(b"d" for _ in range(2000))
+    added = 0
+    while not batch.full():
+        batch.add_entry(DirectoryEntry(deep[: 2000 - added % 10]))
+        added += 1
+    assert added < BATCH_ENTRIES
+    assert added * 1990 >= BATCH_NAMES
+    assert len(list(batch.flush())) == added and not batch.full()

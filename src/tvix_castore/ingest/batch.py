@@ -13,14 +13,16 @@ from collections.abc import Iterator
 from tvix_castore.blobservice import BlobService
 from tvix_castore.ingest.entries import EntryPath, IngestionEntry, RegularEntry
 
-__all__ = ["BATCH_BYTES", "BATCH_ENTRIES", "SMALL_FILE", "SmallFileBatch"]
+__all__ = ["BATCH_BYTES", "BATCH_ENTRIES", "BATCH_NAMES", "SMALL_FILE", "SmallFileBatch"]
 
 # Files below this size are stored in batches through ``put_many``: the LMDB store commits a
 # batch, chunked files included, in one transaction.
 SMALL_FILE = 1 << 20
-# A batch is stored once it holds this many bytes of small files, or this many entries.
+# A batch is stored once it holds this many bytes of small files, this many entries, or
+# entries whose paths hold this many names in all (a tree 2048 deep has paths that long).
 BATCH_BYTES = 4 * 1024 * 1024
 BATCH_ENTRIES = 1024
+BATCH_NAMES = 64 * 1024
 
 
 class SmallFileBatch:
@@ -37,20 +39,23 @@ class SmallFileBatch:
         self._entries: list[IngestionEntry | tuple[EntryPath, int, bool, int]] = []
         self._contents: list[bytes] = []
         self._bytes = 0
+        self._names = 0
 
     def add_entry(self, entry: IngestionEntry) -> None:
         """Queue an entry whose blob (if any) is stored already."""
         self._entries.append(entry)
+        self._names += len(entry.path)
 
     def add_file(self, path: EntryPath, size: int, executable: bool, contents: bytes) -> None:
         """Queue a small file; its blob is stored with the batch."""
         self._entries.append((path, size, executable, len(self._contents)))
         self._contents.append(contents)
         self._bytes += len(contents)
+        self._names += len(path)
 
     def full(self) -> bool:
         """Whether the batch should be stored now."""
-        return self._bytes >= BATCH_BYTES or len(self._entries) >= BATCH_ENTRIES
+        return self._bytes >= BATCH_BYTES or len(self._entries) >= BATCH_ENTRIES or self._names >= BATCH_NAMES
 
     def flush(self) -> Iterator[IngestionEntry]:
         """Store the batch's files; then its entries, in the order they came."""
@@ -59,6 +64,7 @@ class SmallFileBatch:
         self._entries = []
         self._contents = []
         self._bytes = 0
+        self._names = 0
         for entry in entries:
             if isinstance(entry, tuple):
                 path, size, executable, index = entry
