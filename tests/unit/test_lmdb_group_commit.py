@@ -41,38 +41,67 @@ def test_every_commit_flushes_its_pages_before_its_meta_page(store: LmdbStore) -
     assert flags["metasync"] is False
 
 
-def test_writes_queued_during_a_commit_go_out_in_one(store: LmdbStore) -> None:
+def _write_recording(
+    store: LmdbStore,
+    work: Callable[[lmdb.Transaction], object],
+    size: int,
+    outcomes: dict[object, BaseException | None],
+    key: object,
+) -> None:
+    """store.writes.write(work), its outcome (None or what it raised) put in outcomes[key]."""
+    try:
+        store.writes.write(store.env, work, size)
+        outcomes[key] = None
+    except BaseException as exc:  # recorded for the assertions
+        outcomes[key] = exc
+
+
+def _hold_a_commit(store: LmdbStore, key: bytes) -> tuple[threading.Thread, threading.Event]:
+    """A thread whose write (key -> 1) holds its commit open until the returned event is set;
+    returns once the write is inside its transaction."""
     table = store.table("blobs")
-    first_in = threading.Event()
-    release_first = threading.Event()
+    inside = threading.Event()
+    release = threading.Event()
 
     def slow(txn: lmdb.Transaction) -> None:
-        first_in.set()
-        release_first.wait(10)
-        txn.put(b"first", b"1", db=table)
+        inside.set()
+        release.wait(10)
+        txn.put(key, b"1", db=table)
 
     leader = threading.Thread(target=store.writes.write, args=(store.env, slow))
     leader.start()
-    assert first_in.wait(10)
+    assert inside.wait(10)
+    return leader, release
+
+
+def _queued_behind_a_held_commit(
+    store: LmdbStore, writes: list[tuple[Callable[[lmdb.Transaction], object], int]]
+) -> tuple[int, list[BaseException | None]]:
+    """Run writes (work, size) from threads of their own, queued in order behind a commit held
+    open until they all are; returns how many commits followed the held one, and each write's
+    outcome (None, or what it raised)."""
+    leader, release_first = _hold_a_commit(store, b"first")
     before = _last_txn(store.env)
-    followers = [
-        threading.Thread(
-            target=store.writes.write,
-            args=(store.env, lambda txn, i=i: txn.put(b"k%d" % i, b"v", db=table)),
-        )
-        for i in range(8)
-    ]
-    for t in followers:
+    outcomes: dict[object, BaseException | None] = {}
+    threads = []
+    for i, (work, size) in enumerate(writes):
+        t = threading.Thread(target=_write_recording, args=(store, work, size, outcomes, i))
         t.start()
-    deadline = time.monotonic() + 10
-    while _queued(store.writes) < 8 and time.monotonic() < deadline:
-        time.sleep(0.001)
-    assert _queued(store.writes) == 8
+        threads.append(t)
+        deadline = time.monotonic() + 10
+        while _queued(store.writes) < i + 1 and time.monotonic() < deadline:
+            time.sleep(0.001)
+        assert _queued(store.writes) == i + 1
     release_first.set()
-    for t in (leader, *followers):
+    for t in (leader, *threads):
         t.join(10)
-    # The leader's own commit, then one for all eight writes queued behind it.
-    assert _last_txn(store.env) == before + 2
+    return _last_txn(store.env) - before - 1, [outcomes[i] for i in range(len(writes))]
+
+
+def test_writes_queued_during_a_commit_go_out_in_one(store: LmdbStore) -> None:
+    table = store.table("blobs")
+    writes = [(lambda txn, i=i: txn.put(b"k%d" % i, b"v", db=table), 0) for i in range(8)]
+    assert _queued_behind_a_held_commit(store, writes) == (1, [None] * 8)
     with store.env.begin(db=table) as txn:
         assert txn.get(b"first") == b"1"
         assert all(txn.get(b"k%d" % i) == b"v" for i in range(8))
@@ -83,35 +112,9 @@ def test_a_group_holds_at_most_group_bytes(store: LmdbStore, monkeypatch: pytest
     dirty pages in memory until it commits)."""
     monkeypatch.setattr(store.writes, "GROUP_BYTES", 10)
     table = store.table("blobs")
-    first_in = threading.Event()
-    release_first = threading.Event()
-
-    def slow(txn: lmdb.Transaction) -> None:
-        first_in.set()
-        release_first.wait(10)
-        txn.put(b"first", b"1", db=table)
-
-    leader = threading.Thread(target=store.writes.write, args=(store.env, slow))
-    leader.start()
-    assert first_in.wait(10)
-    before = _last_txn(store.env)
-    writers = [
-        threading.Thread(
-            target=store.writes.write,
-            args=(store.env, lambda txn, i=i: txn.put(b"k%d" % i, b"v" * 4, db=table), 4),
-        )
-        for i in range(6)
-    ]
-    for t in writers:
-        t.start()
-    deadline = time.monotonic() + 10
-    while _queued(store.writes) < 6 and time.monotonic() < deadline:
-        time.sleep(0.001)
-    release_first.set()
-    for t in (leader, *writers):
-        t.join(10)
-    # The leader's commit, then groups of two 4-byte writes (a third would pass 10 bytes).
-    assert _last_txn(store.env) == before + 1 + 3
+    writes = [(lambda txn, i=i: txn.put(b"k%d" % i, b"v" * 4, db=table), 4) for i in range(6)]
+    # Groups of two 4-byte writes: a third would pass 10 bytes.
+    assert _queued_behind_a_held_commit(store, writes) == (3, [None] * 6)
     with store.env.begin(db=table) as txn:
         assert all(txn.get(b"k%d" % i) == b"vvvv" for i in range(6))
 
@@ -119,42 +122,19 @@ def test_a_group_holds_at_most_group_bytes(store: LmdbStore, monkeypatch: pytest
 def test_a_failing_write_fails_alone(store: LmdbStore) -> None:
     """A group whose commit fails is retried write by write: each thread gets its own outcome."""
     table = store.table("blobs")
-    first_in = threading.Event()
-    release_first = threading.Event()
-    errors: dict[str, BaseException | None] = {}
-
-    def run(name: str, work: Callable[[lmdb.Transaction], object]) -> None:
-        try:
-            store.writes.write(store.env, work)
-            errors[name] = None
-        except BaseException as exc:  # recorded for the assertions
-            errors[name] = exc
-
-    def slow(txn: lmdb.Transaction) -> None:
-        first_in.set()
-        release_first.wait(10)
 
     def bad(txn: lmdb.Transaction) -> None:
         txn.put(b"bad", b"x", db=table)
         raise ValueError("this write is refused")
 
-    leader = threading.Thread(target=run, args=("slow", slow))
-    leader.start()
-    assert first_in.wait(10)
-    threads = [
-        threading.Thread(target=run, args=("good1", lambda txn: txn.put(b"good1", b"1", db=table))),
-        threading.Thread(target=run, args=("bad", bad)),
-        threading.Thread(target=run, args=("good2", lambda txn: txn.put(b"good2", b"2", db=table))),
+    writes = [
+        (lambda txn: txn.put(b"good1", b"1", db=table), 0),
+        (bad, 0),
+        (lambda txn: txn.put(b"good2", b"2", db=table), 0),
     ]
-    for t in threads:
-        t.start()
-        while _queued(store.writes) < threads.index(t) + 1:
-            time.sleep(0.001)
-    release_first.set()
-    for t in (leader, *threads):
-        t.join(10)
-    assert errors["slow"] is None and errors["good1"] is None and errors["good2"] is None
-    assert isinstance(errors["bad"], ValueError)
+    _, outcomes = _queued_behind_a_held_commit(store, writes)
+    assert outcomes[0] is None and outcomes[2] is None
+    assert isinstance(outcomes[1], ValueError)
     with store.env.begin(db=table) as txn:
         assert txn.get(b"good1") == b"1" and txn.get(b"good2") == b"2"
         assert txn.get(b"bad") is None
@@ -213,17 +193,7 @@ def test_a_thread_interrupted_while_queued_leaves_the_queue(store: LmdbStore) ->
     would wait for ever behind it)."""
     assert threading.current_thread() is threading.main_thread()
     table = store.table("blobs")
-    inside = threading.Event()
-    release = threading.Event()
-
-    def slow(txn: lmdb.Transaction) -> None:
-        inside.set()
-        release.wait(10)
-        txn.put(b"slow", b"1", db=table)
-
-    leader = threading.Thread(target=store.writes.write, args=(store.env, slow))
-    leader.start()
-    assert inside.wait(10)
+    leader, release = _hold_a_commit(store, b"slow")
     interrupter = _interrupt_main_when(_in_queue(store.writes, 1))
     with pytest.raises(KeyboardInterrupt):
         store.writes.write(store.env, lambda txn: txn.put(b"main", b"1", db=table))
@@ -247,14 +217,10 @@ def test_a_leader_interrupted_hands_the_others_writes_on(store: LmdbStore) -> No
     inside = threading.Event()
     release = threading.Event()
     main_in = threading.Event()
-    outcomes: dict[str, BaseException | None] = {}
+    outcomes: dict[object, BaseException | None] = {}
 
     def record(name: str, work: Callable[[lmdb.Transaction], object]) -> None:
-        try:
-            store.writes.write(store.env, work)
-            outcomes[name] = None
-        except BaseException as exc:  # recorded for the assertions
-            outcomes[name] = exc
+        _write_recording(store, work, 0, outcomes, name)
 
     def hold(txn: lmdb.Transaction) -> None:
         inside.set()
