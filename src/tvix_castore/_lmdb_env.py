@@ -129,7 +129,12 @@ class GroupCommit:
                         write.work(txn)
                 for write in group:
                     write.done = True
-            except Exception:  # each write learns its own outcome below
+            except Exception as exc:
+                if len(group) == 1:  # its own error: nothing to tell apart by trying again
+                    group[0].error = exc
+                    group[0].done = True
+                    return
+                # Each write of the group learns its own outcome.
                 for write in group:
                     if not write.done:
                         try:
