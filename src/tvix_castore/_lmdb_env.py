@@ -433,4 +433,5 @@ def release_env(store: LmdbStore) -> None:
             _envs[store.path] = (env, tables, writes, users - 1)
             return
         del _envs[store.path]
+        _reader_checked.pop(id(env), None)  # the id may be another environment's next
         env.close()
