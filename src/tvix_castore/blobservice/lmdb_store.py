@@ -456,10 +456,9 @@ class LmdbBlobService(BlobService):
             for digest, chunk_list in indexes:
                 txn.put(digest, chunk_list, db=blobs_db, overwrite=False)
 
-        store = self._store
-        if store is None:
-            raise ClosedError("LMDB blob service is closed")
         with self._op("write"):
+            store = self._store
+            assert store is not None  # an operation runs only while the service is open
             store.writes.write(self._env, work, sum(len(data) for _, data in chunks))
 
 
