@@ -86,15 +86,15 @@ def _node(
         else:
             _file(writer, path, node, blob_service)
     elif isinstance(node, DirectoryNode):
-        directory = directory_service.get(node.digest)
-        if directory is None:
-            raise NarRenderError(f"directory {node.digest} not found (entry {format_path(path)!r})")
         if len(stack) == MAX_DEPTH:
             # Nix could neither have dumped such a tree nor unpack its NAR (see MAX_DEPTH).
             raise NarRenderError(
                 f"directory {node.digest} is nested more than {MAX_DEPTH} directories deep, "
                 f"deeper than a NAR may go (entry {format_path(path[:8])!r}…)"
             )
+        directory = directory_service.get(node.digest)
+        if directory is None:
+            raise NarRenderError(f"directory {node.digest} not found (entry {format_path(path)!r})")
         writer.begin_directory()
         stack.append((path, iter(directory.entries())))
     else:  # pragma: no cover - Node is a closed union
