@@ -181,13 +181,12 @@ def _whole(response: Any, length: int) -> BinaryIO:
     return cast(BinaryIO, io.BufferedReader(_Whole(response, length), _BUFFER))
 
 
-def fetch_bytes(url: str, limit: int, attempts: int = DOWNLOAD_ATTEMPTS) -> bytes | None:
+def fetch_bytes(url: str, limit: int) -> bytes | None:
     """The whole body at url (at most limit bytes), or None when absent.
 
-    Transient failures are tried again, a body cut short included, up to attempts in all (see
-    the module docstring).
+    Transient failures are tried again, a body cut short included (see the module docstring).
     """
-    return _attempts(lambda: _fetch_once(url, limit), attempts)
+    return _attempts(lambda: _fetch_once(url, limit), DOWNLOAD_ATTEMPTS)
 
 
 def _cut_short(exc: BaseException) -> bool:
