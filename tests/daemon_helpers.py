@@ -3,8 +3,9 @@ in-process daemon over LMDB, and a daemon subprocess.
 
 ``served`` gives the URL of a ``tvix_store.server.Daemon`` running in this process together with
 the LMDB services behind it, so a test can check through the backend itself that nothing was
-stored. ``daemon_proc`` runs ``.venv/bin/tvix-store daemon -l <sock>`` as a subprocess on its own
-embedded store and stops it (by PID) afterwards.
+stored; ``daemon_serving`` runs one in front of any services a test makes. ``daemon_proc``
+runs ``.venv/bin/tvix-store daemon -l <sock>`` as a subprocess on its own embedded store and
+stops it (by PID) afterwards.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,18 +49,28 @@ def short_dir() -> Iterator[Path]:
         shutil.rmtree(d, ignore_errors=True)
 
 
+@contextmanager
+def daemon_serving(services: Services, sock: str, max_workers: int = 16) -> Iterator[str]:
+    """A daemon in this process serving services on the unix socket sock; yields its URL.
+
+    Afterwards the daemon is stopped and the services are closed.
+    """
+    daemon = Daemon(services, sock, max_workers=max_workers)
+    try:
+        yield f"grpc+unix://{sock}"
+    finally:
+        daemon.stop(grace=2.0)
+        services.close()
+
+
 @pytest.fixture
 def served(tmp_path: Path, short_dir: Path) -> Iterator[Served]:
     """An in-process daemon over an LMDB store in tmp_path."""
     url = f"lmdb://{tmp_path / 'store'}"
     services = construct_services(url, url, url)
     sock = str(short_dir / "s.sock")
-    daemon = Daemon(services, sock, max_workers=16)
-    try:
-        yield Served(f"grpc+unix://{sock}", sock, services)
-    finally:
-        daemon.stop(grace=2.0)
-        services.close()
+    with daemon_serving(services, sock) as served_url:
+        yield Served(served_url, sock, services)
 
 
 def wait_for_socket(path: str, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:

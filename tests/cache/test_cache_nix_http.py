@@ -130,34 +130,34 @@ def test_cache_stores_nothing_in_near_when_the_blobs_did_not_arrive(tmp_path, ni
     """With a blob service that writes behind (gRPC) and refuses the blobs, a far hit must not
     leave near a PathInfo whose blobs never arrived (near is asked first, so far would never
     be asked again)."""
+    from daemon_helpers import daemon_serving
+
     from tvix_castore.blobservice.memory import MemoryBlobService
     from tvix_castore.directoryservice.memory import MemoryDirectoryService
     from tvix_castore.errors import StorageError
     from tvix_store.pathinfoservice.memory import MemoryPathInfoService
-    from tvix_store.server import Daemon
 
     class RefusingBlobs(MemoryBlobService):
         def _store(self, digest: object, data: bytes) -> None:
             raise StorageError("no room left")
 
-    sock = str(short_dir / "refusing.sock")
-    daemon = Daemon(Services(RefusingBlobs(), MemoryDirectoryService(), MemoryPathInfoService()), sock)
+    refusing = Services(RefusingBlobs(), MemoryDirectoryService(), MemoryPathInfoService())
     caches_dir = nix_closure["caches"]["none"].parent
     leaf = next(p for p in nix_closure["paths"] if p.endswith("-h6-leaf"))
     digest = StorePath.from_absolute_path(leaf).digest
     near = f"lmdb://{tmp_path / 'near'}"
-    try:
-        with static_server(caches_dir) as base:
-            url = f"cache://?near={near}&far={urllib.parse.quote(f'nix+{base}/cache-none', safe=':/')}"
-            services = construct_services(f"grpc+unix://{sock}", "memory://", url)
-            try:
-                with pytest.raises(StorageError, match="no room left"):
-                    services.path_info_service.get(digest)
-                assert services.path_info_service.get_held(digest) is None
-            finally:
-                services.close()
-    finally:
-        daemon.stop(grace=1.0)
+    with (
+        daemon_serving(refusing, str(short_dir / "refusing.sock")) as daemon_url,
+        static_server(caches_dir) as base,
+    ):
+        url = f"cache://?near={near}&far={urllib.parse.quote(f'nix+{base}/cache-none', safe=':/')}"
+        services = construct_services(daemon_url, "memory://", url)
+        try:
+            with pytest.raises(StorageError, match="no room left"):
+                services.path_info_service.get(digest)
+            assert services.path_info_service.get_held(digest) is None
+        finally:
+            services.close()
 
 
 @pytest.mark.nix

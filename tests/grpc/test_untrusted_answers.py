@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from daemon_helpers import daemon_serving
 from fixtures import PATH_INFO
 from tvix_cli import cli_env, one_line_error, tvix
 
@@ -30,7 +31,6 @@ from tvix_castore.errors import DataCorruption, StorageError
 from tvix_store.path_info import PathInfo
 from tvix_store.pathinfoservice import from_addr as path_info_from_addr
 from tvix_store.pathinfoservice.memory import MemoryPathInfoService
-from tvix_store.server import Daemon
 from tvix_store.services import Services
 
 MiB = 1024 * 1024
@@ -50,13 +50,9 @@ class _SwappedChunkLists(LmdbBlobService):
 @pytest.fixture
 def swapping(tmp_path: Path, short_dir: Path) -> Iterator[tuple[str, _SwappedChunkLists]]:
     blobs = _SwappedChunkLists(str(tmp_path / "store"))
-    sock = str(short_dir / "swap.sock")
-    daemon = Daemon(Services(blobs, MemoryDirectoryService(), MemoryPathInfoService()), sock, max_workers=8)
-    try:
-        yield f"grpc+unix://{sock}", blobs
-    finally:
-        daemon.stop(grace=1.0)
-        blobs.close()
+    services = Services(blobs, MemoryDirectoryService(), MemoryPathInfoService())
+    with daemon_serving(services, str(short_dir / "swap.sock"), max_workers=8) as url:
+        yield url, blobs
 
 
 def test_a_chunk_list_of_another_blob_is_refused(swapping: tuple[str, _SwappedChunkLists]) -> None:
@@ -121,14 +117,9 @@ class _LyingPathInfos(MemoryPathInfoService):
 @pytest.fixture
 def lying(tmp_path: Path, short_dir: Path) -> Iterator[tuple[str, _LyingPathInfos]]:
     infos = _LyingPathInfos()
-    blobs = LmdbBlobService(str(tmp_path / "store"))
-    sock = str(short_dir / "lie.sock")
-    daemon = Daemon(Services(blobs, MemoryDirectoryService(), infos), sock, max_workers=8)
-    try:
-        yield f"grpc+unix://{sock}", infos
-    finally:
-        daemon.stop(grace=1.0)
-        blobs.close()
+    services = Services(LmdbBlobService(str(tmp_path / "store")), MemoryDirectoryService(), infos)
+    with daemon_serving(services, str(short_dir / "lie.sock"), max_workers=8) as url:
+        yield url, infos
 
 
 def test_a_path_info_of_another_path_is_refused(lying: tuple[str, _LyingPathInfos]) -> None:
