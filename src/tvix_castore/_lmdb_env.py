@@ -15,10 +15,11 @@ Durability: every commit flushes its pages to disk before it writes the meta pag
 them current (LMDB's MDB_NOMETASYNC), so a crash of the machine at any point leaves the store as
 it was after some commit: never a meta page pointing at pages that did not reach the disk (LMDB
 has no page checksums, and would read such a store as damaged). The meta page itself is flushed
-by the next commit or ``LmdbStore.sync()``, which the path-info service calls after committing
-a PathInfo, so a PathInfo that was acknowledged stays. Each flush costs about a millisecond, and
-a daemon takes blobs many at a time: ``GroupCommit`` lets the writes of threads that find a
-commit under way go out together in the next one.
+by the next commit, or by a sync right after it: the path-info service's writes are
+``durable``, so a PathInfo that was acknowledged stays. Each flush costs about a millisecond,
+and a daemon takes blobs many at a time: every write of the three services goes through the
+store's ``GroupCommit``, which lets the writes of threads that find a commit under way go out
+together in the next one (and their syncs as one).
 
 Thread rules (py-lmdb "Threads"): open and finish every transaction inside one call on one
 thread; never hold a transaction across a generator ``yield``. Never open before ``fork()``.
@@ -59,11 +60,12 @@ _envs: dict[str, tuple[lmdb.Environment, dict[str, object], GroupCommit, int]] =
 class _Write:
     """One thread's work waiting in a GroupCommit; done once its outcome is known."""
 
-    __slots__ = ("done", "error", "size", "wake", "work")
+    __slots__ = ("done", "durable", "error", "size", "wake", "work")
 
-    def __init__(self, work: Callable[[lmdb.Transaction], object], size: int) -> None:
+    def __init__(self, work: Callable[[lmdb.Transaction], object], size: int, durable: bool) -> None:
         self.work = work
         self.size = size
+        self.durable = durable
         self.wake = threading.Event()  # set when done, or when it is this thread's turn to lead
         self.done = False
         self.error: Exception | None = None
@@ -79,6 +81,10 @@ class GroupCommit:
     commit fails is tried again one write at a time, so each thread gets the error of its own
     work only; work must therefore be safe to run twice (puts that do not overwrite are).
 
+    A write asked to be ``durable`` returns only once its commit's meta page is on disk too
+    (a commit flushes its pages, but its meta page only goes out with the next flush): the
+    group that carries it is followed by one sync for all its durable writes.
+
     A thread interrupted (KeyboardInterrupt) while it waits takes its work back out of the
     queue; one interrupted while it leads puts the writes it has not finished back at the
     front of the queue; either way it hands the lead on, so the others neither hang nor fail.
@@ -86,17 +92,25 @@ class GroupCommit:
 
     GROUP_BYTES = 64 * 1024 * 1024  # the dirty pages a transaction holds in memory until commit
 
-    def __init__(self) -> None:
+    def __init__(self, path: str) -> None:
+        self._path = path  # the store's directory, for errors
         self._lock = threading.Lock()
         self._queue: list[_Write] = []
         self._leader: _Write | None = None
 
-    def write(self, env: lmdb.Environment, work: Callable[[lmdb.Transaction], object], size: int = 0) -> None:
+    def write(
+        self,
+        env: lmdb.Environment,
+        work: Callable[[lmdb.Transaction], object],
+        size: int = 0,
+        durable: bool = False,
+    ) -> None:
         """Run work(txn) in a committed write transaction; raises what work or LMDB raised.
 
         size: about how many bytes work writes (for the group's size limit).
+        durable: return only once the commit is synced to disk, meta page included.
         """
-        mine = _Write(work, size)
+        mine = _Write(work, size, durable)
         with self._lock:
             self._queue.append(mine)
             if self._leader is None:
@@ -143,6 +157,14 @@ class GroupCommit:
                         except Exception as exc:  # handed to the thread it belongs to
                             write.error = exc
                         write.done = True
+            # The others are woken (in finally) only after this: their durable writes wait for it.
+            durable = [w for w in group if w.durable and w.error is None]
+            if durable:
+                try:
+                    _sync(self._path, env)
+                except StorageError as exc:  # committed, but not known to be on disk
+                    for write in durable:
+                        write.error = exc
         finally:
             with self._lock:
                 # Interrupted: the writes of others not finished go back to the front.
@@ -178,10 +200,6 @@ class LmdbStore:
     def table(self, name: str) -> object:
         """The handle of a named table (one of TABLES)."""
         return self.tables[name]
-
-    def sync(self) -> None:
-        """Flush all committed transactions to disk (fsync)."""
-        _sync(self.path, self.env)
 
     def sync_others(self) -> None:
         """Flush the other LMDB stores this process has open (fsync each).
@@ -290,7 +308,7 @@ def open_env(path: str) -> LmdbStore:
             shown = os.fsencode(real).decode("utf-8", "replace")
             text = str(exc).removeprefix(f"{real}: ").removeprefix(f"{shown}: ")
             raise StorageError(f"cannot open LMDB store at {real}: {text}{_map_limit(exc)}") from exc
-        writes = GroupCommit()
+        writes = GroupCommit(real)
         _envs[real] = (env, tables, writes, 1)
         return LmdbStore(real, env, tables, writes)
 

@@ -19,9 +19,9 @@ from typing import cast, final
 
 import lmdb
 
-from tvix_castore._lmdb_env import LmdbStore, begin_write, open_env, release_env
+from tvix_castore._lmdb_env import LmdbStore, open_env, release_env
 from tvix_castore.digests import blake3_digest
-from tvix_castore.errors import DataCorruption, StorageError
+from tvix_castore.errors import ClosedError, DataCorruption, StorageError
 from tvix_castore.nodes import Node
 from tvix_castore.proto_conv import node_to_proto
 
@@ -115,9 +115,17 @@ class LmdbNarCache(NarCache):
         """Remember the NAR size and SHA-256 of node."""
         _check(nar_size, nar_sha256)
         key = nar_cache_key(node)
+        value = _VALUE.pack(nar_size, nar_sha256)
+        db = self._db
+
+        def work(txn: lmdb.Transaction) -> None:
+            txn.put(key, value, db=db)
+
+        store = self._store
+        if store is None:
+            raise ClosedError("LMDB NAR cache is closed")
         try:
-            with begin_write(self._env, self._db) as txn:
-                txn.put(key, _VALUE.pack(nar_size, nar_sha256))
+            store.writes.write(self._env, work, len(value))
         except lmdb.Error as exc:
             raise StorageError(f"LMDB NAR cache: put: {exc}") from exc
 

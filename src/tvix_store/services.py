@@ -7,6 +7,7 @@ With no address given, every service is the embedded LMDB store in the data dire
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 
 from tvix_castore import blobservice, directoryservice
 from tvix_castore.blobservice import BlobService
@@ -77,6 +78,11 @@ class Services(Frozen):
         """
         self.blob_service.flush()
         return self.path_info_service.put(info)
+
+    def put_path_infos(self, infos: Sequence[PathInfo]) -> list[PathInfo]:
+        """Like ``put_path_info`` for several, in order (``PathInfoService.put_many``)."""
+        self.blob_service.flush()
+        return self.path_info_service.put_many(infos)
 
     def close(self) -> None:
         """Close all three services."""

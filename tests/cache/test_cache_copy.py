@@ -199,6 +199,41 @@ def test_downloads_started_early_are_used_or_abandoned(tmp_path, nix_closure):
     assert stored_paths(tmp_path / "store") == nix_closure["paths"]
 
 
+def test_the_closure_is_put_at_once_references_first(tmp_path, nix_closure, monkeypatch):
+    """The copied PathInfos go to the store in one put_many, each after its references: in the
+    LMDB store one commit and one sync for the closure, not two flushes a path."""
+    from tvix_store.binary_cache.copy import copy_closure
+    from tvix_store.binary_cache.download import parse_wanted_path
+    from tvix_store.pathinfoservice.lmdb_store import LmdbPathInfoService
+    from tvix_store.services import construct_services
+
+    batches = []
+    real_put_many = LmdbPathInfoService.put_many
+
+    def recording_put_many(self, infos):
+        batches.append(list(infos))
+        return real_put_many(self, infos)
+
+    monkeypatch.setattr(LmdbPathInfoService, "put_many", recording_put_many)
+    cache = f"file://{nix_closure['caches']['xz']}"
+    url = f"lmdb://{tmp_path / 'store'}"
+    services = construct_services(url, url, url)
+    try:
+        result = copy_closure(services, cache, [parse_wanted_path(nix_closure["top"])])
+    finally:
+        services.close()
+    assert len(batches) == 1
+    (batch,) = batches
+    assert sorted(i.store_path.absolute() for i in batch) == nix_closure["paths"]
+    assert result.copied == batch
+    position = {info.store_path: n for n, info in enumerate(batch)}
+    for info in batch:
+        for ref in info.references:
+            if ref != info.store_path:
+                assert position[ref] < position[info.store_path], (ref, info.store_path)
+    assert stored_paths(tmp_path / "store") == nix_closure["paths"]
+
+
 def test_early_start_hands_its_outcome_to_the_copy(tmp_path, nix_closure):
     """A path started early is asked for once: its narinfo, a verification failure or its
     absence is what the copy then gets, not asked for again."""

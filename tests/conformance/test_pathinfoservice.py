@@ -38,6 +38,18 @@ def test_put_get_list(path_info_service: PathInfoService) -> None:
     assert list(path_info_service.list()) == [PATH_INFO]
 
 
+def test_put_many(path_info_service: PathInfoService) -> None:
+    """put_many stores each PathInfo (a later one of the same path wins) and returns them in order."""
+    infos = [_info(n) for n in range(5)]
+    newer = infos[1].replace(nar_size=7)
+    assert path_info_service.put_many([*infos, newer]) == [*infos, newer]
+    assert path_info_service.get(infos[1].store_path.digest) == newer
+    for info in infos[:1] + infos[2:]:
+        assert path_info_service.get(info.store_path.digest) == info
+    assert len(list(path_info_service.list())) == 5
+    assert path_info_service.put_many([]) == []
+
+
 def test_list_empty(path_info_service: PathInfoService) -> None:
     """list of an empty service yields nothing."""
     assert list(path_info_service.list()) == []

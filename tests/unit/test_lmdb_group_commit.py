@@ -140,6 +140,89 @@ def test_a_failing_write_fails_alone(store: LmdbStore) -> None:
         assert txn.get(b"bad") is None
 
 
+def _record_syncs(monkeypatch: pytest.MonkeyPatch, fail: bool = False) -> list[str]:
+    """The paths _lmdb_env syncs from now on (each sync fails with StorageError if fail)."""
+    import tvix_castore._lmdb_env as lmdb_env
+    from tvix_castore.errors import StorageError
+
+    synced: list[str] = []
+    real_sync = lmdb_env._sync
+
+    def recording_sync(path: str, env: lmdb.Environment) -> None:
+        synced.append(path)
+        if fail:
+            raise StorageError(f"cannot sync LMDB store at {path}: disk gone")
+        real_sync(path, env)
+
+    monkeypatch.setattr(lmdb_env, "_sync", recording_sync)
+    return synced
+
+
+def _durable_write_recording(
+    store: LmdbStore,
+    work: Callable[[lmdb.Transaction], object],
+    outcomes: dict[object, BaseException | None],
+    key: object,
+) -> None:
+    try:
+        store.writes.write(store.env, work, 0, durable=True)
+        outcomes[key] = None
+    except BaseException as exc:  # recorded for the assertions
+        outcomes[key] = exc
+
+
+def _group_behind_a_held_commit(store: LmdbStore, durable: list[bool]) -> list[BaseException | None]:
+    """Writes k<i> -> v (durable or not) queued behind a held commit, so they go out in one
+    group; their outcomes."""
+    table = store.table("blobs")
+    leader, release_first = _hold_a_commit(store, b"first")
+    outcomes: dict[object, BaseException | None] = {}
+    threads = []
+    for i, wants_sync in enumerate(durable):
+        work = lambda txn, i=i: txn.put(b"k%d" % i, b"v", db=table)  # noqa: E731
+        if wants_sync:
+            t = threading.Thread(target=_durable_write_recording, args=(store, work, outcomes, i))
+        else:
+            t = threading.Thread(target=_write_recording, args=(store, work, 0, outcomes, i))
+        t.start()
+        threads.append(t)
+        deadline = time.monotonic() + 10
+        while _queued(store.writes) < i + 1 and time.monotonic() < deadline:
+            time.sleep(0.001)
+    before = _last_txn(store.env)
+    release_first.set()
+    for t in (leader, *threads):
+        t.join(10)
+    assert _last_txn(store.env) == before + 2  # the held commit, then the group
+    return [outcomes[i] for i in range(len(durable))]
+
+
+def test_durable_writes_of_a_group_share_one_sync(store: LmdbStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A durable write (a PathInfo) is followed by a sync of the meta page its commit left in
+    the page cache; the durable writes of one group share one, and a group without any
+    (blobs, Directories) has none."""
+    synced = _record_syncs(monkeypatch)
+    assert _group_behind_a_held_commit(store, [False, True, True, False]) == [None] * 4
+    assert synced == [store.path]
+    synced.clear()
+    assert _group_behind_a_held_commit(store, [False, False]) == [None] * 2
+    assert synced == []
+
+
+def test_a_failed_sync_fails_the_durable_writes_only(
+    store: LmdbStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When the sync after a group fails, its durable writes report it (they are not known to be
+    on disk); the others were only promised a commit, and have it."""
+    from tvix_castore.errors import StorageError
+
+    _record_syncs(monkeypatch, fail=True)
+    outcomes = _group_behind_a_held_commit(store, [True, False, True])
+    assert isinstance(outcomes[0], StorageError) and "disk gone" in str(outcomes[0])
+    assert outcomes[1] is None
+    assert isinstance(outcomes[2], StorageError)
+
+
 def test_concurrent_blob_puts_share_commits(tmp_path: Path) -> None:
     """64 threads putting small blobs at once (a daemon's uploads) need far fewer commits."""
     service = LmdbBlobService(str(tmp_path / "store"))
@@ -266,18 +349,10 @@ def test_a_path_info_put_syncs_data_kept_in_another_store(
 ) -> None:
     """With blobs in one LMDB directory and PathInfos in another, our commit does not flush the
     other store's last meta page: it is synced before the PathInfo goes in."""
-    import tvix_castore._lmdb_env as lmdb_env
     from tvix_store.import_path import import_path
     from tvix_store.services import construct_services
 
-    synced: list[str] = []
-    real_sync = lmdb_env._sync
-
-    def recording_sync(path: str, env: lmdb.Environment) -> None:
-        synced.append(path)
-        real_sync(path, env)
-
-    monkeypatch.setattr(lmdb_env, "_sync", recording_sync)
+    synced = _record_syncs(monkeypatch)
     data, infos = tmp_path / "data", tmp_path / "infos"
     services = construct_services(f"lmdb://{data}", f"lmdb://{data}", f"lmdb://{infos}")
     try:
@@ -288,3 +363,39 @@ def test_a_path_info_put_syncs_data_kept_in_another_store(
         services.close()
     # The data store before the PathInfo's own store (whose put syncs it afterwards).
     assert synced[:2] == [str(data), str(infos)], synced
+
+
+def test_put_many_path_infos_is_one_commit_and_one_sync(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A closure's PathInfos put together (copy) cost one commit and one sync, not two flushes
+    each; all of them are visible afterwards."""
+    import hashlib
+
+    from fixtures import CASTORE_NODE_HELLOWORLD
+
+    from nix_compat.store_path import StorePath
+    from tvix_store.path_info import PathInfo
+    from tvix_store.pathinfoservice.lmdb_store import LmdbPathInfoService
+
+    service = LmdbPathInfoService(str(tmp_path / "store"))
+    try:
+        store = service._store
+        assert store is not None
+        infos = [
+            PathInfo(
+                store_path=StorePath(hashlib.sha1(b"%d" % n).digest(), f"p{n}"),
+                node=CASTORE_NODE_HELLOWORLD,
+                nar_size=n + 1,
+                nar_sha256=hashlib.sha256(b"%d" % n).digest(),
+            )
+            for n in range(50)
+        ]
+        synced = _record_syncs(monkeypatch)
+        before = _last_txn(store.env)
+        assert service.put_many(infos) == infos
+        assert _last_txn(store.env) == before + 1
+        assert synced == [store.path]
+        assert all(service.get(info.store_path.digest) == info for info in infos)
+    finally:
+        service.close()

@@ -20,7 +20,7 @@ from typing import cast, final
 
 import lmdb
 
-from tvix_castore._lmdb_env import LmdbStore, begin_write, lmdb_errors, open_env, path_from_url, release_env
+from tvix_castore._lmdb_env import LmdbStore, lmdb_errors, open_env, path_from_url, release_env
 from tvix_castore.digests import B3Digest, blake3_digest
 from tvix_castore.directory import Directory
 from tvix_castore.directoryservice import DirectoryService
@@ -122,9 +122,17 @@ class LmdbDirectoryService(DirectoryService):
             raise DataCorruption(f"directory {digest} in {self.path} does not decode: {exc}") from exc
 
     def _write(self, directories: list[Directory]) -> None:
-        if self._store is None:
+        store = self._store
+        if store is None:
             raise ClosedError("LMDB directory service is closed")
-        with lmdb_errors(self.path, "directory", "put"), begin_write(self._env, self._db) as txn:
-            for directory in directories:
+        db = self._db
+        items = [(bytes(directory.digest()), directory.encode()) for directory in directories]
+
+        def work(txn: lmdb.Transaction) -> None:
+            for digest, encoded in items:
                 # NOOVERWRITE: a present Directory has the same bytes; don't rewrite its pages.
-                txn.put(directory.digest(), directory.encode(), overwrite=False)
+                txn.put(digest, encoded, db=db, overwrite=False)
+
+        # In a group commit with the writes of other threads (a daemon, a copy's workers).
+        with lmdb_errors(self.path, "directory", "put"):
+            store.writes.write(self._env, work, sum(len(encoded) for _, encoded in items))

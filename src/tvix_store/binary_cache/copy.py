@@ -301,9 +301,12 @@ def _put_all(
     result: CopyResult,
     on_path: Callable[[PathInfo], object] | None,
 ) -> None:
-    """Put the PathInfos of the copied paths, each after those it refers to; record each."""
-    for info in _references_first(infos):
-        services.put_path_info(info)
+    """Put the PathInfos of the copied paths, references first, in one go; record each.
+
+    The store may commit them together (LMDB: one transaction and one flush for the closure,
+    where a put each cost two flushes a path): none is visible before those it refers to.
+    """
+    for info in services.put_path_infos(_references_first(infos)):
         result.copied.append(info)
         if on_path is not None:
             on_path(info)

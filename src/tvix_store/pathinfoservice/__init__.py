@@ -9,7 +9,7 @@ Implementations validate on put (PathInfo objects are validated at construction)
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Protocol
 
 from tvix_castore.blobservice import BlobService
@@ -45,6 +45,14 @@ class PathInfoService(abc.ABC):
     @abc.abstractmethod
     def put(self, info: PathInfo) -> PathInfo:
         """Store (or overwrite) info; returns what was stored (maybe with more signatures)."""
+
+    def put_many(self, infos: Sequence[PathInfo]) -> list[PathInfo]:
+        """Store infos in order, each as ``put`` would; what was stored, in the same order.
+
+        None becomes visible before those ahead of it (a closure goes references first). A
+        backend may store them all at once (LMDB: one transaction); this one puts them singly.
+        """
+        return [self.put(info) for info in infos]
 
     @abc.abstractmethod
     def list(self) -> Iterator[PathInfo]:

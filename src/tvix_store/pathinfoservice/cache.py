@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import final
 
 from tvix_castore.blobservice import BlobService
@@ -79,6 +79,10 @@ class CachePathInfoService(PathInfoService):
     def put(self, info: PathInfo) -> PathInfo:
         """Store in near."""
         return self.near.put(info)
+
+    def put_many(self, infos: Sequence[PathInfo]) -> list[PathInfo]:
+        """Store in near, as near stores several."""
+        return self.near.put_many(infos)
 
     def list(self) -> Iterator[PathInfo]:
         """The near side's PathInfos (far may be too big, or unable, to list)."""

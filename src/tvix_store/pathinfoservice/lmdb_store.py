@@ -14,8 +14,9 @@ before its meta page makes it current (see ``_lmdb_env``). A PathInfo is what ma
 path visible, and it is committed after every blob and Directory it points to, so a crash at
 any point leaves either no PathInfo or one whose data is all on disk. Blobs and Directories
 kept in another LMDB directory are synced first (their last meta page is not flushed by our
-commit). ``put`` then syncs once more, flushing the PathInfo commit's own meta page: a
-PathInfo that ``put`` returned stays.
+commit). The write is ``durable``: a sync follows its commit, flushing the commit's own meta
+page, so a PathInfo that ``put`` returned stays. ``put_many`` stores several in one commit and
+one sync (a copy's closure, references first, becomes visible at once).
 
 ``list`` reads in batches, one short read transaction each, resuming after the last key seen;
 no transaction stays open while the generator is suspended.
@@ -24,12 +25,12 @@ no transaction stays open while the generator is suspended.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, cast, final
 
 import lmdb
 
-from tvix_castore._lmdb_env import LmdbStore, begin_write, lmdb_errors, open_env, path_from_url, release_env
+from tvix_castore._lmdb_env import LmdbStore, lmdb_errors, open_env, path_from_url, release_env
 from tvix_castore.blobservice import BlobService
 from tvix_castore.digests import B3_LEN, blake3_digest
 from tvix_castore.directoryservice import DirectoryService
@@ -92,19 +93,30 @@ class LmdbPathInfoService(PathInfoService):
 
     def put(self, info: PathInfo) -> PathInfo:
         """Store info durably, replacing any old one (after its data, by commit order)."""
+        return self.put_many([info])[0]
+
+    def put_many(self, infos: Sequence[PathInfo]) -> list[PathInfo]:
+        """Store infos durably in one transaction: they become visible together, one flush."""
         store = self._store
         if store is None:
             raise ClosedError("LMDB path info service is closed")
-        encoded = encode_path_info(info)
-        value = _CHECKED + blake3_digest(encoded) + encoded
+        if not infos:
+            return []
+        db = self._db
+        items = []
+        for info in infos:
+            encoded = encode_path_info(info)
+            items.append((info.store_path.digest, _CHECKED + blake3_digest(encoded) + encoded))
+
+        def work(txn: lmdb.Transaction) -> None:
+            for digest, value in items:
+                txn.put(digest, value, db=db)
+
+        what = f"put {infos[0].store_path.basename()}" if len(infos) == 1 else f"put {len(infos)} PathInfos"
         store.sync_others()
-        with (
-            lmdb_errors(self.path, "path info", f"put {info.store_path.basename()}"),
-            begin_write(self._env, self._db) as txn,
-        ):
-            txn.put(info.store_path.digest, value)
-        store.sync()
-        return info
+        with lmdb_errors(self.path, "path info", what):
+            store.writes.write(self._env, work, sum(len(value) for _, value in items), durable=True)
+        return list(infos)
 
     def list(self) -> Iterator[PathInfo]:
         """Every PathInfo, in key order, read in batches."""
