@@ -28,6 +28,7 @@ thread; never hold a transaction across a generator ``yield``. Never open before
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import stat
 import threading
@@ -289,6 +290,7 @@ def open_env(path: str) -> LmdbStore:
         try:
             os.makedirs(real, exist_ok=True)
             _refuse_unusable_store_files(real)
+            _reserve_lock_file(real)
             env, read_only = _open_lmdb(real)
             try:
                 if not read_only:
@@ -315,7 +317,6 @@ def open_env(path: str) -> LmdbStore:
 
 def _map_limit(exc: BaseException) -> str:
     """Why the map could not be made, when an address-space limit (``ulimit -v``) is the cause."""
-    import errno
     import resource
 
     if getattr(exc, "errno", None) != errno.ENOMEM and "Cannot allocate memory" not in str(exc):
@@ -327,6 +328,63 @@ def _map_limit(exc: BaseException) -> str:
         f" (the store maps {_MAP_SIZE >> 30} GiB of address space, which takes no memory, but "
         f"this process may use only {limit >> 20} MiB of it: raise `ulimit -v`)"
     )
+
+
+# LMDB's lock file: a 192-byte header holding the first reader slot, then 64 bytes for each
+# further one (x86-64; elsewhere LMDB sizes the file as it needs, which is harmless).
+_LOCK_FILE_SIZE = 192 + (_MAX_READERS - 1) * 64
+
+
+def _reserve_lock_file(directory: str) -> None:
+    """Give lock.mdb its disk blocks before LMDB maps it, so a full filesystem is an error.
+
+    LMDB makes the lock file by extending it (sparse) and then writes it through a shared map:
+    on a full filesystem, the first store to a page without a block kills the process with
+    SIGBUS (opening a new store there; or later, a reader taking a slot on a fresh page).
+    ``fallocate`` gives every page its block without writing anything, so it is safe while
+    other processes use the file. Where the file cannot be opened for writing (a read-only
+    store) or the filesystem cannot allocate ahead, this does nothing and LMDB goes on as ever.
+
+    Raises:
+        StorageError: there is no room for the lock file.
+
+    """
+    path = os.path.join(directory, "lock.mdb")
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
+    except OSError:
+        return  # LMDB will say what is wrong with it, or open the store read-only
+    try:
+        st = os.fstat(fd)
+        size = st.st_size or _LOCK_FILE_SIZE
+        if not stat.S_ISREG(st.st_mode) or st.st_blocks * 512 >= size:
+            return
+        error = _fallocate(fd, size)
+    finally:
+        os.close(fd)
+    if error in (errno.ENOSPC, errno.EDQUOT):
+        raise StorageError(
+            f"cannot open LMDB store at {directory}: no space left on its filesystem "
+            f"for its lock file ({size} bytes)"
+        )
+
+
+def _fallocate(fd: int, size: int) -> int:
+    """Allocate bytes 0..size of fd (the file grows to size if smaller); 0 or the errno.
+
+    Linux's fallocate(2) itself, not ``os.posix_fallocate``: where the filesystem cannot
+    allocate ahead, glibc's posix_fallocate writes a zero byte into each block that reads as
+    zero, which could undo a concurrent write of the lock file by another process.
+    """
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    call = libc.fallocate64
+    call.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64)
+    call.restype = ctypes.c_int
+    if call(fd, 0, 0, size) == 0:
+        return 0
+    return ctypes.get_errno()
 
 
 def _open_lmdb(directory: str) -> tuple[lmdb.Environment, bool]:

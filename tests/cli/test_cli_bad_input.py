@@ -4,6 +4,7 @@ and nothing new in the store (``path-info --all`` prints nothing).
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import signal
@@ -226,6 +227,47 @@ def test_full_disk(tmp_path: Path, small_filesystem: Path) -> None:
     printed = tvix(store, "import", str(small)).stdout.decode().strip()
     assert all_paths(store).decode().count("StorePath: ") == 1
     assert printed.endswith("-small-file")
+
+
+def _fill(filesystem: Path) -> None:
+    """Fill filesystem up with one file."""
+    with open(filesystem / "filler", "wb") as f:
+        try:
+            while True:
+                f.write(b"\0" * 65536)
+                f.flush()
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC, exc
+
+
+def test_lock_file_is_allocated_so_a_full_disk_is_an_error(tmp_path: Path, small_filesystem: Path) -> None:
+    """LMDB extends its lock file sparse and writes it through a map: on a full filesystem a
+    store to a page without a block killed the process with SIGBUS (a new store there, or a
+    reader taking a fresh slot of an existing one). The lock file gets all its blocks when the
+    store opens; where there is no room for them, opening fails with an error."""
+    f = tmp_path / "f"
+    f.write_bytes(b"fits\n")
+    store = small_filesystem / "store"
+    tvix(store, "import", str(f))
+    lock = os.stat(store / "lock.mdb")
+    assert lock.st_blocks * 512 >= lock.st_size > 60_000  # every reader slot has its block
+
+    # A lock file left sparse (by a store made before this, or by LMDB itself) on a full disk.
+    sparse = small_filesystem / "sparse"
+    tvix(sparse, "import", str(f))
+    with open(sparse / "lock.mdb", "wb") as lock_file:
+        lock_file.truncate(lock.st_size)
+    _fill(small_filesystem)
+    for s in (small_filesystem / "new", sparse):
+        for args in (["path-info", "--all"], ["import", str(f)]):
+            res = tvix(s, *args, check=False)
+            assert res.returncode == 1, (s, args, res)
+            assert one_line_error(res) == (
+                f"error: cannot open LMDB store at {s}: no space left on its filesystem "
+                f"for its lock file ({lock.st_size} bytes)"
+            )
+    # The store whose lock file has its blocks is read as ever.
+    assert all_paths(store).decode().count("StorePath: ") == 1
 
 
 def test_blobs_that_never_arrived_leave_no_path_info(tmp_path: Path, short_dir: Path) -> None:
