@@ -270,6 +270,30 @@ def test_lock_file_is_allocated_so_a_full_disk_is_an_error(tmp_path: Path, small
     assert all_paths(store).decode().count("StorePath: ") == 1
 
 
+def test_a_daemon_on_a_full_disk_answers_and_says_why(
+    tmp_path: Path, small_filesystem: Path, short_dir: Path
+) -> None:
+    """A daemon whose store fills up refuses the upload with INTERNAL, logs what failed (its
+    operator sees nothing of the client's error), keeps serving, and stores no PathInfo."""
+    from daemon_helpers import start_daemon
+
+    daemon = start_daemon(small_filesystem / "store", str(short_dir / "d.sock"))
+    try:
+        _fill(small_filesystem)
+        big = tmp_path / "big"
+        big.write_bytes(os.urandom(2 * 1024 * 1024))
+        res = tvix(tmp_path / "client", *daemon.addr_flags(), "import", str(big), check=False)
+        assert res.returncode == 1 and "INTERNAL" in one_line_error(res), res
+        listed = tvix(tmp_path / "client", *daemon.addr_flags(), "path-info", "--all")
+        assert listed.stdout == b""
+    finally:
+        assert daemon.stop() == 0
+    assert daemon.proc.stderr is not None
+    log = daemon.proc.stderr.read().decode()
+    warnings = [line for line in log.splitlines() if "storing a blob failed" in line]
+    assert warnings and "No space left on device" in warnings[0], log
+
+
 def test_blobs_that_never_arrived_leave_no_path_info(tmp_path: Path, short_dir: Path) -> None:
     """Blobs written behind to a daemon that is not there, PathInfos in a local store: the
     import fails and the local store gets no PathInfo pointing at the missing blobs."""

@@ -216,6 +216,7 @@ class BlobServicer:
             abort(context, grpc.StatusCode.CANCELLED, "upload cancelled")
         except StoreError as exc:
             writer.abort()
+            log.warning("storing a blob failed: %s", exc)
             abort(context, unless_unavailable(exc, grpc.StatusCode.INTERNAL), f"error copying: {exc}")
         except BaseException:
             writer.abort()
@@ -231,6 +232,7 @@ class BlobServicer:
             # before this answer says it is stored.
             self._blobs.flush(digest)
         except StoreError as exc:
+            log.warning("storing a blob failed: %s", exc)
             abort(context, unless_unavailable(exc, grpc.StatusCode.INTERNAL), f"error closing stream: {exc}")
         log.debug("stored blob %s", digest)
         return pb.PutBlobResponse(digest=digest)
