@@ -246,9 +246,10 @@ def test_waiting_calls_are_refused_once_every_thread_is_stuck() -> None:
     pool = ElasticThreadPool(max_workers=2, core=2, refuse_after=0.2)
     release = threading.Event()
     try:
+        # Before the stuck calls start: the pool counts refuse_after from their start.
+        started = time.monotonic()
         stuck = [pool.submit(release.wait, 30) for _ in range(2)]
         _wait_until(lambda: all(f.running() for f in stuck))
-        started = time.monotonic()
         waiting = [pool.submit(overloaded) for _ in range(3)]
         assert [f.result(timeout=10) for f in waiting] == [True] * 3
         assert time.monotonic() - started >= 0.2

@@ -170,12 +170,16 @@ class ElasticThreadPool(Executor):
                 future, fn, args, kwargs = self._queue.popleft()
                 self._started[me] = self._progress = time.monotonic()
             try:
-                _run(future, fn, args, kwargs)
+                _run(future, fn, args, kwargs, lambda: self._call_ended(me))
             finally:
                 del future, fn, args, kwargs
-                with self._lock:
-                    del self._started[me]
-                    self._progress = time.monotonic()
+                self._call_ended(me)
+
+    def _call_ended(self, me: int) -> None:
+        """Record that the call of worker me ended (once; later calls for it do nothing)."""
+        with self._lock:
+            if self._started.pop(me, None) is not None:
+                self._progress = time.monotonic()
 
     def _wait_for_work(self) -> bool:
         """Wait (lock held) up to the idle timeout for an item; False if it timed out idle."""
@@ -290,12 +294,27 @@ class OverloadGuard(grpc.ServerInterceptor):  # type: ignore[misc]
         return replace_behaviour(handler, guard)
 
 
-def _run(future: Future[Any], fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-    """Run one call into its future (a function of its own: no result outlives the call)."""
+def _run(
+    future: Future[Any],
+    fn: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    ended: Callable[[], None] | None = None,
+) -> None:
+    """Run one call into its future (a function of its own: no result outlives the call).
+
+    ended, if given, runs once fn has returned and before the future has its outcome: whoever
+    waits for the future then finds the call over in the pool's books too (else a call submitted
+    right after could be judged as waiting behind threads that are all stuck).
+    """
     if future.set_running_or_notify_cancel():
         try:
             result = fn(*args, **kwargs)
         except BaseException as exc:
+            if ended is not None:
+                ended()
             future.set_exception(exc)
         else:
+            if ended is not None:
+                ended()
             future.set_result(result)
