@@ -346,8 +346,15 @@ def test_read_nowait_checks_chunks_itself(lmdb_vfs: tuple[Vfs, bytes, int]) -> N
     v.release(fh)
 
 
-def test_read_helper_prepares_sequential_reads(lmdb_vfs: tuple[Vfs, bytes, int]) -> None:
+def test_read_helper_prepares_sequential_reads(
+    lmdb_vfs: tuple[Vfs, bytes, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """With the read helper started, sequential READs come from its windows, byte-exact."""
+    import tvix_castore.fs.windows as windows_module
+
+    # A READ waits this long for the window the helper is filling (5 ms in the mount): on a
+    # loaded machine the helper can take longer, and the READ is then answered the usual way.
+    monkeypatch.setattr(windows_module, "WAIT_SECONDS", 2.0)
     v, data, ino = lmdb_vfs
     v.start_helpers()
     assert v._windows is not None
