@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import subprocess
@@ -12,6 +13,7 @@ from cache_helpers import COMPRESSIONS, NIX, _sri_to_nix, assert_same_as_nix, st
 from tvix_cli import all_paths, nix_dump, nix_store, one_line_error, tvix
 
 from nix_compat.narinfo import NarInfo
+from nix_compat.store_path import StorePath
 
 pytestmark = pytest.mark.nix
 
@@ -116,6 +118,71 @@ def test_nar_hash_mismatch(tmp_path, nix_closure):
     data[i : i + 6] = b"LINE 5"
     nar.write_bytes(bytes(data))
     _check_refused(tmp_path, cache, nix_closure, "NarHash mismatch", leaf)
+
+
+def _edit_narinfo_line(cache: Path, path: str, field: str, value: str) -> None:
+    """Set a field of path's narinfo (the caches here are unsigned, or no signature covers it)."""
+    f = _narinfo_of(cache, path)
+    lines = [
+        f"{field}: {value}" if line.startswith(f"{field}: ") else line for line in f.read_text().splitlines()
+    ]
+    assert f"{field}: {value}" in lines
+    f.write_text("\n".join(lines) + "\n")
+
+
+def test_nar_size_mismatch(tmp_path, nix_closure):
+    """A NarSize the NAR does not have is refused even when NarHash matches (an unsigned cache)."""
+    cache = _broken_cache(tmp_path, nix_closure)
+    leaf = _leaf(nix_closure)
+    ni = NarInfo.parse(_narinfo_of(cache, leaf).read_text())
+    _edit_narinfo_line(cache, leaf, "NarSize", str(ni.nar_size + 8))
+    _check_refused(tmp_path, cache, nix_closure, "NarSize mismatch", leaf, f"says {ni.nar_size + 8}")
+
+
+@pytest.mark.parametrize("compression", ["xz", "none"])
+def test_file_size_and_hash_mismatch(tmp_path, nix_closure, compression):
+    """FileSize and FileHash describe the downloaded (compressed) file: a cache that misstates
+    either is refused, though the NAR inside is fine."""
+    from nix_compat import nixbase32
+
+    leaf = _leaf(nix_closure)
+    for field, value, words in (
+        ("FileSize", None, ("FileSize mismatch", leaf)),
+        (
+            "FileHash",
+            "sha256:" + nixbase32.encode(hashlib.sha256(b"other bytes").digest()),
+            ("FileHash mismatch", leaf),
+        ),
+    ):
+        cache = _broken_cache(tmp_path / field, nix_closure, compression)
+        ni = NarInfo.parse(_narinfo_of(cache, leaf).read_text())
+        assert ni.file_size is not None and ni.file_hash is not None
+        _edit_narinfo_line(cache, leaf, field, value or str(ni.file_size + 1))
+        _check_refused(tmp_path / field, cache, nix_closure, *words)
+
+
+def test_a_narinfo_of_another_path_is_refused(tmp_path, nix_closure):
+    """<hash>.narinfo must describe that store path: one that describes another (even a good,
+    signed one) is refused by copy and by the nix+http path info service, and nothing is stored."""
+    from tvix_store.binary_cache import BinaryCacheError
+    from tvix_store.pathinfoservice.nix_http import NixHttpPathInfoService
+    from tvix_store.services import construct_services
+
+    cache = tmp_path / "cache"
+    shutil.copytree(nix_closure["caches"]["signed"], cache)
+    leaf = _leaf(nix_closure)
+    other = next(p for p in nix_closure["paths"] if p not in (leaf, nix_closure["top"]))
+    shutil.copy(_narinfo_of(cache, other), _narinfo_of(cache, leaf))
+    _check_refused(
+        tmp_path, cache, nix_closure, "narinfo is for another store path", other, keys=nix_closure["pk"]
+    )
+    services = construct_services("memory://", "memory://", "memory://")
+    try:
+        service = NixHttpPathInfoService(f"file://{cache}", services.blob_service, services.directory_service)
+        with pytest.raises(BinaryCacheError, match="narinfo is for another store path"):
+            service.get(StorePath.from_absolute_path(leaf).digest)
+    finally:
+        services.close()
 
 
 @pytest.mark.parametrize("compression", COMPRESSIONS)
@@ -322,3 +389,53 @@ def test_ca_paths_of_other_kinds_and_hashes_are_copied(tmp_path):
     assert "CA: fixed:r:sha1:" in text and "CA: fixed:sha512:" in text, text
     for p in added:
         assert tvix(store, "nar", p).stdout == nix_dump(root / p.lstrip("/"))
+
+
+_SELF_REFERENCING_CA = r"""
+derivation {
+  name = "h6-selfref";
+  system = builtins.currentSystem;
+  builder = "/bin/sh";
+  args = [ "-c" "echo $out > $out" ];
+  __contentAddressed = true;
+  outputHashMode = "recursive";
+  outputHashAlgo = "sha256";
+}
+"""
+
+
+def test_a_self_referencing_ca_path_built_by_nix(tmp_path):
+    """A content-addressed derivation whose output names itself (Nix's ``ca-derivations``): its
+    path is the spec's "source" path with ``:self`` (§5.4), and copy checks its CA line modulo
+    its own hash part and takes it, self reference included."""
+    from nix_compat import nixbase32
+    from nix_compat.store_path import build_nar_sha256_path
+
+    if shutil.which("nix-build") is None:
+        pytest.skip("nix not installed")
+    expr = tmp_path / "selfref.nix"
+    expr.write_text(_SELF_REFERENCING_CA)
+    features = ["--extra-experimental-features", "nix-command ca-derivations"]
+    built = subprocess.run(
+        ["nix-build", *features, "--option", "substituters", "", "--no-out-link", str(expr)],
+        capture_output=True,
+        timeout=600,
+    )
+    assert built.returncode == 0, built.stderr.decode()
+    path = built.stdout.decode().strip()
+    (info,) = json.loads(subprocess.check_output(["nix", *features, "path-info", "--json", path], timeout=60))
+    assert info["references"] == [path]
+    ca = info["ca"]
+    assert ca.startswith("fixed:r:sha256:")
+    name = path.split("-", 1)[1]
+    digest = nixbase32.decode(ca.removeprefix("fixed:r:sha256:"))
+    assert build_nar_sha256_path(name, digest, [], self_reference=True).absolute() == path
+    assert build_nar_sha256_path(name, digest, []).absolute() != path
+
+    cache = tmp_path / "cache"
+    subprocess.run([*NIX, "copy", "--to", f"file://{cache}?compression=xz", path], check=True, timeout=600)
+    store = tmp_path / "store"
+    tvix(store, "copy", "--from", f"file://{cache}", path)
+    text = all_paths(store).decode()
+    assert f"CA: {ca}" in text and f"References: {path.removeprefix('/nix/store/')}" in text, text
+    assert tvix(store, "nar", path).stdout == nix_dump(path)
