@@ -172,11 +172,27 @@ def test_bad_urls(url: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "url", ["grpc+http://[::1]:12345", "grpc+http://localhost:8000", "grpc+unix:///a/b.sock"]
+    ("url", "target", "tls"),
+    [
+        ("grpc+http://[::1]:12345", "[::1]:12345", False),
+        ("grpc+http://localhost:8000", "localhost:8000", False),
+        ("grpc+unix:///a/b.sock", "unix:/a/b.sock", False),
+        ("grpc+https://example.org:443", "example.org:443", True),
+    ],
 )
-def test_good_urls(url: str) -> None:
-    """Well-formed gRPC URLs build a (lazily connecting) client."""
-    blob_from_addr(url).close()
+def test_good_urls(url: str, target: str, tls: bool) -> None:
+    """Well-formed gRPC URLs name the channel target grpcio dials (with TLS for https) and build
+    a client without connecting: nothing listens at these addresses."""
+    from tvix_castore.blobservice.grpc_client import GrpcBlobService
+    from tvix_castore.grpc.channel import channel_target
+    from tvix_castore.url import ServiceUrl
+
+    assert channel_target(ServiceUrl.parse(url)) == (target, tls)
+    client = blob_from_addr(url)
+    try:
+        assert isinstance(client, GrpcBlobService)
+    finally:
+        client.close()
 
 
 def test_unix_url_without_authority(served: Served) -> None:

@@ -238,9 +238,14 @@ def test_invalid_symlink_targets(target, problem):
         w.symlink(target)
 
 
+def _symlink_tokens(target: bytes) -> tuple[bytes, ...]:
+    return (b"(", b"type", b"symlink", b"target", target, b")")
+
+
 def test_symlink_target_limits_ok():
-    _render(lambda w: w.symlink(b"a" * 4095))
-    _render(lambda w: w.symlink(b"../.././\xc5\xc4\xd6"))
+    """The longest target Linux allows, and one of any bytes, are written as given."""
+    for target in (b"a" * 4095, b"../.././\xc5\xc4\xd6"):
+        assert _render(lambda w, t=target: w.symlink(t)) == nar(b"nix-archive-1", *_symlink_tokens(target))
 
 
 @pytest.mark.parametrize(
@@ -259,14 +264,17 @@ def test_names_must_ascend(first, second, what):
 def test_names_compared_bytewise():
     """Ordering is by bytes: 'B' < 'a' and 'a' < 'a\\x00'-free 'aa' < 'b'."""
 
+    names = [b"B", b"Z", b"a", b"aa", b"b", b"\xc3\xa9"]
+
     def build(w: NarWriter) -> None:
         w.begin_directory()
-        for n in [b"B", b"Z", b"a", b"aa", b"b", b"\xc3\xa9"]:
+        for n in names:
             w.entry(n)
             w.symlink(b"t")
         w.end_directory()
 
-    _render(build)
+    entries = [t for n in names for t in (b"entry", b"(", b"name", n, b"node", *_symlink_tokens(b"t"), b")")]
+    assert _render(build) == nar(b"nix-archive-1", b"(", b"type", b"directory", *entries, b")")
 
 
 def test_sibling_directories_have_own_order():
@@ -286,7 +294,13 @@ def test_sibling_directories_have_own_order():
         w.end_directory()
         w.end_directory()
 
-    _render(build)
+    def directory(*entries: tuple[bytes, tuple[bytes, ...]]) -> tuple[bytes, ...]:
+        inner = [t for name, node in entries for t in (b"entry", b"(", b"name", name, b"node", *node, b")")]
+        return (b"(", b"type", b"directory", *inner, b")")
+
+    link = _symlink_tokens(b"t")
+    expected = directory((b"m", directory((b"z", link))), (b"n", directory((b"a", link))))
+    assert _render(build) == nar(b"nix-archive-1", *expected)
 
 
 def test_structure_errors():
