@@ -298,3 +298,27 @@ def test_shutdown_waits_for_refused_calls() -> None:
     finally:
         release.set()
         pool.shutdown()
+
+
+def test_a_done_callback_cannot_wait_for_its_own_pool() -> None:
+    """A future's done-callback runs on the worker thread: one that shuts the pool down and waits
+    would wait for itself. It is refused, as a call doing so is."""
+    pool = ElasticThreadPool(max_workers=2, core=1)
+    outcome: list[BaseException | None] = []
+    done = threading.Event()
+
+    def shut_down(_: object) -> None:
+        try:
+            pool.shutdown(wait=True)
+            outcome.append(None)
+        except BaseException as exc:  # recorded for the assertion
+            outcome.append(exc)
+        done.set()
+
+    try:
+        future = pool.submit(time.sleep, 0.05)
+        future.add_done_callback(shut_down)
+        assert done.wait(10), "the callback is still waiting for its own pool"
+        assert isinstance(outcome[0], RuntimeError) and "cannot wait" in str(outcome[0])
+    finally:
+        pool.shutdown(wait=False)  # not waiting: with the bug, a worker waits for itself for ever

@@ -170,16 +170,17 @@ class ElasticThreadPool(Executor):
                 future, fn, args, kwargs = self._queue.popleft()
                 self._started[me] = self._progress = time.monotonic()
             try:
-                _run(future, fn, args, kwargs, lambda: self._call_ended(me))
+                _run(future, fn, args, kwargs, self._call_returned)
             finally:
                 del future, fn, args, kwargs
-                self._call_ended(me)
+                with self._lock:
+                    del self._started[me]
+                    self._progress = time.monotonic()
 
-    def _call_ended(self, me: int) -> None:
-        """Record that the call of worker me ended (once; later calls for it do nothing)."""
+    def _call_returned(self) -> None:
+        """A call's function returned: progress, though its thread is busy until its callbacks ran."""
         with self._lock:
-            if self._started.pop(me, None) is not None:
-                self._progress = time.monotonic()
+            self._progress = time.monotonic()
 
     def _wait_for_work(self) -> bool:
         """Wait (lock held) up to the idle timeout for an item; False if it timed out idle."""
@@ -304,8 +305,8 @@ def _run(
     """Run one call into its future (a function of its own: no result outlives the call).
 
     ended, if given, runs once fn has returned and before the future has its outcome: whoever
-    waits for the future then finds the call over in the pool's books too (else a call submitted
-    right after could be judged as waiting behind threads that are all stuck).
+    waits for the future and then submits a call finds the pool making progress (else that
+    call could be judged as waiting behind threads that are all stuck, and refused).
     """
     if future.set_running_or_notify_cancel():
         try:
