@@ -17,9 +17,9 @@ it was after some commit: never a meta page pointing at pages that did not reach
 has no page checksums, and would read such a store as damaged). The meta page itself is flushed
 by the next commit, or by a sync right after it: the path-info service's writes are
 ``durable``, so a PathInfo that was acknowledged stays. Each flush costs about a millisecond,
-and a daemon takes blobs many at a time: every write of the three services goes through the
-store's ``GroupCommit``, which lets the writes of threads that find a commit under way go out
-together in the next one (and their syncs as one).
+and a daemon takes blobs many at a time: every write (of the three services, and of the NAR
+cache) goes through the store's ``GroupCommit``, which lets the writes of threads that find a
+commit under way go out together in the next one (and their syncs as one).
 
 Thread rules (py-lmdb "Threads"): open and finish every transaction inside one call on one
 thread; never hold a transaction across a generator ``yield``. Never open before ``fork()``.
@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
 import stat
 import threading
@@ -40,6 +41,8 @@ import lmdb
 
 from tvix_castore.errors import InvalidRequest, StorageError
 from tvix_castore.url import ServiceUrl
+
+log = logging.getLogger("tvix_castore.lmdb")
 
 TABLES = ("chunks", "blobs", "directories", "pathinfos", "narcache")
 
@@ -61,12 +64,13 @@ _envs: dict[str, tuple[lmdb.Environment, dict[str, object], GroupCommit, int]] =
 class _Write:
     """One thread's work waiting in a GroupCommit; done once its outcome is known."""
 
-    __slots__ = ("done", "durable", "error", "size", "wake", "work")
+    __slots__ = ("done", "durable", "error", "size", "synced", "wake", "work")
 
     def __init__(self, work: Callable[[lmdb.Transaction], object], size: int, durable: bool) -> None:
         self.work = work
         self.size = size
         self.durable = durable
+        self.synced = False  # a durable write's commit is synced (its group's sync succeeded)
         self.wake = threading.Event()  # set when done, or when it is this thread's turn to lead
         self.done = False
         self.error: Exception | None = None
@@ -80,11 +84,12 @@ class GroupCommit:
     theirs; when a commit ends, the first queued thread leads the next, committing what is
     queued by then (up to ``GROUP_BYTES`` of declared size) in one transaction. A group whose
     commit fails is tried again one write at a time, so each thread gets the error of its own
-    work only; work must therefore be safe to run twice (puts that do not overwrite are).
+    work only; work must therefore be safe to run twice (puts are: the same values again).
 
     A write asked to be ``durable`` returns only once its commit's meta page is on disk too
     (a commit flushes its pages, but its meta page only goes out with the next flush): the
-    group that carries it is followed by one sync for all its durable writes.
+    group that carries it is followed by one sync for all its durable writes (and should the
+    leader be interrupted before that sync, each of them syncs on its own).
 
     A thread interrupted (KeyboardInterrupt) while it waits takes its work back out of the
     queue; one interrupted while it leads puts the writes it has not finished back at the
@@ -125,6 +130,9 @@ class GroupCommit:
             self._leave(mine)
         if mine.error is not None:
             raise mine.error
+        if mine.durable and not mine.synced:
+            # The leader was interrupted between its commit and the sync.
+            _sync(self._path, env)
 
     def _commit_group(self, env: lmdb.Environment, mine: _Write) -> None:
         group: list[_Write] = []
@@ -166,6 +174,9 @@ class GroupCommit:
                 except StorageError as exc:  # committed, but not known to be on disk
                     for write in durable:
                         write.error = exc
+                else:
+                    for write in durable:
+                        write.synced = True
         finally:
             with self._lock:
                 # Interrupted: the writes of others not finished go back to the front.
@@ -222,7 +233,7 @@ def _sync(path: str, env: lmdb.Environment) -> None:
         raise StorageError(f"cannot sync LMDB store at {path}: {explain(path, exc)}") from exc
 
 
-def begin_write(env: lmdb.Environment, db: lmdb._Database | None = None) -> lmdb.Transaction:
+def begin_write(env: lmdb.Environment) -> lmdb.Transaction:
     """A write transaction; before it, at most once a minute, stale reader slots are cleared.
 
     A process killed inside a read transaction leaves its slot taken and its snapshot pinned:
@@ -234,7 +245,7 @@ def begin_write(env: lmdb.Environment, db: lmdb._Database | None = None) -> lmdb
         _reader_checked[id(env)] = now
         with contextlib.suppress(lmdb.Error):
             env.reader_check()
-    return env.begin(write=True, db=db)
+    return env.begin(write=True)
 
 
 def explain(path: str, exc: lmdb.Error) -> str:
@@ -333,6 +344,7 @@ def _map_limit(exc: BaseException) -> str:
 # LMDB's lock file: a 192-byte header holding the first reader slot, then 64 bytes for each
 # further one (x86-64; elsewhere LMDB sizes the file as it needs, which is harmless).
 _LOCK_FILE_SIZE = 192 + (_MAX_READERS - 1) * 64
+_FALLOC_FL_KEEP_SIZE = 1  # linux/falloc.h
 
 
 def _reserve_lock_file(directory: str) -> None:
@@ -341,12 +353,20 @@ def _reserve_lock_file(directory: str) -> None:
     LMDB makes the lock file by extending it (sparse) and then writes it through a shared map:
     on a full filesystem, the first store to a page without a block kills the process with
     SIGBUS (opening a new store there; or later, a reader taking a slot on a fresh page).
-    ``fallocate`` gives every page its block without writing anything, so it is safe while
-    other processes use the file. Where the file cannot be opened for writing (a read-only
-    store) or the filesystem cannot allocate ahead, this does nothing and LMDB goes on as ever.
+    ``fallocate`` gives every page its block without writing anything and without changing the
+    file's size, so it is safe while other processes use the file, and an attempt that runs
+    out of room leaves nothing LMDB would take for a lock file it made. This holds where
+    blocks are rewritten in place (ext4, XFS, tmpfs); a copy-on-write filesystem (btrfs, ZFS)
+    needs new blocks for every rewrite, which nothing reserves ahead. Where the file cannot be
+    opened for writing (a read-only store) or the filesystem or C library cannot allocate
+    ahead, this does nothing and LMDB goes on as ever.
+
+    A lock file LMDB made before (a store opened by an older version) whose pages cannot all
+    get blocks is used as it is, with a warning: its first page, with the first ~60 reader
+    slots, has its block, and refusing the store would make a full disk unreadable.
 
     Raises:
-        StorageError: there is no room for the lock file.
+        StorageError: there is no room for a new lock file.
 
     """
     path = os.path.join(directory, "lock.mdb")
@@ -356,21 +376,28 @@ def _reserve_lock_file(directory: str) -> None:
         return  # LMDB will say what is wrong with it, or open the store read-only
     try:
         st = os.fstat(fd)
-        size = st.st_size or _LOCK_FILE_SIZE
+        size = max(st.st_size, _LOCK_FILE_SIZE)
         if not stat.S_ISREG(st.st_mode) or st.st_blocks * 512 >= size:
             return
         error = _fallocate(fd, size)
     finally:
         os.close(fd)
-    if error in (errno.ENOSPC, errno.EDQUOT):
-        raise StorageError(
-            f"cannot open LMDB store at {directory}: no space left on its filesystem "
-            f"for its lock file ({size} bytes)"
+    if error not in (errno.ENOSPC, errno.EDQUOT):
+        return
+    room = "no space left on its filesystem" if error == errno.ENOSPC else "its disk quota is used up"
+    if st.st_size and st.st_blocks:
+        log.warning(
+            "LMDB store at %s: %s for the rest of its lock file; a reader beyond the first few "
+            "dozen at once may crash until there is room",
+            directory,
+            room,
         )
+        return
+    raise StorageError(f"cannot open LMDB store at {directory}: {room} for its lock file ({size} bytes)")
 
 
 def _fallocate(fd: int, size: int) -> int:
-    """Allocate bytes 0..size of fd (the file grows to size if smaller); 0 or the errno.
+    """Allocate blocks for bytes 0..size of fd, keeping its size; 0, or the errno.
 
     Linux's fallocate(2) itself, not ``os.posix_fallocate``: where the filesystem cannot
     allocate ahead, glibc's posix_fallocate writes a zero byte into each block that reads as
@@ -378,11 +405,13 @@ def _fallocate(fd: int, size: int) -> int:
     """
     import ctypes
 
-    libc = ctypes.CDLL(None, use_errno=True)
-    call = libc.fallocate64
+    try:
+        call = ctypes.CDLL(None, use_errno=True).fallocate64
+    except (AttributeError, OSError):  # not glibc on Linux
+        return errno.EOPNOTSUPP
     call.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64)
     call.restype = ctypes.c_int
-    if call(fd, 0, 0, size) == 0:
+    if call(fd, _FALLOC_FL_KEEP_SIZE, 0, size) == 0:
         return 0
     return ctypes.get_errno()
 

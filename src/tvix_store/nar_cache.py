@@ -19,7 +19,7 @@ from typing import cast, final
 
 import lmdb
 
-from tvix_castore._lmdb_env import LmdbStore, open_env, release_env
+from tvix_castore._lmdb_env import LmdbStore, explain, open_env, release_env
 from tvix_castore.digests import blake3_digest
 from tvix_castore.errors import ClosedError, DataCorruption, StorageError
 from tvix_castore.nodes import Node
@@ -85,6 +85,7 @@ class LmdbNarCache(NarCache):
 
     def __init__(self, path: str) -> None:
         self._store: LmdbStore | None = open_env(path)
+        self._path = self._store.path
         self._env = self._store.env
         self._db = cast("lmdb._Database", self._store.table("narcache"))
         self._close_lock = threading.Lock()
@@ -103,7 +104,7 @@ class LmdbNarCache(NarCache):
             with self._env.begin(db=self._db) as txn:
                 value = txn.get(key)
         except lmdb.Error as exc:
-            raise StorageError(f"LMDB NAR cache: get: {exc}") from exc
+            raise StorageError(f"LMDB NAR cache at {self._path}: get: {explain(self._path, exc)}") from exc
         if value is None:
             return None
         if len(value) != _VALUE.size:
@@ -127,7 +128,7 @@ class LmdbNarCache(NarCache):
         try:
             store.writes.write(self._env, work, len(value))
         except lmdb.Error as exc:
-            raise StorageError(f"LMDB NAR cache: put: {exc}") from exc
+            raise StorageError(f"LMDB NAR cache at {self._path}: put: {explain(self._path, exc)}") from exc
 
 
 def nar_cache_for(path_info_service: object) -> NarCache:

@@ -421,6 +421,8 @@ def test_a_self_referencing_ca_path_built_by_nix(tmp_path):
         capture_output=True,
         timeout=600,
     )
+    if built.returncode != 0 and b"experimental Nix feature 'ca-derivations' is disabled" in built.stderr:
+        pytest.skip("the Nix daemon does not allow ca-derivations")
     assert built.returncode == 0, built.stderr.decode()
     path = built.stdout.decode().strip()
     (info,) = json.loads(subprocess.check_output(["nix", *features, "path-info", "--json", path], timeout=60))

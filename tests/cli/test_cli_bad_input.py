@@ -252,10 +252,16 @@ def test_lock_file_is_allocated_so_a_full_disk_is_an_error(tmp_path: Path, small
     lock = os.stat(store / "lock.mdb")
     assert lock.st_blocks * 512 >= lock.st_size > 60_000  # every reader slot has its block
 
-    # A lock file left sparse (by a store made before this, or by LMDB itself) on a full disk.
+    # A lock file without a single block (LMDB died making it) on a full disk: as a new one.
     sparse = small_filesystem / "sparse"
     tvix(sparse, "import", str(f))
     with open(sparse / "lock.mdb", "wb") as lock_file:
+        lock_file.truncate(lock.st_size)
+    # One an older version left sparse: LMDB wrote its first page (header, first reader slots).
+    older = small_filesystem / "older"
+    tvix(older, "import", str(f))
+    with open(older / "lock.mdb", "wb") as lock_file:
+        lock_file.write(bytes(4096))
         lock_file.truncate(lock.st_size)
     _fill(small_filesystem)
     for s in (small_filesystem / "new", sparse):
@@ -266,8 +272,13 @@ def test_lock_file_is_allocated_so_a_full_disk_is_an_error(tmp_path: Path, small
                 f"error: cannot open LMDB store at {s}: no space left on its filesystem "
                 f"for its lock file ({lock.st_size} bytes)"
             )
-    # The store whose lock file has its blocks is read as ever.
+    # An attempt that found no room leaves no lock file LMDB would take as one it made.
+    assert os.stat(small_filesystem / "new" / "lock.mdb").st_size == 0
+    # The store whose lock file has its blocks is read as ever; the older one too, with a warning.
     assert all_paths(store).decode().count("StorePath: ") == 1
+    res = tvix(older, "path-info", "--all")
+    assert res.stdout.decode().count("StorePath: ") == 1
+    assert "no space left on its filesystem for the rest of its lock file" in res.stderr.decode()
 
 
 def test_a_daemon_on_a_full_disk_answers_and_says_why(

@@ -223,6 +223,54 @@ def test_a_failed_sync_fails_the_durable_writes_only(
     assert isinstance(outcomes[2], StorageError)
 
 
+def test_a_leader_interrupted_before_the_sync_leaves_the_others_to_sync(
+    store: LmdbStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C reaching the leader of a group between its commit and the sync: the others'
+    durable writes must not return as if synced; each syncs on its own."""
+    import tvix_castore._lmdb_env as lmdb_env
+
+    table = store.table("blobs")
+    real_sync = lmdb_env._sync
+    syncs: list[str] = []
+
+    def interrupting_sync(path: str, env: lmdb.Environment) -> None:
+        if threading.current_thread() is threading.main_thread():
+            syncs.append("interrupted")
+            raise KeyboardInterrupt
+        syncs.append("synced")
+        real_sync(path, env)
+
+    monkeypatch.setattr(lmdb_env, "_sync", interrupting_sync)
+    leader, release_first = _hold_a_commit(store, b"first")
+    outcomes: dict[object, BaseException | None] = {}
+
+    def queue_another_then_release() -> None:
+        # Once the main thread's write is queued, another durable one goes behind it.
+        deadline = time.monotonic() + 10
+        while _queued(store.writes) < 1 and time.monotonic() < deadline:
+            time.sleep(0.001)
+        work = lambda txn: txn.put(b"other", b"v", db=table)  # noqa: E731
+        other = threading.Thread(target=_durable_write_recording, args=(store, work, outcomes, "other"))
+        other.start()
+        while _queued(store.writes) < 2 and time.monotonic() < deadline:
+            time.sleep(0.001)
+        release_first.set()
+        other.join(10)
+
+    helper = threading.Thread(target=queue_another_then_release)
+    helper.start()
+    with pytest.raises(KeyboardInterrupt):
+        # The main thread leads the group of both writes, and is interrupted in the sync.
+        store.writes.write(store.env, lambda txn: txn.put(b"mine", b"v", db=table), 0, durable=True)
+    helper.join(10)
+    leader.join(10)
+    assert outcomes == {"other": None}
+    assert syncs == ["interrupted", "synced"]
+    with store.env.begin(db=table) as txn:
+        assert txn.get(b"other") == b"v"
+
+
 def test_concurrent_blob_puts_share_commits(tmp_path: Path) -> None:
     """64 threads putting small blobs at once (a daemon's uploads) need far fewer commits."""
     service = LmdbBlobService(str(tmp_path / "store"))

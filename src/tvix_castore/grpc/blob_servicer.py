@@ -35,7 +35,13 @@ from tvix_castore.blobservice.memo import VerifiedChunks
 from tvix_castore.digests import B3_LEN, B3Digest
 from tvix_castore.errors import StorageError, StoreError
 from tvix_castore.grpc import blob_chunk
-from tvix_castore.grpc.status import abort, abort_with, stream_was_cancelled, unless_unavailable
+from tvix_castore.grpc.status import (
+    abort,
+    abort_with,
+    stream_was_cancelled,
+    unless_unavailable,
+    worth_a_warning,
+)
 
 __all__ = ["READ_PIECE", "BlobServicer"]
 
@@ -216,7 +222,8 @@ class BlobServicer:
             abort(context, grpc.StatusCode.CANCELLED, "upload cancelled")
         except StoreError as exc:
             writer.abort()
-            log.warning("storing a blob failed: %s", exc)
+            if worth_a_warning(exc):
+                log.warning("storing a blob failed: %s", exc)
             abort(context, unless_unavailable(exc, grpc.StatusCode.INTERNAL), f"error copying: {exc}")
         except BaseException:
             writer.abort()
@@ -232,7 +239,8 @@ class BlobServicer:
             # before this answer says it is stored.
             self._blobs.flush(digest)
         except StoreError as exc:
-            log.warning("storing a blob failed: %s", exc)
+            if worth_a_warning(exc):
+                log.warning("storing a blob failed: %s", exc)
             abort(context, unless_unavailable(exc, grpc.StatusCode.INTERNAL), f"error closing stream: {exc}")
         log.debug("stored blob %s", digest)
         return pb.PutBlobResponse(digest=digest)

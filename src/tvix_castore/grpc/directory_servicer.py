@@ -18,8 +18,8 @@ from tvix.castore.protos import rpc_directory_pb2_grpc as pb_grpc
 from tvix_castore.digests import B3_LEN, B3Digest
 from tvix_castore.directory_graph import LeavesToRootValidator
 from tvix_castore.directoryservice import DirectoryService
-from tvix_castore.errors import DirectoryError, NodeError, StorageError, StoreError
-from tvix_castore.grpc.status import abort, abort_with, stream_was_cancelled
+from tvix_castore.errors import DirectoryError, NodeError, StoreError
+from tvix_castore.grpc.status import abort, abort_with, stream_was_cancelled, worth_a_warning
 from tvix_castore.proto_conv import directory_from_proto, directory_to_proto
 
 __all__ = ["DirectoryServicer"]
@@ -86,7 +86,7 @@ class DirectoryServicer(pb_grpc.DirectoryServiceServicer):
                     putter.put(directory)
                 stored = putter.close()
         except StoreError as exc:
-            if isinstance(exc, StorageError):  # the server's failure, not the client's
+            if worth_a_warning(exc):
                 log.warning("storing directories under %s failed: %s", root, exc)
             abort_with(context, exc)
         if stored != root:

@@ -37,6 +37,7 @@ __all__ = [
     "stream_was_cancelled",
     "translate_rpc_errors",
     "unless_unavailable",
+    "worth_a_warning",
 ]
 
 # Most specific first: the first entry the exception is an instance of wins (server side).
@@ -76,6 +77,15 @@ def status_of(exc: StoreError) -> tuple[grpc.StatusCode, str]:
                 return code, f"storage error: {exc}"
             return code, str(exc)
     raise AssertionError("unreachable: StoreError is the last table entry")
+
+
+def worth_a_warning(exc: StoreError) -> bool:
+    """Whether a server should log exc: its own storage failed (a full disk, damaged data).
+
+    Not the client's fault (a refused request), not a backend that is down (``Unavailable``,
+    which would log once per call while it lasts), not a shutdown (``ClosedError``).
+    """
+    return isinstance(exc, StorageError) and not isinstance(exc, Unavailable)
 
 
 def unless_unavailable(exc: StoreError, code: grpc.StatusCode) -> grpc.StatusCode:

@@ -18,8 +18,8 @@ from tvix.store.protos import rpc_pathinfo_pb2 as rpc_pb
 from tvix.store.protos import rpc_pathinfo_pb2_grpc as pb_grpc
 from tvix_castore.blobservice import BlobService
 from tvix_castore.directoryservice import DirectoryService
-from tvix_castore.errors import NodeError, StorageError, StoreError
-from tvix_castore.grpc.status import abort, abort_with, unless_unavailable
+from tvix_castore.errors import NodeError, StoreError
+from tvix_castore.grpc.status import abort, abort_with, unless_unavailable, worth_a_warning
 from tvix_castore.proto_conv import anonymous_node_from_proto
 from tvix_store.errors import PathInfoError
 from tvix_store.pathinfoservice import NarCalculationService, PathInfoService
@@ -79,7 +79,7 @@ class PathInfoServicer(pb_grpc.PathInfoServiceServicer):
             # Blobs this daemon still forwards to another daemon arrive first.
             stored = self._services.put_path_info(info)
         except StoreError as exc:
-            if isinstance(exc, StorageError):  # the server's failure, not the client's
+            if worth_a_warning(exc):
                 log.warning("storing the path info of %s failed: %s", info.store_path.absolute(), exc)
             abort_with(context, exc)
         log.debug("stored path info %s", stored.store_path.absolute())
