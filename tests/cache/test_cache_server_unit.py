@@ -5,10 +5,12 @@ No Nix needed: the NAR is written with our NarWriter (checked against Nix elsewh
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.client
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -136,6 +138,73 @@ def test_bad_chunked_body_is_400_and_server_lives(server):
     resp, _ = _request(srv, "GET", "/nix-cache-info")
     assert resp.status == 200
     assert list(services.path_info_service.list()) == []
+
+
+def _raw_reply(srv: BinaryCacheServer, request: bytes, then: bytes = b"") -> bytes:
+    """Send request (and then, after a moment), read the reply until the server closes or 4 KiB."""
+    with socket.create_connection(("127.0.0.1", srv.server_address[1]), timeout=10) as conn:
+        conn.sendall(request)
+        if then:
+            time.sleep(0.1)
+            with contextlib.suppress(OSError):  # the server answered and closed already
+                conn.sendall(then)
+        return conn.recv(4096)
+
+
+@pytest.mark.parametrize("size", [b"-1", b"0x3", b"+3", b"1_0", b" "])
+def test_chunk_sizes_are_hex_digits_only(server, size):
+    """A chunk size of anything but hex digits is refused at once: int() took "-1", which made
+    the server read (and hold) the whole body until the client closed."""
+    srv, services = server
+    head = b"PUT /nar/" + b"0" * 52 + b".nar HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+    # A client that keeps sending: the 400 must come without waiting for the end of the body.
+    reply = _raw_reply(srv, head + size + b"\r\n", then=b"x" * 65536)
+    assert reply.startswith(b"HTTP/1.1 400"), reply[:200]
+    assert b"malformed chunked body" in reply
+    assert _request(srv, "GET", "/nix-cache-info")[0].status == 200
+    assert list(services.path_info_service.list()) == []
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        b"Content-Length: \xb2\r\n",  # a digit to str.isdigit(), not to int()
+        b"Content-Length: 3\r\nContent-Length: 5\r\n",  # two framings (RFC 9112 6.3)
+    ],
+)
+def test_bad_content_length_is_400(server, headers):
+    srv, _ = server
+    request = b"PUT /nar/" + b"0" * 52 + b".nar HTTP/1.1\r\nHost: x\r\n" + headers + b"\r\nabcde"
+    reply = _raw_reply(srv, request)
+    assert reply.startswith(b"HTTP/1.1 400"), reply[:200]
+    assert b"Content-Length" in reply
+    assert _request(srv, "GET", "/nix-cache-info")[0].status == 200
+
+
+def test_a_wrong_narsize_is_400_with_or_without_a_range(server):
+    """narsize is the length the response announces: one that is not the NAR's size is refused,
+    not answered with a NAR cut short (or a longer promise and a dropped connection)."""
+    srv, _ = server
+    nar = _nar()
+    sha = hashlib.sha256(nar).digest()
+    file_name = nixbase32.encode(sha)
+    assert _request(srv, "PUT", f"/nar/{file_name}.nar", body=nar)[0].status == 200
+    path = build_nar_sha256_path("unit", sha)
+    narinfo = NarInfo(path, f"nar/{file_name}.nar", sha, len(nar))
+    resp, _ = _request(srv, "PUT", f"/{path.encoded_digest}.narinfo", body=narinfo.render().encode())
+    assert resp.status == 200
+    served = NarInfo.parse(_request(srv, "GET", f"/{path.encoded_digest}.narinfo")[1])
+    good = "/" + served.url
+    assert f"narsize={len(nar)}" in good
+    for wrong in (50, len(nar) + 8, 10**20):
+        bad = good.replace(f"narsize={len(nar)}", f"narsize={wrong}")
+        for headers in ({}, {"Range": "bytes=0-9"}):
+            resp, text = _request(srv, "GET", bad, headers=headers)
+            assert resp.status == 400 and b"but the NAR is" in text, (wrong, headers, resp.status)
+    resp, got = _request(srv, "GET", good)
+    assert resp.status == 200 and got == nar
+    resp, got = _request(srv, "GET", good)  # now from the rendered-NAR cache
+    assert resp.status == 200 and got == nar
 
 
 def test_ipv6_loopback(tmp_path):

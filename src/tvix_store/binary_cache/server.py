@@ -144,10 +144,10 @@ class _Body(io.RawIOBase):
     def _next_chunk(self) -> None:
         line = self._rfile.readline(1024)
         size_text = line.split(b";", 1)[0].strip()
-        try:
-            size = int(size_text, 16)
-        except ValueError:
-            raise _BadRequest(f"malformed chunked body: chunk header {line[:40]!r}") from None
+        # Hex digits only (RFC 9112): int() would also take "-1" (read to EOF), "0x3" or "1_0".
+        if not size_text or size_text.strip(b"0123456789abcdefABCDEF"):
+            raise _BadRequest(f"malformed chunked body: chunk header {line[:40]!r}")
+        size = int(size_text, 16)
         if size == 0:
             while self._rfile.readline(1024) not in (b"\r\n", b"\n", b""):
                 pass
@@ -287,6 +287,11 @@ class RenderedNarCache:
 
     def _file_for(self, key: str) -> str:
         return os.path.join(self.directory, hashlib.sha256(key.encode()).hexdigest() + ".nar")
+
+    def holds(self, key: str) -> bool:
+        """Whether key's NAR is here (rendered whole, at the size its key names)."""
+        with self._lock:
+            return key in self._entries
 
     def open(self, key: str) -> BinaryIO | None:
         """The cached NAR for key, opened for reading, or None."""
@@ -612,31 +617,38 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return
         start, end = 0, nar_size
         status = 200
+        cache = self.server.nar_cache
+        key = f"{b64}:{nar_size}"
+        m = None
         range_header = self.headers.get("Range")
         if range_header is not None:
             m = _RANGE_RE.fullmatch(range_header.strip())
-            if m is not None and (m.group(1) or m.group(2)):
-                # A range is only meaningful within the real NAR: check narsize against it first
-                # (from the Directories alone), as nar-bridge's seekable NAR does.
-                try:
-                    actual = nar_size_of(node, services.directory_service)
-                except StoreError as exc:
-                    log.error("NAR of %s: cannot serve a range: %s", node, exc)
-                    self._error(500, f"NAR of {node}: {exc}")
-                    return
-                if actual != nar_size:
-                    raise _BadRequest(f"NAR URL: narsize={nar_size}, but the NAR is {actual} bytes")
-                if m.group(1):
-                    start = int(m.group(1))
-                    end = min(int(m.group(2)) + 1, nar_size) if m.group(2) else nar_size
-                else:
-                    start = max(nar_size - int(m.group(2)), 0)
-                if start >= nar_size or start >= end:
-                    self._send(416, b"", nix_http.MIME_TYPE_NAR, {"Content-Range": f"bytes */{nar_size}"})
-                    return
-                status = 206
-                headers["Content-Range"] = f"bytes {start}-{end - 1}/{nar_size}"
-            # Other forms (several ranges) are answered with the whole NAR, as RFC 9110 allows.
+            if m is not None and not (m.group(1) or m.group(2)):
+                m = None
+        # The response's length is narsize: check it against the real NAR (from the Directories
+        # alone, as nar-bridge's seekable NAR does) unless the NAR was rendered at that size
+        # before. A wrong one would otherwise get a NAR cut short, or a connection dropped.
+        if m is not None or cache is None or not cache.holds(key):
+            try:
+                actual = nar_size_of(node, services.directory_service)
+            except StoreError as exc:
+                log.error("NAR of %s: cannot find its size: %s", node, exc)
+                self._error(500, f"NAR of {node}: {exc}")
+                return
+            if actual != nar_size:
+                raise _BadRequest(f"NAR URL: narsize={nar_size}, but the NAR is {actual} bytes")
+        # A Range of another form (several ranges) is answered with the whole NAR (RFC 9110).
+        if m is not None:
+            if m.group(1):
+                start = int(m.group(1))
+                end = min(int(m.group(2)) + 1, nar_size) if m.group(2) else nar_size
+            else:
+                start = max(nar_size - int(m.group(2)), 0)
+            if start >= nar_size or start >= end:
+                self._send(416, b"", nix_http.MIME_TYPE_NAR, {"Content-Range": f"bytes */{nar_size}"})
+                return
+            status = 206
+            headers["Content-Range"] = f"bytes {start}-{end - 1}/{nar_size}"
         headers["Accept-Ranges"] = "bytes"
         self.send_response(status)
         self.send_header("Content-Type", nix_http.MIME_TYPE_NAR)
@@ -646,8 +658,6 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         if self.command == "HEAD":
             return
-        cache = self.server.nar_cache
-        key = f"{b64}:{nar_size}"
         cached = cache.open(key) if cache is not None else None
         if cached is not None:
             with cached:
@@ -718,12 +728,16 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def _body(self, limit: int | None = None) -> _Body:
         chunked = "chunked" in self.headers.get("Transfer-Encoding", "").lower()
-        length_text = self.headers.get("Content-Length")
+        lengths = set(self.headers.get_all("Content-Length") or ())
+        if len(lengths) > 1:  # RFC 9112 §6.3: a message that cannot be framed one way
+            raise _BadRequest(f"conflicting Content-Length headers {sorted(lengths)!r}")
+        length_text = next(iter(lengths), None)
         length = None
         if length_text is not None:
-            if not length_text.strip().isdigit():
+            digits = length_text.strip()
+            if not (digits.isascii() and digits.isdigit()):  # "²" is a digit to isdigit()
                 raise _BadRequest(f"invalid Content-Length {length_text!r}")
-            length = int(length_text)
+            length = int(digits)
         elif not chunked:
             raise _BadRequest("PUT needs a Content-Length or a chunked body")
         if limit is not None and length is not None and length > limit:
