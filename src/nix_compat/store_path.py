@@ -8,10 +8,14 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from functools import total_ordering
+from typing import TYPE_CHECKING
 
 from nix_compat import nixbase32
 from nix_compat.errors import Nixbase32Error, StorePathError
 from nix_compat.frozen import Frozen
+
+if TYPE_CHECKING:
+    from nix_compat.nixhash import CAHash
 
 STORE_DIR = "/nix/store"
 STORE_DIR_WITH_SLASH = STORE_DIR + "/"
@@ -154,6 +158,29 @@ def build_text_path(name: str, content_sha256: bytes, references: Iterable[Store
     """The path of a text file added with ``builtins.toFile`` (``text`` CA)."""
     type_ = "text" + "".join(f":{r.absolute()}" for r in references)
     return build_store_path_from_fingerprint(type_, content_sha256.hex(), name)
+
+
+def build_ca_path(name: str, ca: CAHash, references: Iterable[StorePath], self_reference: bool) -> StorePath:
+    """The path Nix gives a content-addressed path (``makeFixedOutputPathFromCA``, spec §5.4).
+
+    references are the others the path refers to; self_reference says whether it refers to
+    itself. NAR/sha256 is a "source" path with its references; text one with them too (never
+    itself); any other address allows no references at all.
+
+    Raises:
+        StorePathError: references the address cannot have, or an invalid name.
+
+    """
+    refs = sorted(references, key=StorePath.basename)  # Nix's StorePathSet order: by name text
+    if ca.kind == "text":
+        if self_reference:
+            raise StorePathError(f"a text path cannot refer to itself ({name})")
+        return build_text_path(name, ca.hash.digest, refs)
+    if ca.kind == "nar" and ca.hash.algo == "sha256":
+        return build_nar_sha256_path(name, ca.hash.digest, refs, self_reference)
+    if refs or self_reference:
+        raise StorePathError(f"a path addressed by {ca} cannot have references ({name})")
+    return build_fixed_output_path(name, ca.hash.algo, ca.hash.digest, recursive=ca.kind == "nar")
 
 
 def build_fixed_output_path(name: str, algo: str, digest: bytes, recursive: bool) -> StorePath:

@@ -2,20 +2,24 @@
 
 Nix checks the claim when it adds such a path: ``fixed:r:<algo>`` is the hash of the path's
 NAR, ``fixed:<algo>`` and ``text:sha256`` the hash of the single regular file it must be, each
-modulo the path's own hash part (``nix_compat.nixhash.HashModulo``). A binary cache's signature
-does not cover the line, so whatever takes narinfos from elsewhere (``copy``, uploads to
-``serve-cache``) checks it here before it stores the claim.
+modulo the path's own hash part (``nix_compat.nixhash.HashModulo``); and the path itself must
+be the one the address, the name and the references give (``path_mismatch``). A binary cache's
+signature does not cover the line, so whatever takes narinfos from elsewhere (``copy``, uploads
+to ``serve-cache``) checks it here before it stores the claim.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+from nix_compat.errors import StorePathError
 from nix_compat.nixhash import CAHash, HashModulo, NixHash
-from nix_compat.store_path import StorePath
+from nix_compat.store_path import StorePath, build_ca_path
 from tvix_castore.blobservice import BlobService
 from tvix_castore.directoryservice import DirectoryService
 from tvix_castore.nodes import DirectoryNode, FileNode, Node
 
-__all__ = ["content_hasher", "content_mismatch", "nar_checker"]
+__all__ = ["content_hasher", "content_mismatch", "nar_checker", "path_mismatch"]
 
 
 def content_hasher(store_path: StorePath, ca: CAHash) -> HashModulo:
@@ -56,6 +60,26 @@ def _nar_hash(
     hasher = content_hasher(store_path, ca)
     write_nar(hasher.update, node, blob_service, directory_service)
     return hasher.finish()
+
+
+def path_mismatch(store_path: StorePath, ca: CAHash, references: Sequence[StorePath]) -> str | None:
+    """Why store_path is not the path ca, its name and its references give it, or None.
+
+    Nix computes a content-addressed path from these when it adds one, and refuses the path
+    ("claims to be content-addressed but isn't") when they disagree: a cache we copy from, or
+    an upload we would sign, must not get such a claim past us either.
+    """
+    others = [r for r in references if r != store_path]
+    try:
+        expected = build_ca_path(store_path.name, ca, others, self_reference=len(others) < len(references))
+    except StorePathError as exc:
+        return f"{store_path.absolute()} claims CA {ca}: {exc}"
+    if expected != store_path:
+        return (
+            f"{store_path.absolute()} claims CA {ca}, but with its name and references that "
+            f"address is {expected.absolute()}"
+        )
+    return None
 
 
 def content_mismatch(

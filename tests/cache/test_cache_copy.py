@@ -12,6 +12,7 @@ import pytest
 from cache_helpers import COMPRESSIONS, NIX, _sri_to_nix, assert_same_as_nix, stored_paths
 from tvix_cli import all_paths, nix_dump, nix_store, one_line_error, tvix
 
+from nix_compat import nixbase32
 from nix_compat.narinfo import NarInfo
 from nix_compat.store_path import StorePath
 
@@ -343,23 +344,67 @@ def _with_ca(cache: Path, path: str, ca: str) -> None:
     f.write_text("\n".join([*lines, f"CA: {ca}"]) + "\n")
 
 
-def test_a_ca_line_the_content_does_not_match_is_refused(tmp_path, nix_closure):
-    """The CA line of a narinfo is checked against the content, as Nix does when it adds the
-    path: a directory cannot be a text or flat file address, and a NAR address must be the
-    hash of the NAR. Nothing is stored."""
+def test_a_ca_line_the_path_does_not_follow_from_is_refused(tmp_path, nix_closure):
+    """A CA line claims the path is computed from the address (with its name and references),
+    as Nix checks when it adds the path ("claims to be content-addressed but isn't"): a path
+    that is not is refused, whatever the content. Nothing is stored."""
     leaf = _leaf(nix_closure)
     source = next(p for p in nix_closure["paths"] if p.endswith("-src"))
     nar_hash = nix_closure["path_info"][leaf]["narHash"]
+    other_address = "but with its name and references that address is"
     cases = [
-        (leaf, f"text:{_sri_to_nix(nar_hash)}", "which needs a regular file, not a directory"),
-        (leaf, f"fixed:{_sri_to_nix(nar_hash)}", "which needs a regular file, not a directory"),
-        (source, "fixed:r:sha1:" + "0" * 32, "CA mismatch for"),
+        (leaf, f"text:{_sri_to_nix(nar_hash)}", other_address),
+        (leaf, f"fixed:{_sri_to_nix(nar_hash)}", other_address),
+        (nix_closure["top"], f"fixed:{_sri_to_nix(nar_hash)}", "cannot have references"),
+        (leaf, f"fixed:r:{_sri_to_nix(nar_hash)}", other_address),  # its true NAR hash, even
+        (source, "fixed:r:sha1:" + "0" * 32, other_address),
     ]
     for i, (path, ca, words) in enumerate(cases):
         cache = tmp_path / f"cache{i}"
         shutil.copytree(nix_closure["caches"]["none"], cache)
         _with_ca(cache, path, ca)
         _check_refused(tmp_path / f"c{i}", cache, nix_closure, words, path)
+
+
+def test_a_ca_path_whose_content_is_another_is_refused(tmp_path):
+    """A content-addressed path served with other content (and a NarHash to match it): the path
+    follows from its CA line, the content does not. Refused, for a flat file address given a
+    directory and for one given another file; nothing is stored."""
+    root = tmp_path / "nixroot"
+    f = tmp_path / "flat.txt"
+    f.write_text("flat contents\n")
+    path = nix_store(root, "--add-fixed", "sha512", f).decode().strip()
+    cache = tmp_path / "cache"
+    subprocess.run(
+        [*NIX, "copy", "--from", f"local?root={root}", "--to", f"file://{cache}?compression=none", path],
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
+    other_file = tmp_path / "other.txt"
+    other_file.write_text("other contents\n")
+    directory = tmp_path / "dir"
+    directory.mkdir()
+    (directory / "x").write_text("x\n")
+    for i, (content, words) in enumerate(
+        ((other_file, "CA mismatch for"), (directory, "which needs a regular file, not a directory"))
+    ):
+        broken = tmp_path / f"cache{i}"
+        shutil.copytree(cache, broken)
+        nar = nix_dump(content)
+        narinfo = _narinfo_of(broken, path)
+        ni = NarInfo.parse(narinfo.read_text())
+        (broken / ni.url).write_bytes(nar)
+        nar_hash = "sha256:" + nixbase32.encode(hashlib.sha256(nar).digest())
+        _edit_narinfo_line(broken, path, "NarHash", nar_hash)
+        _edit_narinfo_line(broken, path, "NarSize", str(len(nar)))
+        _edit_narinfo_line(broken, path, "FileHash", nar_hash)
+        _edit_narinfo_line(broken, path, "FileSize", str(len(nar)))
+        store = tmp_path / f"store{i}"
+        res = tvix(store, "copy", "--from", f"file://{broken}", path, check=False)
+        err = one_line_error(res)
+        assert words in err and path in err, err
+        assert all_paths(store) == b""
 
 
 def test_ca_paths_of_other_kinds_and_hashes_are_copied(tmp_path):

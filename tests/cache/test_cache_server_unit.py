@@ -207,6 +207,34 @@ def test_a_wrong_narsize_is_400_with_or_without_a_range(server):
     assert resp.status == 200 and got == nar
 
 
+def test_an_upload_whose_path_does_not_follow_from_its_ca_is_400(server):
+    """A narinfo whose CA line (true for the content) does not give its store path, with its
+    name and references, is refused: signed, it would be served to Nix, which refuses such a
+    path ("claims to be content-addressed but isn't"). The true one is taken."""
+    from nix_compat.nixhash import CAHash, NixHash
+    from nix_compat.store_path import StorePath
+
+    srv, services = server
+    nar = _nar()
+    sha = hashlib.sha256(nar).digest()
+    file_name = nixbase32.encode(sha)
+    assert _request(srv, "PUT", f"/nar/{file_name}.nar", body=nar)[0].status == 200
+    ca = CAHash("nar", NixHash("sha256", sha))
+    path = build_nar_sha256_path("unit", sha)
+    renamed = StorePath(path.digest, "unit-renamed")
+    other = build_nar_sha256_path("other", hashlib.sha256(b"other").digest())
+    for store_path, references in ((renamed, ()), (path, (other,)), (path, (path,))):
+        narinfo = NarInfo(store_path, f"nar/{file_name}.nar", sha, len(nar), references, ca=ca)
+        body = narinfo.render().encode()
+        resp, text = _request(srv, "PUT", f"/{store_path.encoded_digest}.narinfo", body=body)
+        assert resp.status == 400 and b"but with its name and references that address is" in text, text
+    assert list(services.path_info_service.list()) == []
+    narinfo = NarInfo(path, f"nar/{file_name}.nar", sha, len(nar), ca=ca)
+    resp, text = _request(srv, "PUT", f"/{path.encoded_digest}.narinfo", body=narinfo.render().encode())
+    assert resp.status == 200, text
+    assert [i.store_path for i in services.path_info_service.list()] == [path]
+
+
 def test_ipv6_loopback(tmp_path):
     family, host, port = parse_listen_address("[::1]:0")
     services = construct_services("memory://", "memory://", "memory://")

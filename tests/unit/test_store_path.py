@@ -139,6 +139,37 @@ def test_nar_sha256_with_reference_vector():
     assert build_nar_sha256_path("baz", digest, [ref]).basename() == "s89y431zzhmdn3k8r96rvakryddkpv2v-baz"
 
 
+def test_ca_paths_from_content_addresses():
+    """build_ca_path picks the rule by address (spec §5.4), on the same vectors; references
+    are ordered as Nix orders them, and refused where the address allows none."""
+    from nix_compat.nixhash import CAHash, NixHash
+    from nix_compat.store_path import build_ca_path
+
+    foo = build_ca_path("foo", CAHash("text", NixHash("sha256", hashlib.sha256(b"bar").digest())), [], False)
+    assert foo.basename() == "vxjiwkjkn7x4079qvh1jkl5pn05j2aw0-foo"
+    baz = CAHash("text", NixHash("sha256", hashlib.sha256(foo.absolute().encode()).digest()))
+    assert build_ca_path("baz", baz, [foo], False).basename() == "5xd714cbfnkz02h2vbsj4fm03x3f15nf-baz"
+    sha1 = CAHash("nar", NixHash("sha1", bytes.fromhex("0beec7b5ea3f0fdbc95d0dd47f3c5bc275da8a33")))
+    assert build_ca_path("bar", sha1, [], False).basename() == "mp57d33657rf34lzvlbpfa1gjfv5gmpg-bar"
+    source = CAHash(
+        "nar", NixHash("sha256", nixbase32.decode("1xqkzcb3909fp07qngljr4wcdnrh1gdam1m2n29i6hhrxlmkgkv1"))
+    )
+    ref = StorePath.from_bytes("dxwkwjzdaq7ka55pkk252gh32bgpmql4-foo")
+    assert build_ca_path("baz", source, [ref], False).basename() == "s89y431zzhmdn3k8r96rvakryddkpv2v-baz"
+    # Two references: the fingerprint lists them by name text, whatever order they come in.
+    refs = [ref, foo]
+    assert build_ca_path("baz", source, refs, False) == build_ca_path("baz", source, refs[::-1], False)
+    assert build_ca_path("baz", source, refs, False) == build_nar_sha256_path(
+        "baz", source.hash.digest, sorted(refs, key=lambda r: r.basename())
+    )
+    with pytest.raises(StorePathError, match="cannot have references"):
+        build_ca_path("bar", sha1, [ref], False)
+    with pytest.raises(StorePathError, match="cannot have references"):
+        build_ca_path("bar", sha1, [], True)
+    with pytest.raises(StorePathError, match="cannot refer to itself"):
+        build_ca_path("baz", baz, [foo], True)
+
+
 @pytest.mark.parametrize(
     ("name", "nar_bytes", "expected"),
     [

@@ -33,7 +33,7 @@ from tvix_castore.frozen import Frozen
 from tvix_store.binary_cache import BinaryCacheError
 from tvix_store.binary_cache.compression import read_errors
 from tvix_store.binary_cache.download import EarlyDownload, NarDownload, fetch_narinfo
-from tvix_store.content_address import content_mismatch, nar_checker
+from tvix_store.content_address import content_mismatch, nar_checker, path_mismatch
 from tvix_store.nar.ingest import ingest_nar
 from tvix_store.path_info import PathInfo
 from tvix_store.services import Services
@@ -126,7 +126,7 @@ def fetch_path_info(
         )
     if ca is not None:
         # As Nix checks it when it adds the path: no signature covers the CA line.
-        mismatch = content_mismatch(
+        mismatch = path_mismatch(narinfo.store_path, ca, narinfo.references) or content_mismatch(
             narinfo.store_path, ca, root, blob_service, directory_service, ca_hash, nar_sha256
         )
         if mismatch is not None:

@@ -56,7 +56,7 @@ from tvix_castore.nodes import DirectoryNode, FileNode, Node
 from tvix_castore.proto_conv import anonymous_node_from_proto, node_to_proto
 from tvix_store.binary_cache.compression import MAGICS, decompress, read_errors
 from tvix_store.binary_cache.download import NARINFO_LIMIT
-from tvix_store.content_address import content_mismatch
+from tvix_store.content_address import content_mismatch, path_mismatch
 from tvix_store.nar.calculation import nar_size as nar_size_of
 from tvix_store.nar.ingest import ingest_nar
 from tvix_store.nar.renderer import write_nar
@@ -811,7 +811,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             )
         if narinfo.ca is not None:
             services = self.server.services
-            mismatch = content_mismatch(
+            mismatch = path_mismatch(narinfo.store_path, narinfo.ca, narinfo.references) or content_mismatch(
                 narinfo.store_path,
                 narinfo.ca,
                 uploaded.node,
