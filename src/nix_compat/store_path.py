@@ -163,22 +163,23 @@ def build_text_path(name: str, content_sha256: bytes, references: Iterable[Store
 def build_ca_path(name: str, ca: CAHash, references: Iterable[StorePath], self_reference: bool) -> StorePath:
     """The path Nix gives a content-addressed path (``makeFixedOutputPathFromCA``, spec §5.4).
 
-    references are the others the path refers to; self_reference says whether it refers to
-    itself. NAR/sha256 is a "source" path with its references; text one with them too (never
-    itself); any other address allows no references at all.
+    references are the others the path refers to (a repeat counts once); self_reference says
+    whether it refers to itself. NAR/sha256 is a "source" path with its references; text one
+    with them too (never itself); any other address allows no other references, and leaves a
+    reference to itself out of the path, as Nix 2.8 does.
 
     Raises:
         StorePathError: references the address cannot have, or an invalid name.
 
     """
-    refs = sorted(references, key=StorePath.basename)  # Nix's StorePathSet order: by name text
+    refs = sorted(set(references), key=StorePath.basename)  # Nix's StorePathSet: by name text
     if ca.kind == "text":
         if self_reference:
             raise StorePathError(f"a text path cannot refer to itself ({name})")
         return build_text_path(name, ca.hash.digest, refs)
     if ca.kind == "nar" and ca.hash.algo == "sha256":
         return build_nar_sha256_path(name, ca.hash.digest, refs, self_reference)
-    if refs or self_reference:
+    if refs:
         raise StorePathError(f"a path addressed by {ca} cannot have references ({name})")
     return build_fixed_output_path(name, ca.hash.algo, ca.hash.digest, recursive=ca.kind == "nar")
 

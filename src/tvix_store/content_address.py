@@ -69,9 +69,9 @@ def path_mismatch(store_path: StorePath, ca: CAHash, references: Sequence[StoreP
     ("claims to be content-addressed but isn't") when they disagree: a cache we copy from, or
     an upload we would sign, must not get such a claim past us either.
     """
-    others = [r for r in references if r != store_path]
+    others = {r for r in references if r != store_path}
     try:
-        expected = build_ca_path(store_path.name, ca, others, self_reference=len(others) < len(references))
+        expected = build_ca_path(store_path.name, ca, others, self_reference=store_path in references)
     except StorePathError as exc:
         return f"{store_path.absolute()} claims CA {ca}: {exc}"
     if expected != store_path:

@@ -207,6 +207,65 @@ def test_a_wrong_narsize_is_400_with_or_without_a_range(server):
     assert resp.status == 200 and got == nar
 
 
+def test_a_nar_tree_is_read_once_and_its_size_checked_once(tmp_path):
+    """Serving a NAR reads its Directories once (the size check's fetch serves the rendering),
+    and a URL found right is not walked again: a HEAD, a Range, the cache turned off."""
+    from tvix_castore.directoryservice import DirectoryService
+    from tvix_store.services import Services
+
+    class CountingDirectories(DirectoryService):
+        def __init__(self, inner: DirectoryService) -> None:
+            self.inner = inner
+            self.gets = 0
+            self.walks = 0
+
+        def get(self, digest):  # type: ignore[no-untyped-def]
+            self.gets += 1
+            return self.inner.get(digest)
+
+        def get_recursive(self, root):  # type: ignore[no-untyped-def]
+            self.walks += 1
+            return self.inner.get_recursive(root)
+
+        def put(self, directory):  # type: ignore[no-untyped-def]
+            return self.inner.put(directory)
+
+        def put_multiple_start(self):  # type: ignore[no-untyped-def]
+            return self.inner.put_multiple_start()
+
+    inner = construct_services("memory://", "memory://", "memory://")
+    counting = CountingDirectories(inner.directory_service)
+    services = Services(inner.blob_service, counting, inner.path_info_service)
+    srv = BinaryCacheServer(("127.0.0.1", 0), services, sign_key=SigningKey.parse(_secret()))
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    try:
+        nar = _nar()
+        sha = hashlib.sha256(nar).digest()
+        file_name = nixbase32.encode(sha)
+        assert _request(srv, "PUT", f"/nar/{file_name}.nar", body=nar)[0].status == 200
+        path = build_nar_sha256_path("unit", sha)
+        narinfo = NarInfo(path, f"nar/{file_name}.nar", sha, len(nar))
+        resp, _ = _request(srv, "PUT", f"/{path.encoded_digest}.narinfo", body=narinfo.render().encode())
+        assert resp.status == 200
+        url = "/" + NarInfo.parse(_request(srv, "GET", f"/{path.encoded_digest}.narinfo")[1]).url
+        counting.gets = counting.walks = 0
+        resp, got = _request(srv, "GET", url)  # no rendered-NAR cache here
+        assert resp.status == 200 and got == nar
+        # The root's existence, then one walk of the tree: the size check's, rendered from.
+        assert (counting.gets, counting.walks) == (1, 1)
+        resp, got = _request(srv, "HEAD", url)
+        assert resp.status == 200 and int(resp.headers["Content-Length"]) == len(nar)
+        resp, got = _request(srv, "GET", url, headers={"Range": "bytes=10-19"})
+        assert resp.status == 206 and got == nar[10:20]
+        assert counting.walks == 1  # the size was found right once: no walk for it again
+    finally:
+        srv.shutdown()
+        srv.server_close()
+        thread.join()
+        inner.close()
+
+
 def test_an_upload_whose_path_does_not_follow_from_its_ca_is_400(server):
     """A narinfo whose CA line (true for the content) does not give its store path, with its
     name and references, is refused: signed, it would be served to Nix, which refuses such a

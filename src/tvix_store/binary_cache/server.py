@@ -50,6 +50,7 @@ from nix_compat.errors import NixCompatError
 from nix_compat.narinfo import NarInfo
 from nix_compat.signing import SigningKey
 from tvix.castore.protos import castore_pb2
+from tvix_castore.directoryservice import DirectoryService
 from tvix_castore.errors import StoreError
 from tvix_castore.frozen import Frozen
 from tvix_castore.nodes import DirectoryNode, FileNode, Node
@@ -57,7 +58,7 @@ from tvix_castore.proto_conv import anonymous_node_from_proto, node_to_proto
 from tvix_store.binary_cache.compression import MAGICS, decompress, read_errors
 from tvix_store.binary_cache.download import NARINFO_LIMIT
 from tvix_store.content_address import content_mismatch, path_mismatch
-from tvix_store.nar.calculation import nar_size as nar_size_of
+from tvix_store.nar.calculation import FetchedDirectories, fetch_directories, nar_size_from
 from tvix_store.nar.ingest import ingest_nar
 from tvix_store.nar.renderer import write_nar
 from tvix_store.path_info import PathInfo
@@ -72,6 +73,8 @@ log = logging.getLogger(__name__)
 MAX_NODE_BYTES = 4096
 _MAX_NODE_B64 = (MAX_NODE_BYTES * 4 + 2) // 3
 PENDING_CAPACITY = 1000
+# NAR URLs whose narsize was found right, remembered (~100 bytes each).
+RIGHT_SIZES = 10_000
 # A connection on which nothing moves for this long is dropped (a half-sent request, a client
 # that stopped reading); the same span as Nix's stalled-download-timeout.
 IDLE_TIMEOUT = 300.0
@@ -361,6 +364,9 @@ class BinaryCacheServer(http.server.ThreadingHTTPServer):
         self.compression = compression
         self._pending: OrderedDict[bytes, _Uploaded] = OrderedDict()
         self._pending_lock = threading.Lock()
+        # NAR URLs whose narsize was found right (a key names a root node and a size: it never
+        # goes stale), so that a NAR's Directories are walked for it once, not per request.
+        self._right_sizes: OrderedDict[str, None] = OrderedDict()
         # Open connections, each with whether a request is being answered on it.
         self._connections: dict[socket.socket, bool] = {}
         self._connections_lock = threading.Lock()
@@ -388,6 +394,25 @@ class BinaryCacheServer(http.server.ThreadingHTTPServer):
             self._pending.move_to_end(nar_sha256)
             while len(self._pending) > PENDING_CAPACITY:
                 self._pending.popitem(last=False)
+
+    def size_known_right(self, key: str) -> bool:
+        """Whether the NAR URL key (``<node>:<narsize>``) was found to have its NAR's size."""
+        cache = self.nar_cache
+        if cache is not None and cache.holds(key):  # rendered whole, at that size
+            return True
+        with self._pending_lock:
+            if key in self._right_sizes:
+                self._right_sizes.move_to_end(key)
+                return True
+        return False
+
+    def note_size_right(self, key: str) -> None:
+        """Remember that key's narsize is its NAR's size (the last RIGHT_SIZES keys)."""
+        with self._pending_lock:
+            self._right_sizes[key] = None
+            self._right_sizes.move_to_end(key)
+            while len(self._right_sizes) > RIGHT_SIZES:
+                self._right_sizes.popitem(last=False)
 
     def uploaded(self, nar_sha256: bytes) -> _Uploaded | None:
         """The uploaded NAR with this hash, if it is still remembered."""
@@ -626,17 +651,22 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             if m is not None and not (m.group(1) or m.group(2)):
                 m = None
         # The response's length is narsize: check it against the real NAR (from the Directories
-        # alone, as nar-bridge's seekable NAR does) unless the NAR was rendered at that size
-        # before. A wrong one would otherwise get a NAR cut short, or a connection dropped.
-        if m is not None or cache is None or not cache.holds(key):
+        # alone, as nar-bridge's seekable NAR does), unless it was found right before. A wrong
+        # one would otherwise get a NAR cut short, or a connection dropped. The Directories
+        # fetched for it serve the rendering too: the tree is read once.
+        directories: DirectoryService = services.directory_service
+        if not self.server.size_known_right(key):
             try:
-                actual = nar_size_of(node, services.directory_service)
+                fetched = fetch_directories(node, directories)
+                actual = nar_size_from(node, fetched)
             except StoreError as exc:
                 log.error("NAR of %s: cannot find its size: %s", node, exc)
                 self._error(500, f"NAR of {node}: {exc}")
                 return
             if actual != nar_size:
                 raise _BadRequest(f"NAR URL: narsize={nar_size}, but the NAR is {actual} bytes")
+            self.server.note_size_right(key)
+            directories = FetchedDirectories(fetched)
         # A Range of another form (several ranges) is answered with the whole NAR (RFC 9110).
         if m is not None:
             if m.group(1):
@@ -673,7 +703,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             # Not zero_copy: views of the map would keep a read transaction open while a client
             # that stopped reading (for up to IDLE_TIMEOUT) holds sendall up, and that snapshot
             # pins every page freed meanwhile: the store file would grow with each upload.
-            write_nar(out, node, services.blob_service, services.directory_service)
+            write_nar(out, node, services.blob_service, directories)
         except _Abort:
             return
         except (BrokenPipeError, ConnectionResetError):

@@ -1,32 +1,47 @@
 """NAR size and SHA-256 of a castore node, by rendering it; or its size alone, from the tree.
 
 ``LocalNarCalculationService`` is the NarCalculationService used when the path-info service has
-no remote one; ``nar_size`` needs only the Directories, never a blob.
+no remote one; ``nar_size`` needs only the Directories, never a blob (``nar_size_from`` with
+them fetched already, and ``FetchedDirectories`` to render from the same ones).
 """
 
 from __future__ import annotations
 
 import hashlib
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, final
 
 from nix_compat.nar import wire
 from tvix_castore.blobservice import BlobService
 from tvix_castore.digests import B3Digest
 from tvix_castore.directory import Directory
-from tvix_castore.directoryservice import DirectoryService
-from tvix_castore.errors import StorageError
+from tvix_castore.directoryservice import DirectoryPutter, DirectoryService
+from tvix_castore.errors import InvalidRequest, StorageError
 from tvix_castore.nodes import DirectoryNode, FileNode, Node
 from tvix_store.nar.renderer import write_nar
 
 if TYPE_CHECKING:
     from tvix_store.nar_cache import NarCache
 
-__all__ = ["LocalNarCalculationService", "NarHasher", "nar_size"]
+__all__ = [
+    "FetchedDirectories",
+    "LocalNarCalculationService",
+    "NarHasher",
+    "fetch_directories",
+    "nar_size",
+    "nar_size_from",
+]
 
 
 def _str_len(n: int) -> int:
     """Bytes of a NAR string of n bytes: length, bytes, padding."""
     return 8 + n + wire.padding_len(n)
+
+
+def fetch_directories(root: Node, directory_service: DirectoryService) -> dict[B3Digest, Directory]:
+    """The Directories of root's tree by digest (none for a file or symlink root)."""
+    if not isinstance(root, DirectoryNode):
+        return {}
+    return {d.digest(): d for d in directory_service.get_recursive(root.digest)}
 
 
 def nar_size(root: Node, directory_service: DirectoryService) -> int:
@@ -36,9 +51,16 @@ def nar_size(root: Node, directory_service: DirectoryService) -> int:
         StorageError: a Directory of the tree is missing.
 
     """
-    directories: dict[B3Digest, Directory] = {}
-    if isinstance(root, DirectoryNode):
-        directories = {d.digest(): d for d in directory_service.get_recursive(root.digest)}
+    return nar_size_from(root, fetch_directories(root, directory_service))
+
+
+def nar_size_from(root: Node, directories: dict[B3Digest, Directory]) -> int:
+    """``nar_size`` with the tree's Directories at hand (``fetch_directories``).
+
+    Raises:
+        StorageError: a Directory of the tree is not among them.
+
+    """
     total = len(wire.TOK_NAR)
     stack: list[Node] = [root]
     while stack:
@@ -58,6 +80,29 @@ def nar_size(root: Node, directory_service: DirectoryService) -> int:
         else:
             total += len(wire.TOK_SYM) + _str_len(len(node.target)) + len(wire.TOK_PAR)
     return total
+
+
+@final
+class FetchedDirectories(DirectoryService):
+    """Directories already fetched (``fetch_directories``), served from memory; read-only.
+
+    For rendering a NAR whose tree was just read to find its size: the tree is read once.
+    """
+
+    def __init__(self, directories: dict[B3Digest, Directory]) -> None:
+        self._directories = directories
+
+    def get(self, digest: B3Digest) -> Directory | None:
+        """The Directory, if it was fetched."""
+        return self._directories.get(digest)
+
+    def put(self, directory: Directory) -> B3Digest:
+        """Refused: a read-only view."""
+        raise InvalidRequest("fetched directories are read-only")
+
+    def put_multiple_start(self) -> DirectoryPutter:
+        """Refused: a read-only view."""
+        raise InvalidRequest("fetched directories are read-only")
 
 
 class NarHasher:
