@@ -33,6 +33,7 @@ from tvix_castore.frozen import Frozen
 from tvix_store.binary_cache import BinaryCacheError
 from tvix_store.binary_cache.compression import read_errors
 from tvix_store.binary_cache.download import EarlyDownload, NarDownload, fetch_narinfo
+from tvix_store.binary_cache.fetch import join_url
 from tvix_store.content_address import content_mismatch, nar_checker, path_mismatch
 from tvix_store.nar.ingest import ingest_nar
 from tvix_store.path_info import PathInfo
@@ -72,6 +73,13 @@ def fetch_path_info(
 
     """
     path = narinfo.store_path.absolute()
+    ca = narinfo.ca
+    # The path must follow from its CA line: checked before the NAR is fetched for nothing.
+    mismatch = path_mismatch(narinfo.store_path, ca, narinfo.references) if ca is not None else None
+    if mismatch is not None:
+        if download is not None:
+            download.close()
+        raise BinaryCacheError(f"{join_url(base_url, narinfo.url)}: {mismatch}")
     if download is None:
         download = NarDownload(base_url, narinfo)
     url = download.url
@@ -79,7 +87,6 @@ def fetch_path_info(
     # Download and decompression (which release the GIL) run in a thread beside ingestion.
     download.set_on_bytes(on_bytes)
     read = download.read
-    ca = narinfo.ca
     ca_hash = nar_checker(narinfo.store_path, ca) if ca is not None and ca.kind == "nar" else None
     if ca_hash is not None:
         update = ca_hash.update
@@ -126,7 +133,7 @@ def fetch_path_info(
         )
     if ca is not None:
         # As Nix checks it when it adds the path: no signature covers the CA line.
-        mismatch = path_mismatch(narinfo.store_path, ca, narinfo.references) or content_mismatch(
+        mismatch = content_mismatch(
             narinfo.store_path, ca, root, blob_service, directory_service, ca_hash, nar_sha256
         )
         if mismatch is not None:
