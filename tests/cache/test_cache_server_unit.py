@@ -181,11 +181,8 @@ def test_bad_content_length_is_400(server, headers):
     assert _request(srv, "GET", "/nix-cache-info")[0].status == 200
 
 
-def test_a_wrong_narsize_is_400_with_or_without_a_range(server):
-    """narsize is the length the response announces: one that is not the NAR's size is refused,
-    not answered with a NAR cut short (or a longer promise and a dropped connection)."""
-    srv, _ = server
-    nar = _nar()
+def _upload_and_serve(srv: BinaryCacheServer, nar: bytes) -> str:
+    """Upload nar (uncompressed) and a narinfo for it; the NAR URL the server then names."""
     sha = hashlib.sha256(nar).digest()
     file_name = nixbase32.encode(sha)
     assert _request(srv, "PUT", f"/nar/{file_name}.nar", body=nar)[0].status == 200
@@ -193,8 +190,15 @@ def test_a_wrong_narsize_is_400_with_or_without_a_range(server):
     narinfo = NarInfo(path, f"nar/{file_name}.nar", sha, len(nar))
     resp, _ = _request(srv, "PUT", f"/{path.encoded_digest}.narinfo", body=narinfo.render().encode())
     assert resp.status == 200
-    served = NarInfo.parse(_request(srv, "GET", f"/{path.encoded_digest}.narinfo")[1])
-    good = "/" + served.url
+    return "/" + NarInfo.parse(_request(srv, "GET", f"/{path.encoded_digest}.narinfo")[1]).url
+
+
+def test_a_wrong_narsize_is_400_with_or_without_a_range(server):
+    """narsize is the length the response announces: one that is not the NAR's size is refused,
+    not answered with a NAR cut short (or a longer promise and a dropped connection)."""
+    srv, _ = server
+    nar = _nar()
+    good = _upload_and_serve(srv, nar)
     assert f"narsize={len(nar)}" in good
     for wrong in (50, len(nar) + 8, 10**20):
         bad = good.replace(f"narsize={len(nar)}", f"narsize={wrong}")
@@ -241,14 +245,7 @@ def test_a_nar_tree_is_read_once_and_its_size_checked_once(tmp_path):
     thread.start()
     try:
         nar = _nar()
-        sha = hashlib.sha256(nar).digest()
-        file_name = nixbase32.encode(sha)
-        assert _request(srv, "PUT", f"/nar/{file_name}.nar", body=nar)[0].status == 200
-        path = build_nar_sha256_path("unit", sha)
-        narinfo = NarInfo(path, f"nar/{file_name}.nar", sha, len(nar))
-        resp, _ = _request(srv, "PUT", f"/{path.encoded_digest}.narinfo", body=narinfo.render().encode())
-        assert resp.status == 200
-        url = "/" + NarInfo.parse(_request(srv, "GET", f"/{path.encoded_digest}.narinfo")[1]).url
+        url = _upload_and_serve(srv, nar)
         counting.gets = counting.walks = 0
         resp, got = _request(srv, "GET", url)  # no rendered-NAR cache here
         assert resp.status == 200 and got == nar
