@@ -209,6 +209,12 @@ def test_a_wrong_narsize_is_400_with_or_without_a_range(server):
     assert resp.status == 200 and got == nar
     resp, got = _request(srv, "GET", good)  # now from the rendered-NAR cache
     assert resp.status == 200 and got == nar
+    # zstd URLs too: a wrong narsize is refused before a chunked 200 begins.
+    resp, text = _request(srv, "GET", good.replace(f"narsize={len(nar)}", "narsize=50") + "&compression=zstd")
+    assert resp.status == 400 and b"but the NAR is" in text
+    # A range whose first byte comes after its last is invalid: ignored (RFC 9110), not a 416.
+    resp, got = _request(srv, "GET", good, headers={"Range": "bytes=5-3"})
+    assert resp.status == 200 and got == nar
 
 
 def test_a_nar_tree_is_read_once_and_its_size_checked_once(tmp_path):

@@ -637,23 +637,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if absent:
             self._error(404, f"NAR of {node}: not in this store")
             return
-        if compression == "zstd":
-            self._send_zstd(node, headers)
-            return
-        start, end = 0, nar_size
-        status = 200
         cache = self.server.nar_cache
         key = f"{b64}:{nar_size}"
-        m = None
-        range_header = self.headers.get("Range")
-        if range_header is not None:
-            m = _RANGE_RE.fullmatch(range_header.strip())
-            if m is not None and not (m.group(1) or m.group(2)):
-                m = None
         # The response's length is narsize: check it against the real NAR (from the Directories
         # alone, as nar-bridge's seekable NAR does), unless it was found right before. A wrong
-        # one would otherwise get a NAR cut short, or a connection dropped. The Directories
-        # fetched for it serve the rendering too: the tree is read once.
+        # one would otherwise get a NAR cut short, or a connection dropped; a Directory missing
+        # is a 500 before any header. The Directories fetched for it serve the rendering too:
+        # the tree is read once.
         directories: DirectoryService = services.directory_service
         if not self.server.size_known_right(key):
             try:
@@ -667,6 +657,21 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 raise _BadRequest(f"NAR URL: narsize={nar_size}, but the NAR is {actual} bytes")
             self.server.note_size_right(key)
             directories = FetchedDirectories(fetched)
+        if compression == "zstd":
+            self._send_zstd(node, headers, directories)
+            return
+        start, end = 0, nar_size
+        status = 200
+        m = None
+        range_header = self.headers.get("Range")
+        if range_header is not None:
+            m = _RANGE_RE.fullmatch(range_header.strip())
+            if m is not None and (
+                not (m.group(1) or m.group(2))
+                # first > last: an invalid range, which RFC 9110 says to ignore
+                or (m.group(1) and m.group(2) and int(m.group(1)) > int(m.group(2)))
+            ):
+                m = None
         # A Range of another form (several ranges) is answered with the whole NAR (RFC 9110).
         if m is not None:
             if m.group(1):
@@ -720,7 +725,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             log.error("NAR of %s is %d bytes, but the URL said narsize=%d", node, out.pos, nar_size)
             self.close_connection = True
 
-    def _send_zstd(self, node: Node, headers: dict[str, str]) -> None:
+    def _send_zstd(self, node: Node, headers: dict[str, str], directories: DirectoryService) -> None:
         import zstandard
 
         self.send_response(200)
@@ -744,7 +749,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             cast(BinaryIO, _Chunked()), write_size=_COPY_CHUNK, closefd=False
         )
         try:
-            write_nar(compressor.write, node, services.blob_service, services.directory_service)
+            write_nar(compressor.write, node, services.blob_service, directories)
             compressor.close()  # type: ignore[no-untyped-call]
         except (BrokenPipeError, ConnectionResetError):
             raise
