@@ -34,8 +34,9 @@ import os
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from typing import cast
 
 import lmdb
 
@@ -212,6 +213,22 @@ class LmdbStore:
     def table(self, name: str) -> object:
         """The handle of a named table (one of TABLES)."""
         return self.tables[name]
+
+    def put(
+        self, table: str, items: Sequence[tuple[bytes, bytes]], *, overwrite: bool, durable: bool = False
+    ) -> None:
+        """Put (key, value) items into a table in one group commit (see ``GroupCommit.write``).
+
+        overwrite=False leaves a present key as it is (its value is the same: content-addressed).
+        Raises what LMDB raised.
+        """
+        db = cast("lmdb._Database", self.tables[table])
+
+        def work(txn: lmdb.Transaction) -> None:
+            for key, value in items:
+                txn.put(key, value, db=db, overwrite=overwrite)
+
+        self.writes.write(self.env, work, sum(len(value) for _, value in items), durable)
 
     def sync_others(self) -> None:
         """Flush the other LMDB stores this process has open (fsync each).

@@ -116,17 +116,11 @@ class LmdbNarCache(NarCache):
         """Remember the NAR size and SHA-256 of node."""
         _check(nar_size, nar_sha256)
         key = nar_cache_key(node)
-        value = _VALUE.pack(nar_size, nar_sha256)
-        db = self._db
-
-        def work(txn: lmdb.Transaction) -> None:
-            txn.put(key, value, db=db)
-
         store = self._store
         if store is None:
             raise ClosedError("LMDB NAR cache is closed")
         try:
-            store.writes.write(self._env, work, len(value))
+            store.put("narcache", [(key, _VALUE.pack(nar_size, nar_sha256))], overwrite=True)
         except lmdb.Error as exc:
             raise StorageError(f"LMDB NAR cache at {self._path}: put: {explain(self._path, exc)}") from exc
 

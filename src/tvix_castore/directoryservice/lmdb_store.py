@@ -125,14 +125,8 @@ class LmdbDirectoryService(DirectoryService):
         store = self._store
         if store is None:
             raise ClosedError("LMDB directory service is closed")
-        db = self._db
         items = [(bytes(directory.digest()), directory.encode()) for directory in directories]
-
-        def work(txn: lmdb.Transaction) -> None:
-            for digest, encoded in items:
-                # NOOVERWRITE: a present Directory has the same bytes; don't rewrite its pages.
-                txn.put(digest, encoded, db=db, overwrite=False)
-
-        # In a group commit with the writes of other threads (a daemon, a copy's workers).
+        # In a group commit with the writes of other threads (a daemon, a copy's workers). A
+        # present Directory has the same bytes: its pages are not rewritten.
         with lmdb_errors(self.path, "directory", "put"):
-            store.writes.write(self._env, work, sum(len(encoded) for _, encoded in items))
+            store.put("directories", items, overwrite=False)

@@ -102,20 +102,14 @@ class LmdbPathInfoService(PathInfoService):
             raise ClosedError("LMDB path info service is closed")
         if not infos:
             return []
-        db = self._db
         items = []
         for info in infos:
             encoded = encode_path_info(info)
             items.append((info.store_path.digest, _CHECKED + blake3_digest(encoded) + encoded))
-
-        def work(txn: lmdb.Transaction) -> None:
-            for digest, value in items:
-                txn.put(digest, value, db=db)
-
         what = f"put {infos[0].store_path.basename()}" if len(infos) == 1 else f"put {len(infos)} PathInfos"
         store.sync_others()
         with lmdb_errors(self.path, "path info", what):
-            store.writes.write(self._env, work, sum(len(value) for _, value in items), durable=True)
+            store.put("pathinfos", items, overwrite=True, durable=True)
         return list(infos)
 
     def list(self) -> Iterator[PathInfo]:
