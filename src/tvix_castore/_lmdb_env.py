@@ -45,7 +45,9 @@ from tvix_castore.url import ServiceUrl
 
 log = logging.getLogger("tvix_castore.lmdb")
 
-TABLES = ("chunks", "blobs", "directories", "pathinfos", "narcache")
+TABLES = ("chunks", "blobs", "directories", "pathinfos", "narcache", "cachefiles")
+# Tables a store made by an earlier version may lack: opened read-only, it is used without them.
+_LATER_TABLES = ("cachefiles",)
 
 # The map is reserved address space, not disk: the file grows only as data is written.
 _MAP_SIZE = 1 << 40
@@ -328,7 +330,7 @@ def open_env(path: str) -> LmdbStore:
                     env.reader_check()
                     _reader_checked[id(env)] = time.monotonic()
                 _refuse_truncated_data_file(real, env)
-                tables = {name: env.open_db(name.encode(), create=not read_only) for name in TABLES}
+                tables = _open_tables(env, read_only)
             except BaseException:
                 env.close()
                 raise
@@ -341,6 +343,21 @@ def open_env(path: str) -> LmdbStore:
         writes = GroupCommit(real)
         _envs[real] = (env, tables, writes, 1)
         return LmdbStore(real, env, tables, writes)
+
+
+def _open_tables(env: lmdb.Environment, read_only: bool) -> dict[str, object]:
+    """The handles of TABLES, created if missing.
+
+    A read-only store may lack ``_LATER_TABLES``: those it lacks are left out.
+    """
+    tables: dict[str, object] = {}
+    for name in TABLES:
+        try:
+            tables[name] = env.open_db(name.encode(), create=not read_only)
+        except lmdb.NotFoundError:
+            if not (read_only and name in _LATER_TABLES):
+                raise
+    return tables
 
 
 def _map_limit(exc: BaseException) -> str:

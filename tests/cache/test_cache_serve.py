@@ -474,3 +474,80 @@ def test_a_client_that_stops_reading_pins_no_snapshot(tmp_path):
             finally:
                 env.close()
             assert all(row[2] == "-" for row in rows), rows  # no read transaction open
+
+
+_DEBUG_EXPR = r"""
+derivation {
+  name = "h6-debug";
+  system = builtins.currentSystem;
+  builder = "/bin/sh";
+  PATH = "/usr/bin:/bin";
+  args = [ "-c" ''
+    echo "building h6-debug: a line of its log"
+    mkdir -p $out/bin $out/lib/debug/.build-id/ab
+    printf 'an ELF, say\n' > $out/bin/tool
+    printf 'its debug info\n' > $out/lib/debug/.build-id/ab/cdef0123456789abcdef0123456789abcdef01.debug
+  '' ];
+}
+"""
+
+
+def test_nix_uploads_listings_logs_and_debug_info(tmp_path):
+    """What else `nix copy --to` and `nix store copy-log` upload is kept and served back as Nix
+    writes it to a file:// cache: a NAR listing (write-nar-listing), debug info (index-debug-info)
+    and a build log, which `nix log --store` then finds; in the LMDB store, across restarts."""
+    (tmp_path / "debug.nix").write_text(_DEBUG_EXPR)
+    path = _nix_build(tmp_path / "debug.nix")
+    drv = subprocess.run(["nix-store", "-q", "--deriver", path], capture_output=True, text=True, check=True)
+    drv_path = drv.stdout.strip()
+    options = "write-nar-listing=true&index-debug-info=true&compression=none"
+    reference = tmp_path / "reference"
+    assert _nix("copy", "--to", f"file://{reference}?{options}", path).returncode == 0
+    listing = f"{Path(path).name[:32]}.ls"
+    # debuginfo/<build id>.debug (Nix 2.8; later versions leave out the .debug)
+    (debuginfo,) = (f"debuginfo/{f.name}" for f in (reference / "debuginfo").iterdir())
+    assert debuginfo.startswith("debuginfo/abcdef0123456789abcdef0123456789abcdef01")
+    store = tmp_path / "store"
+    with serve_cache(store) as url:
+        res = _nix("copy", "--to", f"{url}?{options}", path)
+        assert res.returncode == 0, res.stderr
+        res = _nix("store", "copy-log", "--to", url, drv_path)
+        assert res.returncode == 0, res.stderr
+    with serve_cache(store) as url:  # a restart: kept in the store
+        for name in (listing, debuginfo):
+            with urllib.request.urlopen(f"{url}/{name}") as r:
+                assert r.read() == (reference / name).read_bytes(), name
+                assert r.headers["Content-Type"] == "application/json"
+        log = _nix("log", "--store", url, path)
+        assert log.returncode == 0, log.stderr
+        assert "building h6-debug: a line of its log" in log.stdout
+        head = urllib.request.Request(f"{url}/{listing}", method="HEAD")
+        with urllib.request.urlopen(head) as r:
+            size = len((reference / listing).read_bytes())
+            assert r.read() == b"" and int(r.headers["Content-Length"]) == size
+        # Served as it came, Content-Encoding included (Nix's ls-compression, log-compression).
+        req = urllib.request.Request(
+            f"{url}/log/{Path(drv_path).name}",
+            data=b"\x0b\x02\x80hello\x03",
+            method="PUT",
+            headers={"Content-Type": "text/plain; charset=utf-8", "Content-Encoding": "br"},
+        )
+        with urllib.request.urlopen(req) as r:
+            assert r.status == 200
+        with urllib.request.urlopen(f"{url}/log/{Path(drv_path).name}") as r:
+            assert r.headers["Content-Encoding"] == "br" and r.read() == b"\x0b\x02\x80hello\x03"
+        assert _get(f"{url}/debuginfo/0123")[0] == 404  # a name that could be, but is not here
+        for bad in ("log/not-a-store-path", "debuginfo/XYZ", "realisations/out.doi", "junk/file"):
+            status, text = _put(f"{url}/{bad}", b"{}")
+            assert status == 400 and "cannot upload" in text, (bad, status, text)
+
+
+def _nix_build(expr: Path) -> str:
+    res = subprocess.run(
+        ["nix-build", "--option", "substituters", "", "--no-out-link", str(expr)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert res.returncode == 0, res.stderr
+    return res.stdout.strip()

@@ -486,6 +486,27 @@ def test_store_on_a_read_only_filesystem(tmp_path: Path, read_only_view: tuple[P
     assert all_paths(store) == listed
 
 
+def test_read_only_store_of_an_earlier_version_still_reads(read_only_view: tuple[Path, Path]) -> None:
+    """A store made before a table was added (``cachefiles``) opens on a read-only filesystem,
+    where the table cannot be created: read as before, the missing table holds nothing."""
+    import lmdb
+
+    from tvix_store.binary_cache.cache_files import LmdbCacheFiles
+
+    store, view = read_only_view
+    env = lmdb.open(str(store), max_dbs=10, subdir=True)
+    with env.begin(write=True) as txn:
+        txn.drop(env.open_db(b"cachefiles", txn=txn), delete=True)
+    env.close()
+    listed = tvix(view, "path-info", "--all").stdout
+    assert listed == all_paths(store) and listed.count(b"StorePath: ") == 1
+    files = LmdbCacheFiles(str(view))
+    try:
+        assert files.get("log/00bgd045z0d4icpbc2yyz4gx48ak44la-x.drv") is None
+    finally:
+        files.close()
+
+
 def test_read_only_view_of_a_store_in_use_is_refused(read_only_view: tuple[Path, Path]) -> None:
     """Through a read-only mount LMDB keeps no reader table, so a process writing the store
     through its writable path could reuse the pages a reader is on: while one has it open, the

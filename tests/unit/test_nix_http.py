@@ -63,3 +63,49 @@ def test_parse_narinfo_str():
 )
 def test_parse_narinfo_str_rejects(name):
     assert parse_narinfo_str(name) is None
+
+
+@pytest.mark.parametrize(
+    ("path", "kind"),
+    [
+        ("00bgd045z0d4icpbc2yyz4gx48ak44la.ls", "listing"),
+        ("log/00bgd045z0d4icpbc2yyz4gx48ak44la-hello-2.12.drv", "log"),
+        ("log/00bgd045z0d4icpbc2yyz4gx48ak44la-hello-2.12", "log"),  # Nix logs by any path
+        ("debuginfo/" + "0123456789abcdef" * 2 + "01234567", "debuginfo"),  # 40 hex: Nix's
+        ("debuginfo/" + "0123456789abcdef" * 2 + "01234567.debug", "debuginfo"),  # Nix 2.8's
+        ("realisations/sha256:" + "ab" * 32 + "!out.doi", "realisation"),
+        ("realisations/sha256:1b4sb93wp679q4zx9k1ignby1yna3z7c4c2ri3wphylbc2dwsys0!dev.doi", "realisation"),
+    ],
+)
+def test_parse_cache_file_str(path, kind):
+    assert nix_http.parse_cache_file_str(path) == kind
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "00bgd045z0d4icpbc2yyz4gx48ak44l.ls",  # 31 characters
+        "00bgd045z0d4icpbc2yyz4gx48ak44lu.ls",  # u is not nixbase32
+        "x/00bgd045z0d4icpbc2yyz4gx48ak44la.ls",
+        "00bgd045z0d4icpbc2yyz4gx48ak44la.narinfo",
+        "nar/1b4sb93wp679q4zx9k1ignby1yna3z7c4c2ri3wphylbc2dwsys0.nar",
+        "log/",
+        "log/hello.drv",
+        "log/00bgd045z0d4icpbc2yyz4gx48ak44la-hello/x",
+        "log/../00bgd045z0d4icpbc2yyz4gx48ak44la-x",
+        "debuginfo/",
+        "debuginfo/ABCDEF",  # Nix writes lower case
+        "debuginfo/a",
+        "debuginfo/.debug",
+        "debuginfo/abcd.debug.debug",
+        "debuginfo/" + "a" * 129,
+        "realisations/sha256:abc.doi",  # no output
+        "realisations/sha256:abc!out",  # no .doi
+        "realisations/sha256:abc!o/ut.doi",
+        "realisations/abc!out.doi",  # no algorithm
+        "nix-cache-info",
+        "",
+    ],
+)
+def test_parse_cache_file_str_rejects(path):
+    assert nix_http.parse_cache_file_str(path) is None

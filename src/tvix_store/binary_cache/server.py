@@ -13,6 +13,9 @@ Routes (``BinaryCacheServer``, threaded stdlib ``http.server``, HTTP/1.1 keep-al
   the root node waits in a small LRU keyed by NAR hash.
   ``PUT /<hash>.narinfo``: the name must match the body's StorePath and the NarHash/NarSize must
   be of an uploaded NAR; then the PathInfo is put. This is what ``nix copy --to http://…`` does.
+* ``PUT``, ``GET``/``HEAD`` of the other files Nix writes into a cache: ``<hash>.ls``,
+  ``log/<drv>``, ``debuginfo/<build id>``, ``realisations/<id>.doi`` (``cache_files``), kept as
+  uploaded and served back as they came.
 
 Malformed requests get 400 with a one-line reason (a GET of a name that cannot exist: 404, as
 nar-bridge answers); handler failures are logged and answered with 500 (or the connection is
@@ -55,6 +58,7 @@ from tvix_castore.errors import StoreError
 from tvix_castore.frozen import Frozen
 from tvix_castore.nodes import DirectoryNode, FileNode, Node
 from tvix_castore.proto_conv import anonymous_node_from_proto, node_to_proto
+from tvix_store.binary_cache.cache_files import MAX_FILE_BYTES, CacheFile, CacheFiles, MemoryCacheFiles
 from tvix_store.binary_cache.compression import MAGICS, decompress, read_errors
 from tvix_store.binary_cache.download import NARINFO_LIMIT
 from tvix_store.content_address import content_mismatch, path_mismatch
@@ -354,8 +358,11 @@ class BinaryCacheServer(http.server.ThreadingHTTPServer):
         compression: str = "none",
         nar_cache: RenderedNarCache | None = None,
         idle_timeout: float = IDLE_TIMEOUT,
+        cache_files: CacheFiles | None = None,
     ) -> None:
         self.address_family = family
+        # Listings, logs, debug info and realisations uploaded by Nix (owned by the caller).
+        self.cache_files = cache_files if cache_files is not None else MemoryCacheFiles()
         self.idle_timeout = idle_timeout
         self.nar_cache = nar_cache
         self.services = services
@@ -583,8 +590,18 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self._get_narinfo(path[1:])
         elif path.startswith("/nar/tvix-castore/"):
             self._get_nar(path[len("/nar/tvix-castore/") :], query)
+        elif nix_http.parse_cache_file_str(path[1:]) is not None:
+            self._get_cache_file(path[1:])
         else:
             self._error(404, f"not found: {path}")
+
+    def _get_cache_file(self, name: str) -> None:
+        file = self.server.cache_files.get(name)
+        if file is None:
+            self._error(404, f"no {name} here")
+            return
+        headers = {"Content-Encoding": file.content_encoding} if file.content_encoding else None
+        self._send(200, file.data, file.content_type, headers)
 
     def _get_narinfo(self, name: str) -> None:
         digest = nix_http.parse_narinfo_str(name)
@@ -787,8 +804,28 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         elif path == "/nix-cache-info":
             self._body(NARINFO_LIMIT).drain()  # we answer GET /nix-cache-info ourselves
             self._send(200)
+        elif nix_http.parse_cache_file_str(path[1:]) is not None:
+            self._put_cache_file(path[1:])
         else:
-            raise _BadRequest(f"cannot upload {path}: only nar/<hash>.nar[.<ext>] and <hash>.narinfo")
+            raise _BadRequest(
+                f"cannot upload {path}: only nar/<hash>.nar[.<ext>], <hash>.narinfo, <hash>.ls, "
+                "log/<drv>, debuginfo/<build id> and realisations/<id>.doi"
+            )
+
+    def _put_cache_file(self, name: str) -> None:
+        data = self._body(MAX_FILE_BYTES).readall()
+        try:
+            file = CacheFile(
+                name,
+                self.headers.get("Content-Type", "application/octet-stream"),
+                self.headers.get("Content-Encoding", ""),
+                data,
+            )
+        except ValueError as exc:
+            raise _BadRequest(str(exc)) from exc
+        self.server.cache_files.put(file)
+        log.info("stored %s (%d bytes)", name, len(data))
+        self._send(200)
 
     def _put_nar(self, name: str) -> None:
         parsed = nix_http.parse_nar_str(name)

@@ -78,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
 
     from nix_compat.signing import SigningKey
     from tvix_castore.errors import InvalidRequest
+    from tvix_store.binary_cache.cache_files import cache_files_for
     from tvix_store.binary_cache.server import BinaryCacheServer, RenderedNarCache, parse_listen_address
     from tvix_store.services import construct_services
     from tvix_store.stopping import GRACE_SECONDS, stop_signals
@@ -96,6 +97,12 @@ def run(args: argparse.Namespace) -> int:
     cache_dir = tempfile.TemporaryDirectory(prefix="tvix-serve-cache-")
     nar_cache = RenderedNarCache(cache_dir.name, args.nar_cache_size << 20) if args.nar_cache_size else None
     try:
+        cache_files = cache_files_for(services.path_info_service)
+    except BaseException:
+        services.close()
+        cache_dir.cleanup()
+        raise
+    try:
         server = BinaryCacheServer(
             (host, port),
             services,
@@ -104,8 +111,10 @@ def run(args: argparse.Namespace) -> int:
             sign_key=key,
             compression=args.compression,
             nar_cache=nar_cache,
+            cache_files=cache_files,
         )
     except BaseException as exc:
+        cache_files.close()
         services.close()
         cache_dir.cleanup()
         if isinstance(exc, OSError):
@@ -122,6 +131,7 @@ def run(args: argparse.Namespace) -> int:
             server.finish_requests(GRACE_SECONDS, cut)
     finally:
         server.server_close()
+        cache_files.close()
         services.close()
         cache_dir.cleanup()
     return 0

@@ -1,0 +1,186 @@
+"""Files a binary cache keeps beside narinfos and NARs, as Nix uploads them.
+
+NAR listings, build logs, debug info links and realisations (``nix_http.parse_cache_file_str``).
+
+They are kept as they came: the body, with the Content-Type and Content-Encoding it was sent
+with (Nix compresses logs and listings when asked to, ``log-compression`` and
+``ls-compression``), and served back so under their names. Nothing in the store refers to
+them, and they are not checked against it (Nix does not check them either when it reads them).
+
+``LmdbCacheFiles`` keeps them in the ``cachefiles`` table of the LMDB store the PathInfos are in,
+so they last as long as the store; ``MemoryCacheFiles`` (any other store) in memory, up to
+``MEMORY_BYTES``, the oldest dropped first. ``cache_files_for`` picks one for a path-info
+service; its caller owns it.
+"""
+
+from __future__ import annotations
+
+import abc
+import struct
+import threading
+from collections import OrderedDict
+from typing import cast, final
+
+import lmdb
+
+from tvix_castore._lmdb_env import LmdbStore, explain, open_env, release_env
+from tvix_castore.errors import ClosedError, DataCorruption, StorageError
+from tvix_castore.frozen import Frozen
+
+__all__ = [
+    "MAX_FILE_BYTES",
+    "MEMORY_BYTES",
+    "CacheFile",
+    "CacheFiles",
+    "LmdbCacheFiles",
+    "MemoryCacheFiles",
+    "cache_files_for",
+]
+
+MAX_FILE_BYTES = 64 * 1024 * 1024
+"""The largest file taken (a build log of a big build; a listing of a tree of ~10^5 files)."""
+MEMORY_BYTES = 256 * 1024 * 1024
+"""What ``MemoryCacheFiles`` holds at most."""
+
+_TABLE = "cachefiles"
+# Value: lengths of the Content-Type and Content-Encoding, both, then the body.
+_HEADER = struct.Struct("<HH")
+
+
+class CacheFile(Frozen):
+    """One file: its name in the cache (no leading ``/``), how it was sent, its bytes."""
+
+    __slots__ = ("content_encoding", "content_type", "data", "name")
+    name: str
+    content_type: str
+    content_encoding: str
+    data: bytes
+
+    def __init__(self, name: str, content_type: str, content_encoding: str, data: bytes) -> None:
+        for what, header in (("Content-Type", content_type), ("Content-Encoding", content_encoding)):
+            if not header.isascii() or not header.isprintable() or len(header) > 0xFFFF:
+                raise ValueError(f"{name}: unusable {what} {header!r}")
+        if len(data) > MAX_FILE_BYTES:
+            raise ValueError(f"{name}: {len(data)} bytes, more than {MAX_FILE_BYTES}")
+        object.__setattr__(self, "name", name)
+        object.__setattr__(self, "content_type", content_type)
+        object.__setattr__(self, "content_encoding", content_encoding)
+        object.__setattr__(self, "data", bytes(data))
+
+
+class CacheFiles(abc.ABC):
+    """Cache files by name; thread-safe."""
+
+    @abc.abstractmethod
+    def get(self, name: str) -> CacheFile | None:
+        """The file of that name, or None."""
+
+    @abc.abstractmethod
+    def put(self, file: CacheFile) -> None:
+        """Keep file, in place of any of the same name (Nix uploads a file again as it likes)."""
+
+    def close(self) -> None:
+        """Release resources."""
+
+
+@final
+class MemoryCacheFiles(CacheFiles):
+    """An insertion-ordered dict, bounded by the bytes it holds."""
+
+    def __init__(self, capacity: int = MEMORY_BYTES) -> None:
+        self._capacity = capacity
+        self._lock = threading.Lock()
+        self._files: OrderedDict[str, CacheFile] = OrderedDict()
+        self._bytes = 0
+
+    def get(self, name: str) -> CacheFile | None:
+        """The file of that name, or None."""
+        with self._lock:
+            return self._files.get(name)
+
+    def put(self, file: CacheFile) -> None:
+        """Keep file; the oldest files go when the capacity is exceeded."""
+        with self._lock:
+            old = self._files.pop(file.name, None)
+            if old is not None:
+                self._bytes -= len(old.data)
+            self._files[file.name] = file
+            self._bytes += len(file.data)
+            while self._bytes > self._capacity and len(self._files) > 1:
+                _, dropped = self._files.popitem(last=False)
+                self._bytes -= len(dropped.data)
+
+
+@final
+class LmdbCacheFiles(CacheFiles):
+    """The ``cachefiles`` table of the LMDB store in a directory."""
+
+    def __init__(self, path: str) -> None:
+        self._store: LmdbStore | None = open_env(path)
+        self._path = self._store.path
+        self._env = self._store.env
+        # None: a store from before this table, opened read-only (it holds no files then).
+        self._db = cast("lmdb._Database | None", self._store.tables.get(_TABLE))
+        self._close_lock = threading.Lock()
+
+    def close(self) -> None:
+        """Release this use of the shared environment; idempotent."""
+        with self._close_lock:
+            if self._store is not None:
+                release_env(self._store)
+                self._store = None
+
+    def get(self, name: str) -> CacheFile | None:
+        """The file of that name, or None."""
+        if self._db is None:
+            return None
+        try:
+            with self._env.begin(db=self._db) as txn:
+                value = txn.get(name.encode())
+        except lmdb.Error as exc:
+            raise StorageError(f"LMDB cache files at {self._path}: get: {explain(self._path, exc)}") from exc
+        if value is None:
+            return None
+        if len(value) < _HEADER.size:
+            raise DataCorruption(f"cache file {name} in {self._path}: a value of {len(value)} bytes")
+        type_len, encoding_len = _HEADER.unpack_from(value)
+        body = _HEADER.size + type_len + encoding_len
+        if body > len(value):
+            raise DataCorruption(f"cache file {name} in {self._path}: headers past the value's end")
+        try:
+            return CacheFile(
+                name,
+                value[_HEADER.size : _HEADER.size + type_len].decode("ascii"),
+                value[_HEADER.size + type_len : body].decode("ascii"),
+                value[body:],
+            )
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise DataCorruption(f"cache file {name} in {self._path}: {exc}") from exc
+
+    def put(self, file: CacheFile) -> None:
+        """Keep file (durably: Nix takes the upload's 200 as the file being stored)."""
+        store = self._store
+        if store is None:
+            raise ClosedError("LMDB cache files are closed")
+        if self._db is None:
+            raise StorageError(f"LMDB cache files at {self._path}: the store is read-only")
+        content_type, encoding = file.content_type.encode(), file.content_encoding.encode()
+        value = _HEADER.pack(len(content_type), len(encoding)) + content_type + encoding + file.data
+        try:
+            store.put(_TABLE, [(file.name.encode(), value)], overwrite=True, durable=True)
+        except lmdb.Error as exc:
+            raise StorageError(f"LMDB cache files at {self._path}: put: {explain(self._path, exc)}") from exc
+
+
+def cache_files_for(path_info_service: object) -> CacheFiles:
+    """Cache files for a path-info service's store; the caller owns (and closes) them.
+
+    In the LMDB store of the path-info service (or of its near side, for ``cache://``), else in
+    memory.
+    """
+    from tvix_store.pathinfoservice.lmdb_store import LmdbPathInfoService
+
+    service = getattr(path_info_service, "near", path_info_service)
+    if isinstance(service, LmdbPathInfoService) and service.path:
+        return LmdbCacheFiles(service.path)
+    return MemoryCacheFiles()

@@ -1,0 +1,97 @@
+"""The files a binary cache keeps beside narinfos and NARs (``binary_cache.cache_files``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tvix_castore._lmdb_env import open_env, release_env
+from tvix_castore.errors import DataCorruption
+from tvix_store.binary_cache.cache_files import (
+    MAX_FILE_BYTES,
+    CacheFile,
+    LmdbCacheFiles,
+    MemoryCacheFiles,
+    cache_files_for,
+)
+from tvix_store.pathinfoservice.cache import CachePathInfoService
+from tvix_store.pathinfoservice.lmdb_store import LmdbPathInfoService
+from tvix_store.pathinfoservice.memory import MemoryPathInfoService
+
+LOG = "log/00bgd045z0d4icpbc2yyz4gx48ak44la-hello.drv"
+
+
+def test_a_file_keeps_how_it_was_sent(tmp_path: Path) -> None:
+    files = LmdbCacheFiles(str(tmp_path / "s"))
+    try:
+        assert files.get(LOG) is None
+        files.put(CacheFile(LOG, "text/plain; charset=utf-8", "xz", b"\xfd7zXZ\x00 log"))
+        files.put(CacheFile("00bgd045z0d4icpbc2yyz4gx48ak44la.ls", "application/json", "", b"{}"))
+        files.put(CacheFile(LOG, "text/plain; charset=utf-8", "", b"uploaded again"))  # replaces
+    finally:
+        files.close()
+    again = LmdbCacheFiles(str(tmp_path / "s"))
+    try:
+        assert again.get(LOG) == CacheFile(LOG, "text/plain; charset=utf-8", "", b"uploaded again")
+        listing = again.get("00bgd045z0d4icpbc2yyz4gx48ak44la.ls")
+        assert listing is not None and (listing.content_type, listing.data) == ("application/json", b"{}")
+    finally:
+        again.close()
+
+
+def test_a_damaged_value_is_an_error_not_a_file(tmp_path: Path) -> None:
+    store = open_env(str(tmp_path / "s"))
+    try:
+        with store.env.begin(write=True) as txn:
+            txn.put(LOG.encode(), b"\x09\x00\x00\x00text", db=store.table("cachefiles"))
+    finally:
+        release_env(store)
+    files = LmdbCacheFiles(str(tmp_path / "s"))
+    try:
+        with pytest.raises(DataCorruption, match=LOG):
+            files.get(LOG)
+    finally:
+        files.close()
+
+
+@pytest.mark.parametrize(
+    ("content_type", "encoding", "size"),
+    [
+        ("text/plain\r\nX-Injected: 1", "", 1),
+        ("text/plain", "x\x00", 1),
+        ("é", "", 1),
+        ("a", "", MAX_FILE_BYTES + 1),
+    ],
+)
+def test_unusable_headers_or_sizes_are_refused(content_type: str, encoding: str, size: int) -> None:
+    with pytest.raises(ValueError, match=LOG):
+        CacheFile(LOG, content_type, encoding, bytes(size))
+
+
+def test_memory_files_drop_the_oldest_beyond_their_capacity() -> None:
+    files = MemoryCacheFiles(capacity=10)
+    for i in range(4):
+        files.put(CacheFile(f"debuginfo/{i:02}", "application/json", "", b"1234"))
+    assert [files.get(f"debuginfo/{i:02}") is not None for i in range(4)] == [False, False, True, True]
+    files.put(CacheFile("debuginfo/big", "application/json", "", bytes(50)))  # alone, it stays
+    assert files.get("debuginfo/big") is not None and files.get("debuginfo/03") is None
+
+
+def test_the_lmdb_store_of_the_path_infos_keeps_them(tmp_path: Path) -> None:
+    lmdb_infos = LmdbPathInfoService(str(tmp_path / "s"))
+    memory_infos = MemoryPathInfoService()
+    try:
+        for service, kind in (
+            (lmdb_infos, LmdbCacheFiles),
+            (CachePathInfoService(lmdb_infos, memory_infos), LmdbCacheFiles),  # its near side
+            (memory_infos, MemoryCacheFiles),
+            (CachePathInfoService(memory_infos, lmdb_infos), MemoryCacheFiles),
+        ):
+            files = cache_files_for(service)
+            try:
+                assert type(files) is kind
+            finally:
+                files.close()
+    finally:
+        lmdb_infos.close()
