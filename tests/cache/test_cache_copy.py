@@ -224,6 +224,46 @@ def test_bad_signature_with_trusted_keys(tmp_path, nix_closure):
     )
 
 
+def test_content_addressed_paths_need_no_signature(tmp_path, nix_closure):
+    """With trusted keys, an unsigned content-addressed path is copied, as Nix copies it (its
+    store path follows from its content, which is checked); a tampered one is still refused."""
+    ca_paths = sorted(p for p, info in nix_closure["path_info"].items() if info.get("ca"))
+    assert len(ca_paths) == 2, ca_paths  # builtins.toFile (text:) and ./src (fixed:r:)
+    unsigned = nix_closure["caches"]["none"]
+    keys = ["--trusted-public-keys", nix_closure["pk"]]
+    nixroot = tmp_path / "nixroot"
+    nix = subprocess.run(
+        [*NIX, "copy", "--option", "require-sigs", "true", "--option", "trusted-public-keys",
+         nix_closure["pk"], "--from", f"file://{unsigned}", "--to", f"local?root={nixroot}", *ca_paths],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert nix.returncode == 0, nix.stderr  # the oracle takes them
+    store = tmp_path / "store"
+    tvix(store, "copy", "--from", f"file://{unsigned}", *keys, *ca_paths)
+    assert stored_paths(store) == ca_paths
+    assert_same_as_nix(store, nix_closure, ca_paths)
+
+    # The text file's content changed, and the narinfo's hashes with it (no signature covers
+    # them): its store path no longer follows from its content.
+    cache = _broken_cache(tmp_path, nix_closure)
+    note = next(p for p in ca_paths if p.endswith("-h6-note"))
+    narinfo = _narinfo_of(cache, note)
+    text = narinfo.read_text()
+    ni = NarInfo.parse(text)
+    nar = cache / ni.url
+    data = nar.read_bytes().replace(b"a text file", b"a TEXT file")
+    nar.write_bytes(data)
+    new_hash = "sha256:" + nixbase32.encode(hashlib.sha256(data).digest())
+    old_hash = "sha256:" + nixbase32.encode(ni.nar_hash)
+    assert ni.file_hash in (None, ni.nar_hash)  # uncompressed: the file is the NAR
+    narinfo.write_text(text.replace(old_hash, new_hash))
+    err = one_line_error(
+        tvix(tmp_path / "store2", "copy", "--from", f"file://{cache}", *keys, note, check=False)
+    )
+    assert "NarHash mismatch" not in err and note in err, err
+    assert all_paths(tmp_path / "store2") == b""
+
+
 def test_reference_404(tmp_path, nix_closure):
     """A Reference whose narinfo is missing stops the copy before anything is stored."""
     cache = _broken_cache(tmp_path, nix_closure)

@@ -52,10 +52,18 @@ def parse_wanted_path(text: str) -> StorePath:
     return StorePath.from_bytes(text)
 
 
-def fetch_narinfo(base_url: str, digest: bytes, trusted_keys: Sequence[VerifyingKey] = ()) -> NarInfo | None:
+def fetch_narinfo(
+    base_url: str,
+    digest: bytes,
+    trusted_keys: Sequence[VerifyingKey] = (),
+    *,
+    content_addressed_trusted: bool = False,
+) -> NarInfo | None:
     """The narinfo of the store path with this digest, or None if the cache does not have it.
 
-    A transient failure is tried again (see ``fetch``).
+    A transient failure is tried again (see ``fetch``). content_addressed_trusted: a narinfo with
+    a CA line needs no signature, as in Nix (its store path follows from its content and
+    references: the caller must check both, as ``copy.fetch_path_info`` does).
 
     Raises:
         BinaryCacheError: unreadable or malformed narinfo, a StorePath of another digest, or
@@ -72,7 +80,8 @@ def fetch_narinfo(base_url: str, digest: bytes, trusted_keys: Sequence[Verifying
         raise BinaryCacheError(f"{url}: invalid narinfo: {exc}") from exc
     if narinfo.store_path.digest != digest:
         raise BinaryCacheError(f"{url}: narinfo is for another store path: {narinfo.store_path.absolute()}")
-    if trusted_keys and not narinfo.verify(trusted_keys):
+    trusted = content_addressed_trusted and narinfo.ca is not None
+    if trusted_keys and not trusted and not narinfo.verify(trusted_keys):
         names = ", ".join(sorted({k.name for k in trusted_keys}))
         signers = ", ".join(s.name for s in narinfo.signatures) or "none"
         raise BinaryCacheError(
@@ -241,7 +250,7 @@ class EarlyDownload:
     def _run(self, base_url: str, path: StorePath, trusted_keys: Sequence[VerifyingKey]) -> None:
         try:
             try:
-                narinfo = fetch_narinfo(base_url, path.digest, trusted_keys)
+                narinfo = fetch_narinfo(base_url, path.digest, trusted_keys, content_addressed_trusted=True)
                 self._narinfo = narinfo
             except Exception as exc:  # the copy's to report (re-raised by narinfo())
                 self._narinfo_error = exc
