@@ -21,7 +21,7 @@ from tvix_cli import TVIX_STORE, all_paths, cli_env, nix_dump, tvix
 from nix_compat import nixbase32
 
 NIX = ["nix", "--extra-experimental-features", "nix-command"]
-COMPRESSIONS = ("none", "xz", "zstd", "bzip2")
+COMPRESSIONS = ("none", "xz", "zstd", "bzip2", "br", "lz4")
 
 _URL_RE = re.compile(r"serving binary cache on (http://\S+)")
 

@@ -101,8 +101,9 @@ def test_nix_substitutes_without_sigs(tmp_path, nix_closure, filled_store, compr
 
 
 def test_nix_uploads(tmp_path, nix_closure):
-    """`nix copy --to http://…` (xz NARs, as Nix does by default, and uncompressed) fills our store."""
-    for compression in ("xz", "none"):
+    """`nix copy --to http://…` (xz NARs, as Nix does by default, uncompressed, and the other
+    compressions Nix writes that we read) fills our store."""
+    for compression in ("xz", "none", "br", "lz4"):
         store = tmp_path / f"up-{compression}"
         with serve_cache(store) as url:
             res = _nix("copy", "--to", f"{url}?compression={compression}", nix_closure["top"])
@@ -194,7 +195,8 @@ def test_bad_requests_get_400_and_nothing_is_stored(tmp_path, nix_closure):
             (f"{url}/nar/{nar_name}.nar", nar + b"", 200),  # the good upload, for the narinfo cases
             (f"{url}/nar/{'0' * 52}.nar", nar, 400),
             (f"{url}/nar/{nar_name}.nar", nar[:-8], 400),  # truncated: hash and NAR both wrong
-            (f"{url}/nar/{nar_name}.nar.lz4", nar, 400),  # unsupported compression
+            (f"{url}/nar/{nar_name}.nar.lzip", nar, 400),  # unsupported compression
+            (f"{url}/nar/{nar_name}.nar.lz4", nar, 400),  # not lz4
             (f"{url}/nar/short.nar", nar, 400),
             # narinfo whose URL name is another path's
             (_narinfo_url(url, leaf), note_narinfo.encode(), 400),

@@ -1,13 +1,14 @@
-"""Decompressing NARs and responses as Nix writes them: none, xz, zstd, bzip2, gzip (pure).
+"""Decompressing NARs and responses as Nix writes them: none, xz, zstd, bzip2, gzip, br, lz4 (pure).
 
 ``decompressed_pieces`` turns a ``read(n)`` function into the uncompressed bytes, in pieces of
 a few MiB and with bounded memory whatever the input holds; ``decompress`` does the same for a
 file object. Both are strict: a stream cut short, or followed by anything but another stream of
 the same kind (or, for xz, NUL padding), is an error. ``MAGICS`` says how each kind starts, for
-callers that detect it. ``read_errors`` lists what reading such a stream may raise.
+callers that detect it (a brotli stream has no mark of its own, and nothing may follow it).
+``read_errors`` lists what reading such a stream may raise.
 
 Decompressors are imported where they are used: a command that meets no zstd never loads
-zstandard.
+zstandard. Of what Nix can write, lzip is not read (no library for it is at hand).
 """
 
 from __future__ import annotations
@@ -19,9 +20,9 @@ from typing import Any, BinaryIO, cast
 
 from tvix_store.binary_cache import BinaryCacheError
 
-__all__ = ["COMPRESSIONS", "MAGICS", "decompress", "decompressed_pieces", "read_errors"]
+__all__ = ["COMPRESSIONS", "MAGICS", "CorruptStream", "decompress", "decompressed_pieces", "read_errors"]
 
-COMPRESSIONS = ("none", "xz", "zstd", "bzip2", "gzip")
+COMPRESSIONS = ("none", "xz", "zstd", "bzip2", "gzip", "br", "lz4")
 _BUFFER = 1 << 20
 
 # The error classes of the modules a stream may come through, looked up once they are loaded.
@@ -30,7 +31,12 @@ _ERROR_CLASSES = (
     ("zlib", "error"),
     ("http.client", "HTTPException"),
     ("zstandard", "ZstdError"),
+    ("brotli", "error"),
 )
+
+
+class CorruptStream(Exception):
+    """Corrupt data, found by a decompressor that has no error class of its own (lz4's)."""
 
 
 def read_errors() -> tuple[type[BaseException], ...]:
@@ -39,7 +45,7 @@ def read_errors() -> tuple[type[BaseException], ...]:
     OSError and EOFError, plus the errors of the decompressors and HTTP client loaded so far:
     a module that was never imported cannot have raised.
     """
-    errors: list[type[BaseException]] = [OSError, EOFError]
+    errors: list[type[BaseException]] = [OSError, EOFError, CorruptStream]
     for module_name, class_name in _ERROR_CLASSES:
         module = sys.modules.get(module_name)
         if module is not None:
@@ -102,6 +108,10 @@ def _stream_pieces(
                 tail = d.flush()
                 if tail:
                     yield tail
+            else:
+                # brotli may hold the last of its output back until asked once more.
+                while not d.eof and (tail := d.decompress(b"", limit)):
+                    yield tail
             if not d.eof:
                 raise EOFError("compressed stream ended before its end marker")
             return
@@ -110,7 +120,8 @@ def _stream_pieces(
             # NUL padding; anything else after the end is not part of the file.
             if compression == "xz" and not raw.strip(b"\0"):
                 continue
-            if not raw.startswith(MAGICS[compression][: len(raw)]):
+            magic = MAGICS.get(compression)
+            if magic is None or not raw.startswith(magic[: len(raw)]):
                 raise EOFError("data after the end of the compressed stream")
             d = new_decompressor()
         if compression == "gzip":
@@ -148,9 +159,70 @@ def _gzip() -> Any:
     return zlib.decompressobj(wbits=31)
 
 
-_DECOMPRESSORS: dict[str, Callable[[], Any]] = {"xz": _xz, "bzip2": _bzip2, "gzip": _gzip}
-MAGICS = {"xz": b"\xfd7zXZ\x00", "zstd": b"\x28\xb5\x2f\xfd", "bzip2": b"BZh", "gzip": b"\x1f\x8b"}
-"""How a stream of each compression starts."""
+class _Lz4:
+    """lz4's frame decompressor, its RuntimeErrors (corrupt data) as CorruptStream."""
+
+    def __init__(self) -> None:
+        import lz4.frame
+
+        self._d = lz4.frame.LZ4FrameDecompressor()
+
+    @property
+    def eof(self) -> bool:
+        return bool(self._d.eof)
+
+    @property
+    def needs_input(self) -> bool:
+        return bool(self._d.needs_input)
+
+    @property
+    def unused_data(self) -> bytes:
+        return bytes(self._d.unused_data or b"")
+
+    def decompress(self, data: bytes, max_length: int) -> bytes:
+        try:
+            return bytes(self._d.decompress(data, max_length))
+        except RuntimeError as exc:
+            raise CorruptStream(f"lz4: {exc}") from exc
+
+
+class _Brotli:
+    """brotli's decompressor with the interface of lzma's (eof, needs_input, unused_data)."""
+
+    def __init__(self) -> None:
+        import brotli
+
+        self._d = brotli.Decompressor()
+        self.unused_data = b""  # brotli rejects input past the end of its stream instead
+
+    @property
+    def eof(self) -> bool:
+        return bool(self._d.is_finished())
+
+    @property
+    def needs_input(self) -> bool:
+        return bool(self._d.can_accept_more_data()) and not self.eof
+
+    def decompress(self, data: bytes, max_length: int) -> bytes:
+        # Output past max_length stays inside, for the next calls (with no input) to give.
+        return bytes(self._d.process(data, output_buffer_limit=max_length))
+
+
+_DECOMPRESSORS: dict[str, Callable[[], Any]] = {
+    "xz": _xz,
+    "bzip2": _bzip2,
+    "gzip": _gzip,
+    "br": _Brotli,
+    "lz4": _Lz4,
+}
+MAGICS = {
+    "xz": b"\xfd7zXZ\x00",
+    "zstd": b"\x28\xb5\x2f\xfd",
+    "bzip2": b"BZh",
+    "gzip": b"\x1f\x8b",
+    "lz4": b"\x04\x22\x4d\x18",
+}
+"""How a stream of each compression starts (brotli's: in no set way)."""
 
 
 class _ReadFunction(io.RawIOBase):

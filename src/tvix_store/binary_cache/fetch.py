@@ -148,7 +148,14 @@ def _open_once(url: str) -> tuple[BinaryIO, int | None] | None:
 
 
 # HTTP Content-Encoding values -> our decompressors' names.
-_CONTENT_ENCODINGS = {"gzip": "gzip", "x-gzip": "gzip", "xz": "xz", "bzip2": "bzip2", "zstd": "zstd"}
+_CONTENT_ENCODINGS = {
+    "gzip": "gzip",
+    "x-gzip": "gzip",
+    "xz": "xz",
+    "bzip2": "bzip2",
+    "zstd": "zstd",
+    "br": "br",
+}
 
 
 class _Whole(io.RawIOBase):

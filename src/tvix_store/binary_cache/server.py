@@ -83,7 +83,15 @@ RIGHT_SIZES = 10_000
 # that stopped reading); the same span as Nix's stalled-download-timeout.
 IDLE_TIMEOUT = 300.0
 _COPY_CHUNK = 1 << 20
-_SUFFIX_COMPRESSION = {"": "none", ".xz": "xz", ".zst": "zstd", ".bz2": "bzip2", ".gz": "gzip"}
+_SUFFIX_COMPRESSION = {
+    "": "none",
+    ".xz": "xz",
+    ".zst": "zstd",
+    ".bz2": "bzip2",
+    ".gz": "gzip",
+    ".br": "br",
+    ".lz4": "lz4",
+}
 _RANGE_RE = re.compile(r"bytes=(\d*)-(\d*)")
 
 
@@ -831,7 +839,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         parsed = nix_http.parse_nar_str(name)
         if parsed is None or parsed[1] not in _SUFFIX_COMPRESSION:
             raise _BadRequest(
-                f"malformed NAR name {name!r}: expected <52 nixbase32 chars>.nar[.xz|.zst|.bz2|.gz]"
+                f"malformed NAR name {name!r}: expected <52 nixbase32 chars>.nar[.xz|.zst|.bz2|.gz|.br|.lz4]"
             )
         file_hash, suffix = parsed
         body = self._body()
