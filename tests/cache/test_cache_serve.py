@@ -7,8 +7,10 @@ import contextlib
 import gzip
 import hashlib
 import json
+import lzma
 import os
 import re
+import shutil
 import signal
 import socket
 import struct
@@ -90,7 +92,7 @@ def test_nix_substitutes_with_our_signature(tmp_path, nix_closure, filled_store)
         assert "signature" in res.stderr
 
 
-@pytest.mark.parametrize("compression", ["none", "zstd"])
+@pytest.mark.parametrize("compression", ["none", "zstd", "xz", "br"])
 def test_nix_substitutes_without_sigs(tmp_path, nix_closure, filled_store, compression):
     """Unsigned, with --no-check-sigs; also with zstd-compressed NARs."""
     with serve_cache(filled_store, "--compression", compression) as url:
@@ -553,3 +555,55 @@ def _nix_build(expr: Path) -> str:
     )
     assert res.returncode == 0, res.stderr
     return res.stdout.strip()
+
+
+def test_nix_finds_a_nar_by_the_name_it_uploaded_it_under(tmp_path, nix_closure):
+    """Nix keeps the narinfo it uploaded (URL nar/<file hash>.nar.xz) and asks for that name
+    later: it is redirected to the NAR, compressed as uploaded, also after a restart; and a
+    NAR Nix finds there (HEAD) is not sent again for another path of the same contents."""
+    xdg = tmp_path / "xdg"  # one Nix cache for all calls: Nix remembers what it uploaded
+    env = {**os.environ, "XDG_CACHE_HOME": str(xdg)}
+
+    def nix(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*NIX, *args], capture_output=True, text=True, timeout=600, env=env)
+
+    top = nix_closure["top"]
+    store = tmp_path / "store"
+    with serve_cache(store) as url:
+        res = nix("copy", "--to", url, top)  # xz, Nix's default
+        assert res.returncode == 0, res.stderr
+        first = nix("copy", "--no-check-sigs", "--from", url, "--to", f"local?root={tmp_path / 'r1'}", top)
+        assert first.returncode == 0, first.stderr
+        leaf = next(p for p in nix_closure["paths"] if p.endswith("-h6-leaf"))
+        cached = nix("path-info", "--json", "--store", url, leaf)
+        (info,) = json.loads(cached.stdout)
+        assert info["url"].startswith("nar/") and info["url"].endswith(".nar.xz"), info
+        req = urllib.request.Request(f"{url}/{info['url']}", method="GET")
+        opener = urllib.request.build_opener(_NoRedirect)
+        with pytest.raises(urllib.error.HTTPError) as redirect:
+            opener.open(req)
+        assert redirect.value.code == 302
+        assert "compression=xz" in redirect.value.headers["Location"]
+        with urllib.request.urlopen(f"{url}/{info['url']}") as r:  # followed
+            assert lzma.decompress(r.read()) == nix_dump(leaf)
+    with serve_cache(store) as url:  # restarted: the names are kept in the store
+        again = nix("copy", "--no-check-sigs", "--from", url, "--to", f"local?root={tmp_path / 'r2'}", top)
+        assert again.returncode == 0, again.stderr
+        twin = _twin_of(tmp_path, nix_closure["path_info"], leaf)
+        res = nix("copy", "-v", "--to", url, twin)
+        assert res.returncode == 0, res.stderr
+    assert twin in stored_paths(store)
+    assert tvix(store, "nar", twin).stdout == nix_dump(leaf)
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: object, **kwargs: object) -> None:
+        return None
+
+
+def _twin_of(tmp_path: Path, path_info: dict, path: str) -> str:
+    """A store path with the same contents as path (so the same NAR) and another name."""
+    copy = tmp_path / "twin-of-h6-leaf"
+    shutil.copytree(path, copy, symlinks=True)
+    twin = subprocess.run(["nix-store", "--add", str(copy)], capture_output=True, text=True, check=True)
+    return twin.stdout.strip()

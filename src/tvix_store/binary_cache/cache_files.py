@@ -7,6 +7,9 @@ with (Nix compresses logs and listings when asked to, ``log-compression`` and
 ``ls-compression``), and served back so under their names. Nothing in the store refers to
 them, and they are not checked against it (Nix does not check them either when it reads them).
 
+The names Nix uploaded NARs under are kept the same way, as aliases (``nar_alias``): Nix remembers
+the narinfo it uploaded, with that name as its URL, and may ask for the NAR by it later.
+
 ``LmdbCacheFiles`` keeps them in the ``cachefiles`` table of the LMDB store the PathInfos are in,
 so they last as long as the store; ``MemoryCacheFiles`` (any other store) in memory, up to
 ``MEMORY_BYTES``, the oldest dropped first. ``cache_files_for`` picks one for a path-info
@@ -22,25 +25,36 @@ from collections import OrderedDict
 from typing import cast, final
 
 import lmdb
+from google.protobuf.message import DecodeError
 
+from tvix.castore.protos import castore_pb2
 from tvix_castore._lmdb_env import LmdbStore, explain, open_env, release_env
-from tvix_castore.errors import ClosedError, DataCorruption, StorageError
+from tvix_castore.errors import ClosedError, DataCorruption, StorageError, StoreError
 from tvix_castore.frozen import Frozen
+from tvix_castore.nodes import Node
+from tvix_castore.proto_conv import anonymous_node_from_proto, node_to_proto
 
 __all__ = [
     "MAX_FILE_BYTES",
     "MEMORY_BYTES",
+    "NAR_ALIAS_TYPE",
     "CacheFile",
     "CacheFiles",
     "LmdbCacheFiles",
     "MemoryCacheFiles",
     "cache_files_for",
+    "nar_alias",
+    "read_nar_alias",
 ]
 
 MAX_FILE_BYTES = 64 * 1024 * 1024
 """The largest file taken (a build log of a big build; a listing of a tree of ~10^5 files)."""
 MEMORY_BYTES = 256 * 1024 * 1024
 """What ``MemoryCacheFiles`` holds at most."""
+
+NAR_ALIAS_TYPE = "application/x-tvix-nar-alias"
+"""The Content-Type that marks a NAR alias's record (never served as it is)."""
+_ALIAS = struct.Struct("<B32sQ")  # length of the compression's name, NAR SHA-256, NAR size
 
 _TABLE = "cachefiles"
 # Value: lengths of the Content-Type and Content-Encoding, both, then the body.
@@ -170,6 +184,27 @@ class LmdbCacheFiles(CacheFiles):
             store.put(_TABLE, [(file.name.encode(), value)], overwrite=True, durable=True)
         except lmdb.Error as exc:
             raise StorageError(f"LMDB cache files at {self._path}: put: {explain(self._path, exc)}") from exc
+
+
+def nar_alias(name: str, compression: str, node: Node, nar_size: int, nar_sha256: bytes) -> CacheFile:
+    """The record that the NAR of node (so compressed) was uploaded as name (``nar/…``)."""
+    raw = node_to_proto(b"", node).SerializeToString(deterministic=True)
+    head = _ALIAS.pack(len(compression), nar_sha256, nar_size)
+    return CacheFile(name, NAR_ALIAS_TYPE, "", head + compression.encode() + raw)
+
+
+def read_nar_alias(file: CacheFile | None) -> tuple[str, Node, int, bytes] | None:
+    """(compression, node, nar_size, nar_sha256) of a NAR alias; None for anything else."""
+    if file is None or file.content_type != NAR_ALIAS_TYPE or len(file.data) < _ALIAS.size:
+        return None
+    length, nar_sha256, nar_size = _ALIAS.unpack_from(file.data)
+    start = _ALIAS.size + length
+    try:
+        compression = file.data[_ALIAS.size : start].decode("ascii")
+        node = anonymous_node_from_proto(castore_pb2.Node.FromString(file.data[start:]))
+    except (UnicodeDecodeError, DecodeError, StoreError) as exc:
+        raise DataCorruption(f"NAR alias {file.name}: {exc}") from exc
+    return compression, node, nar_size, bytes(nar_sha256)
 
 
 def cache_files_for(path_info_service: object) -> CacheFiles:

@@ -16,11 +16,20 @@ from __future__ import annotations
 import io
 import sys
 from collections.abc import Callable, Iterator
-from typing import Any, BinaryIO, cast
+from typing import Any, BinaryIO, Protocol, cast
 
 from tvix_store.binary_cache import BinaryCacheError
 
-__all__ = ["COMPRESSIONS", "MAGICS", "CorruptStream", "decompress", "decompressed_pieces", "read_errors"]
+__all__ = [
+    "COMPRESSIONS",
+    "MAGICS",
+    "Compressor",
+    "CorruptStream",
+    "compressor",
+    "decompress",
+    "decompressed_pieces",
+    "read_errors",
+]
 
 COMPRESSIONS = ("none", "xz", "zstd", "bzip2", "gzip", "br", "lz4")
 _BUFFER = 1 << 20
@@ -223,6 +232,77 @@ MAGICS = {
     "lz4": b"\x04\x22\x4d\x18",
 }
 """How a stream of each compression starts (brotli's: in no set way)."""
+
+
+class Compressor(Protocol):
+    """A streaming compressor: the compressed bytes of each piece, and the rest at the end."""
+
+    def compress(self, data: bytes) -> bytes:
+        """The compressed bytes of data that are ready (maybe none)."""
+        ...
+
+    def flush(self) -> bytes:
+        """The rest, ending the stream."""
+        ...
+
+
+def compressor(compression: str) -> Compressor:
+    """A compressor writing what Nix reads as compression (one of COMPRESSIONS but "none").
+
+    Fast settings: it compresses NARs as they are served.
+    """
+    if compression == "xz":
+        import lzma
+
+        return cast(Compressor, lzma.LZMACompressor(lzma.FORMAT_XZ, preset=1))
+    if compression == "bzip2":
+        import bz2
+
+        return cast(Compressor, bz2.BZ2Compressor(1))
+    if compression == "gzip":
+        import zlib
+
+        return cast(Compressor, zlib.compressobj(1, wbits=31))
+    if compression == "zstd":
+        import zstandard
+
+        return cast(Compressor, zstandard.ZstdCompressor(level=3).compressobj())
+    if compression == "br":
+        import brotli
+
+        return _BrotliCompressor(brotli.Compressor(quality=1))
+    if compression == "lz4":
+        import lz4.frame
+
+        return _Lz4Compressor(lz4.frame.LZ4FrameCompressor())
+    raise ValueError(f"no compressor for {compression!r}")
+
+
+class _BrotliCompressor:
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    def compress(self, data: bytes) -> bytes:
+        return bytes(self._inner.process(data))
+
+    def flush(self) -> bytes:
+        return bytes(self._inner.finish())
+
+
+class _Lz4Compressor:
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+        self._begun = False
+
+    def compress(self, data: bytes) -> bytes:
+        head = b"" if self._begun else bytes(self._inner.begin())
+        self._begun = True
+        return head + bytes(self._inner.compress(data))
+
+    def flush(self) -> bytes:
+        head = b"" if self._begun else bytes(self._inner.begin())
+        self._begun = True
+        return head + bytes(self._inner.flush())
 
 
 class _ReadFunction(io.RawIOBase):

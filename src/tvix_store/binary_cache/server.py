@@ -7,10 +7,13 @@ Routes (``BinaryCacheServer``, threaded stdlib ``http.server``, HTTP/1.1 keep-al
   (``nar/tvix-castore/<base64url node>?narsize=N``), so serving a NAR needs no index.
 * ``GET``/``HEAD /nar/tvix-castore/…``: the NAR rendered on the fly and streamed, with
   ``Content-Length``; a single ``Range`` gives 206 (416 when unsatisfiable). With
-  ``compression=zstd`` in the query the NAR is zstd-compressed and sent chunked.
+  ``compression=<zstd|xz|bzip2|gzip|br|lz4>`` in the query the NAR is compressed so and sent
+  chunked.
 * ``PUT /nar/<filehash>.nar[.xz|.zst|.bz2|.gz]``: the body is hashed (it must hash to the name),
   decompressed (a gzip body under a plain ``.nar`` name too, as Nix uploads it) and ingested;
-  the root node waits in a small LRU keyed by NAR hash.
+  the root node waits in a small LRU keyed by NAR hash. The name is kept as an alias
+  (``cache_files.nar_alias``): a GET or HEAD of it is redirected (302) to the NAR's own URL,
+  compressed as it was uploaded, and a narinfo naming it needs no new upload of the NAR.
   ``PUT /<hash>.narinfo``: the name must match the body's StorePath and the NarHash/NarSize must
   be of an uploaded NAR; then the PathInfo is put. This is what ``nix copy --to http://…`` does.
 * ``PUT``, ``GET``/``HEAD`` of the other files Nix writes into a cache: ``<hash>.ls``,
@@ -58,8 +61,15 @@ from tvix_castore.errors import StoreError
 from tvix_castore.frozen import Frozen
 from tvix_castore.nodes import DirectoryNode, FileNode, Node
 from tvix_castore.proto_conv import anonymous_node_from_proto, node_to_proto
-from tvix_store.binary_cache.cache_files import MAX_FILE_BYTES, CacheFile, CacheFiles, MemoryCacheFiles
-from tvix_store.binary_cache.compression import MAGICS, decompress, read_errors
+from tvix_store.binary_cache.cache_files import (
+    MAX_FILE_BYTES,
+    CacheFile,
+    CacheFiles,
+    MemoryCacheFiles,
+    nar_alias,
+    read_nar_alias,
+)
+from tvix_store.binary_cache.compression import COMPRESSIONS, MAGICS, compressor, decompress, read_errors
 from tvix_store.binary_cache.download import NARINFO_LIMIT
 from tvix_store.content_address import content_mismatch, path_mismatch
 from tvix_store.nar.calculation import FetchedDirectories, fetch_directories, nar_size_from
@@ -107,7 +117,7 @@ def nar_url(node: Node, nar_size: int, compression: str = "none") -> str:
     """The cache-relative URL under which this server renders node's NAR."""
     raw = node_to_proto(b"", node).SerializeToString()
     b64 = base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
-    query = f"narsize={nar_size}" + ("&compression=zstd" if compression == "zstd" else "")
+    query = f"narsize={nar_size}" + (f"&compression={compression}" if compression != "none" else "")
     return f"nar/tvix-castore/{b64}?{query}"
 
 
@@ -216,15 +226,16 @@ class _HashingReader(io.RawIOBase):
         return n
 
 
-def _decompressor(raw: io.RawIOBase, compression: str) -> BinaryIO:
+def _decompressor(raw: io.RawIOBase, compression: str) -> tuple[BinaryIO, str]:
+    """The uncompressed upload, and its compression as found."""
     buffered = io.BufferedReader(raw, _COPY_CHUNK)
     if compression == "none" and buffered.peek(2)[:2] == MAGICS["gzip"]:
         # Nix names its gzip-compressed NARs plain ``.nar`` (its URL suffixes omit gzip); a NAR
         # itself starts with the length of "nix-archive-1", never with these bytes.
         compression = "gzip"
     if compression == "none":
-        return cast(BinaryIO, buffered)
-    return decompress(cast(BinaryIO, buffered), compression, "the upload")
+        return cast(BinaryIO, buffered), compression
+    return decompress(cast(BinaryIO, buffered), compression, "the upload"), compression
 
 
 class _RangeWriter:
@@ -598,10 +609,21 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self._get_narinfo(path[1:])
         elif path.startswith("/nar/tvix-castore/"):
             self._get_nar(path[len("/nar/tvix-castore/") :], query)
+        elif path.startswith("/nar/") and nix_http.parse_nar_str(path[len("/nar/") :]) is not None:
+            self._get_uploaded_nar(path[1:])
         elif nix_http.parse_cache_file_str(path[1:]) is not None:
             self._get_cache_file(path[1:])
         else:
             self._error(404, f"not found: {path}")
+
+    def _get_uploaded_nar(self, name: str) -> None:
+        alias = read_nar_alias(self.server.cache_files.get(name))
+        if alias is None:
+            self._error(404, f"no NAR was uploaded as {name}")
+            return
+        compression, node, nar_size, _ = alias
+        location = "/" + nar_url(node, nar_size, compression)
+        self._send(302, f"see {location}\n".encode(), headers={"Location": location})
 
     def _get_cache_file(self, name: str) -> None:
         file = self.server.cache_files.get(name)
@@ -648,7 +670,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             raise _BadRequest("NAR URL: missing or invalid narsize")
         nar_size = int(sizes[0])
         compression = query.get("compression", ["none"])[0]
-        if compression not in ("none", "zstd"):
+        if compression not in COMPRESSIONS:
             raise _BadRequest(f"NAR URL: unsupported compression {compression!r}")
         headers = {"Cache-Control": "max-age=31536000, immutable"}
         services = self.server.services
@@ -682,8 +704,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 raise _BadRequest(f"NAR URL: narsize={nar_size}, but the NAR is {actual} bytes")
             self.server.note_size_right(key)
             directories = FetchedDirectories(fetched)
-        if compression == "zstd":
-            self._send_zstd(node, headers, directories)
+        if compression != "none":
+            self._send_compressed(node, compression, headers, directories)
             return
         start, end = 0, nar_size
         status = 200
@@ -750,9 +772,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             log.error("NAR of %s is %d bytes, but the URL said narsize=%d", node, out.pos, nar_size)
             self.close_connection = True
 
-    def _send_zstd(self, node: Node, headers: dict[str, str], directories: DirectoryService) -> None:
-        import zstandard
-
+    def _send_compressed(
+        self, node: Node, compression: str, headers: dict[str, str], directories: DirectoryService
+    ) -> None:
+        """The NAR compressed as it is rendered, sent in chunks (its length is not known)."""
         self.send_response(200)
         self.send_header("Content-Type", nix_http.MIME_TYPE_NAR)
         self.send_header("Transfer-Encoding", "chunked")
@@ -762,24 +785,33 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if self.command == "HEAD":
             return
         wfile = self.wfile
+        squeeze = compressor(compression)
+        pending: list[bytes] = []
+        pending_bytes = 0
 
-        class _Chunked:
-            def write(self, data: bytes) -> int:
-                if data:
-                    wfile.write(b"%x\r\n" % len(data) + bytes(data) + b"\r\n")
-                return len(data)
+        def send(data: bytes) -> None:
+            if data:
+                wfile.write(b"%x\r\n" % len(data) + data + b"\r\n")
+
+        def write(piece: bytes | memoryview) -> None:
+            nonlocal pending_bytes
+            out = squeeze.compress(bytes(piece))
+            if out:
+                pending.append(out)
+                pending_bytes += len(out)
+            if pending_bytes >= _COPY_CHUNK:  # few, large chunks
+                send(b"".join(pending))
+                pending.clear()
+                pending_bytes = 0
 
         services = self.server.services
-        compressor = zstandard.ZstdCompressor(level=3).stream_writer(
-            cast(BinaryIO, _Chunked()), write_size=_COPY_CHUNK, closefd=False
-        )
         try:
-            write_nar(compressor.write, node, services.blob_service, directories)
-            compressor.close()  # type: ignore[no-untyped-call]
+            write_nar(write, node, services.blob_service, directories)
+            send(b"".join(pending) + squeeze.flush())
         except (BrokenPipeError, ConnectionResetError):
             raise
         except Exception as exc:
-            log.error("rendering zstd NAR of %s failed: %s", node, exc)
+            log.error("rendering %s NAR of %s failed: %s", compression, node, exc)
             self.close_connection = True
             return
         wfile.write(b"0\r\n\r\n")
@@ -844,7 +876,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         file_hash, suffix = parsed
         body = self._body()
         hashing = _HashingReader(body)
-        stream = _decompressor(hashing, _SUFFIX_COMPRESSION[suffix])
+        stream, compression = _decompressor(hashing, _SUFFIX_COMPRESSION[suffix])
         services = self.server.services
         try:
             node, nar_sha256, nar_size = ingest_nar(
@@ -863,6 +895,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 f"{name}: body hashes to sha256:{nixbase32.encode(got)}, not to the hash in its name"
             )
         self.server.remember_upload(nar_sha256, node, nar_size)
+        # Nix keeps the narinfo it uploads, with this name as its URL, and may ask for it by
+        # that name later (and a debug info link names it): it is redirected to our own URL.
+        self.server.cache_files.put(nar_alias(f"nar/{name}", compression, node, nar_size, nar_sha256))
         log.info("received NAR %s (%d bytes, %d uncompressed)", name, body.count, nar_size)
         self._send(200)
 
@@ -881,6 +916,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 f"{name}: URL name does not match the narinfo's StorePath {narinfo.store_path.absolute()}"
             )
         uploaded = self.server.uploaded(narinfo.nar_hash)
+        if uploaded is None:
+            # Nix did not send the NAR again: a HEAD found it here under its name (an alias).
+            alias = read_nar_alias(self.server.cache_files.get(narinfo.url))
+            if alias is not None and alias[3] == narinfo.nar_hash:
+                uploaded = _Uploaded(alias[1], alias[2])
         if uploaded is None:
             raise _BadRequest(
                 f"{name}: unknown NarHash sha256:{nixbase32.encode(narinfo.nar_hash)}: upload the NAR first"

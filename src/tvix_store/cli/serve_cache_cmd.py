@@ -26,6 +26,8 @@ def register(
     subparsers: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
 ) -> None:
     """Add the ``serve-cache`` subcommand."""
+    from tvix_store.binary_cache.compression import COMPRESSIONS
+
     p = subparsers.add_parser(
         "serve-cache",
         parents=[common],
@@ -48,9 +50,10 @@ def register(
     )
     p.add_argument(
         "--compression",
-        choices=("none", "zstd"),
+        choices=COMPRESSIONS,
         default="none",
-        help="compression of served NARs (none: with Content-Length and Range support)",
+        help="compression of served NARs (none: with Content-Length and Range support; "
+        "zstd: fast; the others compress slowly, on the fly)",
     )
     p.add_argument(
         "--nar-cache-size",
