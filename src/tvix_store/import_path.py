@@ -226,7 +226,8 @@ def _put_path_info(services: Services, name: str, root: Node, nar_size: int, nar
 # -- NAR input streams -----------------------------------------------------------------------------
 
 # Compressions an import detects by the stream's first bytes (``compression.MAGICS``).
-_DETECTED = ("xz", "zstd", "bzip2")
+# (A NAR starts with the length of "nix-archive-1": 0d 00 00 00, none of these.)
+_DETECTED = ("xz", "zstd", "bzip2", "gzip", "lz4")
 
 
 class _Prefixed(io.RawIOBase):
@@ -251,7 +252,10 @@ class _Prefixed(io.RawIOBase):
 
 
 def open_nar_stream(source: BinaryIO) -> BinaryIO:
-    """Wrap source so that reading it yields the NAR: xz, zstd and bzip2 are detected by magic."""
+    """Wrap source so that reading it yields the NAR, decompressed.
+
+    xz, zstd, bzip2, gzip and lz4 are detected by their magic numbers (brotli has none).
+    """
     from tvix_store.binary_cache.compression import MAGICS, decompress
 
     wanted = max(len(MAGICS[c]) for c in _DETECTED)

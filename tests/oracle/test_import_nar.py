@@ -1,6 +1,8 @@
-"""``tvix-store import --nar`` of plain, xz, zstd and bzip2 NARs (file and stdin) against Nix.
+"""``tvix-store import --nar`` of plain, xz, zstd, bzip2, gzip and lz4 NARs (file and stdin)
+against Nix.
 
-The NAR is ``nix-store --dump`` of a tree, compressed by the real command-line tools; the store
+The NAR is ``nix-store --dump`` of a tree, compressed by the real command-line tools (lz4 by the
+lz4 package's frame format, which libarchive's lz4 filter, Nix's, writes); the store
 path must be the one ``nix-store --add`` prints for the tree, and ``nar`` must give the NAR back.
 """
 
@@ -20,6 +22,8 @@ COMPRESSORS = {
     "xz": ["xz", "-c"],
     "zst": ["zstd", "-q", "-c"],
     "bz2": ["bzip2", "-c"],
+    "gz": ["gzip", "-c"],
+    "lz4": [],
 }
 
 
@@ -41,6 +45,10 @@ def compressed(nar: bytes, kind: str) -> bytes:
     cmd = COMPRESSORS[kind]
     if cmd is None:
         return nar
+    if kind == "lz4":
+        import lz4.frame
+
+        return bytes(lz4.frame.compress(nar))
     return subprocess.run(cmd, input=nar, capture_output=True, check=True).stdout
 
 

@@ -29,7 +29,7 @@ def register(
     p.add_argument(
         "--nar",
         metavar="FILE",
-        help="import the NAR in FILE ('-' for stdin; plain, .xz, .zst or .bz2, detected by content)",
+        help="import the NAR in FILE ('-' for stdin; plain or xz, zstd, bzip2, gzip, lz4: detected)",
     )
     p.add_argument("--name", help="store path name for --nar")
     p.set_defaults(func=run, parser=p)
