@@ -39,7 +39,8 @@ CACHE_FILE_KINDS = ("listing", "log", "debuginfo", "realisation")
 # with ``.debug`` as Nix 2.8 names it or without, as later versions and dwarffs do.
 _BUILD_ID_RE = re.compile(r"[0-9a-f]{2,128}(\.debug)?")
 # A DrvOutput as Nix writes it: <algo>:<hash of the derivation's modulo>!<output name>.
-_REALISATION_RE = re.compile(r"[a-z0-9]+:[0-9a-zA-Z+/=]+![a-zA-Z0-9+\-_?=.]{1,211}\.doi")
+# (Bounded: Nix writes sha256:<64 hex>; a key of the store must stay short.)
+_REALISATION_RE = re.compile(r"[a-z0-9]{1,16}:[0-9a-zA-Z+/=]{1,128}![a-zA-Z0-9+\-_?=.]{1,211}\.doi")
 
 
 def parse_narinfo_str(name: str) -> bytes | None:

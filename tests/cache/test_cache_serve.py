@@ -569,7 +569,11 @@ def test_nix_finds_a_nar_by_the_name_it_uploaded_it_under(tmp_path, nix_closure)
 
     top = nix_closure["top"]
     store = tmp_path / "store"
-    with serve_cache(store) as url:
+    with socket.socket() as s:  # one port for both runs: Nix's cache of narinfos is per URL
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    listen = ("-l", f"127.0.0.1:{port}")
+    with serve_cache(store, *listen, log=tmp_path / "first.log") as url:
         res = nix("copy", "--to", url, top)  # xz, Nix's default
         assert res.returncode == 0, res.stderr
         first = nix("copy", "--no-check-sigs", "--from", url, "--to", f"local?root={tmp_path / 'r1'}", top)
@@ -586,12 +590,19 @@ def test_nix_finds_a_nar_by_the_name_it_uploaded_it_under(tmp_path, nix_closure)
         assert "compression=xz" in redirect.value.headers["Location"]
         with urllib.request.urlopen(f"{url}/{info['url']}") as r:  # followed
             assert lzma.decompress(r.read()) == nix_dump(leaf)
-    with serve_cache(store) as url:  # restarted: the names are kept in the store
+    second = tmp_path / "second.log"
+    # Restarted, with the access log on: the names are kept in the store.
+    with serve_cache(store, *listen, "--log-level", "debug", log=second) as again_url:
+        assert again_url == url
         again = nix("copy", "--no-check-sigs", "--from", url, "--to", f"local?root={tmp_path / 'r2'}", top)
         assert again.returncode == 0, again.stderr
         twin = _twin_of(tmp_path, nix_closure["path_info"], leaf)
-        res = nix("copy", "-v", "--to", url, twin)
+        res = nix("copy", "--to", url, twin)
         assert res.returncode == 0, res.stderr
+    log = second.read_text()
+    # The copy asked for the leaf by the name Nix knew from its upload, before the restart.
+    assert f'"GET /{info["url"]} HTTP/1.1" 302' in log, log
+    assert "received NAR" not in log, log  # the twin's NAR was found here, not sent again
     assert twin in stored_paths(store)
     assert tvix(store, "nar", twin).stdout == nix_dump(leaf)
 

@@ -474,3 +474,62 @@ def test_idle_connection_is_dropped(tmp_path):
             assert 0.4 < time.monotonic() - t0 < 10
         resp, body = _request(srv, "GET", "/nix-cache-info")
         assert resp.status == 200 and body.startswith(b"StoreDir: /nix/store")
+
+
+def test_an_alias_cannot_be_forged_and_needs_its_nar(server):
+    """A narinfo is taken on an alias only for a NAR name the server recorded at an upload: not
+    on a record a client stored as a cache file, nor on one whose NAR is gone."""
+    import struct
+
+    from tvix_castore.digests import B3Digest, blake3_digest
+    from tvix_castore.nodes import FileNode
+    from tvix_castore.proto_conv import node_to_proto
+    from tvix_store.binary_cache.cache_files import NAR_ALIAS_TYPE, nar_alias
+
+    srv, services = server
+    fake_sha = hashlib.sha256(b"never uploaded").digest()
+    node = FileNode(B3Digest(blake3_digest(b"evil content\n")), 13)
+    record = struct.pack("<B32sQ", 0, fake_sha, 4242) + node_to_proto(b"", node).SerializeToString()
+    log = "/log/00000000000000000000000000000000-x.drv"
+    resp, text = _request(srv, "PUT", log, body=record, headers={"Content-Type": NAR_ALIAS_TYPE})
+    assert resp.status == 400 and NAR_ALIAS_TYPE.encode() in text
+    path = build_nar_sha256_path("victim", fake_sha)
+    for url in (log[1:], f"nar/{nixbase32.encode(fake_sha)}.nar"):
+        narinfo = NarInfo(path, url, fake_sha, 4242)
+        resp, text = _request(srv, "PUT", f"/{path.encoded_digest}.narinfo", body=narinfo.render().encode())
+        assert resp.status == 400 and b"unknown NarHash" in text, (url, text)
+    # A record the server made, whose NAR is not in the store (say, the blobs were elsewhere).
+    name = f"nar/{nixbase32.encode(fake_sha)}.nar"
+    srv.cache_files.put(nar_alias(name, "none", node, 4242, fake_sha))
+    assert _request(srv, "GET", f"/{name}")[0].status == 404
+    narinfo = NarInfo(path, name, fake_sha, 4242)
+    resp, text = _request(srv, "PUT", f"/{path.encoded_digest}.narinfo", body=narinfo.render().encode())
+    assert resp.status == 400 and b"unknown NarHash" in text
+    assert services.path_info_service.get(path.digest) is None
+
+
+def test_cache_files_are_served_as_data_and_uploads_are_bounded(server):
+    """An uploaded file is served back as data (not as a page: its type if Nix's, else
+    application/octet-stream, never sniffed); uploads beyond a few at once get 503 (Nix tries
+    again); a name too long for the store is a 400, not a 500."""
+    srv, _ = server
+    name = "/log/00000000000000000000000000000000-x.drv"
+    resp, _ = _request(srv, "PUT", name, body=b"<script>1</script>", headers={"Content-Type": "text/html"})
+    assert resp.status == 200
+    resp, got = _request(srv, "GET", name)
+    assert (resp.status, got) == (200, b"<script>1</script>")
+    assert resp.getheader("Content-Type") == "application/octet-stream"
+    assert resp.getheader("X-Content-Type-Options") == "nosniff"
+    for _ in range(2):  # the uploads at once the server takes, all busy
+        assert srv.cache_file_uploads.acquire(blocking=False)
+    try:
+        resp, _ = _request(srv, "PUT", name, body=b"later")
+        assert resp.status == 503 and resp.getheader("Retry-After") == "1"
+    finally:
+        srv.cache_file_uploads.release()
+        srv.cache_file_uploads.release()
+    assert _request(srv, "GET", name)[1] == b"<script>1</script>"  # the refused one stored nothing
+    assert _request(srv, "PUT", name, body=b"later")[0].status == 200
+    long_name = "/realisations/sha256:" + "a" * 600 + "!out.doi"
+    resp, text = _request(srv, "PUT", long_name, body=b"{}")
+    assert resp.status == 400 and b"cannot upload" in text

@@ -36,6 +36,7 @@ from tvix_castore.proto_conv import anonymous_node_from_proto, node_to_proto
 
 __all__ = [
     "MAX_FILE_BYTES",
+    "MAX_NAME_BYTES",
     "MEMORY_BYTES",
     "NAR_ALIAS_TYPE",
     "CacheFile",
@@ -49,6 +50,8 @@ __all__ = [
 
 MAX_FILE_BYTES = 64 * 1024 * 1024
 """The largest file taken (a build log of a big build; a listing of a tree of ~10^5 files)."""
+MAX_NAME_BYTES = 511
+"""The longest name (LMDB's limit for a key)."""
 MEMORY_BYTES = 256 * 1024 * 1024
 """What ``MemoryCacheFiles`` holds at most."""
 
@@ -71,6 +74,8 @@ class CacheFile(Frozen):
     data: bytes
 
     def __init__(self, name: str, content_type: str, content_encoding: str, data: bytes) -> None:
+        if not 0 < len(name.encode()) <= MAX_NAME_BYTES:
+            raise ValueError(f"{name[:80]!r}: a name of 1 to {MAX_NAME_BYTES} bytes is needed")
         for what, header in (("Content-Type", content_type), ("Content-Encoding", content_encoding)):
             if not header.isascii() or not header.isprintable() or len(header) > 0xFFFF:
                 raise ValueError(f"{name}: unusable {what} {header!r}")

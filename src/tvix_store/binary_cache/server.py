@@ -63,6 +63,7 @@ from tvix_castore.nodes import DirectoryNode, FileNode, Node
 from tvix_castore.proto_conv import anonymous_node_from_proto, node_to_proto
 from tvix_store.binary_cache.cache_files import (
     MAX_FILE_BYTES,
+    NAR_ALIAS_TYPE,
     CacheFile,
     CacheFiles,
     MemoryCacheFiles,
@@ -103,6 +104,11 @@ _SUFFIX_COMPRESSION = {
     ".lz4": "lz4",
 }
 _RANGE_RE = re.compile(r"bytes=(\d*)-(\d*)")
+# Cache-file uploads taken at once (each held in memory until stored); more get 503, which Nix
+# tries again.
+CACHE_FILE_UPLOADS = 2
+# The Content-Types of cache files served as they came (what Nix sends for them).
+_SERVED_TYPES = frozenset({"application/json", "text/plain; charset=utf-8", "text/plain"})
 
 
 class _BadRequest(Exception):
@@ -382,6 +388,7 @@ class BinaryCacheServer(http.server.ThreadingHTTPServer):
         self.address_family = family
         # Listings, logs, debug info and realisations uploaded by Nix (owned by the caller).
         self.cache_files = cache_files if cache_files is not None else MemoryCacheFiles()
+        self.cache_file_uploads = threading.BoundedSemaphore(CACHE_FILE_UPLOADS)
         self.idle_timeout = idle_timeout
         self.nar_cache = nar_cache
         self.services = services
@@ -617,21 +624,47 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self._error(404, f"not found: {path}")
 
     def _get_uploaded_nar(self, name: str) -> None:
-        alias = read_nar_alias(self.server.cache_files.get(name))
+        alias = self._nar_alias(name)
         if alias is None:
             self._error(404, f"no NAR was uploaded as {name}")
             return
         compression, node, nar_size, _ = alias
-        location = "/" + nar_url(node, nar_size, compression)
+        # Relative to /nar/: right also behind a proxy that serves the cache under a prefix.
+        location = nar_url(node, nar_size, compression).removeprefix("nar/")
         self._send(302, f"see {location}\n".encode(), headers={"Location": location})
+
+    def _nar_alias(self, url: str) -> tuple[str, Node, int, bytes] | None:
+        """The NAR uploaded under the cache URL ``nar/<file hash>.nar…``, if its root is here.
+
+        Only such names are aliases: no other upload can store one (``_put_cache_file``).
+        """
+        if not url.startswith("nar/") or nix_http.parse_nar_str(url[len("nar/") :]) is None:
+            return None
+        alias = read_nar_alias(self.server.cache_files.get(url))
+        if alias is None:
+            return None
+        node = alias[1]
+        services = self.server.services
+        # The record may have outlived its content (blobs kept in another store that lost
+        # them): then there is no NAR to point at.
+        present = (
+            services.directory_service.get(node.digest) is not None
+            if isinstance(node, DirectoryNode)
+            else not isinstance(node, FileNode) or services.blob_service.has(node.digest)
+        )
+        return alias if present else None
 
     def _get_cache_file(self, name: str) -> None:
         file = self.server.cache_files.get(name)
         if file is None:
             self._error(404, f"no {name} here")
             return
-        headers = {"Content-Encoding": file.content_encoding} if file.content_encoding else None
-        self._send(200, file.data, file.content_type, headers)
+        headers = {"X-Content-Type-Options": "nosniff"}
+        if file.content_encoding:
+            headers["Content-Encoding"] = file.content_encoding
+        # Anyone may upload these: served as data, never as a page a browser would render.
+        content_type = file.content_type if file.content_type in _SERVED_TYPES else "application/octet-stream"
+        self._send(200, file.data, content_type, headers)
 
     def _get_narinfo(self, name: str) -> None:
         digest = nix_http.parse_narinfo_str(name)
@@ -853,7 +886,21 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             )
 
     def _put_cache_file(self, name: str) -> None:
-        data = self._body(MAX_FILE_BYTES).readall()
+        if self.headers.get("Content-Type", "").strip().lower() == NAR_ALIAS_TYPE:
+            raise _BadRequest(f"{name}: Content-Type {NAR_ALIAS_TYPE} is this server's own")
+        # Each upload is held in memory (up to MAX_FILE_BYTES, a few times over) until stored.
+        if not self.server.cache_file_uploads.acquire(blocking=False):
+            self._body(MAX_FILE_BYTES).drain()
+            self._send(503, b"busy with other uploads, try again\n", headers={"Retry-After": "1"})
+            return
+        try:
+            self._store_cache_file(name)
+        finally:
+            self.server.cache_file_uploads.release()
+
+    def _store_cache_file(self, name: str) -> None:
+        body = self._body(MAX_FILE_BYTES)
+        data = b"".join(iter(lambda: body.read(_COPY_CHUNK), b""))
         try:
             file = CacheFile(
                 name,
@@ -918,7 +965,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         uploaded = self.server.uploaded(narinfo.nar_hash)
         if uploaded is None:
             # Nix did not send the NAR again: a HEAD found it here under its name (an alias).
-            alias = read_nar_alias(self.server.cache_files.get(narinfo.url))
+            alias = self._nar_alias(narinfo.url)
             if alias is not None and alias[3] == narinfo.nar_hash:
                 uploaded = _Uploaded(alias[1], alias[2])
         if uploaded is None:
