@@ -245,6 +245,26 @@ class LmdbStore:
             _sync(path, env)
 
 
+class StoreUse:
+    """One use of the shared store in a directory (``open_env``), given back once by ``close``.
+
+    For the small users of one table each; ``_store`` is None once closed.
+    """
+
+    def __init__(self, path: str) -> None:
+        self._store: LmdbStore | None = open_env(path)
+        self._path = self._store.path
+        self._env = self._store.env
+        self._close_lock = threading.Lock()
+
+    def close(self) -> None:
+        """Release this use of the shared environment; idempotent."""
+        with self._close_lock:
+            if self._store is not None:
+                release_env(self._store)
+                self._store = None
+
+
 def _sync(path: str, env: lmdb.Environment) -> None:
     try:
         env.sync(True)

@@ -19,7 +19,7 @@ from typing import cast, final
 
 import lmdb
 
-from tvix_castore._lmdb_env import LmdbStore, explain, open_env, release_env
+from tvix_castore._lmdb_env import StoreUse, explain
 from tvix_castore.digests import blake3_digest
 from tvix_castore.errors import ClosedError, DataCorruption, StorageError
 from tvix_castore.nodes import Node
@@ -80,22 +80,13 @@ class MemoryNarCache(NarCache):
 
 
 @final
-class LmdbNarCache(NarCache):
+class LmdbNarCache(StoreUse, NarCache):
     """The ``narcache`` table of the LMDB store in a directory."""
 
     def __init__(self, path: str) -> None:
-        self._store: LmdbStore | None = open_env(path)
-        self._path = self._store.path
-        self._env = self._store.env
+        super().__init__(path)
+        assert self._store is not None
         self._db = cast("lmdb._Database", self._store.table("narcache"))
-        self._close_lock = threading.Lock()
-
-    def close(self) -> None:
-        """Release this cache's use of the shared environment; idempotent."""
-        with self._close_lock:
-            if self._store is not None:
-                release_env(self._store)
-                self._store = None
 
     def get_nar_cache(self, node: Node) -> tuple[int, bytes] | None:
         """The cached (nar_size, nar_sha256) of node, or None."""

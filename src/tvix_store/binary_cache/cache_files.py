@@ -28,7 +28,7 @@ import lmdb
 from google.protobuf.message import DecodeError
 
 from tvix.castore.protos import castore_pb2
-from tvix_castore._lmdb_env import LmdbStore, explain, open_env, release_env
+from tvix_castore._lmdb_env import StoreUse, explain
 from tvix_castore.errors import ClosedError, DataCorruption, StorageError, StoreError
 from tvix_castore.frozen import Frozen
 from tvix_castore.nodes import Node
@@ -131,23 +131,14 @@ class MemoryCacheFiles(CacheFiles):
 
 
 @final
-class LmdbCacheFiles(CacheFiles):
+class LmdbCacheFiles(StoreUse, CacheFiles):
     """The ``cachefiles`` table of the LMDB store in a directory."""
 
     def __init__(self, path: str) -> None:
-        self._store: LmdbStore | None = open_env(path)
-        self._path = self._store.path
-        self._env = self._store.env
+        super().__init__(path)
+        assert self._store is not None
         # None: a store from before this table, opened read-only (it holds no files then).
         self._db = cast("lmdb._Database | None", self._store.tables.get(_TABLE))
-        self._close_lock = threading.Lock()
-
-    def close(self) -> None:
-        """Release this use of the shared environment; idempotent."""
-        with self._close_lock:
-            if self._store is not None:
-                release_env(self._store)
-                self._store = None
 
     def get(self, name: str) -> CacheFile | None:
         """The file of that name, or None."""
