@@ -122,6 +122,12 @@ def test_nix_http_refuses_bad_signature_and_compressions(tmp_path, nix_closure):
         )
         with pytest.raises(BinaryCacheError, match="no valid signature"):
             services.path_info_service.get(digest)
+        # Unlike `copy` (and Nix), the service wants a signature of a content-addressed path too
+        # (spec §9.4).
+        note = next(p for p in nix_closure["paths"] if p.endswith("-h6-note"))
+        assert nix_closure["path_info"][note].get("ca")
+        with pytest.raises(BinaryCacheError, match="no valid signature"):
+            services.path_info_service.get(StorePath.from_absolute_path(note).digest)
         services.close()
 
 
