@@ -243,6 +243,19 @@ def test_content_addressed_paths_need_no_signature(tmp_path, nix_closure):
     assert stored_paths(store) == ca_paths
     assert_same_as_nix(store, nix_closure, ca_paths)
 
+    # The same through copy_closure alone (no downloads started early, as for references).
+    from tvix_store.binary_cache.copy import copy_closure
+    from tvix_store.binary_cache.download import parse_trusted_keys
+    from tvix_store.services import construct_services
+
+    services = construct_services("memory://", "memory://", "memory://")
+    try:
+        wanted = [StorePath.from_absolute_path(p) for p in ca_paths]
+        result = copy_closure(services, f"file://{unsigned}", wanted, parse_trusted_keys(nix_closure["pk"]))
+        assert sorted(i.store_path.absolute() for i in result.copied) == ca_paths
+    finally:
+        services.close()
+
     # The text file's content changed, and the narinfo's hashes with it (no signature covers
     # them): its store path no longer follows from its content.
     cache = _broken_cache(tmp_path, nix_closure)

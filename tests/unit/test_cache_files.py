@@ -95,3 +95,66 @@ def test_the_lmdb_store_of_the_path_infos_keeps_them(tmp_path: Path) -> None:
                 files.close()
     finally:
         lmdb_infos.close()
+
+
+def test_names_are_bounded_in_bytes_and_files_may_be_empty(tmp_path: Path) -> None:
+    """A name of up to 511 bytes (LMDB's key limit), counted in bytes; an empty file (an empty
+    build log) is kept as one."""
+    with pytest.raises(ValueError, match="511 bytes"):
+        CacheFile("debuginfo/" + "a" * 502, "", "", b"")  # 512 bytes
+    with pytest.raises(ValueError, match="511 bytes"):
+        CacheFile("debuginfo/" + "é" * 251, "", "", b"")  # 251 characters, 512 bytes
+    files = LmdbCacheFiles(str(tmp_path / "s"))
+    try:
+        longest = CacheFile("debuginfo/" + "a" * 501, "application/json", "", b"{}")
+        empty = CacheFile(LOG, "", "", b"")
+        files.put(longest)
+        files.put(empty)
+        assert files.get(longest.name) == longest and files.get(LOG) == empty
+    finally:
+        files.close()
+
+
+def test_a_value_too_short_for_its_header_is_corruption(tmp_path: Path) -> None:
+    store = open_env(str(tmp_path / "s"))
+    try:
+        with store.env.begin(write=True) as txn:
+            txn.put(LOG.encode(), b"\x01", db=store.table("cachefiles"))
+    finally:
+        release_env(store)
+    files = LmdbCacheFiles(str(tmp_path / "s"))
+    try:
+        with pytest.raises(DataCorruption, match=LOG):
+            files.get(LOG)
+    finally:
+        files.close()
+
+
+def test_a_replaced_memory_file_counts_once() -> None:
+    files = MemoryCacheFiles(capacity=10)
+    for _ in range(5):
+        files.put(CacheFile("debuginfo/00", "", "", b"1234"))
+    files.put(CacheFile("debuginfo/01", "", "", b"1234"))
+    assert files.get("debuginfo/00") is not None and files.get("debuginfo/01") is not None
+
+
+def test_only_alias_records_are_aliases() -> None:
+    from tvix_castore.digests import EMPTY_BLOB_DIGEST
+    from tvix_castore.nodes import FileNode
+    from tvix_store.binary_cache.cache_files import nar_alias, read_nar_alias
+
+    alias = nar_alias("nar/x.nar", "xz", FileNode(EMPTY_BLOB_DIGEST, 0), 112, bytes(32))
+    assert read_nar_alias(alias) == ("xz", FileNode(EMPTY_BLOB_DIGEST, 0), 112, bytes(32))
+    assert read_nar_alias(CacheFile(alias.name, "application/octet-stream", "", alias.data)) is None
+
+
+def test_closing_one_use_twice_releases_it_once(tmp_path: Path) -> None:
+    """Another user of the shared store (a PathInfo service) goes on working."""
+    infos = LmdbPathInfoService(str(tmp_path / "s"))
+    files = LmdbCacheFiles(str(tmp_path / "s"))
+    try:
+        files.close()
+        files.close()
+        assert infos.get(bytes(20)) is None
+    finally:
+        infos.close()

@@ -102,6 +102,7 @@ def test_parse_cache_file_str(path, kind):
         "realisations/sha256:abc.doi",  # no output
         "realisations/sha256:abc!out",  # no .doi
         "realisations/sha256:abc!o/ut.doi",
+        "realisations/sha256:ab/cd!out.doi",
         "realisations/abc!out.doi",  # no algorithm
         "nix-cache-info",
         "",

@@ -213,8 +213,9 @@ class _Brotli:
         return bool(self._d.can_accept_more_data()) and not self.eof
 
     def decompress(self, data: bytes, max_length: int) -> bytes:
-        # Output past max_length stays inside, for the next calls (with no input) to give.
-        return bytes(self._d.process(data, output_buffer_limit=max_length))
+        # Output past the limit stays inside, for the next calls (with no input) to give. The
+        # buffer grows by doubling and stops once past the limit: up to twice it comes out.
+        return bytes(self._d.process(data, output_buffer_limit=max(max_length // 2, 1)))
 
 
 _DECOMPRESSORS: dict[str, Callable[[], Any]] = {
