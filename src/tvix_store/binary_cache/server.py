@@ -616,7 +616,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self._get_narinfo(path[1:])
         elif path.startswith("/nar/tvix-castore/"):
             self._get_nar(path[len("/nar/tvix-castore/") :], query)
-        elif path.startswith("/nar/") and nix_http.parse_nar_str(path[len("/nar/") :]) is not None:
+        elif path.startswith("/nar/"):
             self._get_uploaded_nar(path[1:])
         elif nix_http.parse_cache_file_str(path[1:]) is not None:
             self._get_cache_file(path[1:])
@@ -643,16 +643,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         alias = read_nar_alias(self.server.cache_files.get(url))
         if alias is None:
             return None
-        node = alias[1]
-        services = self.server.services
         # The record may have outlived its content (blobs kept in another store that lost
         # them): then there is no NAR to point at.
-        present = (
-            services.directory_service.get(node.digest) is not None
-            if isinstance(node, DirectoryNode)
-            else not isinstance(node, FileNode) or services.blob_service.has(node.digest)
-        )
-        return alias if present else None
+        return alias if _root_present(self.server.services, alias[1]) else None
 
     def _get_cache_file(self, name: str) -> None:
         file = self.server.cache_files.get(name)
@@ -709,12 +702,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         services = self.server.services
         # Once the headers are out, a render failure can only cut the body short; a root that is
         # not in the store at all is answered 404 before anything is sent.
-        absent = (
-            services.directory_service.get(node.digest) is None
-            if isinstance(node, DirectoryNode)
-            else isinstance(node, FileNode) and not services.blob_service.has(node.digest)
-        )
-        if absent:
+        if not _root_present(services, node):
             self._error(404, f"NAR of {node}: not in this store")
             return
         cache = self.server.nar_cache
@@ -1004,6 +992,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.server.services.put_path_info(info)
         log.info("stored %s", narinfo.store_path.absolute())
         self._send(200)
+
+
+def _root_present(services: Services, node: Node) -> bool:
+    """Whether the store holds node's Directory or blob (a symlink needs nothing)."""
+    if isinstance(node, DirectoryNode):
+        return services.directory_service.get(node.digest) is not None
+    return not isinstance(node, FileNode) or services.blob_service.has(node.digest)
 
 
 def _hang_up(connection: socket.socket) -> None:
