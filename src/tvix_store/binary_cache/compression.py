@@ -295,15 +295,18 @@ class _Lz4Compressor:
         self._inner = inner
         self._begun = False
 
-    def compress(self, data: bytes) -> bytes:
-        head = b"" if self._begun else bytes(self._inner.begin())
+    def _header(self) -> bytes:
+        """The frame header, before the first output only."""
+        if self._begun:
+            return b""
         self._begun = True
-        return head + bytes(self._inner.compress(data))
+        return bytes(self._inner.begin())
+
+    def compress(self, data: bytes) -> bytes:
+        return self._header() + bytes(self._inner.compress(data))
 
     def flush(self) -> bytes:
-        head = b"" if self._begun else bytes(self._inner.begin())
-        self._begun = True
-        return head + bytes(self._inner.flush())
+        return self._header() + bytes(self._inner.flush())
 
 
 class _ReadFunction(io.RawIOBase):
