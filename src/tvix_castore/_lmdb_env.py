@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import logging
 import os
 import stat
 import threading
@@ -41,9 +40,10 @@ from typing import cast
 import lmdb
 
 from tvix_castore.errors import InvalidRequest, StorageError
+from tvix_castore.lazy_logging import get_logger
 from tvix_castore.url import ServiceUrl
 
-log = logging.getLogger("tvix_castore.lmdb")
+log = get_logger("tvix_castore.lmdb")
 
 TABLES = ("chunks", "blobs", "directories", "pathinfos", "narcache", "cachefiles")
 # Tables a store made by an earlier version may lack: opened read-only, it is used without them.

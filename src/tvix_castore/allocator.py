@@ -16,11 +16,11 @@ what is alive at once plus that slack. Without glibc this does nothing.
 
 from __future__ import annotations
 
-import logging
+from tvix_castore.lazy_logging import get_logger
 
 __all__ = ["MMAP_THRESHOLD", "TRIM_THRESHOLD", "keep_large_buffers"]
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 MMAP_THRESHOLD = 32 * 1024 * 1024  # glibc's largest accepted value on 64-bit
 TRIM_THRESHOLD = 128 * 1024 * 1024

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import logging
 import os
 import queue
 import sys
@@ -29,6 +28,7 @@ from nix_compat.nixhash import CAHash, NixHash
 from nix_compat.store_path import build_nar_sha256_path, validate_name
 from tvix_castore.ingest.entries import EntryPath
 from tvix_castore.ingest.fs import IngestObserver, ingest_path
+from tvix_castore.lazy_logging import get_logger
 from tvix_castore.nodes import Node
 from tvix_store.errors import ImportError_
 from tvix_store.nar.ingest import ingest_nar
@@ -45,7 +45,7 @@ __all__ = [
 ]
 
 # Named as tvix names the same code, so that RUST_LOG targets written for tvix apply.
-log = logging.getLogger("tvix_store.import")
+log = get_logger("tvix_store.import")
 
 _QUEUE_DEPTH = 16  # pieces in flight to the hashing thread; pieces are at most ~1 MiB
 

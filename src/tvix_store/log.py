@@ -5,27 +5,34 @@
 target without a level gets trace). Targets are logger names, written either Python-style
 (``tvix_castore.fs``) or Rust-style (``tvix_castore::fs``); modules whose tvix counterpart has
 another path log under tvix's name. Logs go to stderr.
+
+Parsing needs no ``logging``: the short commands defer importing it to their first record that
+passes the levels (``tvix_castore.lazy_logging``), and most never log one.
 """
 
 from __future__ import annotations
 
-import logging
 import os
 import re
 import sys
+from typing import TYPE_CHECKING
 
+from tvix_castore import lazy_logging
 from tvix_castore.frozen import Frozen
 
-TRACE = 5
-logging.addLevelName(TRACE, "TRACE")
+if TYPE_CHECKING:
+    import logging
 
+TRACE = 5
+
+# logging's numbers for the levels (its CRITICAL is 50).
 LEVELS = {
-    "error": logging.ERROR,
-    "warn": logging.WARNING,
-    "info": logging.INFO,
-    "debug": logging.DEBUG,
+    "error": lazy_logging.ERROR,
+    "warn": lazy_logging.WARNING,
+    "info": lazy_logging.INFO,
+    "debug": lazy_logging.DEBUG,
     "trace": TRACE,
-    "off": logging.CRITICAL + 10,
+    "off": 60,
 }
 # tracing's numeric spellings: 0 is off, 1 error … 5 trace.
 _NUMERIC = dict(zip("012345", ("off", "error", "warn", "info", "debug", "trace"), strict=True))
@@ -53,6 +60,17 @@ class Directives(Frozen):
         object.__setattr__(self, "default", default)
         object.__setattr__(self, "targets", targets)
         object.__setattr__(self, "ignored", ignored)
+
+    def level_for(self, name: str) -> int:
+        """The level of the logger called name: its own target's, its nearest parent's, or the default."""
+        levels = dict(self.targets)
+        while True:
+            level = levels.get(name)
+            if level is not None:
+                return level
+            if "." not in name:
+                return self.default
+            name = name.rpartition(".")[0]
 
 
 def parse_level(text: str) -> int:
@@ -101,23 +119,41 @@ def parse_directives(spec: str, default: int) -> Directives:
     return Directives(default, tuple(targets), tuple(ignored))
 
 
-class _Handler(logging.StreamHandler):  # type: ignore[type-arg]
-    """Log lines to stderr, below a progress line that is there (which takes it away first)."""
+def _handler(stream: object) -> logging.Handler:
+    """A handler writing log lines to stream, below any progress line (taken away first)."""
+    import logging
 
-    def emit(self, record: logging.LogRecord) -> None:
-        from tvix_store.progress import line_cleared
+    from tvix_store.progress import line_cleared
 
-        with line_cleared(self.stream):
-            super().emit(record)
+    class Handler(logging.StreamHandler):  # type: ignore[type-arg]
+        def emit(self, record: logging.LogRecord) -> None:
+            with line_cleared(self.stream):
+                super().emit(record)
+
+    return Handler(stream)
 
 
-def setup_logging(log_level: str = "info", rust_log: str | None = None) -> Directives:
-    """Configure the root logger; RUST_LOG (from the environment if not given) wins."""
+def setup_logging(log_level: str = "info", rust_log: str | None = None, *, defer: bool = False) -> Directives:
+    """Configure the root logger; RUST_LOG (from the environment if not given) wins.
+
+    With defer, ``logging`` is configured (and imported) only when a record passes the levels.
+    """
     default = parse_level(log_level)
     if rust_log is None:
         rust_log = os.environ.get("RUST_LOG")
     directives = parse_directives(rust_log, default) if rust_log else Directives(default, ())
-    handler = _Handler(sys.stderr)
+    if defer and not directives.ignored:
+        lazy_logging.defer_setup(directives.level_for, lambda: _apply(directives))
+    else:
+        _apply(directives)
+    return directives
+
+
+def _apply(directives: Directives) -> None:
+    import logging
+
+    logging.addLevelName(TRACE, "TRACE")
+    handler = _handler(sys.stderr)
     handler.setFormatter(
         logging.Formatter("%(asctime)s %(levelname)5s %(name)s: %(message)s", "%Y-%m-%dT%H:%M:%S")
     )
@@ -133,4 +169,3 @@ def setup_logging(log_level: str = "info", rust_log: str | None = None) -> Direc
         # Shown whatever the levels: the directive that would have chosen them is the one ignored.
         message = "RUST_LOG directive %r ignored: span filters are not supported"
         own.handle(own.makeRecord(__name__, logging.WARNING, __file__, 0, message, (directive,), None))
-    return directives

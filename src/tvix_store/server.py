@@ -12,7 +12,6 @@ taking calls, lets the ones in flight finish, and returns.
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import socket
 import stat
@@ -34,6 +33,7 @@ from tvix_castore.grpc.channel import MAX_MESSAGE, channel_target, require_utf8_
 from tvix_castore.grpc.directory_servicer import DirectoryServicer
 from tvix_castore.grpc.loops import LoopGuard, process_id
 from tvix_castore.grpc.pool import ElasticThreadPool, OverloadGuard
+from tvix_castore.lazy_logging import get_logger
 from tvix_castore.url import ServiceUrl
 from tvix_store.grpc.pathinfo_servicer import PathInfoServicer
 from tvix_store.services import Services
@@ -51,7 +51,7 @@ __all__ = [
     "serve",
 ]
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 DEFAULT_LISTEN = "[::1]:8000"
 # After a second stop signal, how long closing the backends may still take.

@@ -8,15 +8,16 @@ signals through trio, in ``tvix_castore.fs.mount``.)
 
 from __future__ import annotations
 
-import logging
 import signal
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import FrameType
 
+from tvix_castore.lazy_logging import get_logger
+
 __all__ = ["GRACE_SECONDS", "STOP_SIGNALS", "stop_signals"]
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 GRACE_SECONDS = 30.0

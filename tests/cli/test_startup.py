@@ -1,7 +1,9 @@
 """Start-up cost of the everyday commands: ``import`` and ``nar`` must not load grpc, trio or
 pyfuse3 (grpc alone costs ~150 ms of import time), which belong to daemon, mount and the gRPC
 backends only; nor ``dataclasses`` and the ``inspect`` it imports (~10 ms with the classes it
-builds: the value classes derive from ``Frozen`` instead, see ``nix_compat.frozen``)."""
+builds: the value classes derive from ``Frozen`` instead, see ``nix_compat.frozen``); nor
+``logging`` (~5 ms with traceback and the rest: imported at the first record that passes the
+levels, see ``tvix_castore.lazy_logging``)."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-HEAVY = ("grpc", "trio", "pyfuse3", "dataclasses", "inspect")
+HEAVY = ("grpc", "trio", "pyfuse3", "dataclasses", "inspect", "logging")
 
 # Runs one command through main() in a fresh interpreter, then reports on stderr which of the
 # heavy modules it loaded (stdout carries the command's own output).

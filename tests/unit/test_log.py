@@ -50,6 +50,30 @@ def test_invalid_directives(spec: str) -> None:
         parse_directives(spec, logging.INFO)
 
 
+def test_level_for_is_the_level_logging_gives_the_logger() -> None:
+    """The deferred set-up drops records by level_for: it must agree with the logger hierarchy
+    that the real set-up builds (a target covers its children, not its prefix-sharing siblings)."""
+    directives = parse_directives(
+        "warn,tvix_castore=debug,tvix_castore.fs=error,tvix_store.import=trace", logging.INFO
+    )
+    manager = logging.Manager(logging.RootLogger(directives.default))
+    for target, level in directives.targets:
+        manager.getLogger(target).setLevel(level)
+    names = [
+        "tvix_castore",
+        "tvix_castore.fs",
+        "tvix_castore.fs.fuse",
+        "tvix_castore.lmdb",
+        "tvix_store",
+        "tvix_store.import",
+        "tvix_store.imports",
+        "other.module",
+    ]
+    levels = {name: directives.level_for(name) for name in names}
+    assert levels == {name: manager.getLogger(name).getEffectiveLevel() for name in names}
+    assert levels["tvix_castore.fs.fuse"] == logging.ERROR and levels["tvix_store.imports"] == logging.WARNING
+
+
 def test_levels() -> None:
     assert [parse_level(t) for t in ("1", "2", "3", "4", "5", "Trace")] == [
         logging.ERROR,
@@ -114,7 +138,7 @@ def test_log_lines_and_progress_redraws_do_not_interleave() -> None:
     import sys
     import threading
 
-    from tvix_store.log import _Handler
+    from tvix_store.log import _handler
     from tvix_store.progress import Progress
 
     class Terminal(io.StringIO):
@@ -122,7 +146,7 @@ def test_log_lines_and_progress_redraws_do_not_interleave() -> None:
             return True
 
     term = Terminal()
-    handler = _Handler(term)
+    handler = _handler(term)
     handler.setFormatter(logging.Formatter("LOG %(message)s"))
     logger = logging.getLogger("test-interleave")
     logger.propagate = False

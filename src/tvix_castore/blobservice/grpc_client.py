@@ -29,7 +29,6 @@ server and fails if any failed, so a PathInfo never refers to a blob that did no
 from __future__ import annotations
 
 import contextlib
-import logging
 import queue
 import tempfile
 import threading
@@ -52,12 +51,13 @@ from tvix_castore.errors import ClosedError, DataCorruption, StorageError, Store
 from tvix_castore.grpc import blob_chunk
 from tvix_castore.grpc.channel import channel_target, open_channel
 from tvix_castore.grpc.status import error_of, rpc_code
+from tvix_castore.lazy_logging import get_logger
 from tvix_castore.url import ServiceUrl
 
 __all__ = ["GrpcBlobService", "Uploads", "uploads_for"]
 
 # Named as tvix names the same code, so that RUST_LOG targets written for tvix apply.
-log = logging.getLogger("tvix_castore.blobservice.grpc")
+log = get_logger("tvix_castore.blobservice.grpc")
 
 PUT_PIECE = 1024 * 1024
 """Largest BlobChunk message we send (the server's limit is 4 MiB per message)."""

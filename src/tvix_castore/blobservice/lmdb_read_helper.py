@@ -32,7 +32,6 @@ nothing from the directory the mount was started in can shadow our modules.
 
 from __future__ import annotations
 
-import logging
 import mmap
 import os
 import select
@@ -48,13 +47,14 @@ from typing import TYPE_CHECKING
 from tvix_castore.blobservice import ChunkMeta
 from tvix_castore.blobservice.memo import VerifiedChunks
 from tvix_castore.digests import B3_LEN, B3Digest
+from tvix_castore.lazy_logging import get_logger
 
 if TYPE_CHECKING:
     from tvix_castore.blobservice.lmdb_store import LmdbBlobService
 
 __all__ = ["FAILED", "MAX_RANGES", "ReadHelper"]
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 FAILED = 0xFFFFFFFF
 _REQUEST = struct.Struct("<cHIH")

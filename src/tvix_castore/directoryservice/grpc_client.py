@@ -12,7 +12,6 @@ nothing reaches the server, so an aborted putter stores nothing.
 
 from __future__ import annotations
 
-import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Generator, Iterator
@@ -36,13 +35,14 @@ from tvix_castore.errors import (
 )
 from tvix_castore.grpc.channel import open_channel
 from tvix_castore.grpc.status import error_of, rpc_code
+from tvix_castore.lazy_logging import get_logger
 from tvix_castore.proto_conv import directory_from_proto, directory_to_proto
 from tvix_castore.url import ServiceUrl
 
 __all__ = ["GrpcDirectoryService"]
 
 # Named as tvix names the same code, so that RUST_LOG targets written for tvix apply.
-log = logging.getLogger("tvix_castore.directoryservice.grpc")
+log = get_logger("tvix_castore.directoryservice.grpc")
 
 _GET_AHEAD = 2048
 """At most this many Directories of a subtree are fetched by one ``get``."""

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import errno
 import itertools
-import logging
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
@@ -26,11 +25,12 @@ import trio
 
 from tvix_castore.fs.inodes import MTIME, ROOT_INO, Attr
 from tvix_castore.fs.vfs import Listing, Vfs, VfsError
+from tvix_castore.lazy_logging import get_logger
 from tvix_castore.path import MAX_NAME_LEN
 
 __all__ = ["FuseOperations"]
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 _FOREVER = 365 * 24 * 3600.0
 _ROOT_NEGATIVE_TIMEOUT = 1.0

@@ -19,7 +19,6 @@ fresh 1 MiB buffer, so glibc's malloc is told to keep such buffers on its heap (
 from __future__ import annotations
 
 import errno
-import logging
 import os
 import shutil
 import signal
@@ -33,10 +32,11 @@ from tvix_castore.allocator import keep_large_buffers
 from tvix_castore.errors import StoreError
 from tvix_castore.fs.fuse import FuseOperations
 from tvix_castore.fs.vfs import Vfs
+from tvix_castore.lazy_logging import get_logger
 
 __all__ = ["READAHEAD_KB", "MountError", "mount"]
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 READAHEAD_KB = 1024
 

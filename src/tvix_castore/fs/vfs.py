@@ -37,7 +37,6 @@ from __future__ import annotations
 import bisect
 import errno
 import itertools
-import logging
 import os
 import threading
 import time
@@ -54,6 +53,7 @@ from tvix_castore.frozen import Frozen
 from tvix_castore.fs.inodes import ROOT_INO, Attr, InodeT, InodeTracker, attr_of, root_attr
 from tvix_castore.fs.root_nodes import RootNodes
 from tvix_castore.fs.windows import Helper, ReadWindows, chunk_ranges
+from tvix_castore.lazy_logging import get_logger
 from tvix_castore.nodes import DirectoryNode, FileNode, Node, SymlinkNode
 
 __all__ = [
@@ -66,7 +66,7 @@ __all__ = [
     "VfsError",
 ]
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 XATTR_DIRECTORY_DIGEST = b"user.tvix.castore.directory.digest"
 XATTR_BLOB_DIGEST = b"user.tvix.castore.blob.digest"

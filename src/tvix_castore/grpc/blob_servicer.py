@@ -24,7 +24,6 @@ Put hands the backend views into the received messages.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Iterator
 
 import grpc
@@ -42,13 +41,14 @@ from tvix_castore.grpc.status import (
     unless_unavailable,
     worth_a_warning,
 )
+from tvix_castore.lazy_logging import get_logger
 
 __all__ = ["READ_PIECE", "BlobServicer"]
 
 SERVICE = "tvix.castore.v1.BlobService"
 
 # Named as tvix names the same code, so that RUST_LOG targets written for tvix apply.
-log = logging.getLogger("tvix_castore.proto.grpc_blobservice_wrapper")
+log = get_logger("tvix_castore.proto.grpc_blobservice_wrapper")
 
 READ_PIECE = 1024 * 1024
 """Bytes per BlobChunk message sent by Read: far below the 4 MiB limit, large enough to be fast."""

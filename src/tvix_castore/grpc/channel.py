@@ -13,6 +13,7 @@ import threading
 
 import grpc
 
+from tvix_castore import lazy_logging
 from tvix_castore.errors import InvalidRequest, StorageError
 from tvix_castore.grpc import loops
 from tvix_castore.url import ServiceUrl
@@ -124,6 +125,8 @@ def open_channel(url: ServiceUrl) -> grpc.Channel:
 
     """
     target, tls = channel_target(url)
+    # grpcio logs through logging (imported with it): its records get our handler and levels.
+    lazy_logging.setup_now()
     if tls:
         channel = grpc.secure_channel(target, grpc.ssl_channel_credentials(), options=CHANNEL_OPTIONS)
     else:

@@ -7,7 +7,6 @@ backend's putter: a rejected, cancelled or broken stream stores nothing.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator
 
 import grpc
@@ -20,12 +19,13 @@ from tvix_castore.directory_graph import LeavesToRootValidator
 from tvix_castore.directoryservice import DirectoryService
 from tvix_castore.errors import DirectoryError, NodeError, StoreError
 from tvix_castore.grpc.status import abort, abort_with, stream_was_cancelled, worth_a_warning
+from tvix_castore.lazy_logging import get_logger
 from tvix_castore.proto_conv import directory_from_proto, directory_to_proto
 
 __all__ = ["DirectoryServicer"]
 
 # Named as tvix names the same code, so that RUST_LOG targets written for tvix apply.
-log = logging.getLogger("tvix_castore.proto.grpc_directoryservice_wrapper")
+log = get_logger("tvix_castore.proto.grpc_directoryservice_wrapper")
 
 
 class DirectoryServicer(pb_grpc.DirectoryServiceServicer):

@@ -16,7 +16,6 @@ PathInfoService.
 
 from __future__ import annotations
 
-import logging
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
@@ -30,6 +29,7 @@ from nix_compat.store_path import StorePath
 from tvix_castore.blobservice import BlobService
 from tvix_castore.directoryservice import DirectoryService
 from tvix_castore.frozen import Frozen
+from tvix_castore.lazy_logging import get_logger
 from tvix_store.binary_cache import BinaryCacheError
 from tvix_store.binary_cache.compression import read_errors
 from tvix_store.binary_cache.download import EarlyDownload, NarDownload, fetch_narinfo
@@ -48,7 +48,7 @@ __all__ = [
     "parse_closure_json",
 ]
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 DEFAULT_JOBS = 4
 _NARINFO_JOBS = 16

@@ -17,7 +17,6 @@ is cut short. A body streamed to its reader is not fetched again: the reader has
 from __future__ import annotations
 
 import io
-import logging
 import os
 import random
 import socket
@@ -27,12 +26,13 @@ import urllib.parse
 from collections.abc import Callable
 from typing import Any, BinaryIO, TypeVar, cast
 
+from tvix_castore.lazy_logging import get_logger
 from tvix_store.binary_cache import BinaryCacheError, CacheUnavailable
 from tvix_store.binary_cache.compression import decompress, read_errors
 
 __all__ = ["DOWNLOAD_ATTEMPTS", "cache_base_url", "fetch_bytes", "join_url", "open_url"]
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 _T = TypeVar("_T")
 
 TIMEOUT = 60.0

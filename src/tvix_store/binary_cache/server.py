@@ -36,7 +36,6 @@ import contextlib
 import hashlib
 import http.server
 import io
-import logging
 import os
 import re
 import socket
@@ -59,6 +58,7 @@ from tvix.castore.protos import castore_pb2
 from tvix_castore.directoryservice import DirectoryService
 from tvix_castore.errors import StoreError
 from tvix_castore.frozen import Frozen
+from tvix_castore.lazy_logging import DEBUG, INFO, get_logger
 from tvix_castore.nodes import DirectoryNode, FileNode, Node
 from tvix_castore.proto_conv import anonymous_node_from_proto, node_to_proto
 from tvix_store.binary_cache.cache_files import (
@@ -81,7 +81,7 @@ from tvix_store.services import Services
 
 __all__ = ["BinaryCacheServer", "RenderedNarCache", "nar_url", "parse_listen_address", "path_info_to_narinfo"]
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 # A NAR URL's node: at most this many bytes once decoded (tvix's limit), so at most this many
 # base64 characters (unpadded) before decoding.
@@ -560,7 +560,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.wfile.write(body)
 
     def _error(self, status: int, message: str) -> None:
-        level = logging.DEBUG if status == 404 else logging.INFO
+        level = DEBUG if status == 404 else INFO
         log.log(level, "%s %s -> %d: %s", self.command, self.path, status, message)
         self._send(status, (message + "\n").encode())
 

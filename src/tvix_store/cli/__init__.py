@@ -7,7 +7,6 @@ stderr; any StoreError or Nix-format error becomes one ``error: …`` line and e
 
 from __future__ import annotations
 
-import logging
 import os
 import signal
 import sys
@@ -18,9 +17,10 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import argparse
 
+from tvix_castore.lazy_logging import get_logger
 from tvix_store import __version__
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 CommandFunc = Callable[["argparse.Namespace"], int]
 
@@ -282,7 +282,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args is None:
         args = build_parser(_requested_command(arguments)).parse_args(arguments)
     try:
-        setup_logging(args.log_level)
+        # The short commands mostly log nothing: they import logging at their first record.
+        setup_logging(args.log_level, defer=args.command in _QUICK_EXIT)
     except LogConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

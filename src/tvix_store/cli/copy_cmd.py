@@ -11,13 +11,14 @@ progress line on stderr when it is a terminal; the first failure aborts and noth
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import threading
 
+from tvix_castore.lazy_logging import get_logger
+
 __all__ = ["register"]
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 
 def register(

@@ -10,16 +10,16 @@ URL it serves on once listening; runs until interrupted.
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import tempfile
 import threading
 
+from tvix_castore.lazy_logging import get_logger
 from tvix_store.cli import nonempty
 
 __all__ = ["register"]
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 
 def register(

@@ -10,7 +10,6 @@ stays, and is how a command learns that the stream it needs is closed.
 from __future__ import annotations
 
 import errno
-import logging
 import os
 import sys
 from typing import BinaryIO
@@ -69,5 +68,7 @@ def exit_now(status: int) -> None:
         sys.stderr.flush()
     except OSError:
         status = status or 1
-    logging.shutdown()
+    logging = sys.modules.get("logging")
+    if logging is not None:  # imported only when something was logged (or by a library)
+        logging.shutdown()
     os._exit(status)

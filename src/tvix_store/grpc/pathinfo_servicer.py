@@ -7,7 +7,6 @@ in the path-info service's NAR cache, so asking again costs a lookup.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator
 
 import grpc
@@ -20,6 +19,7 @@ from tvix_castore.blobservice import BlobService
 from tvix_castore.directoryservice import DirectoryService
 from tvix_castore.errors import NodeError, StoreError
 from tvix_castore.grpc.status import abort, abort_with, unless_unavailable, worth_a_warning
+from tvix_castore.lazy_logging import get_logger
 from tvix_castore.proto_conv import anonymous_node_from_proto
 from tvix_store.errors import PathInfoError
 from tvix_store.pathinfoservice import NarCalculationService, PathInfoService
@@ -29,7 +29,7 @@ from tvix_store.services import Services
 __all__ = ["PathInfoServicer"]
 
 # Named as tvix names the same code, so that RUST_LOG targets written for tvix apply.
-log = logging.getLogger("tvix_store.proto.grpc_pathinfoservice_wrapper")
+log = get_logger("tvix_store.proto.grpc_pathinfoservice_wrapper")
 
 
 class PathInfoServicer(pb_grpc.PathInfoServiceServicer):

@@ -11,7 +11,6 @@ decoded once as such and then as URLs (a ``far=nix+http://…?trusted-public-key
 
 from __future__ import annotations
 
-import logging
 import urllib.parse
 from collections.abc import Iterator, Sequence
 from typing import final
@@ -19,13 +18,14 @@ from typing import final
 from tvix_castore.blobservice import BlobService
 from tvix_castore.directoryservice import DirectoryService
 from tvix_castore.errors import InvalidRequest
+from tvix_castore.lazy_logging import get_logger
 from tvix_castore.url import ServiceUrl
 from tvix_store.path_info import PathInfo
 from tvix_store.pathinfoservice import NarCalculationService, PathInfoService, from_addr
 
 __all__ = ["CachePathInfoService"]
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 
 @final

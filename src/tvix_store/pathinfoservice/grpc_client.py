@@ -8,7 +8,6 @@ anonymous node), which renders next to the data and caches the result (decision 
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator
 from typing import final
 
@@ -23,6 +22,7 @@ from tvix_castore.directoryservice import DirectoryService
 from tvix_castore.errors import InvalidRequest, StorageError
 from tvix_castore.grpc.channel import channel_target, open_channel
 from tvix_castore.grpc.status import error_of, rpc_code
+from tvix_castore.lazy_logging import get_logger
 from tvix_castore.nodes import Node
 from tvix_castore.proto_conv import node_to_proto
 from tvix_castore.url import ServiceUrl
@@ -34,7 +34,7 @@ from tvix_store.proto_conv import path_info_from_proto, path_info_to_proto
 __all__ = ["GrpcNarCalculationService", "GrpcPathInfoService"]
 
 # Named as tvix names the same code, so that RUST_LOG targets written for tvix apply.
-log = logging.getLogger("tvix_store.pathinfoservice.grpc")
+log = get_logger("tvix_store.pathinfoservice.grpc")
 
 
 @final
