@@ -4,7 +4,9 @@
 ``target=level``; levels error|warn|info|debug|trace|off or 0-5 (``trace`` sits below DEBUG; a
 target without a level gets trace). Targets are logger names, written either Python-style
 (``tvix_castore.fs``) or Rust-style (``tvix_castore::fs``); modules whose tvix counterpart has
-another path log under tvix's name. Logs go to stderr.
+another path log under tvix's name. As in tracing, a target covers every logger whose name
+starts with it (``tvix`` covers ``tvix_store`` and ``tvix_castore``), and the longest matching
+target decides. Logs go to stderr.
 
 Parsing needs no ``logging``: the short commands defer importing it to their first record that
 passes the levels (``tvix_castore.lazy_logging``), and most never log one.
@@ -62,15 +64,17 @@ class Directives(Frozen):
         object.__setattr__(self, "ignored", ignored)
 
     def level_for(self, name: str) -> int:
-        """The level of the logger called name: its own target's, its nearest parent's, or the default."""
-        levels = dict(self.targets)
-        while True:
-            level = levels.get(name)
-            if level is not None:
-                return level
-            if "." not in name:
-                return self.default
-            name = name.rpartition(".")[0]
+        """The level of the logger called name; the default when no target covers it.
+
+        The longest target the name starts with decides (tracing compares plain strings:
+        ``tvix_store.imp`` covers ``tvix_store.import``); of equal targets, the last given.
+        """
+        best = -1
+        level = self.default
+        for target, target_level in self.targets:
+            if len(target) >= best and name.startswith(target):
+                best, level = len(target), target_level
+        return level
 
 
 def parse_level(text: str) -> int:
@@ -161,9 +165,19 @@ def _apply(directives: Directives) -> None:
     for old in list(root.handlers):
         root.removeHandler(old)
     root.addHandler(handler)
-    root.setLevel(directives.default)
-    for target, level in directives.targets:
-        logging.getLogger(target).setLevel(level)
+    root.setLevel(min([directives.default, *(level for _, level in directives.targets)]))
+    if directives.targets:
+        # Targets match by prefix, not along the dotted hierarchy of loggers: the root lets
+        # through what any target wants, and the handler keeps what the record's own target does.
+        levels: dict[str, int] = {}
+
+        def wanted(record: logging.LogRecord) -> bool:
+            level = levels.get(record.name)
+            if level is None:
+                level = levels[record.name] = directives.level_for(record.name)
+            return record.levelno >= level
+
+        handler.addFilter(wanted)
     own = logging.getLogger(__name__)
     for directive in directives.ignored:
         # Shown whatever the levels: the directive that would have chosen them is the one ignored.

@@ -50,28 +50,27 @@ def test_invalid_directives(spec: str) -> None:
         parse_directives(spec, logging.INFO)
 
 
-def test_level_for_is_the_level_logging_gives_the_logger() -> None:
-    """The deferred set-up drops records by level_for: it must agree with the logger hierarchy
-    that the real set-up builds (a target covers its children, not its prefix-sharing siblings)."""
+def test_targets_match_by_prefix_and_the_longest_decides() -> None:
+    """As tracing's EnvFilter: a target covers every logger name that starts with it, dotted
+    boundary or not, and of several the longest decides."""
     directives = parse_directives(
-        "warn,tvix_castore=debug,tvix_castore.fs=error,tvix_store.import=trace", logging.INFO
+        "warn,tvix=info,tvix_castore=debug,tvix_castore.fs=error,tvix_store::imp=trace", logging.INFO
     )
-    manager = logging.Manager(logging.RootLogger(directives.default))
-    for target, level in directives.targets:
-        manager.getLogger(target).setLevel(level)
-    names = [
-        "tvix_castore",
-        "tvix_castore.fs",
-        "tvix_castore.fs.fuse",
-        "tvix_castore.lmdb",
-        "tvix_store",
-        "tvix_store.import",
-        "tvix_store.imports",
-        "other.module",
-    ]
-    levels = {name: directives.level_for(name) for name in names}
-    assert levels == {name: manager.getLogger(name).getEffectiveLevel() for name in names}
-    assert levels["tvix_castore.fs.fuse"] == logging.ERROR and levels["tvix_store.imports"] == logging.WARNING
+    expected = {
+        "tvix_castore": logging.DEBUG,
+        "tvix_castore.lmdb": logging.DEBUG,
+        "tvix_castore.fs": logging.ERROR,
+        "tvix_castore.fs.fuse": logging.ERROR,
+        "tvix_castore.fsx": logging.ERROR,
+        "tvix_store": logging.INFO,
+        "tvix_store.import": TRACE,
+        "tvix": logging.INFO,
+        "tvi": logging.WARNING,
+        "other.module": logging.WARNING,
+    }
+    assert {name: directives.level_for(name) for name in expected} == expected
+    # Of two equal targets the later one counts.
+    assert parse_directives("tvix=debug,tvix=error", logging.INFO).level_for("tvix_store") == logging.ERROR
 
 
 def test_levels() -> None:
@@ -113,6 +112,14 @@ def test_rust_log_target_of_tvix_reaches_our_logger(tmp_path: Path) -> None:
     assert b"DEBUG tvix_store.import" not in quiet
     loud = tvix(store, "import", root / "f", env=cli_env(store, RUST_LOG="tvix_store::import=debug")).stderr
     assert b"DEBUG tvix_store.import" in loud
+    # tracing matches targets by prefix: "tvix" covers both crates, "tvix_store::imp" the module.
+    for prefix in ("tvix", "tvix_store::imp"):
+        shown = tvix(store, "import", root / "f", env=cli_env(store, RUST_LOG=f"{prefix}=debug")).stderr
+        assert b"DEBUG tvix_store.import" in shown, (prefix, shown)
+    # A longer target that turns the module down wins over the shorter one that turns it up.
+    env = cli_env(store, RUST_LOG="tvix=debug,tvix_store::import=info")
+    quieted = tvix(store, "import", root / "f", env=env)
+    assert b"tvix_store.import" not in quieted.stderr, quieted.stderr
 
 
 def test_rust_log_targets_replace_the_log_level(tmp_path: Path) -> None:
