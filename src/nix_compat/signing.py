@@ -8,17 +8,19 @@ from __future__ import annotations
 
 import base64
 import binascii
-import re
 
 from nix_compat.errors import SignatureError
 from nix_compat.frozen import Frozen
 
-_NAME_RE = re.compile(r"[\w.\-]+")
+
+def _valid_name(name: str) -> bool:
+    """Non-empty; letters and digits of any script, ``-`` and ``.`` (not ``_``: spec §6.6)."""
+    return bool(name) and all(c.isalnum() or c in "-." for c in name)
 
 
 def _split(text: str, what: str, length: int) -> tuple[str, bytes]:
     name, sep, b64 = text.strip().partition(":")
-    if not sep or not name or not _NAME_RE.fullmatch(name):
+    if not sep or not _valid_name(name):
         raise SignatureError(f"invalid {what} {text!r}: expected name:base64")
     try:
         raw = base64.b64decode(b64, validate=True)

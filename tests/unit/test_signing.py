@@ -91,6 +91,7 @@ B64_64 = base64.b64encode(bytes(64)).decode()
         (":" + B64_64, "expected name:base64"),
         ("a b:" + B64_64, "expected name:base64"),
         ("a/b:" + B64_64, "expected name:base64"),
+        ("a_b:" + B64_64, "expected name:base64"),
         ("name:" + B64_64[:-2], "bad base64"),
         ("name:!!!!", "bad base64"),
         ("name:" + base64.b64encode(bytes(63)).decode(), "63 bytes, expected 64"),
@@ -100,6 +101,10 @@ B64_64 = base64.b64encode(bytes(64)).decode()
 def test_signature_parse_rejects(text, message):
     with pytest.raises(SignatureError, match=message):
         Signature.parse(text)
+
+
+def test_names_may_use_letters_and_digits_of_any_script():
+    assert Signature.parse("cäche-1.ü:" + B64_64).name == "cäche-1.ü"
 
 
 def test_key_parse_rejects():
