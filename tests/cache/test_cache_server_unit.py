@@ -424,6 +424,22 @@ def test_references_first_orders_closure():
     assert names.index("a") < names.index("b") < names.index("c")
 
 
+def test_the_root_greets_as_nar_bridge(server):
+    """``GET /`` answers as nar-bridge does (spec §10); HEAD the same without a body."""
+    srv, _ = server
+    conn = http.client.HTTPConnection("127.0.0.1", srv.server_address[1], timeout=30)
+    try:
+        conn.request("GET", "/")
+        resp = conn.getresponse()
+        assert (resp.status, resp.read()) == (200, b"Hello from nar-bridge")
+        assert resp.getheader("Content-Type") == "text/plain; charset=utf-8"
+        conn.request("HEAD", "/")
+        resp = conn.getresponse()
+        assert (resp.status, resp.getheader("Content-Length"), resp.read()) == (200, "21", b"")
+    finally:
+        conn.close()
+
+
 def test_kept_alive_small_responses_are_not_delayed(server):
     """Small responses on one kept-alive connection come back at once.
 

@@ -608,7 +608,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def _get(self, path: str, query: dict[str, list[str]]) -> None:
         if path == "/":
-            self._send(200, b"Hello from tvix-store\n")
+            # nar-bridge's greeting, byte for byte (spec §10): scripts probe with it.
+            self._send(200, b"Hello from nar-bridge")
         elif path == "/nix-cache-info":
             body = f"StoreDir: /nix/store\nWantMassQuery: 1\nPriority: {self.server.priority}\n"
             self._send(200, body.encode(), nix_http.MIME_TYPE_CACHE_INFO)
