@@ -5,11 +5,14 @@ from __future__ import annotations
 import os
 import random
 import sys
+from pathlib import Path
 
+import blake3
+import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from tvix_castore.chunker import MAX_SIZE, MIN_SIZE, Chunker, chunk_bytes
+from tvix_castore.chunker import AVG_SIZE, MAX_SIZE, MIN_SIZE, Chunker, chunk_bytes
 
 # Each example cuts megabytes; a few dozen examples already cover many chunks per run.
 # HYPOTHESIS_DEEP=1 raises the count for a thorough run.
@@ -200,3 +203,62 @@ def test_fastcdc_crate_all_zeros_vector() -> None:
         out += c.feed(data[i : i + 77])
     out += c.finish()
     assert [len(x) for x in out] == [1024] * 10
+
+
+# The Rust fastcdc crate's test image (test/fixtures/SekienAkashita.jpg, 109,466 bytes).
+SEKIEN = Path(__file__).resolve().parents[1] / "data" / "SekienAkashita.jpg"
+
+
+@pytest.mark.parametrize(
+    ("sizes", "lengths"),
+    [
+        # The crate's v2020 vectors (normalisation level 1, as tvix uses it): min, avg, max.
+        ((4096, 16384, 65535), [21325, 17140, 28084, 18217, 24700]),
+        ((8192, 32768, 131072), [66549, 42917]),
+        ((16384, 65536, 262144), [109466]),
+    ],
+)
+def test_fastcdc_crate_sekien_vectors(sizes: tuple[int, int, int], lengths: list[int]) -> None:
+    """Our cut points are the crate's on real data, whole and fed piecewise."""
+    data = SEKIEN.read_bytes()
+    min_size, avg_size, max_size = sizes
+    assert [len(c) for c in chunk_bytes(data, avg_size, min_size, max_size)] == lengths
+    c = Chunker(avg_size, min_size, max_size, batch=10_000)
+    out: list[bytes] = []
+    for i in range(0, len(data), 4099):
+        out += c.feed(data[i : i + 4099])
+    out += c.finish()
+    assert [len(x) for x in out] == lengths
+
+
+def test_fastcdc_crate_sekien_chunk_digests() -> None:
+    """The crate checks the BLAKE3 of each 16 KiB-average chunk: so do we."""
+    chunks = chunk_bytes(SEKIEN.read_bytes(), 16384, 4096, 65535)
+    assert [blake3.blake3(c).hexdigest() for c in chunks] == [
+        "261930e84e14c240210ae8c459acc4bb85dd52f1b91c868f2106dbc1ceb3acca",
+        "a01747cf21202f0068b8897d2be92aa4479b7ac7207b3baa5057b8ec75fa1c10",
+        "01e5305fb8f54d214ed2946843ea360fb9bb3f5df66ef3e34fb024d32ebcaee1",
+        "fc28c67b6ef846a841452a215bf704058f65cba5c1d78160398d3c2e046642f9",
+        "f6996300fce24d3da56c81ea52e5f4f461ce6adb4496f65252996e1082471aac",
+    ]
+
+
+def test_tvix_parameters_and_their_cut_points() -> None:
+    """tvix's sizes (256 KiB average, half and twice that as bounds), and the cut points they give
+    on fixed pseudo-random data: a change of parameters or normalisation level moves them (and
+    with them every chunk digest a store shares with tvix). The lengths were cross-checked with
+    an independent port of the crate's v2020 cut function."""
+    assert (MIN_SIZE, AVG_SIZE, MAX_SIZE) == (128 * 1024, 256 * 1024, 512 * 1024)
+    data = random.Random(1).randbytes(3 << 20)
+    assert [len(c) for c in chunk_bytes(data)] == [
+        204367,
+        274040,
+        398271,
+        477575,
+        167523,
+        407678,
+        291710,
+        347199,
+        524288,
+        53077,
+    ]
