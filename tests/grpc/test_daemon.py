@@ -251,6 +251,36 @@ def test_port_zero_logs_the_chosen_port(tmp_path: Path) -> None:
         assert proc.wait(timeout=60) == 0
 
 
+def _port_free(family: int, host: str, port: int) -> bool:
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+@pytest.mark.skipif(
+    not _has_ipv6_loopback() or not _port_free(socket.AF_INET6, "::1", 8000),
+    reason="no IPv6 loopback, or [::1]:8000 is taken",
+)
+def test_default_listen_address_is_tvix_s(tmp_path: Path) -> None:
+    """Without ``-l`` the daemon listens where tvix's does (decision 5): ``[::1]:8000``."""
+    proc = subprocess.Popen(
+        [TVIX_STORE, "daemon"], env=cli_env(tmp_path / "store"), stderr=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stderr is not None
+        line = proc.stderr.readline()
+        assert "starting daemon listen_address=[::1]:8000" in line, line
+        url = "grpc+http://[::1]:8000"
+        res = tvix(tmp_path / "client", f"--path-info-service-addr={url}", "path-info", "--all")
+        assert res.returncode == 0 and res.stdout == b""
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+
+
 @pytest.mark.parametrize(
     ("listen", "says"),
     [
