@@ -4,10 +4,11 @@
 when someone else unmounts the filesystem (``umount``/``fusermount3 -u``). A stale mount left
 by a crashed process ("Transport endpoint is not connected") is lazily unmounted first.
 Those signals are caught from before the mount exists to after it is gone: one that comes while
-the mount is being set up stops it as soon as it serves, and further ones are only logged. On
-the first, the mount is detached from the tree at once (a lazy unmount), so that nothing stale
-is left even if the process then takes long to end (a READ waiting on an unreachable daemon) or
-is killed meanwhile.
+the mount is being set up stops it as soon as it serves. On the first, the mount is detached
+from the tree at once (a lazy unmount), so that nothing stale is left even if the process then
+takes long to end (a READ waiting on an unreachable daemon) or is killed meanwhile. A second
+signal, once the mount is detached, ends the process at once: the kernel fails the requests
+still waiting on it. (Before it is detached, further signals are only logged.)
 Once the kernel's INIT is answered (processing the reply resets it), the kernel's readahead
 for our mount is raised to 1 MiB when permitted: the kernel then sends 1 MiB READs instead of
 128 KiB ones, the largest single speed-up there is for a Python filesystem (see perf-notes).
@@ -23,6 +24,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 from pathlib import Path
 
 import pyfuse3
@@ -143,6 +145,13 @@ async def _serve(ops: FuseOperations, vfs: Vfs, path: str, threads: int, stop: _
                 async for signum in signals:
                     if stop.note(signum):
                         stopping(signum)
+                    elif stop.detached:
+                        # Out of the tree already: what holds the process up is work waiting on
+                        # its backend (a stalled daemon). Nothing is left to clean up that a
+                        # kill would not leave clean; the kernel fails what still waits.
+                        log.info("%s received again, ending now", _SIGNAL_WORDS[signum])
+                        sys.stderr.flush()
+                        os._exit(0)
 
         await nursery.start(watch_signals)
         # Started here, after the signals are ours: the child inherits no pending handler state.
