@@ -82,6 +82,32 @@ def test_client_side(code: grpc.StatusCode, klass: type[StoreError]) -> None:
     assert str(err) == f"stat of blob X: {code.name}: details here"
 
 
+def test_a_call_the_server_cancels_says_so() -> None:
+    """A server that resets a call (a daemon ending its calls on a second stop signal) gives the
+    client CANCELLED with the bare details "CANCELLED": the message says what happened instead."""
+    from concurrent import futures
+
+    def cancelled(_request: bytes, context: grpc.ServicerContext) -> bytes:
+        context.cancel()
+        return b""
+
+    handler = grpc.method_handlers_generic_handler(
+        "test.Cancel", {"Call": grpc.unary_unary_rpc_method_handler(cancelled)}
+    )
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=1))
+    server.add_generic_rpc_handlers((handler,))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel, pytest.raises(grpc.RpcError) as info:
+            channel.unary_unary("/test.Cancel/Call")(b"")
+        assert info.value.code() is Code.CANCELLED  # type: ignore[attr-defined]
+        err = error_of(info.value, "upload of blob X")
+        assert str(err) == "upload of blob X: CANCELLED: the server cancelled the call (is it stopping?)"
+    finally:
+        server.stop(None)
+
+
 def test_roundtrip_through_real_server(served: Served) -> None:
     """Real calls: NOT_FOUND is None, INVALID_ARGUMENT is InvalidRequest, a refused Put stream is
     a DirectoryError, and a server that is gone is a StorageError."""

@@ -114,7 +114,12 @@ def error_of(exc: grpc.RpcError, what: str) -> StoreError:
     code = rpc_code(exc)
     klass = STATUS_TO_ERROR.get(code, StorageError) if code is not None else StorageError
     name = code.name if code is not None else "UNKNOWN"
-    return klass(f"{what}: {name}: {_details(exc)}")
+    details = _details(exc)
+    if code is grpc.StatusCode.CANCELLED and details.upper() == "CANCELLED":
+        # Not the client's doing (a call it cancels raises nothing it reports): the server reset
+        # the stream, as a daemon ending its calls on a second stop signal does.
+        details = "the server cancelled the call (is it stopping?)"
+    return klass(f"{what}: {name}: {details}")
 
 
 @contextmanager
