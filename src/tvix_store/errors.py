@@ -8,6 +8,7 @@ Tree additions::
      +-- ImportError_           a path that cannot be imported (missing, unsupported file type)
      +-- NarRenderError         a node whose NAR cannot be rendered (missing blob or directory,
                                 blob length differing from the FileNode size)
+     +-- Abandoned              work given up because its caller stopped waiting for it
 """
 
 from __future__ import annotations
@@ -25,3 +26,10 @@ class ImportError_(StoreError):
 
 class NarRenderError(StoreError):
     """A node whose NAR cannot be rendered; the message names the digest and the entry."""
+
+
+class Abandoned(StoreError):
+    """Work given up because its caller stopped waiting: nobody would read the result.
+
+    A gRPC client that cancelled, or whose deadline passed.
+    """

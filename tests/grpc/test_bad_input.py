@@ -17,11 +17,12 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import blake3
 import grpc
 import pytest
-from daemon_helpers import Served
+from daemon_helpers import Served, daemon_serving
 from fixtures import (
     BLOB_A,
     BLOB_A_DIGEST,
@@ -43,9 +44,10 @@ from tvix.store.protos import rpc_pathinfo_pb2 as rpb
 from tvix.store.protos import rpc_pathinfo_pb2_grpc as pgrpc
 from tvix_castore.digests import B3Digest
 from tvix_castore.directory import Directory
-from tvix_castore.nodes import DirectoryNode
+from tvix_castore.nodes import DirectoryNode, FileNode
 from tvix_castore.proto_conv import directory_to_proto, node_to_proto
 from tvix_store.proto_conv import path_info_to_proto
+from tvix_store.services import construct_services
 
 MiB = 1024 * 1024
 Code = grpc.StatusCode
@@ -382,6 +384,43 @@ def test_calculate_nar_bad_nodes(served: Served) -> None:
         code, text = _status(lambda: stub.CalculateNAR(node_to_proto(b"", CASTORE_NODE_COMPLICATED)))
         assert code == Code.DATA_LOSS
         assert text.startswith("storage error: failed rendering nar: ")
+    _still_serving(served)
+
+
+def _terabyte_nar(served: Served) -> cpb.Node:
+    """A directory of 2,000 entries sharing one 64 MiB blob of zeros: its NAR is 128 GiB, stored
+    in about 1 MiB (the blob's chunks are all one)."""
+    writer = served.services.blob_service.open_write()
+    for _ in range(64):
+        writer.write(bytes(MiB))
+    blob = writer.close()
+    directory = Directory((f"f{i:04}".encode(), FileNode(blob, 64 * MiB)) for i in range(2000))
+    served.services.directory_service.put(directory)
+    return node_to_proto(b"", directory.as_node())
+
+
+def _cpu_while(seconds: float) -> float:
+    """CPU seconds this process (its daemons included) uses over the next seconds."""
+    before = time.process_time()
+    time.sleep(seconds)
+    return time.process_time() - before
+
+
+def test_calculate_nar_stops_when_the_client_gives_up(served: Served, short_dir: Path) -> None:
+    """A CalculateNAR whose client passes its deadline stops rendering, also through a second
+    daemon in front of the first (that one cancels its own call): found by review, a 2 TB NAR
+    went on burning a core for hours after its client had gone."""
+    root = _terabyte_nar(served)
+    front = construct_services(served.url, served.url, served.url)
+    with daemon_serving(front, str(short_dir / "front.sock")) as front_url:
+        for url in (served.url, front_url):
+            with grpc.insecure_channel(f"unix:{url.removeprefix('grpc+unix://')}") as ch:
+                stub = pgrpc.PathInfoServiceStub(ch)
+                code, _ = _status(lambda stub=stub: stub.CalculateNAR(root, timeout=1.0))
+                assert code == Code.DEADLINE_EXCEEDED
+                # Rendering goes at well over a core's worth of hashing; stopped, nearly nothing.
+                time.sleep(1.5)  # the front daemon asks its caller once a second
+                assert _cpu_while(2.0) < 0.5, url
     _still_serving(served)
 
 

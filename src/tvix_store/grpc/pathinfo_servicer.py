@@ -21,7 +21,7 @@ from tvix_castore.errors import NodeError, StoreError
 from tvix_castore.grpc.status import abort, abort_with, unless_unavailable, worth_a_warning
 from tvix_castore.lazy_logging import get_logger
 from tvix_castore.proto_conv import anonymous_node_from_proto
-from tvix_store.errors import PathInfoError
+from tvix_store.errors import Abandoned, PathInfoError
 from tvix_store.pathinfoservice import NarCalculationService, PathInfoService
 from tvix_store.proto_conv import path_info_from_proto, path_info_to_proto
 from tvix_store.services import Services
@@ -94,7 +94,11 @@ class PathInfoServicer(pb_grpc.PathInfoServiceServicer):
         except NodeError as exc:
             abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"invalid root node: {exc}")
         try:
-            size, sha256 = self._nar_calc.calculate_nar(node)
+            # A client that cancels or passes its deadline stops the rendering too: a NAR of
+            # deduplicated blobs may be terabytes for a few megabytes stored.
+            size, sha256 = self._nar_calc.calculate_nar(node, context.is_active)
+        except Abandoned:
+            abort(context, grpc.StatusCode.CANCELLED, "NAR calculation abandoned: the client went away")
         except StoreError as exc:
             # Whatever stopped the rendering (missing or corrupt data, a failing backend).
             code = unless_unavailable(exc, grpc.StatusCode.DATA_LOSS)

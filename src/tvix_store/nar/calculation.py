@@ -8,6 +8,7 @@ them fetched already, and ``FetchedDirectories`` to render from the same ones).
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from typing import TYPE_CHECKING, final
 
 from nix_compat.nar import wire
@@ -17,6 +18,7 @@ from tvix_castore.directory import Directory
 from tvix_castore.directoryservice import DirectoryPutter, DirectoryService
 from tvix_castore.errors import InvalidRequest, StorageError
 from tvix_castore.nodes import DirectoryNode, FileNode, Node
+from tvix_store.errors import Abandoned
 from tvix_store.nar.renderer import write_nar
 
 if TYPE_CHECKING:
@@ -105,19 +107,33 @@ class FetchedDirectories(DirectoryService):
         raise InvalidRequest("fetched directories are read-only")
 
 
+# How much NAR a calculation hashes between asking whether it is still wanted.
+_ASK_EVERY = 16 * 1024 * 1024
+
+
 class NarHasher:
-    """A write callable that counts and SHA-256-hashes what it is given."""
+    """A write callable that counts and SHA-256-hashes what it is given.
 
-    __slots__ = ("_sha", "size")
+    With wanted, it asks after every ``_ASK_EVERY`` bytes whether to go on, and raises
+    ``Abandoned`` when not.
+    """
 
-    def __init__(self) -> None:
+    __slots__ = ("_ask_at", "_sha", "_wanted", "size")
+
+    def __init__(self, wanted: Callable[[], bool] | None = None) -> None:
         self._sha = hashlib.sha256()
         self.size = 0
+        self._wanted = wanted
+        self._ask_at = _ASK_EVERY if wanted is not None else -1
 
     def __call__(self, data: bytes | memoryview) -> None:
         """Count and hash data."""
         self._sha.update(data)
         self.size += len(data)
+        if 0 <= self._ask_at <= self.size:
+            self._ask_at = self.size + _ASK_EVERY
+            if self._wanted is not None and not self._wanted():
+                raise Abandoned(f"NAR calculation abandoned by its caller after {self.size} bytes")
 
     def digest(self) -> bytes:
         """SHA-256 of everything written so far."""
@@ -141,11 +157,12 @@ class LocalNarCalculationService:
         self._directory_service = directory_service
         self._nar_cache = nar_cache
 
-    def calculate_nar(self, node: Node) -> tuple[int, bytes]:
+    def calculate_nar(self, node: Node, wanted: Callable[[], bool] | None = None) -> tuple[int, bytes]:
         """(nar_size, nar_sha256) of node.
 
         Raises:
             NarRenderError: a blob or directory below node is missing or inconsistent.
+            Abandoned: wanted answered False.
 
         """
         cache = self._nar_cache
@@ -153,7 +170,7 @@ class LocalNarCalculationService:
             hit = cache.get_nar_cache(node)
             if hit is not None:
                 return hit
-        hasher = NarHasher()
+        hasher = NarHasher(wanted)
         write_nar(hasher, node, self._blob_service, self._directory_service)
         if cache is not None:
             cache.put_nar_cache(node, hasher.size, hasher.digest())

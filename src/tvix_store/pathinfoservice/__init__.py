@@ -9,7 +9,7 @@ Implementations validate on put (PathInfo objects are validated at construction)
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Protocol
 
 from tvix_castore.blobservice import BlobService
@@ -22,8 +22,12 @@ from tvix_store.path_info import PathInfo
 class NarCalculationService(Protocol):
     """Computes (nar_size, nar_sha256) of a root node."""
 
-    def calculate_nar(self, node: Node) -> tuple[int, bytes]:
-        """Render the NAR of node and return its size and SHA-256."""
+    def calculate_nar(self, node: Node, wanted: Callable[[], bool] | None = None) -> tuple[int, bytes]:
+        """Render the NAR of node and return its size and SHA-256.
+
+        wanted, when given, is asked now and then while the work goes on; once it answers False
+        the work stops with ``Abandoned`` (a gRPC client that cancelled: a NAR may take hours).
+        """
         ...
 
 

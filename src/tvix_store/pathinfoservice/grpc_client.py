@@ -8,7 +8,7 @@ anonymous node), which renders next to the data and caches the result (decision 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import final
 
 import grpc
@@ -26,7 +26,7 @@ from tvix_castore.lazy_logging import get_logger
 from tvix_castore.nodes import Node
 from tvix_castore.proto_conv import node_to_proto
 from tvix_castore.url import ServiceUrl
-from tvix_store.errors import PathInfoError
+from tvix_store.errors import Abandoned, PathInfoError
 from tvix_store.path_info import PathInfo
 from tvix_store.pathinfoservice import NarCalculationService, PathInfoService
 from tvix_store.proto_conv import path_info_from_proto, path_info_to_proto
@@ -129,11 +129,28 @@ class GrpcNarCalculationService:
         self._name = name
         self._uploads = uploads
 
-    def calculate_nar(self, node: Node) -> tuple[int, bytes]:
-        """Ask the daemon to render and hash node's NAR (once this process's uploads arrived)."""
+    def calculate_nar(self, node: Node, wanted: Callable[[], bool] | None = None) -> tuple[int, bytes]:
+        """Ask the daemon to render and hash node's NAR (once this process's uploads arrived).
+
+        With wanted, the call is cancelled once wanted answers False (asked every second), so
+        that the daemon stops rendering too.
+        """
         self._uploads.wait()
+        request = node_to_proto(b"", node)
         try:
-            response: rpc_pb.CalculateNARResponse = self._stub.CalculateNAR(node_to_proto(b"", node))
+            if wanted is None:
+                response: rpc_pb.CalculateNARResponse = self._stub.CalculateNAR(request)
+            else:
+                call = self._stub.CalculateNAR.future(request)
+                while True:
+                    try:
+                        response = call.result(timeout=1.0)
+                        break
+                    except grpc.FutureTimeoutError:
+                        if not wanted():
+                            call.cancel()
+                            message = f"{self._name}: NAR calculation abandoned by its caller"
+                            raise Abandoned(message) from None
         except grpc.RpcError as exc:
             raise error_of(exc, f"{self._name}: NAR calculation") from exc
         if len(response.nar_sha256) != 32:
