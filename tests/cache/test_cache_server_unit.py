@@ -8,7 +8,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import http.client
+import os
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -57,12 +59,13 @@ def server(tmp_path) -> Iterator[tuple[BinaryCacheServer, Services]]:
 
 @contextmanager
 def _running_server(
-    tmp_path, idle_timeout: float = IDLE_TIMEOUT
+    tmp_path, idle_timeout: float = IDLE_TIMEOUT, max_connections: int = 256
 ) -> Iterator[tuple[BinaryCacheServer, Services]]:
     services = construct_services("memory://", "memory://", "memory://")
     srv = BinaryCacheServer(
         ("127.0.0.1", 0), services, sign_key=SigningKey.parse(_secret()),
         nar_cache=RenderedNarCache(str(tmp_path), 1 << 20), idle_timeout=idle_timeout,
+        max_connections=max_connections,
     )  # fmt: skip
     thread = threading.Thread(target=srv.serve_forever, daemon=True)
     thread.start()
@@ -674,3 +677,118 @@ def test_large_incompressible_nars_are_served_compressed_whole(server):
         resp, body = _request(srv, "GET", f"{url}&compression={comp}")
         assert resp.status == 200
         assert decompress(io.BytesIO(body), comp, "u").read() == nar, comp
+
+
+def _held_connections(port: int, n: int, opening: bytes) -> list[socket.socket]:
+    held = []
+    for _ in range(n):
+        sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        sock.sendall(opening)
+        held.append(sock)
+    time.sleep(0.3)  # their handlers are reading now
+    return held
+
+
+def test_at_the_connection_cap_an_idle_connection_makes_room(tmp_path):
+    """Connections that hold a slot without a request (trickled headers, or kept alive between
+    requests) give it up, oldest first, to a new connection when the cap is reached."""
+    with _running_server(tmp_path, max_connections=4) as (srv, _):
+        held = _held_connections(srv.server_address[1], 4, b"GET / HTTP/1.1\r\nHost: x\r\n")
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", srv.server_address[1], timeout=5)
+            conn.request("GET", "/nix-cache-info")
+            assert conn.getresponse().status == 200
+            conn.close()
+            assert held[0].recv(100) == b""  # the oldest was hung up on
+        finally:
+            for sock in held:
+                sock.close()
+
+
+def test_with_every_connection_answering_a_new_one_gets_503(tmp_path):
+    """When every connection at the cap is in the middle of a request, a new one is told to come
+    back (503, Retry-After) at once, and is served once there is room."""
+    with _running_server(tmp_path, max_connections=3, idle_timeout=30) as (srv, _):
+        port = srv.server_address[1]
+        upload = b"PUT /nar/" + b"1" * 52 + b".nar HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\nabc"
+        held = _held_connections(port, 3, upload)
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            conn.request("GET", "/nix-cache-info")
+            resp = conn.getresponse()
+            assert (resp.status, resp.getheader("Retry-After")) == (503, "1")
+            conn.close()
+        finally:
+            for sock in held:
+                sock.close()
+        deadline = time.monotonic() + 5
+        while True:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            conn.request("GET", "/nix-cache-info")
+            status = conn.getresponse().status
+            conn.close()
+            if status == 200:
+                break
+            assert time.monotonic() < deadline, "no room after the uploads ended"
+            time.sleep(0.1)
+
+
+def _cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_out_of_descriptors_the_server_waits_instead_of_spinning(tmp_path):
+    """serve-cache lifts its soft open-files limit to the hard one; where that is reached, it
+    pauses between failed accepts (it used to spin a core on EMFILE) and serves again once
+    connections close."""
+    from cache_helpers import _URL_RE
+    from tvix_cli import TVIX_STORE, cli_env
+
+    log = tmp_path / "serve.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            ["prlimit", "--nofile=40:64", TVIX_STORE, "serve-cache", "-l", "127.0.0.1:0"],
+            stdout=subprocess.DEVNULL,
+            stderr=out,
+            env=cli_env(tmp_path / "store"),
+        )
+    held: list[socket.socket] = []
+    try:
+        deadline = time.monotonic() + 30
+        while not (m := _URL_RE.search(log.read_text())):
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.05)
+        port = int(m.group(1).rsplit(":", 1)[1])
+        with open(f"/proc/{proc.pid}/limits") as f:
+            limits = next(line for line in f if line.startswith("Max open files")).split()
+        assert limits[3:5] == ["64", "64"], limits
+        for _ in range(80):
+            held.append(socket.create_connection(("127.0.0.1", port), timeout=10))
+        time.sleep(0.5)
+        before = _cpu_seconds(proc.pid)
+        time.sleep(2.0)
+        assert _cpu_seconds(proc.pid) - before < 0.5
+        for sock in held:
+            sock.close()
+        held.clear()
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+                conn.request("GET", "/nix-cache-info")
+                if conn.getresponse().status == 200:
+                    break
+            except OSError:
+                pass
+            finally:
+                conn.close()
+            assert time.monotonic() < deadline, "not serving again"
+            time.sleep(0.1)
+        assert "cannot accept connections: Too many open files" in log.read_text()
+    finally:
+        for sock in held:
+            sock.close()
+        proc.terminate()
+        proc.wait(20)

@@ -33,6 +33,7 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import errno
 import hashlib
 import http.server
 import io
@@ -46,7 +47,7 @@ import time
 import urllib.parse
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import BinaryIO, cast
+from typing import Any, BinaryIO, cast
 
 from google.protobuf.message import DecodeError
 
@@ -79,7 +80,14 @@ from tvix_store.nar.renderer import write_nar
 from tvix_store.path_info import PathInfo
 from tvix_store.services import Services
 
-__all__ = ["BinaryCacheServer", "RenderedNarCache", "nar_url", "parse_listen_address", "path_info_to_narinfo"]
+__all__ = [
+    "BinaryCacheServer",
+    "RenderedNarCache",
+    "nar_url",
+    "parse_listen_address",
+    "path_info_to_narinfo",
+    "raise_open_files_limit",
+]
 
 log = get_logger(__name__)
 
@@ -93,6 +101,15 @@ RIGHT_SIZES = 10_000
 # A connection on which nothing moves for this long is dropped (a half-sent request, a client
 # that stopped reading); the same span as Nix's stalled-download-timeout.
 IDLE_TIMEOUT = 300.0
+# Connections open at once (a thread each). At the cap a new connection displaces the one that
+# has waited longest between requests (a kept-alive client reconnects; a client trickling its
+# headers to hold a slot loses it); with every connection answering a request, it gets 503.
+MAX_CONNECTIONS = 256
+_BUSY_ANSWER = (
+    b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nConnection: close\r\n"
+    b"Content-Type: text/plain; charset=utf-8\r\nContent-Length: 26\r\n\r\n"
+    b"too many connections open\n"
+)
 _COPY_CHUNK = 1 << 20
 _SUFFIX_COMPRESSION = {
     "": "none",
@@ -384,8 +401,13 @@ class BinaryCacheServer(http.server.ThreadingHTTPServer):
         nar_cache: RenderedNarCache | None = None,
         idle_timeout: float = IDLE_TIMEOUT,
         cache_files: CacheFiles | None = None,
+        max_connections: int = MAX_CONNECTIONS,
     ) -> None:
         self.address_family = family
+        self.max_connections = max_connections
+        # Accepted connections not yet closed (from accept to the end of their thread).
+        self._accepted: set[socket.socket] = set()
+        self._out_of_descriptors_at = 0.0
         # Listings, logs, debug info and realisations uploaded by Nix (owned by the caller).
         self.cache_files = cache_files if cache_files is not None else MemoryCacheFiles()
         self.cache_file_uploads = threading.BoundedSemaphore(CACHE_FILE_UPLOADS)
@@ -500,6 +522,53 @@ class BinaryCacheServer(http.server.ThreadingHTTPServer):
         settle = time.monotonic() + 2.0
         while self._connections and time.monotonic() < settle:
             time.sleep(0.02)
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        """Accept a connection; out of file descriptors, pause a moment instead of spinning.
+
+        The listening socket stays readable while accept fails with EMFILE, and socketserver
+        would retry at once, a core busy until a descriptor is free.
+        """
+        try:
+            return super().get_request()
+        except OSError as exc:
+            if exc.errno in (errno.EMFILE, errno.ENFILE):
+                now = time.monotonic()
+                if now - self._out_of_descriptors_at > 60:
+                    log.warning("cannot accept connections: %s (%d open)", exc.strerror, len(self._accepted))
+                self._out_of_descriptors_at = now
+                time.sleep(0.05)
+            raise
+
+    def verify_request(self, request: Any, client_address: Any) -> bool:
+        """Take the connection if there is room, making room from an idle one if need be."""
+        with self._connections_lock:
+            if len(self._accepted) >= self.max_connections:
+                idle = next((c for c, busy in self._connections.items() if not busy), None)
+                if idle is None:
+                    refuse = True
+                else:
+                    refuse = False
+                    # Out of the count now: its thread may take a moment to see the hang-up.
+                    self._accepted.discard(idle)
+                    self._connections.pop(idle, None)
+                    _hang_up(idle)
+            else:
+                refuse = False
+            if not refuse:
+                self._accepted.add(request)
+        if refuse:
+            log.debug("connection from %s refused: %d connections busy", client_address, len(self._accepted))
+            with contextlib.suppress(OSError):
+                request.setblocking(False)
+                request.send(_BUSY_ANSWER)
+        return not refuse
+
+    def shutdown_request(self, request: Any) -> None:
+        """Close a connection that was refused or whose thread ended."""
+        with self._connections_lock:
+            self._accepted.discard(request)
+        super().shutdown_request(request)
 
     def handle_error(self, request: object, client_address: object) -> None:
         """Log what escaped a connection's handler, instead of socketserver's raw traceback.
@@ -1000,6 +1069,20 @@ def _root_present(services: Services, node: Node) -> bool:
     if isinstance(node, DirectoryNode):
         return services.directory_service.get(node.digest) is not None
     return not isinstance(node, FileNode) or services.blob_service.has(node.digest)
+
+
+def raise_open_files_limit() -> None:
+    """Lift the soft limit on open files to the hard one: each connection is a descriptor.
+
+    The usual soft limit, 1,024, is reached by as many clients (or one holding that many
+    connections) long before the hard limit; past it nothing more can be accepted.
+    """
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or soft < hard):
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def _hang_up(connection: socket.socket) -> None:

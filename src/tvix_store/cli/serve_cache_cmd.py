@@ -82,7 +82,12 @@ def run(args: argparse.Namespace) -> int:
     from nix_compat.signing import SigningKey
     from tvix_castore.errors import InvalidRequest
     from tvix_store.binary_cache.cache_files import cache_files_for
-    from tvix_store.binary_cache.server import BinaryCacheServer, RenderedNarCache, parse_listen_address
+    from tvix_store.binary_cache.server import (
+        BinaryCacheServer,
+        RenderedNarCache,
+        parse_listen_address,
+        raise_open_files_limit,
+    )
     from tvix_store.services import construct_services
     from tvix_store.stopping import GRACE_SECONDS, stop_signals
 
@@ -105,6 +110,7 @@ def run(args: argparse.Namespace) -> int:
         services.close()
         cache_dir.cleanup()
         raise
+    raise_open_files_limit()
     try:
         server = BinaryCacheServer(
             (host, port),
