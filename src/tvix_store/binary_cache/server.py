@@ -543,26 +543,29 @@ class BinaryCacheServer(http.server.ThreadingHTTPServer):
     def verify_request(self, request: Any, client_address: Any) -> bool:
         """Take the connection if there is room, making room from an idle one if need be."""
         with self._connections_lock:
-            if len(self._accepted) >= self.max_connections:
-                idle = next((c for c, busy in self._connections.items() if not busy), None)
-                if idle is None:
-                    refuse = True
-                else:
-                    refuse = False
-                    # Out of the count now: its thread may take a moment to see the hang-up.
-                    self._accepted.discard(idle)
-                    self._connections.pop(idle, None)
-                    _hang_up(idle)
-            else:
-                refuse = False
-            if not refuse:
+            room = len(self._accepted) < self.max_connections or self._hang_up_an_idle_one()
+            if room:
                 self._accepted.add(request)
-        if refuse:
+        if not room:
             log.debug("connection from %s refused: %d connections busy", client_address, len(self._accepted))
             with contextlib.suppress(OSError):
                 request.setblocking(False)
                 request.send(_BUSY_ANSWER)
-        return not refuse
+        return room
+
+    def _hang_up_an_idle_one(self) -> bool:
+        """End the connection waiting longest without a request; False if all are answering.
+
+        Called with ``_connections_lock`` held.
+        """
+        idle = next((c for c, busy in self._connections.items() if not busy), None)
+        if idle is None:
+            return False
+        # Out of the count now: its thread may take a moment to see the hang-up.
+        self._accepted.discard(idle)
+        self._connections.pop(idle, None)
+        _hang_up(idle)
+        return True
 
     def shutdown_request(self, request: Any) -> None:
         """Close a connection that was refused or whose thread ended."""

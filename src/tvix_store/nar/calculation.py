@@ -124,15 +124,15 @@ class NarHasher:
         self._sha = hashlib.sha256()
         self.size = 0
         self._wanted = wanted
-        self._ask_at = _ASK_EVERY if wanted is not None else -1
+        self._ask_at = _ASK_EVERY
 
     def __call__(self, data: bytes | memoryview) -> None:
         """Count and hash data."""
         self._sha.update(data)
         self.size += len(data)
-        if 0 <= self._ask_at <= self.size:
+        if self.size >= self._ask_at and self._wanted is not None:
             self._ask_at = self.size + _ASK_EVERY
-            if self._wanted is not None and not self._wanted():
+            if not self._wanted():
                 raise Abandoned(f"NAR calculation abandoned by its caller after {self.size} bytes")
 
     def digest(self) -> bytes:
